@@ -1,0 +1,53 @@
+# cocoon: see README.md. Everything CI checks is `make test`.
+SHELL := /bin/bash
+GO ?= go
+GOTAGS := containers_image_openpgp
+BIN := $(CURDIR)/bin
+E2EBIN := $(BIN)/e2e
+export GOFLAGS := -tags=$(GOTAGS)
+export COCOON_BIN := $(BIN)
+export COCOON_E2E_BIN := $(E2EBIN)
+
+BINARIES := cocoond cocoonctl cocoon-kbs
+
+.PHONY: all build test unit vet e2e-tools e2e demo bench fuzz clean
+
+all: build
+
+build:
+	@mkdir -p $(BIN)
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/ $(addprefix ./cmd/,$(BINARIES))
+
+vet:
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	  if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
+	$(GO) vet ./...
+	cd e2e && GOFLAGS= $(GO) vet ./...
+
+unit:
+	$(GO) test -count=1 -timeout 20m ./...
+
+# Everything CI checks: formatting, vet, unit + root tests (snapshotter
+# conformance suite included), and the end-to-end suite against real
+# containerd, runc and a registry on loopback.
+test: vet build unit e2e
+
+e2e-tools:
+	./scripts/e2e-tools.sh
+
+e2e: build e2e-tools
+	cd e2e && GOFLAGS= $(GO) test -count=1 -v -timeout 40m ./...
+
+demo: build e2e-tools
+	cd e2e && GOFLAGS= $(GO) run ./cmd/demo
+
+bench: build e2e-tools
+	$(GO) test -run '^$$' -bench . -benchtime 1x ./... | tee $(BIN)/bench-unit.txt
+	cd e2e && GOFLAGS= $(GO) run ./cmd/bench
+
+FUZZTIME ?= 20s
+fuzz:
+	./scripts/fuzz.sh $(FUZZTIME)
+
+clean:
+	rm -rf $(BIN)

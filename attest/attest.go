@@ -1,0 +1,58 @@
+// Package attest is cocoon's Attestation Agent: it produces hardware evidence
+// bound to caller-chosen report data (attesters) and checks such evidence
+// (verifiers, used by the development KBS). Implementations live in one
+// package per TEE (attest/sample, attest/tdx, attest/snp, attest/tpm).
+//
+// Nothing in this package may log or persist key material or report data
+// that binds a session key.
+package attest
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+)
+
+// TEE names, spelled as upstream kbs-types serialises them on the wire.
+const (
+	TEESample = "sample"
+	TEETDX    = "tdx"
+	TEESNP    = "snp"
+	TEETPM    = "tpm"
+)
+
+// ErrNotSupported is returned by optional capabilities an attester lacks
+// (for example runtime measurement on the sample attester).
+var ErrNotSupported = errors.New("not supported by this attester")
+
+// Attester produces evidence for the TEE it runs in.
+type Attester interface {
+	// TEE is the upstream wire name ("sample", "tdx", "snp", "tpm").
+	TEE() string
+	// Evidence returns the evidence JSON (upstream's shape for this TEE)
+	// with reportData bound into it, padded or refused as upstream does.
+	Evidence(ctx context.Context, reportData []byte) (json.RawMessage, error)
+}
+
+// RuntimeMeasurer is implemented by attesters that can extend a runtime
+// measurement register (TDX RTMR, vTPM PCR).
+type RuntimeMeasurer interface {
+	// ExtendRuntimeMeasurement extends register (a PCR index as upstream
+	// names it; TDX maps it to an RTMR) with digest.
+	ExtendRuntimeMeasurement(ctx context.Context, register int, digest []byte) error
+}
+
+// Claims are the verified facts a verifier extracts from evidence; they go
+// into the token under the TEE's name.
+type Claims map[string]any
+
+// Verifier checks evidence of one TEE type. Used by the development KBS.
+type Verifier interface {
+	TEE() string
+	// Verify checks the evidence's signatures against the verifier's trusted
+	// roots and that the report data it carries equals expectedReportData
+	// (compared as the TEE pads it). It returns the claims for the token.
+	// Claims must include "report_data" and, when the TEE binds init-data,
+	// "init_data" (hex for TDX/SNP/TPM, base64 for sample, as Trustee).
+	Verify(ctx context.Context, evidence json.RawMessage, expectedReportData []byte) (Claims, error)
+}

@@ -1,0 +1,355 @@
+package kbs
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/cookiejar"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+
+	"github.com/cocoon-cc/cocoon/attest"
+)
+
+// Client retry policy, as guest-components: a resource fetch that gets 401
+// re-attests and retries, 3 attempts in all; an RCAR handshake that fails
+// for a transient reason (transport error, 5xx) is retried 5 times, 1 s
+// apart. A handshake the KBS rejects with 401 is not retried: the verdict
+// would not change.
+const (
+	resourceAttempts    = 3
+	handshakeAttempts   = 5
+	handshakeRetryDelay = time.Second
+	defaultHTTPTimeout  = 60 * time.Second
+	maxResponseSize     = 64 << 20
+)
+
+// Config configures a Client.
+type Config struct {
+	URL             string // base URL, e.g. http://127.0.0.1:8080 (the client appends /kbs/v0)
+	CertPEM         []byte // extra trusted root (aa.toml token_configs.kbs.cert)
+	TEEKeyAlgorithm string // "ECDH-ES+A256KW-P256" (default), "ECDH-ES+A256KW-P521", "RSA-OAEP-256"
+	Attester        attest.Attester
+	InitDataTOML    []byte        // sent as init-data {"format":"toml","body":...} when non-nil
+	HTTPTimeout     time.Duration // default 60s
+	// Now is the clock used to decide whether the cached token expired;
+	// nil means time.Now. Tests move it forward.
+	Now func() time.Time
+}
+
+// ResourceGetter is the seam the rest of cocoon uses to fetch KBS
+// resources by URI.
+type ResourceGetter interface {
+	GetResource(ctx context.Context, uri string) ([]byte, error)
+}
+
+// StatusError reports a KBS answer other than 200 to one protocol step.
+type StatusError struct {
+	Step   string // "auth", "attest" or "get resource"
+	Status int
+	Info   *ErrorInformation // nil when the body was not a KBS error
+}
+
+func (e *StatusError) Error() string {
+	if e.Info != nil {
+		return fmt.Sprintf("%s: KBS answered %d %s: %s", e.Step, e.Status, e.Info.Variant(), e.Info.Detail)
+	}
+	return fmt.Sprintf("%s: KBS answered %d %s", e.Step, e.Status, http.StatusText(e.Status))
+}
+
+// Unwrap maps 404 to errdefs.ErrNotFound.
+func (e *StatusError) Unwrap() error {
+	if e.Status == http.StatusNotFound {
+		return errdefs.ErrNotFound
+	}
+	return nil
+}
+
+// Client attests to one KBS and fetches resources from it. It is safe for
+// concurrent use; handshakes are serialised.
+type Client struct {
+	base     string // URL + PathPrefix
+	attester attest.Attester
+	initData *InitData
+	http     *http.Client
+	now      func() time.Time
+	key      *TEEKey
+
+	mu     sync.Mutex
+	token  string
+	times  TokenTimes
+	handsh int // completed handshakes, for tests and metrics
+}
+
+var _ ResourceGetter = (*Client)(nil)
+
+// NewClient validates cfg and creates the client's ephemeral TEE key.
+func NewClient(cfg Config) (*Client, error) {
+	if cfg.Attester == nil {
+		return nil, errors.New("kbs client: no attester")
+	}
+	u, err := url.Parse(cfg.URL)
+	if err != nil {
+		return nil, fmt.Errorf("kbs client: parse URL: %w", err)
+	}
+	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("kbs client: URL %q is not http(s)://host[:port]", cfg.URL)
+	}
+	key, err := GenerateTEEKey(cfg.TEEKeyAlgorithm)
+	if err != nil {
+		return nil, fmt.Errorf("kbs client: %w", err)
+	}
+	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if len(cfg.CertPEM) > 0 {
+		pool, err := x509.SystemCertPool()
+		if err != nil || pool == nil {
+			pool = x509.NewCertPool()
+		}
+		if !pool.AppendCertsFromPEM(cfg.CertPEM) {
+			return nil, errors.New("kbs client: kbs_cert holds no PEM certificate")
+		}
+		tlsCfg.RootCAs = pool
+	}
+	jar, err := cookiejar.New(nil)
+	if err != nil {
+		return nil, fmt.Errorf("kbs client: cookie jar: %w", err)
+	}
+	timeout := cfg.HTTPTimeout
+	if timeout <= 0 {
+		timeout = defaultHTTPTimeout
+	}
+	transport := http.DefaultTransport.(*http.Transport).Clone()
+	transport.TLSClientConfig = tlsCfg
+	c := &Client{
+		base:     strings.TrimRight(cfg.URL, "/") + PathPrefix,
+		attester: cfg.Attester,
+		http:     &http.Client{Jar: jar, Timeout: timeout, Transport: transport},
+		now:      cfg.Now,
+		key:      key,
+	}
+	if c.now == nil {
+		c.now = time.Now
+	}
+	if cfg.InitDataTOML != nil {
+		c.initData = &InitData{Format: "toml", Body: string(cfg.InitDataTOML)}
+	}
+	return c, nil
+}
+
+// Token returns a valid attestation token, running an RCAR handshake when
+// none is cached or the cached one has expired.
+func (c *Client) Token(ctx context.Context) (string, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.tokenLocked(ctx)
+}
+
+// TokenAndKey returns a valid token and the PEM of the TEE private key the
+// KBS encrypts to (the {"token","tee_keypair"} of AA's GetToken). The
+// caller owns both secrets.
+func (c *Client) TokenAndKey(ctx context.Context) (string, []byte, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	tok, err := c.tokenLocked(ctx)
+	if err != nil {
+		return "", nil, err
+	}
+	pemKey, err := c.key.PrivatePEM()
+	if err != nil {
+		return "", nil, err
+	}
+	return tok, pemKey, nil
+}
+
+// Handshakes returns how many RCAR handshakes completed.
+func (c *Client) Handshakes() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.handsh
+}
+
+func (c *Client) tokenLocked(ctx context.Context) (string, error) {
+	if c.token != "" && c.times.ValidAt(c.now()) {
+		return c.token, nil
+	}
+	c.token = ""
+	var err error
+	for attempt := 1; attempt <= handshakeAttempts; attempt++ {
+		if err = c.handshake(ctx); err == nil {
+			return c.token, nil
+		}
+		if !transient(err) || ctx.Err() != nil || attempt == handshakeAttempts {
+			break
+		}
+		log.G(ctx).WithError(err).WithField("attempt", attempt).Warn("kbs: RCAR handshake failed, retrying")
+		t := time.NewTimer(handshakeRetryDelay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return "", fmt.Errorf("RCAR handshake: %w (then %w)", err, ctx.Err())
+		case <-t.C:
+		}
+	}
+	return "", fmt.Errorf("RCAR handshake with %s: %w", c.base, err)
+}
+
+// transient reports whether a failed handshake may succeed if repeated:
+// transport errors and 5xx answers, but neither a KBS verdict (4xx) nor a
+// server certificate we do not trust.
+func transient(err error) bool {
+	var se *StatusError
+	if errors.As(err, &se) {
+		return se.Status >= 500
+	}
+	var cv *tls.CertificateVerificationError
+	return !errors.As(err, &cv)
+}
+
+// invalidate drops the cached token if it is still tok.
+func (c *Client) invalidate(tok string) {
+	c.mu.Lock()
+	if c.token == tok {
+		c.token = ""
+	}
+	c.mu.Unlock()
+}
+
+func (c *Client) handshake(ctx context.Context) error {
+	tee := c.attester.TEE()
+	algs, err := json.Marshal(map[string][]HashAlgorithm{SupportedHashAlgorithmsKey: SupportedHashAlgorithms})
+	if err != nil {
+		return fmt.Errorf("auth: encode extra-params: %w", err)
+	}
+	body, err := c.post(ctx, "auth", "/auth", Request{Version: ProtocolVersion, TEE: tee, ExtraParams: algs})
+	if err != nil {
+		return err
+	}
+	ch, err := ParseChallenge(body)
+	if err != nil {
+		return fmt.Errorf("auth: %w", err)
+	}
+	alg, err := ch.SelectedHashAlgorithm()
+	if err != nil {
+		return fmt.Errorf("auth: %w", err)
+	}
+	pub := c.key.PublicJWK()
+	const additionalEvidence = "" // cocoon attests no additional devices
+	rd, err := ReportData(alg, pub, ch.Nonce, additionalEvidence)
+	if err != nil {
+		return fmt.Errorf("attest: compute report data: %w", err)
+	}
+	ev, err := c.attester.Evidence(ctx, rd)
+	if err != nil {
+		return fmt.Errorf("attest: %s evidence: %w", tee, err)
+	}
+	att := Attestation{
+		InitData:    c.initData,
+		RuntimeData: RuntimeData{Nonce: ch.Nonce, TEEPubKey: pub},
+		TEEEvidence: CompositeEvidence{PrimaryEvidence: ev, AdditionalEvidence: additionalEvidence},
+	}
+	body, err = c.post(ctx, "attest", "/attest", att)
+	if err != nil {
+		return err
+	}
+	var ar AttestationResponse
+	if err := json.Unmarshal(body, &ar); err != nil || ar.Token == "" {
+		return fmt.Errorf("attest: decode response: no token (%v)", err)
+	}
+	times, err := ParseTokenTimes(ar.Token)
+	if err != nil {
+		return fmt.Errorf("attest: %w", err)
+	}
+	c.token, c.times = ar.Token, times
+	c.handsh++
+	log.G(ctx).WithFields(log.Fields{"tee": tee, "kbs": c.base, "hash": alg, "expires": times.Expiry}).Debug("kbs: RCAR handshake complete")
+	return nil
+}
+
+func (c *Client) post(ctx context.Context, step, path string, msg any) ([]byte, error) {
+	b, err := json.Marshal(msg)
+	if err != nil {
+		return nil, fmt.Errorf("%s: encode request: %w", step, err)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base+path, bytes.NewReader(b))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", step, err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	return c.do(step, req)
+}
+
+func (c *Client) do(step string, req *http.Request) ([]byte, error) {
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", step, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("%s: read response: %w", step, err)
+	}
+	if len(body) > maxResponseSize {
+		return nil, fmt.Errorf("%s: response exceeds %d bytes", step, maxResponseSize)
+	}
+	if resp.StatusCode != http.StatusOK {
+		se := &StatusError{Step: step, Status: resp.StatusCode}
+		if info, err := ParseErrorInformation(body); err == nil {
+			se.Info = info
+		}
+		return nil, se
+	}
+	return body, nil
+}
+
+// GetResource fetches and decrypts a resource. uri is kbs:///repo/type/tag,
+// kbs://host/repo/type/tag (host ignored, as CDH) or repo/type/tag. The
+// request carries both the session cookie (as guest-components' KBS client)
+// and the token as a Bearer header (as CDH's passport mode); on 401 the
+// client re-attests and retries, 3 attempts in all.
+func (c *Client) GetResource(ctx context.Context, uri string) ([]byte, error) {
+	ru, err := ParseResourceURI(uri)
+	if err != nil {
+		return nil, err
+	}
+	target := c.base + "/" + ru.RequestPath()
+	var lastErr error
+	for attempt := 1; attempt <= resourceAttempts; attempt++ {
+		tok, err := c.Token(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("get resource %s: %w", ru, err)
+		}
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
+		if err != nil {
+			return nil, fmt.Errorf("get resource %s: %w", ru, err)
+		}
+		req.Header.Set("Authorization", "Bearer "+tok)
+		body, err := c.do("get resource", req)
+		var se *StatusError
+		if errors.As(err, &se) && se.Status == http.StatusUnauthorized {
+			log.G(ctx).WithField("resource", ru.String()).WithField("attempt", attempt).WithError(err).Warn("kbs: resource request unauthorized, re-attesting")
+			c.invalidate(tok)
+			lastErr = err
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("get resource %s: %w", ru, err)
+		}
+		pt, err := c.key.DecryptResponse(body)
+		if err != nil {
+			return nil, fmt.Errorf("get resource %s: %w", ru, err)
+		}
+		return pt, nil
+	}
+	return nil, fmt.Errorf("get resource %s: unauthorized after %d attempts: %w", ru, resourceAttempts, lastErr)
+}

@@ -1,0 +1,128 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/BurntSushi/toml"
+	"github.com/docker/go-units"
+)
+
+// Config is cocoond's own TOML configuration. Upstream formats (aa.toml,
+// cdh.toml, policy.json) are read by the packages that own them; this file
+// holds only cocoon's settings. Flags override it.
+type Config struct {
+	Root           string `toml:"root"`
+	Address        string `toml:"address"`
+	MetricsAddress string `toml:"metrics_address"`
+	LogLevel       string `toml:"log_level"`
+	LogFormat      string `toml:"log_format"`
+
+	Registry    RegistryConfig    `toml:"registry"`
+	Unpack      UnpackConfig      `toml:"unpack"`
+	Snapshotter SnapshotterConfig `toml:"snapshotter"`
+}
+
+// RegistryConfig configures image fetching.
+type RegistryConfig struct {
+	// Insecure registries (host:port) are reached over plain HTTP.
+	Insecure               []string `toml:"insecure"`
+	MaxConcurrentDownloads int      `toml:"max_concurrent_downloads"`
+	Retries                int      `toml:"retries"`
+}
+
+// UnpackConfig bounds what a layer may contain.
+type UnpackConfig struct {
+	AllowDevices bool   `toml:"allow_devices"`
+	MaxEntrySize string `toml:"max_entry_size"` // e.g. "8GiB"
+	MaxTotalSize string `toml:"max_total_size"`
+	MaxEntries   int    `toml:"max_entries"`
+}
+
+// SnapshotterConfig tunes the overlay bookkeeping.
+type SnapshotterConfig struct {
+	MountOptions []string `toml:"mount_options"`
+}
+
+func defaultConfig() Config {
+	return Config{
+		Root:      "/var/lib/cocoon",
+		Address:   "/run/cocoon/cocoon.sock",
+		LogLevel:  "info",
+		LogFormat: "text",
+		Registry:  RegistryConfig{MaxConcurrentDownloads: 3, Retries: 5},
+	}
+}
+
+// loadConfig reads path over the defaults. Unknown keys are returned as
+// warnings; invalid values are errors naming the key.
+func loadConfig(path string) (Config, []string, error) {
+	cfg := defaultConfig()
+	if path == "" {
+		return cfg, nil, nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return cfg, nil, fmt.Errorf("read config: %w", err)
+	}
+	md, err := toml.Decode(string(b), &cfg)
+	if err != nil {
+		return cfg, nil, fmt.Errorf("parse config %s: %w", path, err)
+	}
+	var warnings []string
+	for _, k := range md.Undecoded() {
+		warnings = append(warnings, fmt.Sprintf("%s: unknown key %q ignored", path, k.String()))
+	}
+	return cfg, warnings, cfg.validate()
+}
+
+func (c *Config) validate() error {
+	if c.Root == "" {
+		return fmt.Errorf("root: must not be empty")
+	}
+	if c.Address == "" {
+		return fmt.Errorf("address: must not be empty")
+	}
+	if c.Registry.MaxConcurrentDownloads < 1 {
+		return fmt.Errorf("registry.max_concurrent_downloads: must be at least 1, got %d", c.Registry.MaxConcurrentDownloads)
+	}
+	if c.Registry.Retries < 0 {
+		return fmt.Errorf("registry.retries: must not be negative")
+	}
+	for _, h := range c.Registry.Insecure {
+		if h == "" || strings.ContainsAny(h, "/ ") {
+			return fmt.Errorf("registry.insecure: %q is not a HOST[:PORT]", h)
+		}
+	}
+	if _, err := c.Unpack.sizes(); err != nil {
+		return err
+	}
+	switch c.LogFormat {
+	case "text", "json":
+	default:
+		return fmt.Errorf("log_format: %q is not text or json", c.LogFormat)
+	}
+	return nil
+}
+
+type unpackSizes struct{ entry, total int64 }
+
+func (u UnpackConfig) sizes() (unpackSizes, error) {
+	var s unpackSizes
+	var err error
+	if u.MaxEntrySize != "" {
+		if s.entry, err = units.RAMInBytes(u.MaxEntrySize); err != nil || s.entry <= 0 {
+			return s, fmt.Errorf("unpack.max_entry_size: invalid size %q", u.MaxEntrySize)
+		}
+	}
+	if u.MaxTotalSize != "" {
+		if s.total, err = units.RAMInBytes(u.MaxTotalSize); err != nil || s.total <= 0 {
+			return s, fmt.Errorf("unpack.max_total_size: invalid size %q", u.MaxTotalSize)
+		}
+	}
+	if u.MaxEntries < 0 {
+		return s, fmt.Errorf("unpack.max_entries: must not be negative")
+	}
+	return s, nil
+}

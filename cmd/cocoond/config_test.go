@@ -1,0 +1,53 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func writeConfig(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "cocoond.toml")
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestShippedConfigLoads(t *testing.T) {
+	cfg, warnings, err := loadConfig(filepath.Join("..", "..", "contrib", "cocoond.toml"))
+	if err != nil || len(warnings) > 0 {
+		t.Fatalf("contrib/cocoond.toml: %v %v", err, warnings)
+	}
+	s, _ := cfg.Unpack.sizes()
+	if s.entry != 8<<30 || s.total != 64<<30 || cfg.Registry.MaxConcurrentDownloads != 3 {
+		t.Errorf("unexpected values: %+v %+v", cfg, s)
+	}
+}
+
+func TestConfigErrorsNameTheKey(t *testing.T) {
+	for body, key := range map[string]string{
+		"[registry]\nmax_concurrent_downloads = 0\n": "registry.max_concurrent_downloads",
+		"[registry]\ninsecure = [\"http://x\"]\n":     "registry.insecure",
+		"[unpack]\nmax_entry_size = \"lots\"\n":       "unpack.max_entry_size",
+		"log_format = \"xml\"\n":                      "log_format",
+		"root = 3\n":                                  "root",
+	} {
+		_, _, err := loadConfig(writeConfig(t, body))
+		if err == nil || !strings.Contains(err.Error(), key) {
+			t.Errorf("%q: error = %v, want one naming %s", body, err, key)
+		}
+	}
+}
+
+func TestConfigUnknownKeysWarn(t *testing.T) {
+	_, warnings, err := loadConfig(writeConfig(t, "colour = \"blue\"\n[registry]\nmirrors = []\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(warnings) != 2 || !strings.Contains(warnings[0]+warnings[1], "colour") || !strings.Contains(warnings[0]+warnings[1], "registry.mirrors") {
+		t.Errorf("warnings = %q", warnings)
+	}
+}

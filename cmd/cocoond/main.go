@@ -1,0 +1,221 @@
+// Command cocoond is cocoon's daemon. It serves containerd's snapshots API on
+// a unix socket (proxy plugin "cocoon") and pulls, verifies and unpacks image
+// layers itself (guest pull); it exposes Prometheus metrics on request.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
+	"github.com/containerd/containerd/v2/contrib/snapshotservice"
+	"github.com/containerd/log"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/cocoon-cc/cocoon/image/pull"
+	"github.com/cocoon-cc/cocoon/image/registry"
+	"github.com/cocoon-cc/cocoon/image/unpack"
+	"github.com/cocoon-cc/cocoon/snapshotter"
+)
+
+type stringList []string
+
+func (s *stringList) String() string     { return strings.Join(*s, ",") }
+func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "cocoond:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	fs := flag.NewFlagSet("cocoond", flag.ContinueOnError)
+	var (
+		configPath = fs.String("config", "", "cocoond TOML configuration `file`")
+		root       = fs.String("root", "", "state `directory` (default /var/lib/cocoon)")
+		address    = fs.String("address", "", "unix `socket` serving containerd's snapshots API (default /run/cocoon/cocoon.sock)")
+		metrics    = fs.String("metrics-address", "", "serve Prometheus metrics on `host:port` (/metrics)")
+		logLevel   = fs.String("log-level", "", "log `level`: debug, info, warn, error (default info)")
+		logFormat  = fs.String("log-format", "", "log format: text or json (default text)")
+		insecure   stringList
+	)
+	fs.Var(&insecure, "insecure-registry", "plain-HTTP registry `host:port` (repeatable)")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+
+	cfg, warnings, err := loadConfig(*configPath)
+	if err != nil {
+		return err
+	}
+	set := func(dst *string, v string) {
+		if v != "" {
+			*dst = v
+		}
+	}
+	set(&cfg.Root, *root)
+	set(&cfg.Address, *address)
+	set(&cfg.MetricsAddress, *metrics)
+	set(&cfg.LogLevel, *logLevel)
+	set(&cfg.LogFormat, *logFormat)
+	cfg.Registry.Insecure = append(cfg.Registry.Insecure, insecure...)
+	if err := cfg.validate(); err != nil {
+		return err
+	}
+	if err := log.SetLevel(cfg.LogLevel); err != nil {
+		return fmt.Errorf("log level: %w", err)
+	}
+	if cfg.LogFormat == "json" {
+		if err := log.SetFormat(log.JSONFormat); err != nil {
+			return err
+		}
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	for _, w := range warnings {
+		log.G(ctx).Warn(w)
+	}
+	return serve(ctx, cfg)
+}
+
+func serve(ctx context.Context, cfg Config) error {
+	root, err := filepath.Abs(cfg.Root)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(root, 0o700); err != nil {
+		return fmt.Errorf("create root: %w", err)
+	}
+	sizes, _ := cfg.Unpack.sizes()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	pm := pull.NewMetrics()
+	if err := pm.Register(reg); err != nil {
+		return err
+	}
+
+	client := registry.New(registry.Options{Insecure: cfg.Registry.Insecure, Retries: cfg.Registry.Retries})
+	puller, err := pull.New(pull.Options{
+		Registry:      client,
+		StagingDir:    filepath.Join(root, "staging"),
+		MaxConcurrent: cfg.Registry.MaxConcurrentDownloads,
+		Unpack: unpack.Options{
+			AllowDevices: cfg.Unpack.AllowDevices,
+			MaxEntrySize: sizes.entry,
+			MaxTotalSize: sizes.total,
+			MaxEntries:   cfg.Unpack.MaxEntries,
+		},
+		Metrics: pm,
+	})
+	if err != nil {
+		return err
+	}
+	defer puller.Close()
+	if n, err := puller.CleanStaging(ctx); err != nil {
+		return err
+	} else if n > 0 {
+		log.G(ctx).WithField("count", n).Warn("removed staging directories left by a previous run")
+	}
+
+	sn, err := snapshotter.New(ctx, snapshotter.Options{
+		Root:         filepath.Join(root, "snapshotter"),
+		Layers:       puller,
+		MountOptions: cfg.Snapshotter.MountOptions,
+	})
+	if err != nil {
+		return err
+	}
+	defer sn.Close()
+
+	if err := os.MkdirAll(filepath.Dir(cfg.Address), 0o711); err != nil {
+		return fmt.Errorf("create socket directory: %w", err)
+	}
+	if err := os.Remove(cfg.Address); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove stale socket: %w", err)
+	}
+	l, err := net.Listen("unix", cfg.Address)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", cfg.Address, err)
+	}
+	if err := os.Chmod(cfg.Address, 0o660); err != nil {
+		l.Close()
+		return err
+	}
+	rpc := grpc.NewServer()
+	snapshotsapi.RegisterSnapshotsServer(rpc, snapshotservice.FromSnapshotter(sn))
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(rpc, hs)
+
+	errc := make(chan error, 2)
+	go func() { errc <- rpc.Serve(l) }()
+
+	var metricsSrv *http.Server
+	if cfg.MetricsAddress != "" {
+		ml, err := net.Listen("tcp", cfg.MetricsAddress)
+		if err != nil {
+			rpc.Stop()
+			return fmt.Errorf("metrics listener: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go func() {
+			if err := metricsSrv.Serve(ml); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("metrics server: %w", err)
+			}
+		}()
+		log.G(ctx).WithField("address", ml.Addr().String()).Info("serving metrics")
+	}
+	log.G(ctx).WithFields(log.Fields{
+		"address":  cfg.Address,
+		"root":     root,
+		"insecure": cfg.Registry.Insecure,
+	}).Info("cocoond serving the snapshots API (snapshotter \"cocoon\")")
+
+	select {
+	case <-ctx.Done():
+		log.G(ctx).Info("stopping")
+	case err = <-errc:
+		log.G(ctx).WithError(err).Error("server failed")
+	}
+	hs.Shutdown()
+	if metricsSrv != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		metricsSrv.Shutdown(sctx)
+		cancel()
+	}
+	stopped := make(chan struct{})
+	go func() { rpc.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(10 * time.Second):
+		log.G(ctx).Warn("in-flight requests did not finish within 10s; closing")
+		rpc.Stop()
+	}
+	os.Remove(cfg.Address)
+	return err
+}

@@ -1,0 +1,321 @@
+package e2e
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cocoon-cc/cocoon/e2e/harness"
+)
+
+// TestControlOverlayfsKeepsLayerBlobs runs the harness against containerd's
+// own overlayfs snapshotter: the same image pulls and runs, and here the
+// layer blobs DO land in the content store. It proves that the images the
+// suite builds are valid and that the "no layer blob" assertion of the
+// cocoon tests can fail.
+func TestControlOverlayfsKeepsLayerBlobs(t *testing.T) {
+	env := newEnv(t)
+	ctx := testContext(t, 5*time.Minute)
+	reg, err := env.StartRegistry(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctrd, err := env.StartContainerd(ctx, harness.ContainerdOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	im, msg := pushTwoLayerImage(t, ctx, env, reg, "e2e/control", imageOptions{})
+	if _, err := ctrd.Ctr(ctx, "image", "pull", "--plain-http", im.Ref); err != nil {
+		t.Fatal(err)
+	}
+	out, err := ctrd.Ctr(ctx, "run", "--rm", im.Ref, containerID(t, "run"), "/bin/cat", "/layer2/message")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, msg) {
+		t.Errorf("container printed %q, want %q", out, msg)
+	}
+	content, err := ctrd.ContentDigests(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range im.LayerDigests() {
+		if !slices.Contains(content, d) {
+			t.Errorf("overlayfs pull: layer blob %s missing from the content store %v", d, content)
+		}
+	}
+	committed := committedSnapshots(t, ctx, ctrd, "overlayfs")
+	for _, id := range im.ChainIDs() {
+		if !slices.Contains(committed, id) {
+			t.Errorf("overlayfs pull: no committed snapshot %s (have %v)", id, committed)
+		}
+	}
+}
+
+// TestGuestPull pulls and runs 2-layer images through cocoon in every layer
+// format the suite can build: cocoond fetches the layers, containerd's
+// content store keeps only the manifest and config.
+func TestGuestPull(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		opts      imageOptions
+		layerType string // media type expected for layer 2
+	}{
+		{"oci-gzip", imageOptions{}, harness.MediaTypeOCILayerGzip},
+		{"docker-schema2", imageOptions{docker: true}, harness.MediaTypeDockerLayer},
+		{"oci-zstd", imageOptions{top: harness.Zstd}, harness.MediaTypeOCILayerZstd},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			env := newEnv(t)
+			ctx := testContext(t, 5*time.Minute)
+			s := startCocoonStack(t, ctx, env)
+			im, msg := pushTwoLayerImage(t, ctx, env, s.reg, "e2e/"+tc.name, tc.opts)
+			if tc.opts.top == harness.Zstd {
+				// crane labels every appended layer gzip; relabel.
+				var err error
+				if im, err = s.reg.SetLayerMediaType(ctx, im, 1, harness.MediaTypeOCILayerZstd); err != nil {
+					t.Fatal(err)
+				}
+			}
+			wantManifest := harness.MediaTypeOCIManifest
+			if tc.opts.docker {
+				wantManifest = harness.MediaTypeDockerManifest
+			}
+			if im.Manifest.MediaType != wantManifest || im.Manifest.Layers[1].MediaType != tc.layerType {
+				t.Fatalf("test image is not what the case needs: manifest %q layer 2 %q, want %q and %q",
+					im.Manifest.MediaType, im.Manifest.Layers[1].MediaType, wantManifest, tc.layerType)
+			}
+
+			before, err := s.cocoond.Metrics(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.ctrd.Ctr(ctx, "image", "pull", "--plain-http", "--snapshotter", snapshotterName, im.Ref); err != nil {
+				t.Fatal(err)
+			}
+			out, err := s.ctrd.Ctr(ctx, "run", "--rm", "--snapshotter", snapshotterName, im.Ref, containerID(t, "run"),
+				"/bin/sh", "-c", "cat /layer2/message && test -x /bin/busybox && echo tmp-ok > /tmp/x && cat /tmp/x")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(out, msg) || !strings.Contains(out, "tmp-ok") {
+				t.Errorf("container printed %q, want %q and tmp-ok", out, msg)
+			}
+
+			assertNoLayerBlobs(t, ctx, s.ctrd, im)
+			committed := committedSnapshots(t, ctx, s.ctrd, snapshotterName)
+			for i, id := range im.ChainIDs() {
+				if !slices.Contains(committed, id) {
+					t.Errorf("no committed cocoon snapshot for layer %d chain %s (have %v)", i, id, committed)
+				}
+			}
+
+			after, err := s.cocoond.Metrics(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			layers := harness.MetricSum(after, "cocoon_pull_layers_total") - harness.MetricSum(before, "cocoon_pull_layers_total")
+			bytes := harness.MetricSum(after, "cocoon_pull_bytes_total") - harness.MetricSum(before, "cocoon_pull_bytes_total")
+			if layers != 2 {
+				t.Errorf("cocoon_pull_layers_total rose by %v, want 2", layers)
+			}
+			if int64(bytes) < im.LayerBytes() {
+				t.Errorf("cocoon_pull_bytes_total rose by %v, want at least the %d compressed layer bytes", bytes, im.LayerBytes())
+			}
+			t.Logf("%s: %d layers, %d compressed bytes fetched by cocoond", im.Ref, int(layers), int64(bytes))
+		})
+	}
+}
+
+// TestGuestPullRejectsTamperedLayer serves a different (valid gzip, valid
+// tar, same size) blob for layer 2: the pull must fail naming the digest
+// mismatch, and nothing may be committed for layer 2's chain.
+func TestGuestPullRejectsTamperedLayer(t *testing.T) {
+	env := newEnv(t)
+	ctx := testContext(t, 5*time.Minute)
+	reg, err := env.StartRegistry(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy, err := reg.StartTamperProxy()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := startCocoonStackWithRegistry(t, ctx, env, reg, proxy.Host)
+
+	im, msg := pushTwoLayerImage(t, ctx, env, reg, "e2e/tampered", imageOptions{top: harness.GzipStored})
+	orig, err := reg.GetBlob(ctx, im.Repo, im.Manifest.Layers[1].Digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	evil, err := sameSizeTamperedBlob(env, orig, msg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := im.Manifest.Layers[1].Digest
+	proxy.Replace(bad, evil)
+
+	ref := proxy.Host + "/" + im.Repo + ":" + im.Tag
+	out, err := s.ctrd.Ctr(ctx, "image", "pull", "--plain-http", "--snapshotter", snapshotterName, ref)
+	if err == nil {
+		t.Fatalf("pull of a tampered layer succeeded:\n%s", out)
+	}
+	if proxy.Served(bad) == 0 {
+		t.Fatalf("the tampered blob was never requested; pull failed for another reason: %v", err)
+	}
+	errText := err.Error()
+	if !strings.Contains(errText, "digest mismatch") || !strings.Contains(errText, strings.TrimPrefix(bad, "sha256:")) {
+		t.Errorf("pull error does not name the digest mismatch of %s:\n%v", bad, err)
+	}
+	committed := committedSnapshots(t, ctx, s.ctrd, snapshotterName)
+	if chain := im.ChainIDs()[1]; slices.Contains(committed, chain) {
+		t.Errorf("snapshot %s of the tampered layer was committed (%v)", chain, committed)
+	}
+	content, err := s.ctrd.ContentDigests(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if slices.Contains(content, bad) {
+		t.Errorf("the tampered layer %s is in containerd's content store", bad)
+	}
+}
+
+// sameSizeTamperedBlob returns a valid gzip (stored blocks) layer blob of
+// the same size as orig in which layer2/message holds msg upper-cased: the
+// same tar size, hence the same blob size, but different bytes. orig must be
+// the GzipStored top layer built by pushTwoLayerImage with message msg.
+func sameSizeTamperedBlob(env *harness.Env, orig []byte, msg string) ([]byte, error) {
+	l := harness.NewLayer().Dir("layer2/").File("layer2/message", []byte(strings.ToUpper(msg)+"\n"), 0o644)
+	b, err := l.Bytes(env.Dir, harness.GzipStored)
+	if err != nil {
+		return nil, err
+	}
+	if len(b) != len(orig) {
+		return nil, fmt.Errorf("tampered blob is %d bytes, the original %d", len(b), len(orig))
+	}
+	if bytes.Equal(b, orig) {
+		return nil, fmt.Errorf("tampered blob equals the original")
+	}
+	return b, nil
+}
+
+// TestGuestPullRefusesUnsafeLayers pushes busybox plus a layer that tries
+// to write outside the snapshot: the pull must fail with an error naming
+// the problem, layer 2's chain must not be committed, and nothing may
+// appear in the directory the entry aims at.
+func TestGuestPullRefusesUnsafeLayers(t *testing.T) {
+	env := newEnv(t)
+	ctx := testContext(t, 8*time.Minute)
+	s := startCocoonStack(t, ctx, env)
+	bb, err := harness.BusyboxLayer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := env.Path("unsafe-base.tar")
+	if err := bb.WriteFile(base, harness.Uncompressed); err != nil {
+		t.Fatal(err)
+	}
+	// Every attack aims at this directory, which is outside any snapshot.
+	outside := env.Path("outside")
+	if err := os.Mkdir(outside, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	up := strings.Repeat("../", 24)
+	rel := strings.TrimPrefix(outside, "/")
+	for _, tc := range []struct {
+		name  string
+		layer *harness.Layer
+		// entry is a fragment of the offending entry's name that the
+		// error must mention.
+		entry string
+	}{
+		{"path-traversal", harness.NewLayer().File("ok", []byte("ok\n"), 0o644).
+			File(up+rel+"/traversal", []byte("escaped\n"), 0o644), "traversal"},
+		{"absolute-path", harness.NewLayer().File("ok", []byte("ok\n"), 0o644).
+			File(outside+"/absolute", []byte("escaped\n"), 0o644), "absolute"},
+		{"symlink-escape", harness.NewLayer().Symlink("link", up).
+			File("link/"+rel+"/via-symlink", []byte("escaped\n"), 0o644), "link"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			top := env.Path(tc.name + ".tar")
+			if err := tc.layer.WriteFile(top, harness.Uncompressed); err != nil {
+				t.Fatal(err)
+			}
+			im, err := s.reg.Push(ctx, harness.ImageSpec{Repo: "e2e/" + tc.name, Tag: "v1", Layers: []string{base, top}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			out, err := s.ctrd.Ctr(ctx, "image", "pull", "--plain-http", "--snapshotter", snapshotterName, im.Ref)
+			if err == nil {
+				t.Fatalf("pull of a layer with an unsafe entry succeeded:\n%s", out)
+			}
+			errText := err.Error()
+			if !strings.Contains(errText, "escapes") && !strings.Contains(errText, "unsafe") {
+				t.Errorf("pull error does not say the entry escapes or is unsafe:\n%v", err)
+			}
+			if !strings.Contains(errText, tc.entry) {
+				t.Errorf("pull error does not name the entry (%q):\n%v", tc.entry, err)
+			}
+			committed := committedSnapshots(t, ctx, s.ctrd, snapshotterName)
+			if chain := im.ChainIDs()[1]; slices.Contains(committed, chain) {
+				t.Errorf("snapshot %s of the unsafe layer was committed (%v)", chain, committed)
+			}
+			ents, err := os.ReadDir(outside)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range ents {
+				t.Errorf("the layer wrote %s outside the snapshot", outside+"/"+e.Name())
+			}
+		})
+	}
+}
+
+// TestCocoondRestartKeepsRunningContainer kills cocoond with SIGKILL while
+// a container runs, restarts it on the same root, and checks that the
+// running container still reads its rootfs and a new container starts.
+func TestCocoondRestartKeepsRunningContainer(t *testing.T) {
+	env := newEnv(t)
+	ctx := testContext(t, 5*time.Minute)
+	s := startCocoonStack(t, ctx, env)
+	im, msg := pushTwoLayerImage(t, ctx, env, s.reg, "e2e/restart", imageOptions{})
+	if _, err := s.ctrd.Ctr(ctx, "image", "pull", "--plain-http", "--snapshotter", snapshotterName, im.Ref); err != nil {
+		t.Fatal(err)
+	}
+	id := containerID(t, "sleeper")
+	if _, err := s.ctrd.Ctr(ctx, "run", "-d", "--snapshotter", snapshotterName, im.Ref, id, "/bin/sleep", "600"); err != nil {
+		t.Fatal(err)
+	}
+	oldPID := s.cocoond.Proc.PID()
+	if err := s.cocoond.Proc.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("killed cocoond pid %d with SIGKILL: %v", oldPID, s.cocoond.Proc.ExitError())
+	if err := s.cocoond.Start(ctx); err != nil {
+		t.Fatalf("restarting cocoond on the same root: %v", err)
+	}
+	out, err := s.ctrd.Ctr(ctx, "tasks", "exec", "--exec-id", "e1", id, "/bin/cat", "/layer2/message")
+	if err != nil {
+		t.Fatalf("exec in the running container after the restart: %v", err)
+	}
+	if !strings.Contains(out, msg) {
+		t.Errorf("exec printed %q, want %q", out, msg)
+	}
+	out, err = s.ctrd.Ctr(ctx, "run", "--rm", "--snapshotter", snapshotterName, im.Ref, containerID(t, "after"), "/bin/cat", "/layer2/message")
+	if err != nil {
+		t.Fatalf("new container after the restart: %v", err)
+	}
+	if !strings.Contains(out, msg) {
+		t.Errorf("new container printed %q, want %q", out, msg)
+	}
+	committed := committedSnapshots(t, ctx, s.ctrd, snapshotterName)
+	for i, chain := range im.ChainIDs() {
+		if !slices.Contains(committed, chain) {
+			t.Errorf("after the restart cocoond lists no committed snapshot for layer %d (%s); it has %v", i, chain, committed)
+		}
+	}
+}

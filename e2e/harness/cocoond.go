@@ -1,0 +1,167 @@
+package harness
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Cocoond is a cocoond daemon with its root and socket under the work
+// directory.
+type Cocoond struct {
+	Root    string
+	Address string
+	// MetricsAddr is "127.0.0.1:PORT" (Prometheus text at /metrics).
+	MetricsAddr string
+	Proc        *Process
+
+	env  *Env
+	bin  string
+	args []string
+}
+
+// CocoondOptions configure StartCocoond.
+type CocoondOptions struct {
+	// InsecureRegistries are HOST:PORT registries reached over plain HTTP.
+	InsecureRegistries []string
+	// Config, when not empty, is written to a file passed with --config.
+	Config string
+	// LogLevel is "debug" (default) or "info".
+	LogLevel string
+}
+
+// StartCocoond starts cocoond and waits until its socket accepts
+// connections.
+func (e *Env) StartCocoond(ctx context.Context, o CocoondOptions) (*Cocoond, error) {
+	bin, err := e.CocoonBinary("cocoond")
+	if err != nil {
+		return nil, err
+	}
+	if o.LogLevel == "" {
+		o.LogLevel = "debug"
+	}
+	dir := e.Path("cocoon")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	port, err := FreePort()
+	if err != nil {
+		return nil, err
+	}
+	c := &Cocoond{
+		Root:        filepath.Join(dir, "root"),
+		Address:     filepath.Join(dir, "cocoon.sock"),
+		MetricsAddr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)),
+		env:         e,
+		bin:         bin,
+	}
+	c.args = []string{"--root", c.Root, "--address", c.Address, "--metrics-address", c.MetricsAddr, "--log-level", o.LogLevel}
+	if o.Config != "" {
+		cfg := filepath.Join(dir, "cocoond.toml")
+		if err := os.WriteFile(cfg, []byte(o.Config), 0o600); err != nil {
+			return nil, err
+		}
+		c.args = append(c.args, "--config", cfg)
+	}
+	for _, r := range o.InsecureRegistries {
+		c.args = append(c.args, "--insecure-registry", r)
+	}
+	if err := c.Start(ctx); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// Start starts (or, after Kill, restarts) cocoond on the same root, socket
+// and flags, and waits for the socket.
+func (c *Cocoond) Start(ctx context.Context) error {
+	if c.Proc != nil && !c.Proc.Exited() {
+		return fmt.Errorf("cocoond (pid %d) is still running", c.Proc.PID())
+	}
+	p, err := c.env.StartProcess("cocoond", c.bin, c.args, nil)
+	if err != nil {
+		return err
+	}
+	c.Proc = p
+	return p.WaitSocket(ctx, c.Address)
+}
+
+// ContainerdConfig returns `cocoonctl containerd-config` for this daemon's
+// socket and containerd 2.x.
+func (c *Cocoond) ContainerdConfig(ctx context.Context) (string, error) {
+	ctl, err := c.env.CocoonBinary("cocoonctl")
+	if err != nil {
+		return "", err
+	}
+	return runTool(ctx, c.env, ctl, "containerd-config", "--address", c.Address, "--containerd-version", "2")
+}
+
+// Metrics scrapes /metrics and returns every sample, keyed by the series
+// as written (name plus labels).
+func (c *Cocoond) Metrics(ctx context.Context) (map[string]float64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+c.MetricsAddr+"/metrics", nil)
+	if err != nil {
+		return nil, err
+	}
+	client := &http.Client{Timeout: 10 * time.Second}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("scraping cocoond metrics: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		return nil, fmt.Errorf("scraping cocoond metrics: %s: %s", resp.Status, b)
+	}
+	return ParseMetrics(resp.Body)
+}
+
+// ParseMetrics parses the Prometheus text format (samples only).
+func ParseMetrics(r io.Reader) (map[string]float64, error) {
+	out := map[string]float64{}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		// The value is the field after the series; the series may contain
+		// spaces inside label values, so split at the last '}' if any.
+		series, rest := line, ""
+		if i := strings.LastIndexByte(line, '}'); i >= 0 {
+			series, rest = line[:i+1], line[i+1:]
+		} else if i := strings.IndexByte(line, ' '); i >= 0 {
+			series, rest = line[:i], line[i:]
+		}
+		f := strings.Fields(rest)
+		if len(f) == 0 {
+			return nil, fmt.Errorf("metrics line without value: %q", line)
+		}
+		v, err := strconv.ParseFloat(f[0], 64)
+		if err != nil {
+			return nil, fmt.Errorf("metrics line %q: %w", line, err)
+		}
+		out[series] = v
+	}
+	return out, sc.Err()
+}
+
+// MetricSum adds every series of metric name (all label sets).
+func MetricSum(m map[string]float64, name string) float64 {
+	var sum float64
+	for series, v := range m {
+		if series == name || strings.HasPrefix(series, name+"{") {
+			sum += v
+		}
+	}
+	return sum
+}

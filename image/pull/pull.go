@@ -1,0 +1,490 @@
+// Package pull is the guest-pull pipeline: for one layer of a verified
+// manifest it downloads the blob, decompresses it, unpacks it into a private
+// staging directory and verifies the compressed digest and the diff ID.
+// Layers after the requested one are fetched ahead, with bounded
+// parallelism, so that containerd's sequential Prepare calls find them ready.
+//
+// A staging directory is handed out only after every check passed; one that
+// failed a check is removed before the error is returned. Nothing here
+// commits snapshots: that is the snapshotter's job.
+package pull
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/opencontainers/go-digest"
+	"github.com/opencontainers/image-spec/identity"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/cocoon-cc/cocoon/image/layer"
+	"github.com/cocoon-cc/cocoon/image/registry"
+	"github.com/cocoon-cc/cocoon/image/unpack"
+)
+
+// Options configure a Puller.
+type Options struct {
+	Registry *registry.Client
+	// StagingDir holds layers being unpacked; it must be on the same
+	// filesystem as the snapshots so a staged layer is committed by rename.
+	StagingDir string
+	// MaxConcurrent bounds layers downloaded and unpacked at once (default 3).
+	MaxConcurrent int
+	// Unpack limits and permissions for layer contents.
+	Unpack unpack.Options
+	// StagedTTL is how long a layer fetched ahead waits to be taken before it
+	// is discarded (default 10 minutes).
+	StagedTTL time.Duration
+	// ImageCacheTTL is how long verified manifests and configs are kept
+	// (default 10 minutes).
+	ImageCacheTTL time.Duration
+	Metrics       *Metrics
+}
+
+// Request names one layer of one image.
+type Request struct {
+	ImageRef       string        // cri.image-ref
+	ManifestDigest digest.Digest // cri.manifest-digest
+	LayerDigest    digest.Digest // cri.layer-digest
+	DiffID         digest.Digest // containerd.io/snapshot/diff-id (optional)
+	// Exists reports whether a chain ID is already committed; layers whose
+	// snapshot exists are not fetched ahead.
+	Exists func(ctx context.Context, chainID digest.Digest) bool
+}
+
+// Staged is a verified, unpacked layer waiting to be committed.
+type Staged struct {
+	Dir     string // directory in overlayfs upperdir form
+	Layer   ocispec.Descriptor
+	DiffID  digest.Digest
+	ChainID digest.Digest
+	Stats   unpack.Stats
+}
+
+// Discard removes the staging directory (after a failed commit).
+func (s *Staged) Discard() error { return os.RemoveAll(s.Dir) }
+
+// Puller runs the pipeline. It is safe for concurrent use.
+type Puller struct {
+	opts Options
+	sem  chan struct{}
+	ctx  context.Context // lifetime of background jobs
+	stop context.CancelFunc
+	wg   sync.WaitGroup
+
+	mu     sync.Mutex
+	jobs   map[string]*job        // repo@layerDigest -> job
+	images map[string]*imageEntry // repo@manifestDigest -> image
+}
+
+type job struct {
+	done    chan struct{}
+	created time.Time
+	staged  *Staged
+	err     error
+}
+
+type imageEntry struct {
+	done    chan struct{}
+	fetched time.Time
+	im      *registry.Image
+	err     error
+}
+
+// New returns a Puller; Close stops its background work.
+func New(opts Options) (*Puller, error) {
+	if opts.Registry == nil {
+		return nil, errors.New("pull: no registry client")
+	}
+	if opts.MaxConcurrent <= 0 {
+		opts.MaxConcurrent = 3
+	}
+	if opts.StagedTTL <= 0 {
+		opts.StagedTTL = 10 * time.Minute
+	}
+	if opts.ImageCacheTTL <= 0 {
+		opts.ImageCacheTTL = 10 * time.Minute
+	}
+	if opts.Metrics == nil {
+		opts.Metrics = NewMetrics()
+	}
+	if err := os.MkdirAll(opts.StagingDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create staging directory: %w", err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	p := &Puller{
+		opts:   opts,
+		sem:    make(chan struct{}, opts.MaxConcurrent),
+		ctx:    ctx,
+		stop:   stop,
+		jobs:   map[string]*job{},
+		images: map[string]*imageEntry{},
+	}
+	p.wg.Add(1)
+	go p.janitor()
+	return p, nil
+}
+
+// CleanStaging removes every leftover staging directory, e.g. after a crash.
+// Call it before the first Layer call.
+func (p *Puller) CleanStaging(ctx context.Context) (int, error) {
+	entries, err := os.ReadDir(p.opts.StagingDir)
+	if err != nil {
+		return 0, err
+	}
+	for _, e := range entries {
+		if err := os.RemoveAll(filepath.Join(p.opts.StagingDir, e.Name())); err != nil {
+			return 0, fmt.Errorf("remove stale staging directory %s: %w", e.Name(), err)
+		}
+	}
+	return len(entries), nil
+}
+
+// Close cancels background work and removes layers nobody took.
+func (p *Puller) Close() error {
+	p.stop()
+	p.wg.Wait()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for k, j := range p.jobs {
+		<-j.done
+		if j.staged != nil {
+			j.staged.Discard()
+		}
+		delete(p.jobs, k)
+	}
+	return nil
+}
+
+// Layer returns the verified, unpacked layer req names. The caller owns the
+// returned directory: it must rename it into place or Discard it.
+func (p *Puller) Layer(ctx context.Context, req Request) (*Staged, error) {
+	begin := time.Now()
+	repo, err := p.opts.Registry.ParseRepository(req.ImageRef)
+	if err != nil {
+		return nil, err
+	}
+	im, err := p.image(ctx, repo, req.ManifestDigest)
+	if err != nil {
+		p.opts.Metrics.failure(reasonOf(err))
+		return nil, err
+	}
+	idx, ok := im.LayerIndex(req.LayerDigest)
+	if !ok {
+		p.opts.Metrics.failure("layer_not_in_manifest")
+		return nil, fmt.Errorf("layer %s is not part of manifest %s@%s: %w", req.LayerDigest, repo, req.ManifestDigest, errdefs.ErrInvalidArgument)
+	}
+	diffIDs := im.Config.RootFS.DiffIDs
+	if req.DiffID != "" && req.DiffID != diffIDs[idx] {
+		p.opts.Metrics.failure("diffid_label_mismatch")
+		return nil, fmt.Errorf("layer %s: diff ID label %s does not match the image config's %s: %w", req.LayerDigest, req.DiffID, diffIDs[idx], errdefs.ErrInvalidArgument)
+	}
+	chainIDs := identity.ChainIDs(append([]digest.Digest(nil), diffIDs...))
+
+	// Fetch this layer and those after it; containerd asks for them next.
+	for i := idx; i < len(im.Manifest.Layers); i++ {
+		if i > idx && req.Exists != nil && req.Exists(ctx, chainIDs[i]) {
+			continue
+		}
+		p.start(repo, im.Manifest.Layers[i], diffIDs[i], chainIDs[i])
+	}
+	j := p.take(repo, im.Manifest.Layers[idx])
+	if j == nil { // taken by a concurrent request for the same layer
+		j = p.start(repo, im.Manifest.Layers[idx], diffIDs[idx], chainIDs[idx])
+		j = p.take(repo, im.Manifest.Layers[idx])
+	}
+	select {
+	case <-j.done:
+	case <-ctx.Done():
+		// The job finishes in the background and is discarded by the
+		// janitor if nobody takes it.
+		p.putBack(repo, im.Manifest.Layers[idx], j)
+		return nil, ctx.Err()
+	}
+	if j.err != nil && j.created.Before(begin) && !errors.Is(j.err, context.Canceled) {
+		// Fetched ahead and failed: the cause may have been transient, so
+		// try once more now that this layer is wanted.
+		log.G(ctx).WithError(j.err).WithField("layer", req.LayerDigest).Info("layer fetched ahead failed, fetching again")
+		p.start(repo, im.Manifest.Layers[idx], diffIDs[idx], chainIDs[idx])
+		return p.wait(ctx, repo, im.Manifest.Layers[idx], p.take(repo, im.Manifest.Layers[idx]))
+	}
+	if j.err != nil {
+		return nil, j.err
+	}
+	return j.staged, nil
+}
+
+func (p *Puller) wait(ctx context.Context, repo name.Repository, desc ocispec.Descriptor, j *job) (*Staged, error) {
+	select {
+	case <-j.done:
+	case <-ctx.Done():
+		p.putBack(repo, desc, j)
+		return nil, ctx.Err()
+	}
+	if j.err != nil {
+		return nil, j.err
+	}
+	return j.staged, nil
+}
+
+func jobKey(repo name.Repository, d digest.Digest) string { return repo.String() + "@" + d.String() }
+
+// start schedules a job for a layer unless one is queued already.
+func (p *Puller) start(repo name.Repository, desc ocispec.Descriptor, diffID, chainID digest.Digest) *job {
+	key := jobKey(repo, desc.Digest)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if j, ok := p.jobs[key]; ok {
+		return j
+	}
+	j := &job{done: make(chan struct{}), created: time.Now()}
+	p.jobs[key] = j
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		defer close(j.done)
+		select {
+		case p.sem <- struct{}{}:
+		case <-p.ctx.Done():
+			j.err = p.ctx.Err()
+			return
+		}
+		defer func() { <-p.sem }()
+		j.staged, j.err = p.fetch(p.ctx, repo, desc, diffID, chainID)
+	}()
+	return j
+}
+
+func (p *Puller) take(repo name.Repository, desc ocispec.Descriptor) *job {
+	key := jobKey(repo, desc.Digest)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	j := p.jobs[key]
+	delete(p.jobs, key)
+	return j
+}
+
+func (p *Puller) putBack(repo name.Repository, desc ocispec.Descriptor, j *job) {
+	key := jobKey(repo, desc.Digest)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, ok := p.jobs[key]; !ok {
+		p.jobs[key] = j
+		return
+	}
+	go func() { // a newer job exists: drop this one when it ends
+		<-j.done
+		if j.staged != nil {
+			j.staged.Discard()
+		}
+	}()
+}
+
+func (p *Puller) janitor() {
+	defer p.wg.Done()
+	t := time.NewTicker(time.Minute)
+	defer t.Stop()
+	for {
+		select {
+		case <-p.ctx.Done():
+			return
+		case <-t.C:
+		}
+		p.expire(time.Now())
+	}
+}
+
+// expire discards finished jobs nobody took within StagedTTL and forgets
+// cached images older than ImageCacheTTL.
+func (p *Puller) expire(now time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for k, j := range p.jobs {
+		select {
+		case <-j.done:
+		default:
+			continue
+		}
+		if now.Sub(j.created) < p.opts.StagedTTL {
+			continue
+		}
+		if j.staged != nil {
+			log.L.WithField("layer", j.staged.Layer.Digest).Info("discarding a layer fetched ahead that no snapshot took")
+			j.staged.Discard()
+		}
+		delete(p.jobs, k)
+	}
+	for k, e := range p.images {
+		select {
+		case <-e.done:
+			if now.Sub(e.fetched) > p.opts.ImageCacheTTL || e.err != nil {
+				delete(p.images, k)
+			}
+		default:
+		}
+	}
+}
+
+// image returns the verified manifest and config, fetched once per TTL.
+func (p *Puller) image(ctx context.Context, repo name.Repository, dgst digest.Digest) (*registry.Image, error) {
+	key := repo.String() + "@" + dgst.String()
+	p.mu.Lock()
+	e, ok := p.images[key]
+	if ok {
+		select {
+		case <-e.done:
+			if e.err != nil {
+				ok = false // retry failures
+			}
+		default:
+		}
+	}
+	if !ok {
+		e = &imageEntry{done: make(chan struct{})}
+		p.images[key] = e
+		p.mu.Unlock()
+		e.im, e.err = p.opts.Registry.Image(ctx, repo, dgst)
+		e.fetched = time.Now()
+		close(e.done)
+		return e.im, e.err
+	}
+	p.mu.Unlock()
+	select {
+	case <-e.done:
+		return e.im, e.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// fetch downloads, unpacks and verifies one layer into a new staging dir.
+func (p *Puller) fetch(ctx context.Context, repo name.Repository, desc ocispec.Descriptor, diffID, chainID digest.Digest) (_ *Staged, retErr error) {
+	ctx = log.WithLogger(ctx, log.G(ctx).WithField("layer", desc.Digest).WithField("image", repo.String()))
+	start := time.Now()
+	m := p.opts.Metrics
+	m.started()
+	defer m.finished()
+	defer func() {
+		if retErr != nil {
+			m.failure(reasonOf(retErr))
+			log.G(ctx).WithError(retErr).Error("layer pull failed; nothing committed")
+		}
+	}()
+
+	dir, err := os.MkdirTemp(p.opts.StagingDir, "layer-")
+	if err != nil {
+		return nil, fmt.Errorf("create staging directory: %w", err)
+	}
+	defer func() {
+		if retErr != nil {
+			os.RemoveAll(dir)
+		}
+	}()
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return nil, err
+	}
+
+	blob, err := p.opts.Registry.OpenBlob(ctx, repo, desc)
+	if err != nil {
+		return nil, err
+	}
+	defer blob.Close()
+	progress := &progressReader{r: blob, ctx: ctx, total: desc.Size, start: start, m: m}
+	lr, err := layer.NewReader(progress, desc.MediaType, desc.Digest, diffID)
+	if err != nil {
+		return nil, fmt.Errorf("layer %s: %w", desc.Digest, err)
+	}
+	defer lr.Close()
+	stats, err := unpack.Extract(ctx, lr, dir, p.opts.Unpack)
+	if err != nil {
+		return nil, fmt.Errorf("unpack layer %s: %w", desc.Digest, err)
+	}
+	if err := lr.Verify(); err != nil {
+		return nil, fmt.Errorf("verify layer %s: %w", desc.Digest, err)
+	}
+	took := time.Since(start)
+	m.done(took)
+	log.G(ctx).WithFields(log.Fields{
+		"bytes":        lr.CompressedBytes(),
+		"uncompressed": lr.UncompressedBytes(),
+		"entries":      stats.Entries,
+		"duration":     took.Round(time.Millisecond).String(),
+		"rate":         rate(lr.CompressedBytes(), took),
+		"diff_id":      diffID,
+		"verified":     "compressed digest and diff ID match",
+	}).Info("layer pulled and verified")
+	return &Staged{Dir: dir, Layer: desc, DiffID: diffID, ChainID: chainID, Stats: stats}, nil
+}
+
+// progressReader counts bytes and logs progress every few seconds.
+type progressReader struct {
+	r       io.Reader
+	ctx     context.Context
+	total   int64
+	n       int64
+	start   time.Time
+	lastLog time.Time
+	m       *Metrics
+}
+
+const progressEvery = 5 * time.Second
+
+func (pr *progressReader) Read(b []byte) (int, error) {
+	n, err := pr.r.Read(b)
+	pr.n += int64(n)
+	pr.m.bytes(n)
+	if now := time.Now(); now.Sub(pr.lastLog) >= progressEvery && now.Sub(pr.start) >= progressEvery {
+		pr.lastLog = now
+		log.G(pr.ctx).WithFields(log.Fields{
+			"bytes": pr.n,
+			"total": pr.total,
+			"rate":  rate(pr.n, now.Sub(pr.start)),
+		}).Info("layer download in progress")
+	}
+	return n, err
+}
+
+func rate(n int64, d time.Duration) string {
+	if d <= 0 {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.1f MB/s", float64(n)/d.Seconds()/1e6)
+}
+
+// reasonOf classifies an error for the failure metric.
+func reasonOf(err error) string {
+	var lm *layer.DigestMismatchError
+	var rm *registry.DigestMismatchError
+	var ee *unpack.EntryError
+	switch {
+	case errors.As(err, &lm):
+		if lm.Kind == "diff-id" {
+			return "diffid_mismatch"
+		}
+		return "digest_mismatch"
+	case errors.As(err, &rm):
+		return "manifest_digest_mismatch"
+	case errors.Is(err, unpack.ErrLimitExceeded):
+		return "limit_exceeded"
+	case errors.As(err, &ee):
+		return "unsafe_entry"
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return "canceled"
+	case errors.Is(err, errdefs.ErrNotFound):
+		return "not_found"
+	case errors.Is(err, errdefs.ErrPermissionDenied):
+		return "unauthorized"
+	case errors.Is(err, errdefs.ErrNotImplemented):
+		return "unsupported"
+	}
+	return "fetch"
+}

@@ -1,0 +1,519 @@
+// Package registry is cocoon's OCI distribution client: it fetches manifests
+// by digest (choosing the platform from an index), small verified blobs such
+// as image configs, and layer blobs as resumable streams.
+//
+// It must never return manifest or config bytes whose digest has not been
+// checked, and never speak plain HTTP to a registry that was not configured
+// as insecure. Layer blob digests are checked by the caller while it streams
+// (see image/layer), because a layer is never held in memory.
+package registry
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	"github.com/containerd/platforms"
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// Media types of manifests this client understands.
+const (
+	MediaTypeDockerManifest     = "application/vnd.docker.distribution.manifest.v2+json"
+	MediaTypeDockerManifestList = "application/vnd.docker.distribution.manifest.list.v2+json"
+)
+
+// maxManifestSize bounds manifest and index documents (the distribution spec
+// recommends registries accept at least 4 MiB).
+const maxManifestSize = 4 << 20
+
+// Options configure a Client.
+type Options struct {
+	// Insecure lists registries (host[:port]) reached over plain HTTP.
+	Insecure []string
+	// Keychain resolves credentials; nil means anonymous.
+	Keychain authn.Keychain
+	// Transport is the base HTTP transport; nil means a clone of
+	// http.DefaultTransport.
+	Transport http.RoundTripper
+	// Retries is how many times a failed request or a cut stream is retried
+	// (default 5). Backoff doubles from RetryBackoff (default 200ms) up to 5s.
+	Retries      int
+	RetryBackoff time.Duration
+	// Platform selects the manifest of an index (default: this host's).
+	Platform platforms.MatchComparer
+	// MaxConfigSize bounds image config blobs (default 8 MiB).
+	MaxConfigSize int64
+}
+
+// Client talks to OCI registries. It is safe for concurrent use.
+type Client struct {
+	opts     Options
+	insecure map[string]bool
+	base     http.RoundTripper
+
+	mu         sync.Mutex
+	transports map[string]http.RoundTripper // per repository, with auth
+}
+
+// New returns a Client.
+func New(opts Options) *Client {
+	if opts.Retries <= 0 {
+		opts.Retries = 5
+	}
+	if opts.RetryBackoff <= 0 {
+		opts.RetryBackoff = 200 * time.Millisecond
+	}
+	if opts.Platform == nil {
+		opts.Platform = platforms.Default()
+	}
+	if opts.MaxConfigSize <= 0 {
+		opts.MaxConfigSize = 8 << 20
+	}
+	if opts.Keychain == nil {
+		opts.Keychain = anonymous{}
+	}
+	base := opts.Transport
+	if base == nil {
+		base = http.DefaultTransport.(*http.Transport).Clone()
+	}
+	c := &Client{
+		opts:       opts,
+		insecure:   map[string]bool{},
+		transports: map[string]http.RoundTripper{},
+	}
+	for _, h := range opts.Insecure {
+		c.insecure[h] = true
+	}
+	c.base = &schemeGuard{next: base, insecure: c.insecure}
+	return c
+}
+
+type anonymous struct{}
+
+func (anonymous) Resolve(authn.Resource) (authn.Authenticator, error) { return authn.Anonymous, nil }
+
+// schemeGuard refuses plain-HTTP requests to registries not configured as
+// insecure. go-containerregistry falls back to HTTP for loopback and private
+// addresses on its own; inside a TEE that decision belongs to the operator.
+type schemeGuard struct {
+	next     http.RoundTripper
+	insecure map[string]bool
+}
+
+func (g *schemeGuard) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.URL.Scheme == "http" && !g.insecure[r.URL.Host] {
+		return nil, fmt.Errorf("refusing plain HTTP to %s: registry is not configured as insecure", r.URL.Host)
+	}
+	return g.next.RoundTrip(r)
+}
+
+// ParseRepository parses an image reference (as in the CRI image-ref label)
+// and returns its repository.
+func (c *Client) ParseRepository(ref string) (name.Repository, error) {
+	var opts []name.Option
+	if r, err := name.ParseReference(ref); err == nil && c.insecure[r.Context().RegistryStr()] {
+		opts = append(opts, name.Insecure)
+	}
+	r, err := name.ParseReference(ref, opts...)
+	if err != nil {
+		return name.Repository{}, fmt.Errorf("parse image reference %q: %w: %w", ref, err, errdefs.ErrInvalidArgument)
+	}
+	return r.Context(), nil
+}
+
+func (c *Client) scheme(repo name.Repository) string {
+	if c.insecure[repo.RegistryStr()] {
+		return "http"
+	}
+	return "https"
+}
+
+func (c *Client) transport(ctx context.Context, repo name.Repository) (http.RoundTripper, error) {
+	key := repo.String()
+	c.mu.Lock()
+	rt, ok := c.transports[key]
+	c.mu.Unlock()
+	if ok {
+		return rt, nil
+	}
+	auth, err := authn.Resolve(ctx, c.opts.Keychain, repo)
+	if err != nil {
+		return nil, fmt.Errorf("resolve credentials for %s: %w", repo, err)
+	}
+	var lastErr error
+	for try := 0; try <= c.opts.Retries; try++ {
+		if try > 0 {
+			if err := c.sleep(ctx, try); err != nil {
+				return nil, err
+			}
+		}
+		rt, lastErr = transport.NewWithContext(ctx, repo.Registry, auth, c.base, []string{repo.Scope(transport.PullScope)})
+		if lastErr == nil {
+			break
+		}
+		if !retryable(lastErr) {
+			break
+		}
+	}
+	if lastErr != nil {
+		return nil, fmt.Errorf("connect to registry %s: %w", repo.RegistryStr(), lastErr)
+	}
+	c.mu.Lock()
+	c.transports[key] = rt
+	c.mu.Unlock()
+	return rt, nil
+}
+
+func (c *Client) sleep(ctx context.Context, try int) error {
+	d := c.opts.RetryBackoff << (try - 1)
+	if d > 5*time.Second || d <= 0 {
+		d = 5 * time.Second
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// StatusError is a registry response with an unexpected HTTP status.
+type StatusError struct {
+	URL    string
+	Status int
+	Body   string
+}
+
+func (e *StatusError) Error() string {
+	msg := fmt.Sprintf("GET %s: unexpected status %d", e.URL, e.Status)
+	if e.Body != "" {
+		msg += ": " + e.Body
+	}
+	return msg
+}
+
+func (e *StatusError) Unwrap() error {
+	switch e.Status {
+	case http.StatusNotFound:
+		return errdefs.ErrNotFound
+	case http.StatusUnauthorized, http.StatusForbidden:
+		return errdefs.ErrPermissionDenied
+	}
+	return nil
+}
+
+func retryable(err error) bool {
+	if err == nil {
+		return false
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return false
+	}
+	var se *StatusError
+	if errors.As(err, &se) {
+		return se.Status == http.StatusTooManyRequests || se.Status >= 500
+	}
+	var te *transport.Error
+	if errors.As(err, &te) {
+		return te.StatusCode == http.StatusTooManyRequests || te.StatusCode >= 500
+	}
+	return true // network errors
+}
+
+// get issues one GET (with retries for network errors and 5xx/429) and
+// returns a response with the wanted status.
+func (c *Client) get(ctx context.Context, repo name.Repository, path string, hdr http.Header, ok ...int) (*http.Response, error) {
+	rt, err := c.transport(ctx, repo)
+	if err != nil {
+		return nil, err
+	}
+	u := fmt.Sprintf("%s://%s/v2/%s/%s", c.scheme(repo), repo.RegistryStr(), repo.RepositoryStr(), path)
+	var lastErr error
+	for try := 0; try <= c.opts.Retries; try++ {
+		if try > 0 {
+			if err := c.sleep(ctx, try); err != nil {
+				return nil, err
+			}
+		}
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+		if err != nil {
+			return nil, err
+		}
+		for k, v := range hdr {
+			req.Header[k] = v
+		}
+		resp, err := (&http.Client{Transport: rt}).Do(req)
+		if err != nil {
+			lastErr = err
+			if !retryable(err) {
+				break
+			}
+			log.G(ctx).WithError(err).WithField("url", u).Debug("registry request failed, retrying")
+			continue
+		}
+		for _, s := range ok {
+			if resp.StatusCode == s {
+				return resp, nil
+			}
+		}
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		resp.Body.Close()
+		lastErr = &StatusError{URL: u, Status: resp.StatusCode, Body: strings.TrimSpace(string(body))}
+		if !retryable(lastErr) {
+			break
+		}
+	}
+	return nil, lastErr
+}
+
+// fetchVerified fetches a small document (manifest or blob) by digest and
+// checks its digest and size.
+func (c *Client) fetchVerified(ctx context.Context, repo name.Repository, path string, dgst digest.Digest, accept []string, max int64) ([]byte, string, error) {
+	if err := dgst.Validate(); err != nil {
+		return nil, "", fmt.Errorf("invalid digest %q: %w: %w", dgst, err, errdefs.ErrInvalidArgument)
+	}
+	hdr := http.Header{}
+	if len(accept) > 0 {
+		hdr.Set("Accept", strings.Join(accept, ", "))
+	}
+	resp, err := c.get(ctx, repo, path, hdr, http.StatusOK)
+	if err != nil {
+		return nil, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, max+1))
+	if err != nil {
+		return nil, "", fmt.Errorf("read %s@%s: %w", repo, dgst, err)
+	}
+	if int64(len(b)) > max {
+		return nil, "", fmt.Errorf("%s@%s is larger than %d bytes: %w", repo, dgst, max, errdefs.ErrFailedPrecondition)
+	}
+	if got := dgst.Algorithm().FromBytes(b); got != dgst {
+		return nil, "", &DigestMismatchError{Ref: repo.String(), Expected: dgst, Actual: got}
+	}
+	return b, resp.Header.Get("Content-Type"), nil
+}
+
+// DigestMismatchError reports a manifest or blob whose bytes do not match
+// the digest that named them.
+type DigestMismatchError struct {
+	Ref              string
+	Expected, Actual digest.Digest
+}
+
+func (e *DigestMismatchError) Error() string {
+	return fmt.Sprintf("%s: digest mismatch: expected %s, got %s", e.Ref, e.Expected, e.Actual)
+}
+
+func (e *DigestMismatchError) Unwrap() error { return errdefs.ErrFailedPrecondition }
+
+// Image is a verified image manifest with its config.
+type Image struct {
+	Repository     name.Repository
+	ManifestDigest digest.Digest // of the platform manifest (not the index)
+	Manifest       ocispec.Manifest
+	Config         ocispec.Image
+}
+
+// LayerIndex returns the position of the layer blob dgst in the manifest.
+func (im *Image) LayerIndex(dgst digest.Digest) (int, bool) {
+	for i, l := range im.Manifest.Layers {
+		if l.Digest == dgst {
+			return i, true
+		}
+	}
+	return -1, false
+}
+
+var manifestAccept = []string{
+	ocispec.MediaTypeImageManifest, ocispec.MediaTypeImageIndex,
+	MediaTypeDockerManifest, MediaTypeDockerManifestList,
+}
+
+// Image fetches the manifest named by dgst (an image index selects this
+// client's platform) and its config, verifying every digest on the way.
+func (c *Client) Image(ctx context.Context, repo name.Repository, dgst digest.Digest) (*Image, error) {
+	for depth := 0; depth < 2; depth++ {
+		b, ctype, err := c.fetchVerified(ctx, repo, "manifests/"+dgst.String(), dgst, manifestAccept, maxManifestSize)
+		if err != nil {
+			return nil, fmt.Errorf("fetch manifest %s@%s: %w", repo, dgst, err)
+		}
+		var probe struct {
+			MediaType string          `json:"mediaType"`
+			Manifests json.RawMessage `json:"manifests"`
+			Layers    json.RawMessage `json:"layers"`
+		}
+		if err := json.Unmarshal(b, &probe); err != nil {
+			return nil, fmt.Errorf("manifest %s@%s: %w: %w", repo, dgst, err, errdefs.ErrInvalidArgument)
+		}
+		mt := probe.MediaType
+		if mt == "" {
+			mt = ctype
+		}
+		switch {
+		case mt == ocispec.MediaTypeImageIndex || mt == MediaTypeDockerManifestList || (probe.Manifests != nil && probe.Layers == nil):
+			var idx ocispec.Index
+			if err := json.Unmarshal(b, &idx); err != nil {
+				return nil, fmt.Errorf("index %s@%s: %w: %w", repo, dgst, err, errdefs.ErrInvalidArgument)
+			}
+			next, err := c.pickPlatform(idx)
+			if err != nil {
+				return nil, fmt.Errorf("index %s@%s: %w", repo, dgst, err)
+			}
+			dgst = next
+		case mt == ocispec.MediaTypeImageManifest || mt == MediaTypeDockerManifest || probe.Layers != nil:
+			var m ocispec.Manifest
+			if err := json.Unmarshal(b, &m); err != nil {
+				return nil, fmt.Errorf("manifest %s@%s: %w: %w", repo, dgst, err, errdefs.ErrInvalidArgument)
+			}
+			cfgBytes, _, err := c.fetchVerified(ctx, repo, "blobs/"+m.Config.Digest.String(), m.Config.Digest, nil, c.opts.MaxConfigSize)
+			if err != nil {
+				return nil, fmt.Errorf("fetch config of %s@%s: %w", repo, dgst, err)
+			}
+			im := &Image{Repository: repo, ManifestDigest: dgst, Manifest: m}
+			if err := json.Unmarshal(cfgBytes, &im.Config); err != nil {
+				return nil, fmt.Errorf("config %s of %s@%s: %w: %w", m.Config.Digest, repo, dgst, err, errdefs.ErrInvalidArgument)
+			}
+			if n, d := len(im.Config.RootFS.DiffIDs), len(m.Layers); n != d {
+				return nil, fmt.Errorf("manifest %s@%s has %d layers but its config lists %d diff IDs: %w", repo, dgst, d, n, errdefs.ErrInvalidArgument)
+			}
+			return im, nil
+		default:
+			return nil, fmt.Errorf("manifest %s@%s: unsupported media type %q: %w", repo, dgst, mt, errdefs.ErrNotImplemented)
+		}
+	}
+	return nil, fmt.Errorf("manifest %s@%s: nested index: %w", repo, dgst, errdefs.ErrInvalidArgument)
+}
+
+func (c *Client) pickPlatform(idx ocispec.Index) (digest.Digest, error) {
+	var best *ocispec.Descriptor
+	for i := range idx.Manifests {
+		d := &idx.Manifests[i]
+		if d.Platform == nil || !c.opts.Platform.Match(*d.Platform) {
+			continue
+		}
+		if best == nil || c.opts.Platform.Less(*d.Platform, *best.Platform) {
+			best = d
+		}
+	}
+	if best == nil {
+		return "", fmt.Errorf("no manifest for this platform: %w", errdefs.ErrNotFound)
+	}
+	return best.Digest, nil
+}
+
+// OpenBlob returns a stream of the blob described by desc. The stream
+// resumes with an HTTP Range request after a cut connection and retries with
+// backoff. It does not verify the digest: the caller hashes what it reads.
+func (c *Client) OpenBlob(ctx context.Context, repo name.Repository, desc ocispec.Descriptor) (io.ReadCloser, error) {
+	if err := desc.Digest.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid blob digest %q: %w: %w", desc.Digest, err, errdefs.ErrInvalidArgument)
+	}
+	b := &blobReader{ctx: ctx, c: c, repo: repo, desc: desc}
+	if err := b.open(); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+type blobReader struct {
+	ctx    context.Context
+	c      *Client
+	repo   name.Repository
+	desc   ocispec.Descriptor
+	body   io.ReadCloser
+	off    int64
+	cuts   int
+	closed bool
+}
+
+func (b *blobReader) path() string { return "blobs/" + b.desc.Digest.String() }
+
+func (b *blobReader) open() error {
+	hdr := http.Header{}
+	if b.off > 0 {
+		hdr.Set("Range", fmt.Sprintf("bytes=%d-", b.off))
+	}
+	resp, err := b.c.get(b.ctx, b.repo, b.path(), hdr, http.StatusOK, http.StatusPartialContent)
+	if err != nil {
+		return fmt.Errorf("fetch blob %s from %s: %w", b.desc.Digest, b.repo, err)
+	}
+	if b.off > 0 && resp.StatusCode == http.StatusOK {
+		// The server ignored Range: skip what we already have.
+		if _, err := io.CopyN(io.Discard, resp.Body, b.off); err != nil {
+			resp.Body.Close()
+			return fmt.Errorf("fetch blob %s from %s: skip to offset %d: %w", b.desc.Digest, b.repo, b.off, err)
+		}
+	}
+	b.body = resp.Body
+	return nil
+}
+
+func (b *blobReader) Read(p []byte) (int, error) {
+	if b.closed {
+		return 0, errors.New("read from closed blob stream")
+	}
+	for {
+		n, err := b.body.Read(p)
+		b.off += int64(n)
+		if err == nil || n > 0 {
+			if err == io.EOF && b.desc.Size > 0 && b.off < b.desc.Size {
+				err = nil // early EOF: resume on the next call
+				b.body.Close()
+				if rerr := b.resume(io.ErrUnexpectedEOF); rerr != nil {
+					return n, rerr
+				}
+			}
+			return n, err
+		}
+		if err == io.EOF {
+			if b.desc.Size > 0 && b.off < b.desc.Size {
+				err = io.ErrUnexpectedEOF
+			} else {
+				return 0, io.EOF
+			}
+		}
+		b.body.Close()
+		if rerr := b.resume(err); rerr != nil {
+			return 0, rerr
+		}
+	}
+}
+
+func (b *blobReader) resume(cause error) error {
+	if b.ctx.Err() != nil {
+		return b.ctx.Err()
+	}
+	b.cuts++
+	if b.cuts > b.c.opts.Retries {
+		return fmt.Errorf("fetch blob %s from %s: stream cut %d times, last at byte %d: %w", b.desc.Digest, b.repo, b.cuts, b.off, cause)
+	}
+	log.G(b.ctx).WithError(cause).WithField("digest", b.desc.Digest).WithField("offset", b.off).Warn("blob stream cut, resuming with a range request")
+	if err := b.c.sleep(b.ctx, b.cuts); err != nil {
+		return err
+	}
+	return b.open()
+}
+
+func (b *blobReader) Close() error {
+	if b.closed {
+		return nil
+	}
+	b.closed = true
+	return b.body.Close()
+}

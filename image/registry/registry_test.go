@@ -1,0 +1,256 @@
+package registry
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/platforms"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// fakeRegistry serves a fixed set of manifests and blobs over plain HTTP on
+// loopback. It can cut blob streams after a number of bytes, and counts
+// Range requests.
+type fakeRegistry struct {
+	docs      map[digest.Digest][]byte // manifests and blobs by digest
+	types     map[digest.Digest]string
+	cutAfter  int64 // cut each blob response after this many bytes (0: never)
+	cuts      atomic.Int64
+	ranges    atomic.Int64
+	maxCuts   int64
+	noRange   bool
+	host      string
+	forbidden bool
+}
+
+func (f *fakeRegistry) add(mt string, b []byte) digest.Digest {
+	d := digest.FromBytes(b)
+	f.docs[d] = b
+	f.types[d] = mt
+	return d
+}
+
+func (f *fakeRegistry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == "/v2/" {
+		w.WriteHeader(http.StatusOK)
+		return
+	}
+	if f.forbidden {
+		http.Error(w, `{"errors":[{"code":"DENIED"}]}`, http.StatusForbidden)
+		return
+	}
+	i := strings.LastIndex(r.URL.Path, "/")
+	d := digest.Digest(r.URL.Path[i+1:])
+	b, ok := f.docs[d]
+	if !ok {
+		http.Error(w, `{"errors":[{"code":"BLOB_UNKNOWN"}]}`, http.StatusNotFound)
+		return
+	}
+	w.Header().Set("Content-Type", f.types[d])
+	start := int64(0)
+	if rg := r.Header.Get("Range"); rg != "" && !f.noRange {
+		f.ranges.Add(1)
+		start, _ = strconv.ParseInt(strings.TrimSuffix(strings.TrimPrefix(rg, "bytes="), "-"), 10, 64)
+		w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, len(b)-1, len(b)))
+		w.Header().Set("Content-Length", strconv.Itoa(len(b)-int(start)))
+		w.WriteHeader(http.StatusPartialContent)
+	} else {
+		w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+	}
+	body := b[start:]
+	if strings.Contains(r.URL.Path, "/blobs/") && f.cutAfter > 0 && int64(len(body)) > f.cutAfter && f.cuts.Load() < f.maxCuts {
+		f.cuts.Add(1)
+		w.Write(body[:f.cutAfter])
+		// Abort the connection mid-body: the client sees an unexpected EOF.
+		panic(http.ErrAbortHandler)
+	}
+	w.Write(body)
+}
+
+func startFake(t *testing.T, f *fakeRegistry) *Client {
+	t.Helper()
+	srv := httptest.NewUnstartedServer(f)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Listener = l
+	srv.Config.ErrorLog = nil
+	srv.Start()
+	t.Cleanup(srv.Close)
+	f.host = l.Addr().String()
+	return New(Options{Insecure: []string{f.host}, RetryBackoff: time.Millisecond,
+		Platform: platforms.Only(ocispec.Platform{OS: "linux", Architecture: "amd64"})})
+}
+
+func newFake() *fakeRegistry {
+	return &fakeRegistry{docs: map[digest.Digest][]byte{}, types: map[digest.Digest]string{}}
+}
+
+func randomBytes(t *testing.T, n int) []byte {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// image adds a one-layer image and returns the manifest digest and layer.
+func (f *fakeRegistry) image(t *testing.T, layer []byte) (digest.Digest, ocispec.Descriptor) {
+	t.Helper()
+	ld := f.add(ocispec.MediaTypeImageLayerGzip, layer)
+	cfg, _ := json.Marshal(ocispec.Image{RootFS: ocispec.RootFS{Type: "layers", DiffIDs: []digest.Digest{digest.FromString("diff")}}})
+	cd := f.add(ocispec.MediaTypeImageConfig, cfg)
+	ldesc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayerGzip, Digest: ld, Size: int64(len(layer))}
+	m, _ := json.Marshal(ocispec.Manifest{
+		MediaType: ocispec.MediaTypeImageManifest,
+		Config:    ocispec.Descriptor{MediaType: ocispec.MediaTypeImageConfig, Digest: cd, Size: int64(len(cfg))},
+		Layers:    []ocispec.Descriptor{ldesc},
+	})
+	return f.add(ocispec.MediaTypeImageManifest, m), ldesc
+}
+
+func TestImageAndIndex(t *testing.T) {
+	f := newFake()
+	c := startFake(t, f)
+	md, ldesc := f.image(t, randomBytes(t, 100))
+	arm, _ := f.image(t, randomBytes(t, 100))
+	idx, _ := json.Marshal(ocispec.Index{MediaType: ocispec.MediaTypeImageIndex, Manifests: []ocispec.Descriptor{
+		{MediaType: ocispec.MediaTypeImageManifest, Digest: arm, Platform: &ocispec.Platform{OS: "linux", Architecture: "arm64"}},
+		{MediaType: ocispec.MediaTypeImageManifest, Digest: md, Platform: &ocispec.Platform{OS: "linux", Architecture: "amd64"}},
+	}})
+	idxd := f.add(ocispec.MediaTypeImageIndex, idx)
+	repo, err := c.ParseRepository(f.host + "/a/b:tag")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, d := range map[string]digest.Digest{"manifest": md, "index": idxd} {
+		t.Run(name, func(t *testing.T) {
+			im, err := c.Image(context.Background(), repo, d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if im.ManifestDigest != md {
+				t.Errorf("picked %s, want the amd64 manifest %s", im.ManifestDigest, md)
+			}
+			if i, ok := im.LayerIndex(ldesc.Digest); !ok || i != 0 {
+				t.Errorf("LayerIndex = %d, %v", i, ok)
+			}
+		})
+	}
+}
+
+func TestManifestDigestMismatch(t *testing.T) {
+	f := newFake()
+	c := startFake(t, f)
+	md, _ := f.image(t, []byte("layer"))
+	f.docs[md] = append([]byte(nil), f.docs[md]...)
+	f.docs[md][5] ^= 1 // the registry now serves other bytes under that digest
+	repo, _ := c.ParseRepository(f.host + "/a/b")
+	_, err := c.Image(context.Background(), repo, md)
+	var dm *DigestMismatchError
+	if !errors.As(err, &dm) || dm.Expected != md || !strings.Contains(err.Error(), "digest mismatch") {
+		t.Fatalf("error = %v, want a digest mismatch for %s", err, md)
+	}
+}
+
+func TestBlobResumesAfterCut(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		noRange    bool
+		wantRanges bool
+	}{
+		{"range", false, true},
+		{"server ignores range", true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFake()
+			f.cutAfter, f.maxCuts, f.noRange = 64<<10, 3, tc.noRange
+			c := startFake(t, f)
+			blob := randomBytes(t, 1<<20)
+			_, ldesc := f.image(t, blob)
+			repo, _ := c.ParseRepository(f.host + "/a/b")
+			rc, err := c.OpenBlob(context.Background(), repo, ldesc)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := io.ReadAll(rc)
+			rc.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, blob) {
+				t.Fatalf("resumed blob differs (%d bytes, want %d)", len(got), len(blob))
+			}
+			if f.cuts.Load() != 3 {
+				t.Errorf("cuts = %d, want 3", f.cuts.Load())
+			}
+			if (f.ranges.Load() > 0) != tc.wantRanges {
+				t.Errorf("range requests = %d", f.ranges.Load())
+			}
+		})
+	}
+}
+
+func TestBlobGivesUpAfterRetries(t *testing.T) {
+	f := newFake()
+	f.cutAfter, f.maxCuts = 32<<10, 1000
+	c := startFake(t, f)
+	c.opts.Retries = 2
+	_, ldesc := f.image(t, randomBytes(t, 1<<20))
+	repo, _ := c.ParseRepository(f.host + "/a/b")
+	rc, err := c.OpenBlob(context.Background(), repo, ldesc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	_, err = io.ReadAll(rc)
+	if err == nil || !strings.Contains(err.Error(), "stream cut 3 times") {
+		t.Fatalf("error = %v", err)
+	}
+}
+
+func TestErrorsCarryErrdefs(t *testing.T) {
+	f := newFake()
+	c := startFake(t, f)
+	repo, _ := c.ParseRepository(f.host + "/a/b")
+	_, err := c.Image(context.Background(), repo, digest.FromString("absent"))
+	if !errdefs.IsNotFound(err) {
+		t.Errorf("missing manifest: %v, want NotFound", err)
+	}
+	f.forbidden = true
+	_, err = c.Image(context.Background(), repo, digest.FromString("absent"))
+	if !errdefs.IsPermissionDenied(err) {
+		t.Errorf("denied manifest: %v, want PermissionDenied", err)
+	}
+}
+
+func TestPlainHTTPOnlyForInsecureRegistries(t *testing.T) {
+	f := newFake()
+	startFake(t, f)
+	md, _ := f.image(t, []byte("x"))
+	c := New(Options{RetryBackoff: time.Millisecond, Retries: 1}) // f.host not listed as insecure
+	repo, err := c.ParseRepository(f.host + "/a/b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Image(context.Background(), repo, md)
+	if err == nil || !strings.Contains(err.Error(), "not configured as insecure") {
+		t.Fatalf("error = %v, want a refusal of plain HTTP", err)
+	}
+}

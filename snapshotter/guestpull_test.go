@@ -1,0 +1,445 @@
+package snapshotter
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/errdefs"
+	"github.com/google/go-containerregistry/pkg/compression"
+	"github.com/google/go-containerregistry/pkg/name"
+	ggcrregistry "github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/opencontainers/go-digest"
+	"github.com/opencontainers/image-spec/identity"
+
+	"github.com/cocoon-cc/cocoon/image/pull"
+	"github.com/cocoon-cc/cocoon/image/registry"
+	"github.com/cocoon-cc/cocoon/snapshotter/label"
+)
+
+// entry is one member of a test layer tar.
+type entry struct {
+	name, body, link string
+	typ              byte
+	mode             int64
+}
+
+func tarOf(t testing.TB, entries ...entry) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, e := range entries {
+		h := &tar.Header{Name: e.name, Typeflag: e.typ, Mode: e.mode, Linkname: e.link, Size: int64(len(e.body))}
+		if h.Typeflag == 0 {
+			h.Typeflag = tar.TypeReg
+		}
+		if h.Typeflag != tar.TypeReg {
+			h.Size = 0
+		}
+		if h.Mode == 0 {
+			h.Mode = 0o644
+			if h.Typeflag == tar.TypeDir {
+				h.Mode = 0o755
+			}
+		}
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		if h.Typeflag == tar.TypeReg {
+			io.WriteString(tw, e.body)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// testRegistry is go-containerregistry's registry served on loopback, with a
+// hook to tamper with blob responses.
+type testRegistry struct {
+	host    string
+	tamper  atomic.Value // digest string -> corrupt that blob's bytes
+	gets    atomic.Int64
+	handler http.Handler
+}
+
+func startRegistry(t *testing.T) *testRegistry {
+	t.Helper()
+	r := &testRegistry{handler: ggcrregistry.New(ggcrregistry.Logger(discardLogger()))}
+	r.tamper.Store("")
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if strings.Contains(req.URL.Path, "/blobs/sha256:") && req.Method == http.MethodGet {
+			r.gets.Add(1)
+			if d := r.tamper.Load().(string); d != "" && strings.HasSuffix(req.URL.Path, d) {
+				rec := httptest.NewRecorder()
+				r.handler.ServeHTTP(rec, req)
+				b := rec.Body.Bytes()
+				if len(b) > 0 {
+					b[len(b)/2] ^= 0xff
+				}
+				for k, v := range rec.Header() {
+					w.Header()[k] = v
+				}
+				w.WriteHeader(rec.Code)
+				w.Write(b)
+				return
+			}
+		}
+		r.handler.ServeHTTP(w, req)
+	}))
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Listener = l
+	srv.Start()
+	t.Cleanup(srv.Close)
+	r.host = l.Addr().String()
+	return r
+}
+
+// push builds an image from layer tars and pushes it; it returns the
+// reference, manifest digest, the image's layers and diff IDs.
+func (r *testRegistry) push(t *testing.T, repo string, comp compression.Compression, oci bool, layers ...[]byte) (string, v1.Image) {
+	t.Helper()
+	img := empty.Image
+	if oci {
+		img = mutate.MediaType(img, types.OCIManifestSchema1)
+		img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
+	}
+	for _, l := range layers {
+		l := l
+		opts := []tarball.LayerOption{tarball.WithCompression(comp)}
+		if oci {
+			mt := types.OCILayer
+			if comp == compression.ZStd {
+				mt = types.OCILayerZStd
+			}
+			opts = append(opts, tarball.WithMediaType(mt))
+		}
+		layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(l)), nil }, opts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if img, err = mutate.AppendLayers(img, layer); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ref := fmt.Sprintf("%s/%s:v1", r.host, repo)
+	tag, err := name.NewTag(ref, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(tag, img); err != nil {
+		t.Fatal(err)
+	}
+	return ref, img
+}
+
+type fixture struct {
+	sn     *Snapshotter
+	puller *pull.Puller
+	root   string
+	reg    *testRegistry
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	reg := startRegistry(t)
+	root := t.TempDir()
+	f := &fixture{root: root, reg: reg}
+	f.open(t)
+	return f
+}
+
+func (f *fixture) open(t *testing.T) {
+	t.Helper()
+	ctx := context.Background()
+	client := registry.New(registry.Options{Insecure: []string{f.reg.host}, Retries: 1})
+	p, err := pull.New(pull.Options{Registry: client, StagingDir: filepath.Join(f.root, "staging")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.CleanStaging(ctx); err != nil {
+		t.Fatal(err)
+	}
+	sn, err := New(ctx, Options{Root: filepath.Join(f.root, "sn"), Layers: p})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.sn, f.puller = sn, p
+	t.Cleanup(f.close)
+}
+
+func (f *fixture) close() {
+	if f.sn != nil {
+		f.puller.Close()
+		f.sn.Close()
+		f.sn = nil
+	}
+}
+
+// unpack drives the snapshotter as containerd's unpacker does: one Prepare
+// per layer with the target labels, expecting ErrAlreadyExists.
+func (f *fixture) unpack(t *testing.T, ref string, img v1.Image) ([]digest.Digest, error) {
+	t.Helper()
+	ctx := context.Background()
+	md, err := img.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := img.Manifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var diffIDs []digest.Digest
+	for _, d := range cfg.RootFS.DiffIDs {
+		diffIDs = append(diffIDs, digest.Digest(d.String()))
+	}
+	chain := identity.ChainIDs(append([]digest.Digest(nil), diffIDs...))
+	for i, l := range m.Layers {
+		labels := map[string]string{
+			label.TargetSnapshotRef: chain[i].String(),
+			label.DiffID:            diffIDs[i].String(),
+			label.CRIImageRef:       ref,
+			label.CRIManifestDigest: md.String(),
+			label.CRILayerDigest:    l.Digest.String(),
+		}
+		parent := ""
+		if i > 0 {
+			parent = chain[i-1].String()
+			labels[label.ParentChainID] = parent
+		}
+		key := fmt.Sprintf("extract-%d %s", i, chain[i])
+		_, err := f.sn.Prepare(ctx, key, parent, snapshots.WithLabels(labels))
+		if !errdefs.IsAlreadyExists(err) {
+			return chain, fmt.Errorf("layer %d: %w", i, err)
+		}
+		if _, err := f.sn.Stat(ctx, chain[i].String()); err != nil {
+			return chain, fmt.Errorf("layer %d reported AlreadyExists but: %w", i, err)
+		}
+	}
+	return chain, nil
+}
+
+// rootfs mounts a container snapshot over top and returns its path.
+func (f *fixture) rootfs(t *testing.T, key string, top digest.Digest) string {
+	t.Helper()
+	ctx := context.Background()
+	mounts, err := f.sn.Prepare(ctx, key, top.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := mount.All(mounts, dir); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { mount.UnmountAll(dir, 0) })
+	return dir
+}
+
+func discardLogger() *log.Logger { return log.New(io.Discard, "", 0) }
+
+func TestGuestPull(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		comp compression.Compression
+		oci  bool
+	}{
+		{"docker-gzip", compression.GZip, false},
+		{"oci-gzip", compression.GZip, true},
+		{"oci-zstd", compression.ZStd, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t)
+			l1 := tarOf(t,
+				entry{name: "etc/", typ: tar.TypeDir},
+				entry{name: "etc/os-release", body: "cocoon-test\n"},
+				entry{name: "gone", body: "lower\n"},
+				entry{name: "opaque/", typ: tar.TypeDir},
+				entry{name: "opaque/old", body: "old\n"},
+				entry{name: "bin/", typ: tar.TypeDir},
+				entry{name: "bin/sh-link", typ: tar.TypeSymlink, link: "/etc/os-release"},
+			)
+			l2 := tarOf(t,
+				entry{name: "hello", body: "hello from layer 2\n"},
+				entry{name: ".wh.gone"},
+				entry{name: "opaque/", typ: tar.TypeDir},
+				entry{name: "opaque/.wh..wh..opq"},
+				entry{name: "opaque/new", body: "new\n"},
+			)
+			ref, img := f.reg.push(t, "test/"+tc.name, tc.comp, tc.oci, l1, l2)
+			chain, err := f.unpack(t, ref, img)
+			if err != nil {
+				t.Fatal(err)
+			}
+			info, err := f.sn.Stat(context.Background(), chain[1].String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if info.Kind != snapshots.KindCommitted || info.Parent != chain[0].String() || info.Labels[label.GuestPulled] == "" {
+				t.Fatalf("committed snapshot info = %+v", info)
+			}
+			root := f.rootfs(t, "container", chain[1])
+			for path, want := range map[string]string{
+				"hello":          "hello from layer 2\n",
+				"etc/os-release": "cocoon-test\n",
+				"opaque/new":     "new\n",
+			} {
+				got, err := os.ReadFile(filepath.Join(root, path))
+				if err != nil || string(got) != want {
+					t.Errorf("%s = %q, %v; want %q", path, got, err, want)
+				}
+			}
+			for _, path := range []string{"gone", "opaque/old"} {
+				if _, err := os.Lstat(filepath.Join(root, path)); !errors.Is(err, os.ErrNotExist) {
+					t.Errorf("%s should be hidden by a whiteout, got %v", path, err)
+				}
+			}
+			if l, err := os.Readlink(filepath.Join(root, "bin/sh-link")); err != nil || l != "/etc/os-release" {
+				t.Errorf("symlink = %q, %v", l, err)
+			}
+			// A second pull of the same image finds every layer committed and
+			// fetches no blob.
+			before := f.reg.gets.Load()
+			if _, err := f.unpack(t, ref, img); err != nil {
+				t.Fatal(err)
+			}
+			if n := f.reg.gets.Load() - before; n != 0 {
+				t.Errorf("second pull fetched %d blobs", n)
+			}
+			assertNoStaging(t, f)
+		})
+	}
+}
+
+func assertNoStaging(t *testing.T, f *fixture) {
+	t.Helper()
+	entries, err := os.ReadDir(filepath.Join(f.root, "staging"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 0 {
+		t.Errorf("staging directory not empty: %v", entries)
+	}
+	f.sn.Walk(context.Background(), func(_ context.Context, info snapshots.Info) error {
+		if info.Kind == snapshots.KindActive && info.Labels[label.Staging] == "true" {
+			t.Errorf("staging snapshot %q left behind", info.Name)
+		}
+		return nil
+	})
+}
+
+func countCommitted(t *testing.T, sn snapshots.Snapshotter) int {
+	n := 0
+	sn.Walk(context.Background(), func(_ context.Context, info snapshots.Info) error {
+		if info.Kind == snapshots.KindCommitted {
+			n++
+		}
+		return nil
+	})
+	return n
+}
+
+func TestGuestPullRefusesBadLayers(t *testing.T) {
+	good := tarOf(t, entry{name: "ok", body: "fine\n"})
+	for _, tc := range []struct {
+		name    string
+		layer   []byte
+		tamper  bool
+		wantErr string
+	}{
+		{"tampered blob", tarOf(t, entry{name: "data", body: strings.Repeat("cocoon ", 4096)}), true, "digest mismatch"},
+		{"path traversal", tarOf(t, entry{name: "../escape", body: "x"}), false, `"../escape"`},
+		{"absolute path", tarOf(t, entry{name: "/etc/evil", body: "x"}), false, `"/etc/evil"`},
+		{"symlink escape", tarOf(t,
+			entry{name: "link", typ: tar.TypeSymlink, link: "../../../../../../tmp"},
+			entry{name: "link/evil", body: "x"}), false, `"link/evil"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t)
+			ref, img := f.reg.push(t, "test/bad", compression.GZip, true, good, tc.layer)
+			if tc.tamper {
+				m, _ := img.Manifest()
+				f.reg.tamper.Store(m.Layers[1].Digest.Hex)
+			}
+			chain, err := f.unpack(t, ref, img)
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Fatalf("error = %v, want one containing %s", err, tc.wantErr)
+			}
+			if _, err := f.sn.Stat(context.Background(), chain[1].String()); !errdefs.IsNotFound(err) {
+				t.Errorf("bad layer committed: %v", err)
+			}
+			if n := countCommitted(t, f.sn); n != 1 {
+				t.Errorf("%d committed snapshots, want only the good first layer", n)
+			}
+			assertNoStaging(t, f)
+		})
+	}
+}
+
+func TestNoLabelsFallsBackToContainerdApply(t *testing.T) {
+	f := newFixture(t)
+	mounts, err := f.sn.Prepare(context.Background(), "extract-1 sha256:abc", "",
+		snapshots.WithLabels(map[string]string{label.TargetSnapshotRef: "sha256:abc"}))
+	if err != nil {
+		t.Fatalf("fallback Prepare: %v", err)
+	}
+	if len(mounts) != 1 {
+		t.Fatalf("mounts = %+v", mounts)
+	}
+	if f.reg.gets.Load() != 0 {
+		t.Error("fallback path fetched blobs")
+	}
+}
+
+func TestRestartRemovesHalfCommittedStaging(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	// What a crash between Prepare and Commit in commitStaged leaves behind.
+	if _, err := f.sn.Snapshotter.Prepare(ctx, "extract-9 sha256:def", "",
+		snapshots.WithLabels(map[string]string{label.Staging: "true"})); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(f.root, "staging", "layer-123", "etc"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// A container's active snapshot must survive.
+	if _, err := f.sn.Prepare(ctx, "container-rootfs", ""); err != nil {
+		t.Fatal(err)
+	}
+	f.close()
+	f.open(t)
+	if _, err := f.sn.Stat(ctx, "extract-9 sha256:def"); !errdefs.IsNotFound(err) {
+		t.Errorf("half-committed staging snapshot survived restart: %v", err)
+	}
+	if _, err := f.sn.Stat(ctx, "container-rootfs"); err != nil {
+		t.Errorf("container snapshot lost on restart: %v", err)
+	}
+	assertNoStaging(t, f)
+}

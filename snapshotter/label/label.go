@@ -1,0 +1,31 @@
+// Package label names every containerd, CRI and Kata label cocoon reads or
+// writes on snapshots, in one place. Code elsewhere refers to these
+// constants, never to literal strings.
+package label
+
+const (
+	// TargetSnapshotRef is the chain ID of the committed snapshot an
+	// image-layer Prepare should produce (containerd's
+	// snapshots.LabelSnapshotRef).
+	TargetSnapshotRef = "containerd.io/snapshot.ref"
+	// DiffID is the uncompressed digest of the layer being unpacked.
+	DiffID = "containerd.io/snapshot/diff-id"
+	// ParentChainID is the chain ID of the layer below (layers after the
+	// first).
+	ParentChainID = "containerd.io/snapshot/parent-chain-id"
+
+	// CRI target labels (containerd pkg/snapshotters; the "cri" prefix is
+	// historical: the transfer service sets them too when the proxy plugin
+	// exports enable_remote_snapshot_annotations).
+	CRIImageRef       = "containerd.io/snapshot/cri.image-ref"
+	CRILayerDigest    = "containerd.io/snapshot/cri.layer-digest"
+	CRIManifestDigest = "containerd.io/snapshot/cri.manifest-digest"
+	CRIImageLayers    = "containerd.io/snapshot/cri.image-layers"
+
+	// Staging marks an active snapshot cocoon created to commit a guest-pulled
+	// layer. One left behind by a crash is removed at start.
+	Staging = "cocoon.io/staging"
+	// GuestPulled marks committed snapshots whose content cocoon fetched and
+	// verified itself (value: the layer digest).
+	GuestPulled = "cocoon.io/guest-pulled"
+)

@@ -1,0 +1,272 @@
+// Package snapshotter is cocoon's containerd snapshotter. It keeps
+// containerd's bookkeeping (active and committed snapshots, overlay mounts,
+// one bolt metadata store under the root) and adds guest pull: an
+// image-layer Prepare that carries the CRI target labels is answered by
+// fetching, verifying and unpacking the layer itself, committing the target
+// chain ID and returning ErrAlreadyExists, so containerd never fetches or
+// applies the blob.
+//
+// The snapshotter does not know image formats: it asks the image pipeline
+// (image/pull) for a verified staged layer and commits it by rename. It must
+// never commit a layer that has not passed every check.
+package snapshotter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+
+	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/containerd/v2/plugins/snapshots/overlay"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/cocoon-cc/cocoon/image/pull"
+	"github.com/cocoon-cc/cocoon/snapshotter/label"
+)
+
+// LayerSource produces verified, unpacked layers (image/pull.Puller).
+type LayerSource interface {
+	Layer(ctx context.Context, req pull.Request) (*pull.Staged, error)
+}
+
+// Options configure a Snapshotter.
+type Options struct {
+	// Root holds the metadata store and snapshot directories.
+	Root string
+	// Layers answers guest-pull Prepares; nil disables guest pull (every
+	// layer is then applied by containerd).
+	Layers LayerSource
+	// MountOptions are added to every overlay mount (e.g. redirect_dir=on).
+	MountOptions []string
+}
+
+// Snapshotter implements containerd's snapshots.Snapshotter.
+type Snapshotter struct {
+	snapshots.Snapshotter // overlay bookkeeping
+	layers                LayerSource
+
+	mu    sync.Mutex
+	locks map[string]*chainLock
+}
+
+type chainLock struct {
+	mu   sync.Mutex
+	refs int
+}
+
+// New opens (or creates) the snapshotter under opts.Root and removes what a
+// crash may have left half-done: active snapshots created to stage a
+// guest-pulled layer.
+func New(ctx context.Context, opts Options) (*Snapshotter, error) {
+	if opts.Root == "" {
+		return nil, errors.New("snapshotter: no root directory")
+	}
+	var oopts []overlay.Opt
+	if len(opts.MountOptions) > 0 {
+		oopts = append(oopts, overlay.WithMountOptions(opts.MountOptions))
+	}
+	o, err := overlay.NewSnapshotter(opts.Root, oopts...)
+	if err != nil {
+		return nil, fmt.Errorf("open snapshot store under %s: %w", opts.Root, err)
+	}
+	s := &Snapshotter{Snapshotter: o, layers: opts.Layers, locks: map[string]*chainLock{}}
+	if err := s.removeStaleStaging(ctx); err != nil {
+		o.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Snapshotter) removeStaleStaging(ctx context.Context) error {
+	var stale []string
+	err := s.Walk(ctx, func(_ context.Context, info snapshots.Info) error {
+		if info.Kind == snapshots.KindActive && info.Labels[label.Staging] == "true" {
+			stale = append(stale, info.Name)
+		}
+		return nil
+	})
+	if err != nil && !errdefs.IsNotFound(err) { // NotFound: a new, empty store
+		return fmt.Errorf("scan snapshots: %w", err)
+	}
+	for _, key := range stale {
+		if err := s.Snapshotter.Remove(ctx, key); err != nil && !errdefs.IsNotFound(err) {
+			return fmt.Errorf("remove half-committed snapshot %q: %w", key, err)
+		}
+		log.G(ctx).WithField("key", key).Warn("removed a guest-pull snapshot left half-committed by a previous run")
+	}
+	if len(stale) > 0 {
+		if c, ok := s.Snapshotter.(snapshots.Cleaner); ok {
+			return c.Cleanup(ctx)
+		}
+	}
+	return nil
+}
+
+// Cleanup removes directories of deleted snapshots.
+func (s *Snapshotter) Cleanup(ctx context.Context) error {
+	if c, ok := s.Snapshotter.(snapshots.Cleaner); ok {
+		return c.Cleanup(ctx)
+	}
+	return nil
+}
+
+// Prepare creates an active snapshot, or, for an image layer carrying the
+// CRI target labels, pulls the layer itself and reports ErrAlreadyExists
+// once the target chain ID is committed.
+func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...snapshots.Opt) ([]mount.Mount, error) {
+	var info snapshots.Info
+	for _, o := range opts {
+		if err := o(&info); err != nil {
+			return nil, err
+		}
+	}
+	target, isLayer := info.Labels[label.TargetSnapshotRef]
+	if !isLayer {
+		return s.Snapshotter.Prepare(ctx, key, parent, opts...)
+	}
+	req, ok := guestPullRequest(info.Labels)
+	if !ok || s.layers == nil {
+		log.G(ctx).WithField("key", key).WithField("target", target).
+			Info("image layer without CRI target labels: containerd fetches and applies it (normal pull path)")
+		return s.Snapshotter.Prepare(ctx, key, parent, opts...)
+	}
+	return nil, s.guestPull(ctx, key, parent, target, req, info.Labels)
+}
+
+func guestPullRequest(l map[string]string) (pull.Request, bool) {
+	req := pull.Request{
+		ImageRef:       l[label.CRIImageRef],
+		ManifestDigest: digest.Digest(l[label.CRIManifestDigest]),
+		LayerDigest:    digest.Digest(l[label.CRILayerDigest]),
+		DiffID:         digest.Digest(l[label.DiffID]),
+	}
+	return req, req.ImageRef != "" && req.ManifestDigest != "" && req.LayerDigest != ""
+}
+
+func (s *Snapshotter) lock(chainID string) func() {
+	s.mu.Lock()
+	l, ok := s.locks[chainID]
+	if !ok {
+		l = &chainLock{}
+		s.locks[chainID] = l
+	}
+	l.refs++
+	s.mu.Unlock()
+	l.mu.Lock()
+	return func() {
+		l.mu.Unlock()
+		s.mu.Lock()
+		if l.refs--; l.refs == 0 {
+			delete(s.locks, chainID)
+		}
+		s.mu.Unlock()
+	}
+}
+
+func (s *Snapshotter) exists(ctx context.Context, name string) bool {
+	_, err := s.Stat(ctx, name)
+	return err == nil
+}
+
+func (s *Snapshotter) guestPull(ctx context.Context, key, parent, target string, req pull.Request, labels map[string]string) error {
+	ctx = log.WithLogger(ctx, log.G(ctx).WithField("target", target).WithField("layer", req.LayerDigest))
+	alreadyExists := fmt.Errorf("target snapshot %q: %w", target, errdefs.ErrAlreadyExists)
+
+	unlock := s.lock(target)
+	defer unlock()
+	if s.exists(ctx, target) {
+		log.G(ctx).Debug("layer already committed")
+		return alreadyExists
+	}
+	if parent != "" && !s.exists(ctx, parent) {
+		return fmt.Errorf("parent snapshot %q of layer %s: %w", parent, req.LayerDigest, errdefs.ErrNotFound)
+	}
+	req.Exists = func(ctx context.Context, chainID digest.Digest) bool { return s.exists(ctx, chainID.String()) }
+	staged, err := s.layers.Layer(ctx, req)
+	if err != nil {
+		return fmt.Errorf("guest pull of layer %s for %s: %w", req.LayerDigest, req.ImageRef, err)
+	}
+	if staged.ChainID.String() != target {
+		staged.Discard()
+		return fmt.Errorf("layer %s: chain ID from the verified image config is %s, but containerd asked for %s: %w",
+			req.LayerDigest, staged.ChainID, target, errdefs.ErrInvalidArgument)
+	}
+	if err := s.commitStaged(ctx, key, parent, target, staged, labels); err != nil {
+		staged.Discard()
+		if errdefs.IsAlreadyExists(err) && s.exists(ctx, target) {
+			return alreadyExists
+		}
+		return err
+	}
+	log.G(ctx).WithField("diff_id", staged.DiffID).Info("layer committed")
+	return alreadyExists
+}
+
+// commitStaged turns a verified staging directory into the committed
+// snapshot target: an active snapshot (marked as staging, so a crash leaves
+// something start-up recognises) gets the staged directory renamed over its
+// empty upper directory, then is committed in one metadata transaction.
+func (s *Snapshotter) commitStaged(ctx context.Context, key, parent, target string, staged *pull.Staged, labels map[string]string) (retErr error) {
+	active := make(map[string]string, len(labels)+1)
+	for k, v := range labels {
+		active[k] = v
+	}
+	active[label.Staging] = "true"
+	mounts, err := s.Snapshotter.Prepare(ctx, key, parent, snapshots.WithLabels(active))
+	if err != nil {
+		return fmt.Errorf("prepare staging snapshot %q: %w", key, err)
+	}
+	defer func() {
+		if retErr != nil {
+			if err := s.Snapshotter.Remove(ctx, key); err != nil && !errdefs.IsNotFound(err) {
+				log.G(ctx).WithError(err).WithField("key", key).Warn("remove staging snapshot")
+			}
+		}
+	}()
+	upper, err := upperDir(mounts)
+	if err != nil {
+		return err
+	}
+	if err := os.Remove(upper); err != nil {
+		return fmt.Errorf("replace upper directory of %q: %w", key, err)
+	}
+	if err := os.Rename(staged.Dir, upper); err != nil {
+		os.Mkdir(upper, 0o755)
+		return fmt.Errorf("move staged layer into snapshot %q: %w", key, err)
+	}
+	committed := make(map[string]string, len(labels)+1)
+	for k, v := range labels {
+		committed[k] = v
+	}
+	committed[label.GuestPulled] = staged.Layer.Digest.String()
+	if err := s.Snapshotter.Commit(ctx, target, key, snapshots.WithLabels(committed)); err != nil {
+		return fmt.Errorf("commit layer %s as %q: %w", staged.Layer.Digest, target, err)
+	}
+	return nil
+}
+
+// upperDir finds the writable directory of an active snapshot from its
+// mounts: the bind source for a first layer, upperdir= for overlay.
+func upperDir(mounts []mount.Mount) (string, error) {
+	if len(mounts) != 1 {
+		return "", fmt.Errorf("unexpected mounts for a staging snapshot: %d", len(mounts))
+	}
+	m := mounts[0]
+	switch m.Type {
+	case "bind":
+		return m.Source, nil
+	case "overlay":
+		for _, o := range m.Options {
+			if v, ok := strings.CutPrefix(o, "upperdir="); ok {
+				return v, nil
+			}
+		}
+	}
+	return "", fmt.Errorf("no upper directory in %s mount of a staging snapshot", m.Type)
+}
