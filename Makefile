@@ -10,7 +10,7 @@ export COCOON_E2E_BIN := $(E2EBIN)
 
 BINARIES := cocoond cocoonctl cocoon-kbs
 
-.PHONY: all build test unit vet e2e-tools e2e demo bench fuzz clean
+.PHONY: all build test unit vet test-deps e2e-tools e2e demo bench fuzz clean
 
 all: build
 
@@ -24,7 +24,10 @@ vet:
 	$(GO) vet ./...
 	cd e2e && GOFLAGS= $(GO) vet ./...
 
-unit:
+test-deps:
+	./scripts/test-deps.sh
+
+unit: test-deps
 	$(GO) test -count=1 -timeout 20m ./...
 
 # Everything CI checks: formatting, vet, unit + root tests (snapshotter
@@ -41,8 +44,9 @@ e2e: build e2e-tools
 demo: build e2e-tools
 	cd e2e && GOFLAGS= $(GO) run ./cmd/demo
 
-bench: build e2e-tools
-	$(GO) test -run '^$$' -bench . -benchtime 1x ./... | tee $(BIN)/bench-unit.txt
+bench: build e2e-tools test-deps
+	@mkdir -p $(BIN)
+	set -o pipefail; $(GO) test -run '^$$' -bench . ./... | tee $(BIN)/bench-unit.txt
 	cd e2e && GOFLAGS= $(GO) run ./cmd/bench
 
 FUZZTIME ?= 20s

@@ -2,171 +2,38 @@ package snapshotter
 
 import (
 	"archive/tar"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"log"
-	"net"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
 
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/errdefs"
 	"github.com/google/go-containerregistry/pkg/compression"
-	"github.com/google/go-containerregistry/pkg/name"
-	ggcrregistry "github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
-	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
 	"github.com/opencontainers/image-spec/identity"
 
 	"github.com/cocoon-cc/cocoon/image/pull"
 	"github.com/cocoon-cc/cocoon/image/registry"
+	"github.com/cocoon-cc/cocoon/internal/regtest"
 	"github.com/cocoon-cc/cocoon/snapshotter/label"
 )
-
-// entry is one member of a test layer tar.
-type entry struct {
-	name, body, link string
-	typ              byte
-	mode             int64
-}
-
-func tarOf(t testing.TB, entries ...entry) []byte {
-	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for _, e := range entries {
-		h := &tar.Header{Name: e.name, Typeflag: e.typ, Mode: e.mode, Linkname: e.link, Size: int64(len(e.body))}
-		if h.Typeflag == 0 {
-			h.Typeflag = tar.TypeReg
-		}
-		if h.Typeflag != tar.TypeReg {
-			h.Size = 0
-		}
-		if h.Mode == 0 {
-			h.Mode = 0o644
-			if h.Typeflag == tar.TypeDir {
-				h.Mode = 0o755
-			}
-		}
-		if err := tw.WriteHeader(h); err != nil {
-			t.Fatal(err)
-		}
-		if h.Typeflag == tar.TypeReg {
-			io.WriteString(tw, e.body)
-		}
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
-}
-
-// testRegistry is go-containerregistry's registry served on loopback, with a
-// hook to tamper with blob responses.
-type testRegistry struct {
-	host    string
-	tamper  atomic.Value // digest string -> corrupt that blob's bytes
-	gets    atomic.Int64
-	handler http.Handler
-}
-
-func startRegistry(t *testing.T) *testRegistry {
-	t.Helper()
-	r := &testRegistry{handler: ggcrregistry.New(ggcrregistry.Logger(discardLogger()))}
-	r.tamper.Store("")
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		if strings.Contains(req.URL.Path, "/blobs/sha256:") && req.Method == http.MethodGet {
-			r.gets.Add(1)
-			if d := r.tamper.Load().(string); d != "" && strings.HasSuffix(req.URL.Path, d) {
-				rec := httptest.NewRecorder()
-				r.handler.ServeHTTP(rec, req)
-				b := rec.Body.Bytes()
-				if len(b) > 0 {
-					b[len(b)/2] ^= 0xff
-				}
-				for k, v := range rec.Header() {
-					w.Header()[k] = v
-				}
-				w.WriteHeader(rec.Code)
-				w.Write(b)
-				return
-			}
-		}
-		r.handler.ServeHTTP(w, req)
-	}))
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv.Listener = l
-	srv.Start()
-	t.Cleanup(srv.Close)
-	r.host = l.Addr().String()
-	return r
-}
-
-// push builds an image from layer tars and pushes it; it returns the
-// reference, manifest digest, the image's layers and diff IDs.
-func (r *testRegistry) push(t *testing.T, repo string, comp compression.Compression, oci bool, layers ...[]byte) (string, v1.Image) {
-	t.Helper()
-	img := empty.Image
-	if oci {
-		img = mutate.MediaType(img, types.OCIManifestSchema1)
-		img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
-	}
-	for _, l := range layers {
-		l := l
-		opts := []tarball.LayerOption{tarball.WithCompression(comp)}
-		if oci {
-			mt := types.OCILayer
-			if comp == compression.ZStd {
-				mt = types.OCILayerZStd
-			}
-			opts = append(opts, tarball.WithMediaType(mt))
-		}
-		layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(l)), nil }, opts...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if img, err = mutate.AppendLayers(img, layer); err != nil {
-			t.Fatal(err)
-		}
-	}
-	ref := fmt.Sprintf("%s/%s:v1", r.host, repo)
-	tag, err := name.NewTag(ref, name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Write(tag, img); err != nil {
-		t.Fatal(err)
-	}
-	return ref, img
-}
 
 type fixture struct {
 	sn     *Snapshotter
 	puller *pull.Puller
 	root   string
-	reg    *testRegistry
+	reg    *regtest.Registry
 }
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	reg := startRegistry(t)
+	reg := regtest.Start(t)
 	root := t.TempDir()
 	f := &fixture{root: root, reg: reg}
 	f.open(t)
@@ -176,7 +43,7 @@ func newFixture(t *testing.T) *fixture {
 func (f *fixture) open(t *testing.T) {
 	t.Helper()
 	ctx := context.Background()
-	client := registry.New(registry.Options{Insecure: []string{f.reg.host}, Retries: 1})
+	client := registry.New(registry.Options{Insecure: []string{f.reg.Host}, Retries: 1})
 	p, err := pull.New(pull.Options{Registry: client, StagingDir: filepath.Join(f.root, "staging")})
 	if err != nil {
 		t.Fatal(err)
@@ -263,8 +130,6 @@ func (f *fixture) rootfs(t *testing.T, key string, top digest.Digest) string {
 	return dir
 }
 
-func discardLogger() *log.Logger { return log.New(io.Discard, "", 0) }
-
 func TestGuestPull(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -277,23 +142,23 @@ func TestGuestPull(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFixture(t)
-			l1 := tarOf(t,
-				entry{name: "etc/", typ: tar.TypeDir},
-				entry{name: "etc/os-release", body: "cocoon-test\n"},
-				entry{name: "gone", body: "lower\n"},
-				entry{name: "opaque/", typ: tar.TypeDir},
-				entry{name: "opaque/old", body: "old\n"},
-				entry{name: "bin/", typ: tar.TypeDir},
-				entry{name: "bin/sh-link", typ: tar.TypeSymlink, link: "/etc/os-release"},
+			l1 := regtest.Tar(t,
+				regtest.Entry{Name: "etc/", Type: tar.TypeDir},
+				regtest.Entry{Name: "etc/os-release", Body: "cocoon-test\n"},
+				regtest.Entry{Name: "gone", Body: "lower\n"},
+				regtest.Entry{Name: "opaque/", Type: tar.TypeDir},
+				regtest.Entry{Name: "opaque/old", Body: "old\n"},
+				regtest.Entry{Name: "bin/", Type: tar.TypeDir},
+				regtest.Entry{Name: "bin/sh-link", Type: tar.TypeSymlink, Link: "/etc/os-release"},
 			)
-			l2 := tarOf(t,
-				entry{name: "hello", body: "hello from layer 2\n"},
-				entry{name: ".wh.gone"},
-				entry{name: "opaque/", typ: tar.TypeDir},
-				entry{name: "opaque/.wh..wh..opq"},
-				entry{name: "opaque/new", body: "new\n"},
+			l2 := regtest.Tar(t,
+				regtest.Entry{Name: "hello", Body: "hello from layer 2\n"},
+				regtest.Entry{Name: ".wh.gone"},
+				regtest.Entry{Name: "opaque/", Type: tar.TypeDir},
+				regtest.Entry{Name: "opaque/.wh..wh..opq"},
+				regtest.Entry{Name: "opaque/new", Body: "new\n"},
 			)
-			ref, img := f.reg.push(t, "test/"+tc.name, tc.comp, tc.oci, l1, l2)
+			ref, img := f.reg.Push(t, "test/"+tc.name, tc.comp, tc.oci, l1, l2)
 			chain, err := f.unpack(t, ref, img)
 			if err != nil {
 				t.Fatal(err)
@@ -326,11 +191,11 @@ func TestGuestPull(t *testing.T) {
 			}
 			// A second pull of the same image finds every layer committed and
 			// fetches no blob.
-			before := f.reg.gets.Load()
+			before := f.reg.Gets.Load()
 			if _, err := f.unpack(t, ref, img); err != nil {
 				t.Fatal(err)
 			}
-			if n := f.reg.gets.Load() - before; n != 0 {
+			if n := f.reg.Gets.Load() - before; n != 0 {
 				t.Errorf("second pull fetched %d blobs", n)
 			}
 			assertNoStaging(t, f)
@@ -367,26 +232,26 @@ func countCommitted(t *testing.T, sn snapshots.Snapshotter) int {
 }
 
 func TestGuestPullRefusesBadLayers(t *testing.T) {
-	good := tarOf(t, entry{name: "ok", body: "fine\n"})
+	good := regtest.Tar(t, regtest.Entry{Name: "ok", Body: "fine\n"})
 	for _, tc := range []struct {
 		name    string
 		layer   []byte
 		tamper  bool
 		wantErr string
 	}{
-		{"tampered blob", tarOf(t, entry{name: "data", body: strings.Repeat("cocoon ", 4096)}), true, "digest mismatch"},
-		{"path traversal", tarOf(t, entry{name: "../escape", body: "x"}), false, `"../escape"`},
-		{"absolute path", tarOf(t, entry{name: "/etc/evil", body: "x"}), false, `"/etc/evil"`},
-		{"symlink escape", tarOf(t,
-			entry{name: "link", typ: tar.TypeSymlink, link: "../../../../../../tmp"},
-			entry{name: "link/evil", body: "x"}), false, `"link/evil"`},
+		{"tampered blob", regtest.Tar(t, regtest.Entry{Name: "data", Body: strings.Repeat("cocoon ", 4096)}), true, "digest mismatch"},
+		{"path traversal", regtest.Tar(t, regtest.Entry{Name: "../escape", Body: "x"}), false, `"../escape"`},
+		{"absolute path", regtest.Tar(t, regtest.Entry{Name: "/etc/evil", Body: "x"}), false, `"/etc/evil"`},
+		{"symlink escape", regtest.Tar(t,
+			regtest.Entry{Name: "link", Type: tar.TypeSymlink, Link: "../../../../../../tmp"},
+			regtest.Entry{Name: "link/evil", Body: "x"}), false, `"link/evil"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFixture(t)
-			ref, img := f.reg.push(t, "test/bad", compression.GZip, true, good, tc.layer)
+			ref, img := f.reg.Push(t, "test/bad", compression.GZip, true, good, tc.layer)
 			if tc.tamper {
 				m, _ := img.Manifest()
-				f.reg.tamper.Store(m.Layers[1].Digest.Hex)
+				f.reg.Tamper.Store(m.Layers[1].Digest.Hex)
 			}
 			chain, err := f.unpack(t, ref, img)
 			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
@@ -413,7 +278,7 @@ func TestNoLabelsFallsBackToContainerdApply(t *testing.T) {
 	if len(mounts) != 1 {
 		t.Fatalf("mounts = %+v", mounts)
 	}
-	if f.reg.gets.Load() != 0 {
+	if f.reg.Gets.Load() != 0 {
 		t.Error("fallback path fetched blobs")
 	}
 }

@@ -117,6 +117,7 @@ type Reader struct {
 	blobDigest digest.Digest
 	diffID     digest.Digest
 	comp       compression
+	sameStream bool // uncompressed blob hashed once for both digests
 
 	compressed   *countingHasher // raw blob bytes
 	uncompressed *countingHasher // decompressed bytes; reads from decomp
@@ -172,7 +173,11 @@ func NewReader(compressed io.Reader, mediaType string, blobDigest, diffID digest
 		compressed: &countingHasher{r: compressed, h: ch},
 	}
 	var uh hash.Hash = discardHash{}
-	if diffID != "" {
+	if comp == compressionNone && diffID != "" && diffID.Algorithm() == blobDigest.Algorithm() {
+		// Same bytes, same algorithm: hash once and compare both digests
+		// against it.
+		r.sameStream = true
+	} else if diffID != "" {
 		if uh, err = newHash(diffID); err != nil {
 			return nil, fmt.Errorf("layer %s: diff ID: %w", blobDigest, err)
 		}
@@ -281,7 +286,11 @@ func (r *Reader) verify() error {
 		return &DigestMismatchError{Layer: r.blobDigest, Kind: KindCompressed, Expected: r.blobDigest, Actual: got}
 	}
 	if r.diffID != "" {
-		got := digest.NewDigest(r.diffID.Algorithm(), r.uncompressed.h)
+		if r.sameStream {
+			got = digest.NewDigest(r.diffID.Algorithm(), r.compressed.h)
+		} else {
+			got = digest.NewDigest(r.diffID.Algorithm(), r.uncompressed.h)
+		}
 		if got != r.diffID {
 			return &DigestMismatchError{Layer: r.blobDigest, Kind: KindDiffID, Expected: r.diffID, Actual: got}
 		}
@@ -312,4 +321,32 @@ func (r *Reader) Close() error {
 		r.zd.Close()
 	}
 	return err
+}
+
+// CheckBlob is for the failure path. When the decompressed stream could not
+// be consumed (corrupt compressed data, a tar format error), the usual cause
+// is a blob that is not the one its digest names. CheckBlob stops
+// decompressing, reads the rest of the blob and returns a
+// *DigestMismatchError of kind "compressed" when the blob digest does not
+// match, so that the caller reports the root cause. It returns nil when the
+// blob is intact (the fault is in the content itself), or an error when the
+// blob cannot be read. The Reader is closed afterwards.
+func (r *Reader) CheckBlob() error {
+	if r.verified {
+		var dm *DigestMismatchError
+		if errors.As(r.verifyErr, &dm) && dm.Kind == KindCompressed {
+			return r.verifyErr
+		}
+		if r.verifyErr == nil {
+			return nil
+		}
+	}
+	r.Close() // stop the decompressor before reading its source directly
+	if _, err := io.Copy(io.Discard, r.compressed); err != nil {
+		return fmt.Errorf("layer %s: read rest of blob: %w", r.blobDigest, err)
+	}
+	if got := digest.NewDigest(r.blobDigest.Algorithm(), r.compressed.h); got != r.blobDigest {
+		return &DigestMismatchError{Layer: r.blobDigest, Kind: KindCompressed, Expected: r.blobDigest, Actual: got}
+	}
+	return nil
 }

@@ -8,6 +8,7 @@ import (
 
 // Metrics are the pipeline's Prometheus collectors.
 type Metrics struct {
+	images   prometheus.Counter
 	layers   prometheus.Counter
 	failures *prometheus.CounterVec
 	bytesIn  prometheus.Counter
@@ -18,6 +19,10 @@ type Metrics struct {
 // NewMetrics returns unregistered collectors; Register adds them to a registry.
 func NewMetrics() *Metrics {
 	return &Metrics{
+		images: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "cocoon", Subsystem: "pull", Name: "images_total",
+			Help: "Image manifests resolved and verified for guest pulls.",
+		}),
 		layers: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "cocoon", Subsystem: "pull", Name: "layers_total",
 			Help: "Layers pulled, unpacked and verified by cocoond.",
@@ -44,7 +49,7 @@ func NewMetrics() *Metrics {
 
 // Register adds the collectors to r.
 func (m *Metrics) Register(r prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{m.layers, m.failures, m.bytesIn, m.duration, m.inflight} {
+	for _, c := range []prometheus.Collector{m.images, m.layers, m.failures, m.bytesIn, m.duration, m.inflight} {
 		if err := r.Register(c); err != nil {
 			return err
 		}
@@ -52,6 +57,7 @@ func (m *Metrics) Register(r prometheus.Registerer) error {
 	return nil
 }
 
+func (m *Metrics) image()           { m.images.Inc() }
 func (m *Metrics) started()         { m.inflight.Inc() }
 func (m *Metrics) finished()        { m.inflight.Dec() }
 func (m *Metrics) bytes(n int)      { m.bytesIn.Add(float64(n)) }

@@ -354,6 +354,10 @@ func (p *Puller) image(ctx context.Context, repo name.Repository, dgst digest.Di
 		p.mu.Unlock()
 		e.im, e.err = p.opts.Registry.Image(ctx, repo, dgst)
 		e.fetched = time.Now()
+		if e.err == nil {
+			p.opts.Metrics.image()
+			log.G(ctx).WithFields(log.Fields{"image": repo.String(), "manifest": e.im.ManifestDigest, "layers": len(e.im.Manifest.Layers)}).Info("manifest and config verified")
+		}
 		close(e.done)
 		return e.im, e.err
 	}
@@ -406,6 +410,14 @@ func (p *Puller) fetch(ctx context.Context, repo name.Repository, desc ocispec.D
 	defer lr.Close()
 	stats, err := unpack.Extract(ctx, lr, dir, p.opts.Unpack)
 	if err != nil {
+		var entryErr *unpack.EntryError
+		if !errors.As(err, &entryErr) && ctx.Err() == nil {
+			// A stream that would not decompress or parse is most often a
+			// blob that is not the one its digest names: say so if it is.
+			if berr := lr.CheckBlob(); berr != nil {
+				return nil, fmt.Errorf("verify layer %s: %w (unpacking had failed: %v)", desc.Digest, berr, err)
+			}
+		}
 		return nil, fmt.Errorf("unpack layer %s: %w", desc.Digest, err)
 	}
 	if err := lr.Verify(); err != nil {

@@ -130,32 +130,35 @@ func (t *tree) walk(comps []string, mkdir mkdirFunc, wantOpaque bool) (fd int, p
 			if len(path) == 0 {
 				return -1, nil, false, unsafef("symlink resolves outside the layer root")
 			}
-			path = path[:len(path)-1]
-			next, err := t.openPath(path)
+			// cur was reached through real directories only, so its ".."
+			// is the previous directory of path, inside the tree.
+			next, err := unix.Openat(cur, "..", dirFlags, 0)
 			if err != nil {
-				return -1, nil, false, err
+				return -1, nil, false, fmt.Errorf("open parent of %s: %w", strings.Join(path, "/"), err)
 			}
+			path = path[:len(path)-1]
 			unix.Close(cur)
 			cur = next
 			continue
 		}
-		where := strings.Join(append(path[:len(path):len(path)], c), "/")
+		// where names the component in errors; built only when needed.
+		where := func() string { return strings.Join(append(path[:len(path):len(path)], c), "/") }
 		created := false
 		err := unix.Fstatat(cur, c, &st, unix.AT_SYMLINK_NOFOLLOW)
 		if errors.Is(err, unix.ENOENT) && mkdir != nil {
 			if err := unix.Mkdirat(cur, c, 0o755); err != nil {
-				return -1, nil, false, fmt.Errorf("create directory %s: %w", where, err)
+				return -1, nil, false, fmt.Errorf("create directory %s: %w", where(), err)
 			}
 			created = true
 			st.Mode = unix.S_IFDIR
 		} else if err != nil {
-			return -1, nil, false, fmt.Errorf("%s: %w", where, err)
+			return -1, nil, false, fmt.Errorf("%s: %w", where(), err)
 		}
 		switch st.Mode & unix.S_IFMT {
 		case unix.S_IFDIR:
 			next, err := unix.Openat(cur, c, dirFlags, 0)
 			if err != nil {
-				return -1, nil, false, fmt.Errorf("open directory %s: %w", where, err)
+				return -1, nil, false, fmt.Errorf("open directory %s: %w", where(), err)
 			}
 			parent := cur
 			cur = next
@@ -164,7 +167,7 @@ func (t *tree) walk(comps []string, mkdir mkdirFunc, wantOpaque bool) (fd int, p
 				err := mkdir(parent, c, cur, path)
 				unix.Close(parent)
 				if err != nil {
-					return -1, nil, false, fmt.Errorf("directory %s: %w", where, err)
+					return -1, nil, false, fmt.Errorf("directory %s: %w", strings.Join(path, "/"), err)
 				}
 			} else {
 				unix.Close(parent)
@@ -175,15 +178,15 @@ func (t *tree) walk(comps []string, mkdir mkdirFunc, wantOpaque bool) (fd int, p
 		case unix.S_IFLNK:
 			links++
 			if links > maxSymlinks {
-				return -1, nil, false, fmt.Errorf("%s: %w", where, unix.ELOOP)
+				return -1, nil, false, fmt.Errorf("%s: %w", where(), unix.ELOOP)
 			}
 			buf := make([]byte, maxPathLen+1)
 			n, err := unix.Readlinkat(cur, c, buf)
 			if err != nil {
-				return -1, nil, false, fmt.Errorf("read symlink %s: %w", where, err)
+				return -1, nil, false, fmt.Errorf("read symlink %s: %w", where(), err)
 			}
 			if n > maxPathLen {
-				return -1, nil, false, fmt.Errorf("symlink %s: %w", where, unix.ENAMETOOLONG)
+				return -1, nil, false, fmt.Errorf("symlink %s: %w", where(), unix.ENAMETOOLONG)
 			}
 			target := string(buf[:n])
 			if strings.HasPrefix(target, "/") {
@@ -198,9 +201,9 @@ func (t *tree) walk(comps []string, mkdir mkdirFunc, wantOpaque bool) (fd int, p
 			queue = append(strings.Split(target, "/"), queue...)
 		default:
 			if isWhiteout(&st) {
-				return -1, nil, false, fmt.Errorf("%s: %w", where, errWhitedOut)
+				return -1, nil, false, fmt.Errorf("%s: %w", where(), errWhitedOut)
 			}
-			return -1, nil, false, fmt.Errorf("%s: %w", where, unix.ENOTDIR)
+			return -1, nil, false, fmt.Errorf("%s: %w", where(), unix.ENOTDIR)
 		}
 	}
 	return cur, path, opaque, nil

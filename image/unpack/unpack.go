@@ -165,6 +165,8 @@ type extractor struct {
 	dirs    []dirTimes
 	opaque  map[string]struct{}
 	cache   parentCache
+
+	skippedXattrs map[string]struct{}
 }
 
 // Extract reads an uncompressed OCI/Docker layer tar from r and writes it
@@ -178,6 +180,8 @@ func Extract(ctx context.Context, r io.Reader, dir string, opts Options) (Stats,
 		opts:   opts.withDefaults(),
 		buf:    make([]byte, 256<<10),
 		opaque: map[string]struct{}{},
+
+		skippedXattrs: map[string]struct{}{},
 	}
 	var err error
 	if e.upper, err = openTree(dir); err != nil {
@@ -305,7 +309,11 @@ func (e *extractor) entryXattrs(hdr *tar.Header) ([][2]string, error) {
 		case strings.HasPrefix(name, "user."), strings.HasPrefix(name, "trusted."), name == "security.capability":
 			out = append(out, [2]string{name, v})
 		default:
-			log.G(e.ctx).WithField("entry", hdr.Name).Warnf("xattr %q not in the allowed namespaces; ignored", name)
+			// Warn once per name: a layer may carry ACLs on every file.
+			if _, seen := e.skippedXattrs[name]; !seen {
+				e.skippedXattrs[name] = struct{}{}
+				log.G(e.ctx).WithField("entry", hdr.Name).Warnf("xattr %q not in the allowed namespaces; ignored in this layer", name)
+			}
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i][0] < out[j][0] })

@@ -1,0 +1,227 @@
+package pull
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/google/go-containerregistry/pkg/compression"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/cocoon-cc/cocoon/image/registry"
+	"github.com/cocoon-cc/cocoon/internal/regtest"
+)
+
+func newPuller(t *testing.T, reg *regtest.Registry) (*Puller, string) {
+	t.Helper()
+	staging := filepath.Join(t.TempDir(), "staging")
+	p, err := New(Options{
+		Registry:   registry.New(registry.Options{Insecure: []string{reg.Host}, Retries: 1, RetryBackoff: time.Millisecond}),
+		StagingDir: staging,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return p, staging
+}
+
+func requests(t *testing.T, ref string, img v1.Image) []Request {
+	t.Helper()
+	md, _ := img.Digest()
+	m, _ := img.Manifest()
+	cfg, _ := img.ConfigFile()
+	var reqs []Request
+	for i, l := range m.Layers {
+		reqs = append(reqs, Request{
+			ImageRef:       ref,
+			ManifestDigest: digest.Digest(md.String()),
+			LayerDigest:    digest.Digest(l.Digest.String()),
+			DiffID:         digest.Digest(cfg.RootFS.DiffIDs[i].String()),
+		})
+	}
+	return reqs
+}
+
+func layers(t *testing.T, n int) [][]byte {
+	var out [][]byte
+	for i := 0; i < n; i++ {
+		out = append(out, regtest.Tar(t, regtest.Entry{Name: "f" + string(rune('a'+i)), Body: strings.Repeat("x", 1000*(i+1))}))
+	}
+	return out
+}
+
+func entries(t *testing.T, dir string) []os.DirEntry {
+	t.Helper()
+	e, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+func TestFetchesFollowingLayersAhead(t *testing.T) {
+	reg := regtest.Start(t)
+	p, staging := newPuller(t, reg)
+	ref, img := reg.Push(t, "a/ahead", compression.GZip, true, layers(t, 4)...)
+	reqs := requests(t, ref, img)
+
+	st, err := p.Layer(context.Background(), reqs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Discard()
+	// The three later layers are fetched without being asked for (blob GETs
+	// count the config too).
+	deadline := time.Now().Add(30 * time.Second)
+	for reg.Gets.Load() < 5 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := reg.Gets.Load(); got != 5 {
+		t.Fatalf("blob GETs after the first layer = %d, want 5 (config + 4 layers)", got)
+	}
+	for i, r := range reqs[1:] {
+		st, err := p.Layer(context.Background(), r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := "f" + string(rune('a'+i+1))
+		if _, err := os.Stat(filepath.Join(st.Dir, want)); err != nil {
+			t.Errorf("layer %d: %v", i+1, err)
+		}
+		st.Discard()
+	}
+	if got := reg.Gets.Load(); got != 5 {
+		t.Errorf("blob GETs = %d, want the config and each layer fetched once", got)
+	}
+	if got := testutil.ToFloat64(p.opts.Metrics.layers); got != 4 {
+		t.Errorf("layers metric = %v", got)
+	}
+	if e := entries(t, staging); len(e) != 1 { // only the first, still held by the deferred Discard
+		t.Errorf("staging = %v", e)
+	}
+}
+
+func TestSkipsCommittedLayersWhenFetchingAhead(t *testing.T) {
+	reg := regtest.Start(t)
+	p, _ := newPuller(t, reg)
+	ref, img := reg.Push(t, "a/skip", compression.GZip, true, layers(t, 3)...)
+	reqs := requests(t, ref, img)
+	reqs[0].Exists = func(context.Context, digest.Digest) bool { return true } // every later layer is committed
+	st, err := p.Layer(context.Background(), reqs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Discard()
+	p.mu.Lock()
+	queued := len(p.jobs)
+	p.mu.Unlock()
+	if queued != 0 {
+		t.Errorf("%d layers queued although all later ones are committed", queued)
+	}
+	if got := reg.Gets.Load(); got != 2 {
+		t.Errorf("blob GETs = %d, want 2 (config and the first layer)", got)
+	}
+}
+
+func TestUntakenLayersExpire(t *testing.T) {
+	reg := regtest.Start(t)
+	p, staging := newPuller(t, reg)
+	ref, img := reg.Push(t, "a/expire", compression.GZip, true, layers(t, 3)...)
+	reqs := requests(t, ref, img)
+	st, err := p.Layer(context.Background(), reqs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Discard()
+	// Wait for the fetched-ahead jobs to finish.
+	p.mu.Lock()
+	var jobs []*job
+	for _, j := range p.jobs {
+		jobs = append(jobs, j)
+	}
+	p.mu.Unlock()
+	for _, j := range jobs {
+		<-j.done
+	}
+	if e := entries(t, staging); len(e) != 2 {
+		t.Fatalf("staging holds %d layers, want 2 fetched ahead", len(e))
+	}
+	p.expire(time.Now().Add(p.opts.StagedTTL - time.Second))
+	if e := entries(t, staging); len(e) != 2 {
+		t.Fatalf("expired too early: %d left", len(e))
+	}
+	p.expire(time.Now().Add(p.opts.StagedTTL + time.Second))
+	if e := entries(t, staging); len(e) != 0 {
+		t.Errorf("staging after expiry = %v", e)
+	}
+}
+
+func TestRefusesLayerNotInManifest(t *testing.T) {
+	reg := regtest.Start(t)
+	p, staging := newPuller(t, reg)
+	ref, img := reg.Push(t, "a/member", compression.GZip, true, layers(t, 1)...)
+	_, other := reg.Push(t, "a/other", compression.GZip, true, layers(t, 2)[1:]...)
+	req := requests(t, ref, img)[0]
+	req.LayerDigest = requests(t, ref, other)[0].LayerDigest
+	_, err := p.Layer(context.Background(), req)
+	if !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), "is not part of manifest") {
+		t.Fatalf("error = %v", err)
+	}
+	if e := entries(t, staging); len(e) != 0 {
+		t.Errorf("staging = %v", e)
+	}
+	if got := testutil.ToFloat64(p.opts.Metrics.failures.WithLabelValues("layer_not_in_manifest")); got != 1 {
+		t.Errorf("failure metric = %v", got)
+	}
+}
+
+func TestRefusesDiffIDLabelMismatch(t *testing.T) {
+	reg := regtest.Start(t)
+	p, _ := newPuller(t, reg)
+	ref, img := reg.Push(t, "a/diffid", compression.GZip, true, layers(t, 1)...)
+	req := requests(t, ref, img)[0]
+	req.DiffID = digest.FromString("something else")
+	_, err := p.Layer(context.Background(), req)
+	if err == nil || !strings.Contains(err.Error(), "does not match the image config") {
+		t.Fatalf("error = %v", err)
+	}
+}
+
+func TestCanceledWaitLeavesJobForLater(t *testing.T) {
+	reg := regtest.Start(t)
+	p, _ := newPuller(t, reg)
+	ref, img := reg.Push(t, "a/cancel", compression.GZip, true, layers(t, 1)...)
+	req := requests(t, ref, img)[0]
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := p.Layer(ctx, req); !errors.Is(err, context.Canceled) {
+		t.Fatalf("error = %v", err)
+	}
+	st, err := p.Layer(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Discard()
+}
+
+func TestMetricsRegister(t *testing.T) {
+	m := NewMetrics()
+	r := prometheus.NewRegistry()
+	if err := m.Register(r); err != nil {
+		t.Fatal(err)
+	}
+	m.failure("digest_mismatch")
+	n, err := testutil.GatherAndCount(r, "cocoon_pull_failures_total")
+	if err != nil || n != 1 {
+		t.Fatalf("count = %d, %v", n, err)
+	}
+}
