@@ -2,10 +2,13 @@ package e2e
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -131,9 +134,17 @@ func TestGuestPull(t *testing.T) {
 	}
 }
 
-// TestGuestPullRejectsTamperedLayer serves a different (valid gzip, valid
-// tar, same size) blob for layer 2: the pull must fail naming the digest
-// mismatch, and nothing may be committed for layer 2's chain.
+// TestGuestPullRejectsTamperedLayer makes layer 2's blob differ from its
+// digest (a valid gzip of a valid tar of the same size, so only the digest
+// can catch it). The pull must fail naming the digest, and nothing may be
+// committed for layer 2's chain or enter containerd's content store.
+//
+//   - served: the registry serves the tampered bytes (an in-process proxy
+//     plays the compromised registry): the error must say "digest mismatch".
+//   - disk-store: the blob file in crane's disk store is overwritten. crane
+//     re-hashes blobs when serving and answers 404 for it, so cocoond never
+//     sees the bytes; the pull must still fail cleanly. Should the registry
+//     ever serve the bytes, "digest mismatch" is required as well.
 func TestGuestPullRejectsTamperedLayer(t *testing.T) {
 	env := newEnv(t)
 	ctx := testContext(t, 5*time.Minute)
@@ -147,40 +158,60 @@ func TestGuestPullRejectsTamperedLayer(t *testing.T) {
 	}
 	s := startCocoonStackWithRegistry(t, ctx, env, reg, proxy.Host)
 
-	im, msg := pushTwoLayerImage(t, ctx, env, reg, "e2e/tampered", imageOptions{top: harness.GzipStored})
-	orig, err := reg.GetBlob(ctx, im.Repo, im.Manifest.Layers[1].Digest)
-	if err != nil {
-		t.Fatal(err)
-	}
-	evil, err := sameSizeTamperedBlob(env, orig, msg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	bad := im.Manifest.Layers[1].Digest
-	proxy.Replace(bad, evil)
+	for _, where := range []string{"served", "disk-store"} {
+		t.Run(where, func(t *testing.T) {
+			im, msg := pushTwoLayerImage(t, ctx, env, reg, "e2e/tampered-"+where, imageOptions{top: harness.GzipStored})
+			bad := im.Manifest.Layers[1].Digest
+			orig, err := reg.GetBlob(ctx, im.Repo, bad)
+			if err != nil {
+				t.Fatal(err)
+			}
+			evil, err := sameSizeTamperedBlob(env, orig, msg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ref := im.Ref
+			needMismatch := true
+			switch where {
+			case "served":
+				proxy.Replace(bad, evil)
+				ref = proxy.Host + "/" + im.Repo + ":" + im.Tag
+			case "disk-store":
+				if err := os.WriteFile(reg.BlobPath(bad), evil, 0o644); err != nil {
+					t.Fatal(err)
+				}
+				_, err := reg.GetBlob(ctx, im.Repo, bad)
+				needMismatch = err == nil
+				t.Logf("registry serves the tampered blob: %v (%v)", needMismatch, err)
+			}
 
-	ref := proxy.Host + "/" + im.Repo + ":" + im.Tag
-	out, err := s.ctrd.Ctr(ctx, "image", "pull", "--plain-http", "--snapshotter", snapshotterName, ref)
-	if err == nil {
-		t.Fatalf("pull of a tampered layer succeeded:\n%s", out)
-	}
-	if proxy.Served(bad) == 0 {
-		t.Fatalf("the tampered blob was never requested; pull failed for another reason: %v", err)
-	}
-	errText := err.Error()
-	if !strings.Contains(errText, "digest mismatch") || !strings.Contains(errText, strings.TrimPrefix(bad, "sha256:")) {
-		t.Errorf("pull error does not name the digest mismatch of %s:\n%v", bad, err)
-	}
-	committed := committedSnapshots(t, ctx, s.ctrd, snapshotterName)
-	if chain := im.ChainIDs()[1]; slices.Contains(committed, chain) {
-		t.Errorf("snapshot %s of the tampered layer was committed (%v)", chain, committed)
-	}
-	content, err := s.ctrd.ContentDigests(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if slices.Contains(content, bad) {
-		t.Errorf("the tampered layer %s is in containerd's content store", bad)
+			out, err := s.ctrd.Ctr(ctx, "image", "pull", "--plain-http", "--snapshotter", snapshotterName, ref)
+			if err == nil {
+				t.Fatalf("pull of a tampered layer succeeded:\n%s", out)
+			}
+			if where == "served" && proxy.Served(bad) == 0 {
+				t.Fatalf("the tampered blob was never requested; the pull failed for another reason: %v", err)
+			}
+			t.Logf("pull refused: %s", ctrReason(err))
+			errText := err.Error()
+			if !strings.Contains(errText, strings.TrimPrefix(bad, "sha256:")) {
+				t.Errorf("pull error does not name layer digest %s:\n%v", bad, err)
+			}
+			if needMismatch && !strings.Contains(errText, "digest mismatch") {
+				t.Errorf("pull error does not say \"digest mismatch\":\n%v", err)
+			}
+			committed := committedSnapshots(t, ctx, s.ctrd, snapshotterName)
+			if chain := im.ChainIDs()[1]; slices.Contains(committed, chain) {
+				t.Errorf("snapshot %s of the tampered layer was committed (%v)", chain, committed)
+			}
+			content, err := s.ctrd.ContentDigests(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if slices.Contains(content, bad) {
+				t.Errorf("the tampered layer %s is in containerd's content store", bad)
+			}
+		})
 	}
 }
 
@@ -253,6 +284,7 @@ func TestGuestPullRefusesUnsafeLayers(t *testing.T) {
 			if err == nil {
 				t.Fatalf("pull of a layer with an unsafe entry succeeded:\n%s", out)
 			}
+			t.Logf("pull refused: %s", ctrReason(err))
 			errText := err.Error()
 			if !strings.Contains(errText, "escapes") && !strings.Contains(errText, "unsafe") {
 				t.Errorf("pull error does not say the entry escapes or is unsafe:\n%v", err)
@@ -317,5 +349,61 @@ func TestCocoondRestartKeepsRunningContainer(t *testing.T) {
 		if !slices.Contains(committed, chain) {
 			t.Errorf("after the restart cocoond lists no committed snapshot for layer %d (%s); it has %v", i, chain, committed)
 		}
+	}
+}
+
+// TestCocoondSIGTERMKeepsState stops cocoond with SIGTERM: it must exit
+// with status 0, and once restarted on the same root it must still list the
+// committed layers and serve a new container without pulling again.
+func TestCocoondSIGTERMKeepsState(t *testing.T) {
+	env := newEnv(t)
+	ctx := testContext(t, 5*time.Minute)
+	s := startCocoonStack(t, ctx, env)
+	im, msg := pushTwoLayerImage(t, ctx, env, s.reg, "e2e/sigterm", imageOptions{})
+	if _, err := s.ctrd.Ctr(ctx, "image", "pull", "--plain-http", "--snapshotter", snapshotterName, im.Ref); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.cocoond.Proc.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-s.cocoond.Proc.Done():
+	case <-time.After(20 * time.Second):
+		t.Fatalf("cocoond (pid %d) still running 20 s after SIGTERM", s.cocoond.Proc.PID())
+	}
+	if err := s.cocoond.Proc.ExitError(); err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			t.Errorf("cocoond exited with %v after SIGTERM, want status 0", ee.ProcessState)
+		} else {
+			t.Error(err)
+		}
+	}
+	if err := s.cocoond.Start(ctx); err != nil {
+		t.Fatalf("restarting cocoond on the same root: %v", err)
+	}
+	committed := committedSnapshots(t, ctx, s.ctrd, snapshotterName)
+	for i, chain := range im.ChainIDs() {
+		if !slices.Contains(committed, chain) {
+			t.Errorf("after SIGTERM and restart, no committed snapshot for layer %d (%s); cocoond lists %v", i, chain, committed)
+		}
+	}
+	before, err := s.cocoond.Metrics(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := s.ctrd.Ctr(ctx, "run", "--rm", "--snapshotter", snapshotterName, im.Ref, containerID(t, "after"), "/bin/cat", "/layer2/message")
+	if err != nil {
+		t.Fatalf("new container after the restart: %v", err)
+	}
+	if !strings.Contains(out, msg) {
+		t.Errorf("new container printed %q, want %q", out, msg)
+	}
+	after, err := s.cocoond.Metrics(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := harness.MetricSum(after, "cocoon_pull_layers_total") - harness.MetricSum(before, "cocoon_pull_layers_total"); n != 0 {
+		t.Errorf("cocoond pulled %v layers again to run an image it had already committed", n)
 	}
 }

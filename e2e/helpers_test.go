@@ -167,3 +167,14 @@ func containerID(t *testing.T, suffix string) string {
 	name := strings.ToLower(strings.NewReplacer("/", "-", "_", "-").Replace(t.Name()))
 	return filepath.Base(name) + "-" + suffix + "-" + randomToken(t)[:8]
 }
+
+// ctrReason returns the "ctr: ..." line of a failed ctr command's error,
+// or the whole error.
+func ctrReason(err error) string {
+	for _, line := range strings.Split(err.Error(), "\n") {
+		if i := strings.Index(line, "ctr: "); i >= 0 {
+			return line[i:]
+		}
+	}
+	return err.Error()
+}

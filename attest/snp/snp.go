@@ -18,10 +18,7 @@ import (
 )
 
 // Paths probed by Available.
-var (
-	sevGuestPlatformPath = "/sys/devices/platform/sev-guest"
-	sevGuestDevicePath   = "/dev/sev-guest"
-)
+var availablePaths = []string{"/sys/devices/platform/sev-guest", "/dev/sev-guest"}
 
 // ErrReportDataTooLong is returned when report data exceeds 64 bytes.
 var ErrReportDataTooLong = errors.New("SNP Attester: Report data must be no more than 64 bytes")
@@ -29,7 +26,7 @@ var ErrReportDataTooLong = errors.New("SNP Attester: Report data must be no more
 // Available reports whether this machine is an SEV-SNP guest (the sev-guest
 // platform device that guest-components probes, or its character device).
 func Available() bool {
-	for _, p := range []string{sevGuestPlatformPath, sevGuestDevicePath} {
+	for _, p := range availablePaths {
 		if _, err := os.Stat(p); err == nil {
 			return true
 		}

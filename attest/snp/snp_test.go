@@ -315,15 +315,12 @@ func FuzzVerifyEvidence(f *testing.F) {
 	f.Add([]byte(ev))
 	f.Add([]byte(`{"attestation_report":{"version":2},"cert_chain":null}`))
 	f.Add([]byte(`{"cert_chain":[{"cert_type":{"OTHER":"00000000-0000-0000-0000-000000000001"},"data":[1,2]}]}`))
+	want := hex.EncodeToString(padded([]byte("seed"), 64))
 	f.Fuzz(func(t *testing.T, data []byte) {
+		// Only an encoding of the genuine signed report can verify.
 		claims, err := v.Verify(context.Background(), data, []byte("seed"))
-		if err == nil && !bytes.Equal(data, ev) {
-			// Only the genuine evidence (or an encoding of the same
-			// signed report) may verify.
-			var got snp.Evidence
-			if json.Unmarshal(data, &got) != nil || claims["report_data"] != hex.EncodeToString(padded([]byte("seed"), 64)) {
-				t.Fatalf("unexpected evidence verified: %s", data)
-			}
+		if err == nil && claims["report_data"] != want {
+			t.Fatalf("verified with report_data %v", claims["report_data"])
 		}
 	})
 }

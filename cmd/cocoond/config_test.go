@@ -30,10 +30,10 @@ func TestShippedConfigLoads(t *testing.T) {
 func TestConfigErrorsNameTheKey(t *testing.T) {
 	for body, key := range map[string]string{
 		"[registry]\nmax_concurrent_downloads = 0\n": "registry.max_concurrent_downloads",
-		"[registry]\ninsecure = [\"http://x\"]\n":     "registry.insecure",
-		"[unpack]\nmax_entry_size = \"lots\"\n":       "unpack.max_entry_size",
-		"log_format = \"xml\"\n":                      "log_format",
-		"root = 3\n":                                  "root",
+		"[registry]\ninsecure = [\"http://x\"]\n":    "registry.insecure",
+		"[unpack]\nmax_entry_size = \"lots\"\n":      "unpack.max_entry_size",
+		"log_format = \"xml\"\n":                     "log_format",
+		"root = 3\n":                                 "root",
 	} {
 		_, _, err := loadConfig(writeConfig(t, body))
 		if err == nil || !strings.Contains(err.Error(), key) {

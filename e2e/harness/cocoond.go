@@ -52,32 +52,42 @@ func (e *Env) StartCocoond(ctx context.Context, o CocoondOptions) (*Cocoond, err
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	port, err := FreePort()
-	if err != nil {
-		return nil, err
-	}
-	c := &Cocoond{
-		Root:        filepath.Join(dir, "root"),
-		Address:     filepath.Join(dir, "cocoon.sock"),
-		MetricsAddr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)),
-		env:         e,
-		bin:         bin,
-	}
-	c.args = []string{"--root", c.Root, "--address", c.Address, "--metrics-address", c.MetricsAddr, "--log-level", o.LogLevel}
+	var cfg string
 	if o.Config != "" {
-		cfg := filepath.Join(dir, "cocoond.toml")
+		cfg = filepath.Join(dir, "cocoond.toml")
 		if err := os.WriteFile(cfg, []byte(o.Config), 0o600); err != nil {
 			return nil, err
 		}
-		c.args = append(c.args, "--config", cfg)
 	}
-	for _, r := range o.InsecureRegistries {
-		c.args = append(c.args, "--insecure-registry", r)
+	var lastErr error
+	for attempt := 0; attempt < 3; attempt++ {
+		port, err := FreePort()
+		if err != nil {
+			return nil, err
+		}
+		c := &Cocoond{
+			Root:        filepath.Join(dir, "root"),
+			Address:     filepath.Join(dir, "cocoon.sock"),
+			MetricsAddr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)),
+			env:         e,
+			bin:         bin,
+		}
+		c.args = []string{"--root", c.Root, "--address", c.Address, "--metrics-address", c.MetricsAddr, "--log-level", o.LogLevel}
+		if cfg != "" {
+			c.args = append(c.args, "--config", cfg)
+		}
+		for _, r := range o.InsecureRegistries {
+			c.args = append(c.args, "--insecure-registry", r)
+		}
+		if lastErr = c.Start(ctx); lastErr == nil {
+			return c, nil
+		}
+		if !c.Proc.Exited() {
+			return nil, lastErr
+		}
+		// It exited: maybe the metrics port was taken in the meantime.
 	}
-	if err := c.Start(ctx); err != nil {
-		return nil, err
-	}
-	return c, nil
+	return nil, lastErr
 }
 
 // Start starts (or, after Kill, restarts) cocoond on the same root, socket
@@ -91,6 +101,8 @@ func (c *Cocoond) Start(ctx context.Context) error {
 		return err
 	}
 	c.Proc = p
+	// A stale socket file from a killed daemon refuses connections, so
+	// waiting for an accepted connection also covers restarts.
 	return p.WaitSocket(ctx, c.Address)
 }
 

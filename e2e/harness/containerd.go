@@ -30,7 +30,7 @@ type ContainerdOptions struct {
 	// Fragments are appended to the generated config.toml verbatim, e.g.
 	// the output of `cocoonctl containerd-config`.
 	Fragments []string
-	// LogLevel is containerd's log level (default "debug").
+	// LogLevel is containerd's log level (default "info").
 	LogLevel string
 }
 
@@ -44,7 +44,7 @@ func (e *Env) StartContainerd(ctx context.Context, o ContainerdOptions) (*Contai
 		o.Name = "containerd"
 	}
 	if o.LogLevel == "" {
-		o.LogLevel = "debug"
+		o.LogLevel = "info"
 	}
 	dir := e.Path(o.Name)
 	if err := os.MkdirAll(dir, 0o711); err != nil {
@@ -234,4 +234,24 @@ func containsArg(argv []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// ContainerdVersion returns "containerd vX.Y.Z" as reported by the daemon,
+// or "containerd" if it cannot be read.
+func ContainerdVersion(ctx context.Context, c *Containerd) string {
+	out, err := c.Ctr(ctx, "version")
+	if err != nil {
+		return "containerd"
+	}
+	// The server section comes last: "Server:\n  Version:  v2.4.2..."
+	_, server, ok := strings.Cut(out, "Server:")
+	if !ok {
+		return "containerd"
+	}
+	for _, line := range strings.Split(server, "\n") {
+		if k, v, ok := strings.Cut(strings.TrimSpace(line), ":"); ok && k == "Version" {
+			return "containerd " + strings.TrimSpace(v)
+		}
+	}
+	return "containerd"
 }

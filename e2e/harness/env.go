@@ -136,7 +136,7 @@ func (e *Env) cleanup() {
 		e.TB.Logf("cleanup: %v", err)
 	}
 	if e.TB.Failed() {
-		e.DumpLogs(120)
+		e.DumpLogs(40)
 		e.keepLogs()
 	}
 	if err := os.RemoveAll(e.Dir); err != nil {

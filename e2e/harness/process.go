@@ -102,6 +102,14 @@ func (p *Process) Stop(timeout time.Duration) error {
 	return p.Kill()
 }
 
+// Signal sends sig to the process.
+func (p *Process) Signal(sig os.Signal) error {
+	if p.Exited() {
+		return fmt.Errorf("%s (pid %d) has already exited", p.Name, p.PID())
+	}
+	return p.cmd.Process.Signal(sig)
+}
+
 // Kill sends SIGKILL and waits for the process to be reaped.
 func (p *Process) Kill() error {
 	if p.Exited() {

@@ -403,7 +403,13 @@ func runTool(ctx context.Context, e *Env, path string, args ...string) (string, 
 	cmd.WaitDelay = 5 * time.Second
 	err := cmd.Run()
 	if err != nil {
-		return stdout.String(), fmt.Errorf("%s %s: %w: %s", filepath.Base(path), strings.Join(args, " "), err, strings.TrimSpace(stderr.String()+"\n"+stdout.String()))
+		// The reason is on stderr; stdout (ctr's progress bars) only helps
+		// when stderr is empty.
+		detail := strings.TrimSpace(stderr.String())
+		if detail == "" {
+			detail = tailLines(stdout.String(), 20)
+		}
+		return stdout.String(), fmt.Errorf("%s %s: %w: %s", filepath.Base(path), strings.Join(args, " "), err, detail)
 	}
 	return stdout.String(), nil
 }

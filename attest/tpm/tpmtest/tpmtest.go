@@ -1,12 +1,5 @@
 //go:build cgo
 
-// Package tpmtest provides a TPM attester backed by go-tpm-tools' TPM 2.0
-// simulator (cgo, needs gcc and libssl-dev) and a tpm verifier trusting the
-// simulator's attestation key, so code using attest.Attester and
-// attest.Verifier can be tested through real TPM quotes without hardware.
-//
-// It is for tests only. Only one simulator can run per process at a time:
-// a second New blocks until the first test's cleanup closes its simulator.
 package tpmtest
 
 import (
@@ -14,6 +7,7 @@ import (
 	"crypto"
 	"crypto/rand"
 	"crypto/rsa"
+	"encoding/base64"
 	"encoding/json"
 	"testing"
 
@@ -118,11 +112,11 @@ func Modify(tb testing.TB, evidence json.RawMessage, f func(ev *tpm.Evidence, ms
 	if err := json.Unmarshal(evidence, &ev); err != nil {
 		tb.Fatalf("tpmtest: decode evidence: %v", err)
 	}
-	msg, err := decodeB64(ev.TPMQuote.Message)
+	msg, err := base64.StdEncoding.DecodeString(ev.TPMQuote.Message)
 	if err != nil {
 		tb.Fatalf("tpmtest: decode message: %v", err)
 	}
-	ev.TPMQuote.Message = encodeB64(f(&ev, msg))
+	ev.TPMQuote.Message = base64.StdEncoding.EncodeToString(f(&ev, msg))
 	out, err := json.Marshal(&ev)
 	if err != nil {
 		tb.Fatalf("tpmtest: encode evidence: %v", err)
