@@ -1,0 +1,352 @@
+// Package restapi is the guest REST shim that workloads inside the TEE call
+// on 127.0.0.1:8006: /info, /aa/* (evidence, token, runtime measurement) and
+// /cdh/resource/*. It reproduces upstream api-server-rest's routing, status
+// codes and bodies byte for byte, and answers only loopback peers.
+//
+// It must never log resource bytes, tokens or keys, and never serve a peer
+// that is not on a loopback address.
+package restapi
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+
+	"github.com/containerd/log"
+)
+
+// Features selects the routes served, as Kata's agent.guest_components_rest_api.
+type Features string
+
+const (
+	FeatureResource    Features = "resource" // the default
+	FeatureAttestation Features = "attestation"
+	FeatureAll         Features = "all"
+)
+
+// ParseFeatures accepts upstream's values only.
+func ParseFeatures(s string) (Features, error) {
+	switch f := Features(s); f {
+	case FeatureResource, FeatureAttestation, FeatureAll:
+		return f, nil
+	}
+	return "", fmt.Errorf("invalid guest components rest api feature given. Valid values are `all`, `attestation`, `resource`")
+}
+
+func (f Features) attestation() bool { return f == FeatureAttestation || f == FeatureAll }
+func (f Features) resource() bool    { return f == FeatureResource || f == FeatureAll }
+
+// MeasurementResult is the outcome of a runtime measurement request.
+type MeasurementResult int
+
+const (
+	MeasurementOK MeasurementResult = iota
+	MeasurementNotSupported
+	MeasurementNotEnabled
+)
+
+// AttestationAgent is what /aa and /info need.
+type AttestationAgent interface {
+	TEE() string
+	AdditionalTEEs() []string
+	Evidence(ctx context.Context, runtimeData []byte) ([]byte, error)
+	// AdditionalEvidence returns {"<tee>": evidence, ...} or nil when there
+	// is no additional attester.
+	AdditionalEvidence(ctx context.Context, runtimeData []byte) ([]byte, error)
+	// Token returns the token response body for token_type ("kbs" or
+	// "coco_as"); unknown or unconfigured types are errors.
+	Token(ctx context.Context, tokenType string) ([]byte, error)
+	ExtendRuntimeMeasurement(ctx context.Context, domain, operation, content string, register *uint64) (MeasurementResult, error)
+}
+
+// ResourceGetter fetches kbs:/// resources (the CDH side).
+type ResourceGetter interface {
+	GetResource(ctx context.Context, uri string) ([]byte, error)
+}
+
+// Options configure the handler.
+type Options struct {
+	Version  string // reported by /info
+	Features Features
+	Agent    AttestationAgent // nil: /info has no tee and /aa answers 500
+	CDH      ResourceGetter
+	// MaxBodyBytes bounds request bodies (default 64 KiB).
+	MaxBodyBytes int64
+}
+
+// Handler serves the REST API.
+type Handler struct{ o Options }
+
+// New returns the handler.
+func New(o Options) *Handler {
+	if o.Features == "" {
+		o.Features = FeatureResource
+	}
+	if o.MaxBodyBytes <= 0 {
+		o.MaxBodyBytes = 64 << 10
+	}
+	return &Handler{o: o}
+}
+
+const (
+	bodyBadRequest = "BAD REQUEST"
+	bodyNotFound   = "URL NOT FOUND"
+)
+
+func reply(w http.ResponseWriter, status int, contentType string, body []byte) {
+	if contentType != "" {
+		w.Header().Set("Content-Type", contentType)
+	}
+	w.WriteHeader(status)
+	w.Write(body)
+}
+
+func text(w http.ResponseWriter, status int, s string) { reply(w, status, "", []byte(s)) }
+
+// maxURI bounds the request target; upstream has no such limit but a guest
+// API has no use for long ones.
+const maxURI = 16 << 10
+
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if !loopbackPeer(r.RemoteAddr) {
+		text(w, http.StatusForbidden, "Forbidden")
+		return
+	}
+	if len(r.RequestURI) > maxURI {
+		text(w, http.StatusRequestURITooLong, bodyBadRequest)
+		return
+	}
+	path := r.URL.Path
+	if path == "/info" {
+		h.info(w, r)
+		return
+	}
+	root, rest := splitRoot(path)
+	switch root {
+	case "/aa":
+		if !h.o.Features.attestation() {
+			text(w, http.StatusNotFound, "Attestation Feature Not Enabled")
+			return
+		}
+		h.aa(w, r, rest)
+	case "/cdh":
+		if !h.o.Features.resource() {
+			text(w, http.StatusNotFound, "Resource Feature Not Enabled")
+			return
+		}
+		h.cdh(w, r, rest)
+	default:
+		text(w, http.StatusNotFound, bodyNotFound)
+	}
+}
+
+// splitRoot splits "/aa/evidence" into "/aa" and "/evidence".
+func splitRoot(p string) (string, string) {
+	if i := strings.IndexByte(p[min(1, len(p)):], '/'); i >= 0 {
+		return p[:i+1], p[i+1:]
+	}
+	return p, ""
+}
+
+func loopbackPeer(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+func (h *Handler) info(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet {
+		text(w, http.StatusMethodNotAllowed, "Method Not Allowed")
+		return
+	}
+	info := struct {
+		Version        string   `json:"version"`
+		TEE            string   `json:"tee,omitempty"`
+		AdditionalTEEs []string `json:"additional_tees,omitempty"`
+		Feature        string   `json:"feature"`
+	}{Version: h.o.Version, Feature: string(h.o.Features)}
+	if h.o.Agent != nil {
+		info.TEE = h.o.Agent.TEE()
+		info.AdditionalTEEs = h.o.Agent.AdditionalTEEs()
+	}
+	b, _ := json.Marshal(info)
+	reply(w, http.StatusOK, "application/json", b)
+}
+
+func (h *Handler) aa(w http.ResponseWriter, r *http.Request, rest string) {
+	ctx := r.Context()
+	if h.o.Agent == nil {
+		text(w, http.StatusInternalServerError, "attestation agent is not configured")
+		return
+	}
+	switch {
+	case rest == "/token" && r.Method == http.MethodGet:
+		q, ok := query(r)
+		tt := q.Get("token_type")
+		if !ok || !q.Has("token_type") {
+			text(w, http.StatusBadRequest, bodyBadRequest)
+			return
+		}
+		tok, err := h.o.Agent.Token(ctx, tt)
+		if err != nil {
+			h.fail(ctx, w, "get token", err)
+			return
+		}
+		reply(w, http.StatusOK, "application/octet-stream", tok)
+	case (rest == "/evidence" || rest == "/additional-evidence") && r.Method == http.MethodGet:
+		rd, ok := runtimeData(r)
+		if !ok {
+			text(w, http.StatusBadRequest, bodyBadRequest)
+			return
+		}
+		var ev []byte
+		var err error
+		if rest == "/evidence" {
+			ev, err = h.o.Agent.Evidence(ctx, rd)
+		} else {
+			ev, err = h.o.Agent.AdditionalEvidence(ctx, rd)
+		}
+		if err != nil {
+			h.fail(ctx, w, "get evidence", err)
+			return
+		}
+		reply(w, http.StatusOK, "application/octet-stream", ev)
+	case rest == "/aael" && r.Method == http.MethodPost:
+		h.aael(w, r)
+	default:
+		text(w, http.StatusNotFound, bodyNotFound)
+	}
+}
+
+// query parses the query string as upstream does (form encoding: '+' is a
+// space); ok is false when it does not parse.
+func query(r *http.Request) (url.Values, bool) {
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	return q, err == nil
+}
+
+func runtimeData(r *http.Request) ([]byte, bool) {
+	q, ok := query(r)
+	if !ok || !q.Has("runtime_data") {
+		return nil, false
+	}
+	v := q.Get("runtime_data")
+	if !q.Has("encoding") {
+		return []byte(v), true
+	}
+	if q.Get("encoding") != "base64" {
+		return nil, false
+	}
+	b, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(v, "="))
+	if err != nil {
+		return nil, false
+	}
+	return b, true
+}
+
+type aaelRequest struct {
+	Domain    *string `json:"domain"`
+	Operation *string `json:"operation"`
+	Content   *string `json:"content"`
+}
+
+func (h *Handler) aael(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	body, err := io.ReadAll(io.LimitReader(r.Body, h.o.MaxBodyBytes+1))
+	if err != nil {
+		text(w, http.StatusBadRequest, bodyBadRequest)
+		return
+	}
+	if int64(len(body)) > h.o.MaxBodyBytes {
+		text(w, http.StatusRequestEntityTooLarge, bodyBadRequest)
+		return
+	}
+	var req aaelRequest
+	err = json.Unmarshal(body, &req)
+	if err == nil && (req.Domain == nil || req.Operation == nil || req.Content == nil) {
+		err = errors.New("missing field: domain, operation and content are required")
+	}
+	if err != nil {
+		text(w, http.StatusInternalServerError, "Illegal AAEL eventry format: "+err.Error())
+		return
+	}
+	res, err := h.o.Agent.ExtendRuntimeMeasurement(ctx, *req.Domain, *req.Operation, *req.Content, nil)
+	if err != nil {
+		h.fail(ctx, w, "extend runtime measurement", err)
+		return
+	}
+	var out string
+	switch res {
+	case MeasurementOK:
+		out = `{"success":"true"}`
+	case MeasurementNotSupported:
+		out = `{"success":"false","message": "The platform does not support runtime measurement"}`
+	case MeasurementNotEnabled:
+		out = `{"success":"false","message": "Attestation Agent does not enable eventlog recording"}`
+	default:
+		out = `{"success":"false","message": "Unknown runtime measurement result"}`
+	}
+	reply(w, http.StatusOK, "application/json", []byte(out))
+}
+
+func (h *Handler) cdh(w http.ResponseWriter, r *http.Request, rest string) {
+	ctx := r.Context()
+	sub, tail := splitRoot(rest)
+	if sub != "/resource" || tail == "" || tail == "/" {
+		text(w, http.StatusNotFound, bodyNotFound)
+		return
+	}
+	if h.o.CDH == nil {
+		text(w, http.StatusInternalServerError, "confidential data hub is not configured")
+		return
+	}
+	uri, err := resourceURI(r, tail)
+	if err != nil {
+		text(w, http.StatusBadRequest, bodyBadRequest)
+		return
+	}
+	b, err := h.o.CDH.GetResource(ctx, uri)
+	if err != nil {
+		h.fail(ctx, w, "get resource", err)
+		return
+	}
+	reply(w, http.StatusOK, "application/octet-stream", b)
+}
+
+// resourceURI maps "/repo/type/tag" to "kbs:///repo/type/tag". Upstream
+// passes the path through; we refuse anything that is not exactly three
+// plain segments, also when percent-encoded, so that no KBS ever sees a
+// traversal.
+func resourceURI(r *http.Request, tail string) (string, error) {
+	raw := r.URL.EscapedPath()
+	if i := strings.Index(raw, "/cdh/resource/"); i >= 0 {
+		raw = raw[i+len("/cdh/resource/"):]
+	}
+	segs := strings.Split(raw, "/")
+	if len(segs) != 3 {
+		return "", fmt.Errorf("want repo/type/tag, got %q", tail)
+	}
+	for _, s := range segs {
+		d, err := url.PathUnescape(s)
+		if err != nil || d == "" || d == "." || d == ".." || strings.ContainsAny(d, "/\\\x00") {
+			return "", fmt.Errorf("invalid resource path segment %q", s)
+		}
+	}
+	return "kbs://" + tail, nil
+}
+
+// fail answers 500 with the error text, as upstream, and logs the cause.
+func (h *Handler) fail(ctx context.Context, w http.ResponseWriter, what string, err error) {
+	log.G(ctx).WithError(err).WithField("request", what).Warn("rest api request failed")
+	text(w, http.StatusInternalServerError, err.Error())
+}
