@@ -86,10 +86,10 @@ type Client struct {
 	now      func() time.Time
 	key      *TEEKey
 
-	mu     sync.Mutex
-	token  string
-	times  TokenTimes
-	handsh int // completed handshakes, for tests and metrics
+	mu         sync.Mutex
+	token      string
+	times      TokenTimes
+	handshakes int // completed handshakes, for tests and metrics
 }
 
 var _ ResourceGetter = (*Client)(nil)
@@ -176,7 +176,7 @@ func (c *Client) TokenAndKey(ctx context.Context) (string, []byte, error) {
 func (c *Client) Handshakes() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.handsh
+	return c.handshakes
 }
 
 func (c *Client) tokenLocked(ctx context.Context) (string, error) {
@@ -271,7 +271,7 @@ func (c *Client) handshake(ctx context.Context) error {
 		return fmt.Errorf("attest: %w", err)
 	}
 	c.token, c.times = ar.Token, times
-	c.handsh++
+	c.handshakes++
 	log.G(ctx).WithFields(log.Fields{"tee": tee, "kbs": c.base, "hash": alg, "expires": times.Expiry}).Debug("kbs: RCAR handshake complete")
 	return nil
 }

@@ -21,13 +21,14 @@ import (
 )
 
 // Response is the flattened JSON JWE a KBS returns for a resource. AAD is a
-// raw (not base64) string and Trustee never sets it.
+// raw (not base64) string and Trustee never sets it. Members are in
+// kbs-types order.
 type Response struct {
 	Protected    string `json:"protected"`
 	EncryptedKey string `json:"encrypted_key"`
+	AAD          string `json:"aad,omitempty"`
 	IV           string `json:"iv"`
 	Ciphertext   string `json:"ciphertext"`
-	AAD          string `json:"aad,omitempty"`
 	Tag          string `json:"tag"`
 }
 

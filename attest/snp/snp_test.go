@@ -108,6 +108,7 @@ func TestVerifyRejects(t *testing.T) {
 			if err == nil {
 				t.Fatalf("Verify succeeded with claims %v", claims)
 			}
+			t.Logf("%s: %v", tc.name, err)
 			if !strings.Contains(err.Error(), tc.wantErr) {
 				t.Fatalf("Verify error %q does not contain %q", err, tc.wantErr)
 			}

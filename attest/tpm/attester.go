@@ -28,15 +28,26 @@ type AttesterOptions struct {
 	TPM io.ReadWriteCloser
 	// PCRs are the SHA-256 PCR indexes to quote; nil quotes 0..23.
 	PCRs []int
+	// AKHandle is the persistent handle of a provisioned RSA attestation
+	// key, as upstream's AA_TPM_AK_HANDLE. Zero tries DefaultAKHandle and,
+	// when no key is persisted there, uses go-tpm-tools' RSA AK template.
+	AKHandle uint32
 }
+
+// DefaultAKHandle is upstream's default persistent AK handle.
+const DefaultAKHandle = 0x81010002
 
 // Attester produces TPM evidence and extends PCRs. It is safe for
 // concurrent use.
 type Attester struct {
-	mu   sync.Mutex
-	rw   io.ReadWriteCloser
-	pcrs []int
-	ak   *client.Key
+	mu       sync.Mutex
+	rw       io.ReadWriteCloser
+	pcrs     []int
+	akHandle uint32
+	ak       *client.Key
+	// akPersistent is set when ak lives at a persistent handle, which
+	// must not be flushed.
+	akPersistent bool
 }
 
 var (
@@ -44,9 +55,9 @@ var (
 	_ attest.RuntimeMeasurer = (*Attester)(nil)
 )
 
-// NewAttester returns a TPM attester. The RSA attestation key (go-tpm-tools'
-// AK template in the owner hierarchy, RSASSA-SHA256 as upstream) is created
-// on first use and kept loaded.
+// NewAttester returns a TPM attester. The attestation key (the persistent
+// key at AKHandle, else go-tpm-tools' RSA AK template in the owner
+// hierarchy; RSASSA-SHA256 as upstream) is loaded on first use and kept.
 func NewAttester(opts AttesterOptions) (attest.Attester, error) {
 	pcrs := opts.PCRs
 	if pcrs == nil {
@@ -68,7 +79,7 @@ func NewAttester(opts AttesterOptions) (attest.Attester, error) {
 			return nil, fmt.Errorf("tpm: open TPM device: %w", err)
 		}
 	}
-	return &Attester{rw: rw, pcrs: pcrs}, nil
+	return &Attester{rw: rw, pcrs: pcrs, akHandle: opts.AKHandle}, nil
 }
 
 // TEE returns "tpm".
@@ -78,10 +89,10 @@ func (*Attester) TEE() string { return attest.TEETPM }
 func (a *Attester) Close() error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.ak != nil {
+	if a.ak != nil && !a.akPersistent {
 		a.ak.Close()
-		a.ak = nil
 	}
+	a.ak = nil
 	if a.rw == nil {
 		return nil
 	}
@@ -94,9 +105,21 @@ func (a *Attester) key() (*client.Key, error) {
 	if a.rw == nil {
 		return nil, errors.New("tpm: attester is closed")
 	}
-	if a.ak == nil {
-		ak, err := client.AttestationKeyRSA(a.rw)
-		if err != nil {
+	if a.ak != nil {
+		return a.ak, nil
+	}
+	handle := a.akHandle
+	if handle == 0 {
+		handle = DefaultAKHandle
+	}
+	ak, err := client.LoadCachedKey(a.rw, tpmutil.Handle(handle), client.NullSession{})
+	switch {
+	case err == nil:
+		a.ak, a.akPersistent = ak, true
+	case a.akHandle != 0:
+		return nil, fmt.Errorf("tpm: load attestation key at %#x: %w", a.akHandle, err)
+	default:
+		if ak, err = client.AttestationKeyRSA(a.rw); err != nil {
 			return nil, fmt.Errorf("tpm: create attestation key: %w", err)
 		}
 		a.ak = ak

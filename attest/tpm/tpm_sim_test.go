@@ -4,12 +4,18 @@ package tpm_test
 
 import (
 	"context"
+	"crypto"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"io"
 	"strings"
 	"testing"
+
+	"github.com/google/go-tpm-tools/client"
+	"github.com/google/go-tpm-tools/simulator"
+	"github.com/google/go-tpm/legacy/tpm2"
 
 	"github.com/cocoon-cc/cocoon/attest"
 	"github.com/cocoon-cc/cocoon/attest/tpm"
@@ -157,6 +163,7 @@ func TestVerifyRejects(t *testing.T) {
 			if err == nil {
 				t.Fatalf("Verify succeeded: %v", claims)
 			}
+			t.Logf("%s: %v", tc.name, err)
 			if !strings.Contains(err.Error(), tc.wantErr) {
 				t.Fatalf("error %q does not contain %q", err, tc.wantErr)
 			}
@@ -219,3 +226,56 @@ func BenchmarkEvidenceVerify(b *testing.B) {
 		}
 	}
 }
+
+func TestPersistentAK(t *testing.T) {
+	sim, err := simulator.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sim.Close()
+	persisted, err := client.NewCachedKey(sim, tpm2.HandleOwner, client.AKTemplateRSA(), tpm.DefaultAKHandle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name   string
+		handle uint32
+		ok     bool
+	}{{"default handle", 0, true}, {"explicit handle", tpm.DefaultAKHandle, true}, {"missing handle", 0x81010010, false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, err := tpm.NewAttester(tpm.AttesterOptions{TPM: nopCloser{sim}, AKHandle: tc.handle})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ev, err := a.Evidence(context.Background(), []byte("n"))
+			if !tc.ok {
+				if err == nil {
+					t.Fatal("Evidence succeeded with a missing AK handle")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			v, err := tpm.NewVerifier(tpm.VerifierOptions{TrustedAKs: []crypto.PublicKey{persisted.PublicKey()}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := v.Verify(context.Background(), ev, []byte("n")); err != nil {
+				t.Fatalf("evidence is not signed by the persisted AK: %v", err)
+			}
+			if err := a.(*tpm.Attester).Close(); err != nil {
+				t.Fatal(err)
+			}
+			// Closing the attester must not evict the persisted key.
+			if _, err := client.LoadCachedKey(sim, tpm.DefaultAKHandle, client.NullSession{}); err != nil {
+				t.Fatalf("persisted AK gone after Close: %v", err)
+			}
+		})
+	}
+}
+
+// nopCloser lets several attesters share one simulator.
+type nopCloser struct{ io.ReadWriter }
+
+func (nopCloser) Close() error { return nil }

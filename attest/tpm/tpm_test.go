@@ -12,22 +12,24 @@ import (
 	"encoding/json"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/cocoon-cc/cocoon/attest"
 	"github.com/cocoon-cc/cocoon/attest/tpm"
 )
 
-var otherKey = func() *rsa.PrivateKey {
+// otherKey is an RSA key that is not the simulator's AK.
+var otherKey = sync.OnceValue(func() *rsa.PrivateKey {
 	k, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
 		panic(err)
 	}
 	return k
-}()
+})
 
 func otherAKPublic(t testing.TB) string {
-	der, err := x509.MarshalPKIXPublicKey(&otherKey.PublicKey)
+	der, err := x509.MarshalPKIXPublicKey(&otherKey().PublicKey)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -35,7 +37,7 @@ func otherAKPublic(t testing.TB) string {
 }
 
 func mustVerifierTrustingOther(t testing.TB) attest.Verifier {
-	v, err := tpm.NewVerifier(tpm.VerifierOptions{TrustedAKs: []crypto.PublicKey{&otherKey.PublicKey}})
+	v, err := tpm.NewVerifier(tpm.VerifierOptions{TrustedAKs: []crypto.PublicKey{&otherKey().PublicKey}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,3 +128,26 @@ func FuzzVerifyEvidence(f *testing.F) {
 		}
 	})
 }
+
+func TestNewAttesterWithoutDevice(t *testing.T) {
+	if tpm.Available() {
+		t.Skip("this machine has a TPM")
+	}
+	if _, err := tpm.NewAttester(tpm.AttesterOptions{}); err == nil {
+		t.Fatal("NewAttester opened a TPM on a machine without one")
+	}
+}
+
+func TestNewAttesterRejectsPCRs(t *testing.T) {
+	for _, pcrs := range [][]int{{}, {24}, {-1, 3}} {
+		if _, err := tpm.NewAttester(tpm.AttesterOptions{TPM: nopTPM{}, PCRs: pcrs}); err == nil {
+			t.Errorf("NewAttester(PCRs %v) succeeded", pcrs)
+		}
+	}
+}
+
+type nopTPM struct{}
+
+func (nopTPM) Read([]byte) (int, error)  { return 0, nil }
+func (nopTPM) Write([]byte) (int, error) { return 0, nil }
+func (nopTPM) Close() error              { return nil }

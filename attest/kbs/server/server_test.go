@@ -25,6 +25,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/errdefs"
 	jose "github.com/go-jose/go-jose/v4"
 
 	"github.com/cocoon-cc/cocoon/attest"
@@ -639,5 +640,97 @@ func TestClientContextCancel(t *testing.T) {
 	cancel()
 	if _, err := c.GetResource(ctx, "a/b/c"); err == nil || !strings.Contains(err.Error(), "canceled") {
 		t.Fatalf("cancelled context: %v", err)
+	}
+}
+
+func TestClientWireFormat(t *testing.T) {
+	dir := t.TempDir()
+	srv, err := server.New(server.Options{Repository: dir, Policy: server.AllowAllPolicy, Verifiers: []attest.Verifier{sample.NewVerifier()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	bodies := map[string]string{}
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		bodies[r.URL.Path] = string(b)
+		if ct := r.Header.Get("Content-Type"); r.Method == http.MethodPost && ct != "application/json" {
+			t.Errorf("%s Content-Type %q", r.URL.Path, ct)
+		}
+		r.Body = io.NopCloser(bytes.NewReader(b))
+		srv.ServeHTTP(w, r)
+	}))
+	defer ts.Close()
+	initData := []byte("version = \"0.1.0\"\nalgorithm = \"sha256\"\n[data]\n")
+	c, err := kbs.NewClient(kbs.Config{URL: ts.URL + "/", Attester: sample.NewAttester(), InitDataTOML: initData})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Token(bg); err != nil {
+		t.Fatal(err)
+	}
+	if want := `{"version":"0.4.0","tee":"sample","extra-params":{"supported-hash-algorithms":["sha256","sha384","sha512"]}}`; bodies["/kbs/v0/auth"] != want {
+		t.Fatalf("auth body\n got %s\nwant %s", bodies["/kbs/v0/auth"], want)
+	}
+	att := bodies["/kbs/v0/attest"]
+	for _, prefix := range []string{`{"init-data":{"format":"toml","body":"version = \"0.1.0\"\nalgorithm = \"sha256\"\n[data]\n"},"runtime-data":{"nonce":"`} {
+		if !strings.HasPrefix(att, prefix) {
+			t.Fatalf("attest body %s", att)
+		}
+	}
+	if !strings.Contains(att, `,"tee-evidence":{"primary_evidence":{"svn":"1","report_data":"`) || !strings.HasSuffix(att, `"},"additional_evidence":""}}`) {
+		t.Fatalf("attest body %s", att)
+	}
+	// A plugin the KBS lacks answers 404, which maps to errdefs.ErrNotFound.
+	if _, err := c.GetResource(bg, "kbs+nebula-ca:///credential"); !errdefs.IsNotFound(err) {
+		t.Fatalf("unknown plugin: %v", err)
+	}
+}
+
+func TestClientHTTPTimeout(t *testing.T) {
+	release := make(chan struct{})
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	defer ts.Close()
+	defer close(release)
+	c, err := kbs.NewClient(kbs.Config{URL: ts.URL, Attester: sample.NewAttester(), HTTPTimeout: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The context outlives one attempt but not the retries: the error must
+	// come from the client's own per-request timeout, step named.
+	ctx, cancel := context.WithTimeout(bg, 1500*time.Millisecond)
+	defer cancel()
+	_, err = c.Token(ctx)
+	if err == nil || !strings.Contains(err.Error(), "auth: ") || !strings.Contains(err.Error(), "Client.Timeout exceeded") {
+		t.Fatalf("err = %v, want the auth step's HTTP timeout", err)
+	}
+}
+
+func TestConcurrentFetchesShareOneHandshake(t *testing.T) {
+	e := newEnv(t, server.Options{})
+	e.writeResource(t, "r/t/x", []byte("v"))
+	c := e.client(t, sample.NewAttester(), "")
+	errc := make(chan error, 16)
+	for range cap(errc) {
+		go func() {
+			got, err := c.GetResource(bg, "r/t/x")
+			if err == nil && string(got) != "v" {
+				err = io.ErrUnexpectedEOF
+			}
+			errc <- err
+		}()
+	}
+	for range cap(errc) {
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := e.auths.Load(); n != 1 {
+		t.Fatalf("%d handshakes for concurrent fetches, want 1", n)
 	}
 }
