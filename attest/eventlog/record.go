@@ -258,11 +258,11 @@ func trimLen(ccel []byte) (int, error) {
 		return 0, fmt.Errorf("eventlog: invalid CCEL: %w", err)
 	}
 	for {
-		if r.terminated() {
-			return r.off, nil
-		}
 		if r.left() < 8 {
 			return 0, errors.New("eventlog: invalid CCEL: no end flag")
+		}
+		if r.terminated() {
+			return r.off, nil
 		}
 		if _, err := r.record(hdr); err != nil {
 			return 0, fmt.Errorf("eventlog: invalid CCEL: %w", err)

@@ -1,5 +1,5 @@
 // Command cocoon-kbs is a development Key Broker Service speaking Trustee's
-// KBS protocol (RCAR 0.4.0): it attests sample, SNP and TPM evidence,
+// KBS protocol (RCAR 0.4.0): it attests sample, TDX, SNP and TPM evidence,
 // issues EAR tokens and serves resources from a Trustee local-fs
 // repository (DIR/<repo>/<type>/<tag>, read at request time) as JWE.
 //
@@ -34,6 +34,7 @@ import (
 	"github.com/cocoon-cc/cocoon/attest/kbs/server"
 	"github.com/cocoon-cc/cocoon/attest/sample"
 	"github.com/cocoon-cc/cocoon/attest/snp"
+	"github.com/cocoon-cc/cocoon/attest/tdx"
 	"github.com/cocoon-cc/cocoon/attest/tpm"
 )
 
@@ -62,6 +63,7 @@ type config struct {
 	tokenKeyFile, certFile, keyFile, logLevel    string
 	tokenLifetime, sessionTimeout                time.Duration
 	snpRoots, tpmAKs                             multiFlag
+	tdxRoots                                     string
 	snpNoFetch                                   bool
 }
 
@@ -78,6 +80,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.DurationVar(&c.sessionTimeout, "session-timeout", server.DefaultSessionTimeout, "RCAR session timeout")
 	fs.StringVar(&c.certFile, "cert", "", "TLS certificate (PEM); with --key serves HTTPS")
 	fs.StringVar(&c.keyFile, "key", "", "TLS private key (PEM)")
+	fs.StringVar(&c.tdxRoots, "tdx-roots", "", "PEM `file` of trusted Intel SGX root CAs for TDX quotes; default: Intel's root")
 	fs.Var(&c.snpRoots, "snp-roots", "PRODUCT=FILE: trusted AMD ASK+ARK PEM bundle for a product line (Milan, Genoa, Turin); repeatable; default: AMD's published roots")
 	fs.BoolVar(&c.snpNoFetch, "snp-no-fetch", false, "never fetch VCEKs from AMD KDS")
 	fs.Var(&c.tpmAKs, "tpm-trusted-ak", "PEM file of trusted TPM attestation public keys; repeatable; default: any AK (claims say ak_trusted=false)")
@@ -165,6 +168,24 @@ func readTokenKey(path string) (*ecdsa.PrivateKey, error) {
 // present (the default policy still denies sample evidence).
 func verifiers(c *config) ([]attest.Verifier, error) {
 	vs := []attest.Verifier{sample.NewVerifier()}
+
+	var tdxOpts tdx.VerifierOptions
+	if c.tdxRoots != "" {
+		b, err := os.ReadFile(c.tdxRoots)
+		if err != nil {
+			return nil, fmt.Errorf("read TDX roots: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(b) {
+			return nil, fmt.Errorf("TDX roots %s: no PEM certificate", c.tdxRoots)
+		}
+		tdxOpts.TrustedRoots = pool
+	}
+	xv, err := tdx.NewVerifier(tdxOpts)
+	if err != nil {
+		return nil, fmt.Errorf("TDX verifier: %w", err)
+	}
+	vs = append(vs, xv)
 
 	snpOpts := snp.VerifierOptions{DisableCertFetching: c.snpNoFetch}
 	for _, spec := range c.snpRoots {
