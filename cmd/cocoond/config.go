@@ -22,6 +22,28 @@ type Config struct {
 	Registry    RegistryConfig    `toml:"registry"`
 	Unpack      UnpackConfig      `toml:"unpack"`
 	Snapshotter SnapshotterConfig `toml:"snapshotter"`
+	Attestation AttestationConfig `toml:"attestation"`
+	REST        RESTConfig        `toml:"rest"`
+}
+
+// AttestationConfig selects the attester and the KBS. Upstream aa.toml and
+// cdh.toml settings, when given, take precedence over kbs_url and kbs_cert.
+type AttestationConfig struct {
+	// TEE forces an attester (sample, tdx, snp, tpm); empty detects.
+	TEE             string `toml:"tee"`
+	KBSURL          string `toml:"kbs_url"`
+	KBSCertFile     string `toml:"kbs_cert_file"`
+	TEEKeyAlgorithm string `toml:"tee_key_algorithm"`
+}
+
+// RESTConfig enables the guest REST shim (upstream api-server-rest).
+type RESTConfig struct {
+	// Address is host:port, normally 127.0.0.1:8006; empty disables the shim.
+	Address string `toml:"address"`
+	// Features is resource, attestation or all. The kernel command line's
+	// agent.guest_components_rest_api, when present, overrides it; the
+	// --rest-features flag overrides both.
+	Features string `toml:"features"`
 }
 
 // RegistryConfig configures image fetching.
@@ -97,6 +119,16 @@ func (c *Config) validate() error {
 	}
 	if _, err := c.Unpack.sizes(); err != nil {
 		return err
+	}
+	switch c.Attestation.TEE {
+	case "", "sample", "tdx", "snp", "tpm":
+	default:
+		return fmt.Errorf("attestation.tee: %q is not sample, tdx, snp or tpm", c.Attestation.TEE)
+	}
+	switch c.Attestation.TEEKeyAlgorithm {
+	case "", "ECDH-ES+A256KW-P256", "ECDH-ES+A256KW-P521", "RSA-OAEP-256":
+	default:
+		return fmt.Errorf("attestation.tee_key_algorithm: %q is not ECDH-ES+A256KW-P256, ECDH-ES+A256KW-P521 or RSA-OAEP-256", c.Attestation.TEEKeyAlgorithm)
 	}
 	switch c.LogFormat {
 	case "text", "json":

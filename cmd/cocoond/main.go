@@ -30,6 +30,7 @@ import (
 	"github.com/cocoon-cc/cocoon/image/pull"
 	"github.com/cocoon-cc/cocoon/image/registry"
 	"github.com/cocoon-cc/cocoon/image/unpack"
+	"github.com/cocoon-cc/cocoon/restapi"
 	"github.com/cocoon-cc/cocoon/snapshotter"
 )
 
@@ -54,6 +55,11 @@ func run(args []string) error {
 		metrics    = fs.String("metrics-address", "", "serve Prometheus metrics on `host:port` (/metrics)")
 		logLevel   = fs.String("log-level", "", "log `level`: debug, info, warn, error (default info)")
 		logFormat  = fs.String("log-format", "", "log format: text or json (default text)")
+		restAddr   = fs.String("rest-api", "", "serve the guest REST API (/aa, /cdh) on `host:port`, normally 127.0.0.1:8006")
+		restFeat   = fs.String("rest-features", "", "REST API features: all, attestation or resource (default resource, or the kernel command line's "+kernelCmdlineKey+")")
+		kbsURL     = fs.String("kbs-url", "", "Key Broker Service `URL`, e.g. http://127.0.0.1:8080")
+		tee        = fs.String("tee", "", "force the attester: sample, tdx, snp or tpm (default: detect)")
+		cmdline    = fs.String("kernel-cmdline", "/proc/cmdline", "kernel command line `file` read for "+kernelCmdlineKey)
 		insecure   stringList
 	)
 	fs.Var(&insecure, "insecure-registry", "plain-HTTP registry `host:port` (repeatable)")
@@ -81,6 +87,9 @@ func run(args []string) error {
 	set(&cfg.MetricsAddress, *metrics)
 	set(&cfg.LogLevel, *logLevel)
 	set(&cfg.LogFormat, *logFormat)
+	set(&cfg.REST.Address, *restAddr)
+	set(&cfg.Attestation.KBSURL, *kbsURL)
+	set(&cfg.Attestation.TEE, *tee)
 	cfg.Registry.Insecure = append(cfg.Registry.Insecure, insecure...)
 	if err := cfg.validate(); err != nil {
 		return err
@@ -98,10 +107,14 @@ func run(args []string) error {
 	for _, w := range warnings {
 		log.G(ctx).Warn(w)
 	}
-	return serve(ctx, cfg)
+	features, source, err := restFeatures(*restFeat, *cmdline, cfg.REST.Features)
+	if err != nil {
+		return fmt.Errorf("rest features (from %s): %w", source, err)
+	}
+	return serve(ctx, cfg, features)
 }
 
-func serve(ctx context.Context, cfg Config) error {
+func serve(ctx context.Context, cfg Config, features restapi.Features) error {
 	root, err := filepath.Abs(cfg.Root)
 	if err != nil {
 		return err
@@ -172,6 +185,20 @@ func serve(ctx context.Context, cfg Config) error {
 
 	errc := make(chan error, 2)
 	go func() { errc <- rpc.Serve(l) }()
+
+	if cfg.REST.Address != "" {
+		at, err := newAttestation(cfg.Attestation)
+		if err != nil {
+			rpc.Stop()
+			return fmt.Errorf("attestation: %w", err)
+		}
+		stopREST, err := startREST(ctx, cfg.REST.Address, features, at)
+		if err != nil {
+			rpc.Stop()
+			return err
+		}
+		defer stopREST()
+	}
 
 	var metricsSrv *http.Server
 	if cfg.MetricsAddress != "" {

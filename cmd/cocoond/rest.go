@@ -1,0 +1,119 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/containerd/log"
+
+	"github.com/cocoon-cc/cocoon/attest"
+	"github.com/cocoon-cc/cocoon/attest/agent"
+	"github.com/cocoon-cc/cocoon/attest/detect"
+	"github.com/cocoon-cc/cocoon/attest/kbs"
+	"github.com/cocoon-cc/cocoon/restapi"
+)
+
+// version is reported by /info; set with -ldflags "-X main.version=...".
+var version = "dev"
+
+// kernelCmdlineKey is Kata's switch for the REST API features.
+const kernelCmdlineKey = "agent.guest_components_rest_api"
+
+// restFeatures decides the feature set: flag, then the kernel command line,
+// then the config file, then upstream's default (resource).
+func restFeatures(flagValue, cmdlinePath, configValue string) (restapi.Features, string, error) {
+	if flagValue != "" {
+		f, err := restapi.ParseFeatures(flagValue)
+		return f, "--rest-features", err
+	}
+	if b, err := os.ReadFile(cmdlinePath); err == nil {
+		for _, field := range strings.Fields(string(b)) {
+			if v, ok := strings.CutPrefix(field, kernelCmdlineKey+"="); ok {
+				f, err := restapi.ParseFeatures(v)
+				return f, "kernel command line", err
+			}
+		}
+	}
+	if configValue != "" {
+		f, err := restapi.ParseFeatures(configValue)
+		return f, "config rest.features", err
+	}
+	return restapi.FeatureResource, "default", nil
+}
+
+// attestation holds the attester and KBS client shared by the REST shim and
+// (later) the image and secrets paths.
+type attestation struct {
+	attester attest.Attester
+	kbsCfg   *kbs.Config // nil without a KBS
+	kbs      *kbs.Client // cached-token client for resources
+}
+
+func newAttestation(cfg AttestationConfig) (*attestation, error) {
+	a, err := detect.Attester(cfg.TEE)
+	if err != nil {
+		return nil, err
+	}
+	at := &attestation{attester: a}
+	if cfg.KBSURL == "" {
+		return at, nil
+	}
+	kc := &kbs.Config{URL: cfg.KBSURL, TEEKeyAlgorithm: cfg.TEEKeyAlgorithm, Attester: a}
+	if cfg.KBSCertFile != "" {
+		if kc.CertPEM, err = os.ReadFile(cfg.KBSCertFile); err != nil {
+			return nil, fmt.Errorf("attestation.kbs_cert_file: %w", err)
+		}
+	}
+	if at.kbs, err = kbs.NewClient(*kc); err != nil {
+		return nil, fmt.Errorf("kbs client: %w", err)
+	}
+	at.kbsCfg = kc
+	return at, nil
+}
+
+// noKBS answers resource requests when no KBS is configured.
+type noKBS struct{}
+
+func (noKBS) GetResource(context.Context, string) ([]byte, error) {
+	return nil, errors.New("no KBS configured (set --kbs-url or a cdh.toml/aa.toml)")
+}
+
+// startREST serves the REST shim until ctx ends; it returns a stop function.
+func startREST(ctx context.Context, address string, features restapi.Features, at *attestation) (func(), error) {
+	ag, err := agent.New(agent.Options{Attester: at.attester, KBS: at.kbsCfg})
+	if err != nil {
+		return nil, err
+	}
+	var cdh restapi.ResourceGetter = noKBS{}
+	if at.kbs != nil {
+		cdh = at.kbs
+	}
+	h := restapi.New(restapi.Options{Version: version, Features: features, Agent: ag, CDH: cdh})
+	l, err := net.Listen("tcp", address)
+	if err != nil {
+		return nil, fmt.Errorf("rest api listener: %w", err)
+	}
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		BaseContext:       func(net.Listener) context.Context { return ctx },
+	}
+	go func() {
+		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.G(ctx).WithError(err).Error("rest api server failed")
+		}
+	}()
+	log.G(ctx).WithFields(log.Fields{"address": l.Addr().String(), "features": features, "tee": at.attester.TEE()}).Info("serving the guest REST API")
+	return func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+	}, nil
+}
