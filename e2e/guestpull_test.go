@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path"
+	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
@@ -130,6 +132,18 @@ func TestGuestPull(t *testing.T) {
 				t.Errorf("cocoon_pull_bytes_total rose by %v, want at least the %d compressed layer bytes", bytes, im.LayerBytes())
 			}
 			t.Logf("%s: %d layers, %d compressed bytes fetched by cocoond", im.Ref, int(layers), int64(bytes))
+
+			// Pulling again finds every layer committed: nothing is fetched.
+			if _, err := s.ctrd.Ctr(ctx, "image", "pull", "--plain-http", "--snapshotter", snapshotterName, im.Ref); err != nil {
+				t.Fatal(err)
+			}
+			again, err := s.cocoond.Metrics(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n := harness.MetricSum(again, "cocoon_pull_layers_total") - harness.MetricSum(after, "cocoon_pull_layers_total"); n != 0 {
+				t.Errorf("pulling the image a second time pulled %v layers again", n)
+			}
 		})
 	}
 }
@@ -255,6 +269,9 @@ func TestGuestPullRefusesUnsafeLayers(t *testing.T) {
 	if err := os.Mkdir(outside, 0o755); err != nil {
 		t.Fatal(err)
 	}
+	if err := os.WriteFile(filepath.Join(outside, "host-secret"), []byte("host secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	up := strings.Repeat("../", 24)
 	rel := strings.TrimPrefix(outside, "/")
 	for _, tc := range []struct {
@@ -270,6 +287,9 @@ func TestGuestPullRefusesUnsafeLayers(t *testing.T) {
 			File(outside+"/absolute", []byte("escaped\n"), 0o644), "absolute"},
 		{"symlink-escape", harness.NewLayer().Symlink("link", up).
 			File("link/"+rel+"/via-symlink", []byte("escaped\n"), 0o644), "link"},
+		// A hard link to a host file would put the host's bytes in the
+		// image (and let the container write them).
+		{"hardlink-escape", harness.NewLayer().Hardlink("leak", up+rel+"/host-secret"), "leak"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			top := env.Path(tc.name + ".tar")
@@ -301,7 +321,14 @@ func TestGuestPullRefusesUnsafeLayers(t *testing.T) {
 				t.Fatal(err)
 			}
 			for _, e := range ents {
-				t.Errorf("the layer wrote %s outside the snapshot", outside+"/"+e.Name())
+				if e.Name() != "host-secret" {
+					t.Errorf("the layer wrote %s outside the snapshot", filepath.Join(outside, e.Name()))
+				}
+			}
+			if fi, err := os.Stat(filepath.Join(outside, "host-secret")); err != nil {
+				t.Error(err)
+			} else if n := fi.Sys().(*syscall.Stat_t).Nlink; n != 1 {
+				t.Errorf("%s has %d hard links: the layer linked to it", filepath.Join(outside, "host-secret"), n)
 			}
 		})
 	}
@@ -406,4 +433,98 @@ func TestCocoondSIGTERMKeepsState(t *testing.T) {
 	if n := harness.MetricSum(after, "cocoon_pull_layers_total") - harness.MetricSum(before, "cocoon_pull_layers_total"); n != 0 {
 		t.Errorf("cocoond pulled %v layers again to run an image it had already committed", n)
 	}
+}
+
+// TestGuestPullRejectsWrongDiffID pushes an image whose config claims a
+// different diff ID (uncompressed digest) for layer 2 than its blob really
+// has. The compressed digest is right, so only the diff ID check catches
+// it. Committing it would file the layer under a chain ID that belongs to
+// other content, so a later image with that chain would run these bytes.
+func TestGuestPullRejectsWrongDiffID(t *testing.T) {
+	env := newEnv(t)
+	ctx := testContext(t, 5*time.Minute)
+	s := startCocoonStack(t, ctx, env)
+	im, _ := pushTwoLayerImage(t, ctx, env, s.reg, "e2e/diffid", imageOptions{})
+	bogus := "sha256:" + strings.Repeat("ab", 32)
+	bad, err := s.reg.PushWithConfig(ctx, im, "bad-diffid", func(cfg map[string]any) error {
+		rootfs, _ := cfg["rootfs"].(map[string]any)
+		ids, _ := rootfs["diff_ids"].([]any)
+		if len(ids) != 2 {
+			return fmt.Errorf("config has %d diff IDs, want 2", len(ids))
+		}
+		ids[1] = bogus
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bad.Config.RootFS.DiffIDs[1] != bogus || bad.Manifest.Layers[1].Digest != im.Manifest.Layers[1].Digest {
+		t.Fatalf("test image is not what the test needs: diff IDs %v, layers %v", bad.Config.RootFS.DiffIDs, bad.LayerDigests())
+	}
+	out, err := s.ctrd.Ctr(ctx, "image", "pull", "--plain-http", "--snapshotter", snapshotterName, bad.Ref)
+	if err == nil {
+		t.Fatalf("pull of a layer whose diff ID does not match succeeded:\n%s", out)
+	}
+	t.Logf("pull refused: %s", ctrReason(err))
+	if !strings.Contains(strings.ToLower(err.Error()), "diff") {
+		t.Errorf("pull error does not mention the diff ID:\n%v", err)
+	}
+	committed := committedSnapshots(t, ctx, s.ctrd, snapshotterName)
+	if chain := bad.ChainIDs()[1]; slices.Contains(committed, chain) {
+		t.Errorf("snapshot %s with the wrong diff ID was committed (%v)", chain, committed)
+	}
+}
+
+// TestGuestPullConcurrentSharedBase pulls two images that share their base
+// layer at the same time, as a kubelet starting two pods would: both pulls
+// must succeed and both images must run.
+func TestGuestPullConcurrentSharedBase(t *testing.T) {
+	env := newEnv(t)
+	ctx := testContext(t, 5*time.Minute)
+	s := startCocoonStack(t, ctx, env)
+	a, msgA := pushTwoLayerImage(t, ctx, env, s.reg, "e2e/shared-a", imageOptions{})
+	b, msgB := pushTwoLayerImage(t, ctx, env, s.reg, "e2e/shared-b", imageOptions{})
+	if a.Manifest.Layers[0].Digest != b.Manifest.Layers[0].Digest {
+		t.Fatalf("the two images do not share their base layer: %s vs %s", a.Manifest.Layers[0].Digest, b.Manifest.Layers[0].Digest)
+	}
+	before, err := s.cocoond.Metrics(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, 2)
+	for _, im := range []*harness.Image{a, b} {
+		go func() {
+			_, err := s.ctrd.Ctr(ctx, "image", "pull", "--plain-http", "--snapshotter", snapshotterName, im.Ref)
+			errs <- err
+		}()
+	}
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Errorf("concurrent pull: %v", err)
+		}
+	}
+	if t.Failed() {
+		return
+	}
+	after, err := s.cocoond.Metrics(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("cocoond pulled %v layers for 2 images sharing 1 of their 2 layers",
+		harness.MetricSum(after, "cocoon_pull_layers_total")-harness.MetricSum(before, "cocoon_pull_layers_total"))
+	for _, c := range []struct {
+		im  *harness.Image
+		msg string
+	}{{a, msgA}, {b, msgB}} {
+		out, err := s.ctrd.Ctr(ctx, "run", "--rm", "--snapshotter", snapshotterName, c.im.Ref, containerID(t, path.Base(c.im.Repo)), "/bin/cat", "/layer2/message")
+		if err != nil {
+			t.Errorf("running %s: %v", c.im.Ref, err)
+			continue
+		}
+		if !strings.Contains(out, c.msg) {
+			t.Errorf("%s printed %q, want %q", c.im.Ref, out, c.msg)
+		}
+	}
+	assertNoLayerBlobs(t, ctx, s.ctrd, a)
+	assertNoLayerBlobs(t, ctx, s.ctrd, b)
 }

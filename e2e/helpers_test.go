@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"path"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -89,28 +90,37 @@ func startCocoonStackWithRegistry(t *testing.T, ctx context.Context, env *harnes
 	return &cocoonStack{env: env, reg: reg, cocoond: cd, ctrd: ctrd}
 }
 
-// twoLayerImage builds busybox + a layer holding /layer2/message, pushes it
-// and returns the image and the message.
+// imageOptions shape the image pushTwoLayerImage builds.
 type imageOptions struct {
+	// docker selects Docker schema2 media types instead of OCI.
 	docker bool
 	// top is how the second layer's file is written (crane gzips an
-	// uncompressed tar itself).
+	// Uncompressed tar itself; compressed files are pushed as they are).
 	top harness.Compression
 }
 
+// layerFileSuffix names layer files after their compression.
+var layerFileSuffix = map[harness.Compression]string{
+	harness.Uncompressed: ".tar", harness.Gzip: ".tar.gz", harness.GzipStored: ".tar.gz", harness.Zstd: ".tar.zst",
+}
+
+// pushTwoLayerImage builds busybox plus a layer holding /layer2/message (a
+// line with a random token), pushes it as repo:v1 and returns the image and
+// the message.
 func pushTwoLayerImage(t *testing.T, ctx context.Context, env *harness.Env, reg *harness.Registry, repo string, o imageOptions) (*harness.Image, string) {
 	t.Helper()
+	name := path.Base(repo)
 	bb, err := harness.BusyboxLayer()
 	if err != nil {
 		t.Fatal(err)
 	}
-	base := env.Path(repo[strings.LastIndex(repo, "/")+1:] + "-base.tar")
+	base := env.Path(name + "-base.tar")
 	if err := bb.WriteFile(base, harness.Uncompressed); err != nil {
 		t.Fatal(err)
 	}
 	msg := "hello from layer 2, token " + randomToken(t)
 	top := harness.NewLayer().Dir("layer2/").File("layer2/message", []byte(msg+"\n"), 0o644)
-	topPath := env.Path(repo[strings.LastIndex(repo, "/")+1:] + "-top.tar" + map[harness.Compression]string{harness.Gzip: ".gz", harness.GzipStored: ".gz", harness.Zstd: ".zst"}[o.top])
+	topPath := env.Path(name + "-top" + layerFileSuffix[o.top])
 	if err := top.WriteFile(topPath, o.top); err != nil {
 		t.Fatal(err)
 	}

@@ -3,9 +3,13 @@ package harness
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 )
@@ -105,9 +109,50 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.nri.v1.nri"]
 }
 
 // Ctr runs `ctr -a SOCKET args...` and returns stdout; the error carries
-// stderr and stdout.
+// stderr (or the end of stdout). For `run` and `tasks exec` it adds
+// --fifo-dir (and for run --runc-root) under the work directory unless
+// given, so that stdio FIFOs and runc state do not land in the
+// machine-wide /run/containerd.
 func (c *Containerd) Ctr(ctx context.Context, args ...string) (string, error) {
-	return runTool(ctx, c.env, c.env.Tool("ctr"), append([]string{"-a", c.Address}, args...)...)
+	return runTool(ctx, c.env, c.env.Tool("ctr"), append([]string{"-a", c.Address}, c.localize(args)...)...)
+}
+
+// FIFODir and RuncRoot are where Ctr keeps run/exec FIFOs and runc state.
+func (c *Containerd) FIFODir() string  { return filepath.Join(c.Dir, "fifo") }
+func (c *Containerd) RuncRoot() string { return filepath.Join(c.Dir, "runc") }
+
+func (c *Containerd) localize(args []string) []string {
+	// Skip global flags such as -n NS to find the command (every global
+	// flag is assumed to take a value; write boolean ones as --flag=true).
+	i := 0
+	for i < len(args) && strings.HasPrefix(args[i], "-") {
+		if !strings.Contains(args[i], "=") {
+			i++ // the flag's value
+		}
+		i++
+	}
+	var cmdLen int
+	var extra []string
+	switch {
+	case i < len(args) && args[i] == "run":
+		cmdLen = 1
+		if !slices.Contains(args, "--fifo-dir") {
+			extra = append(extra, "--fifo-dir", c.FIFODir())
+		}
+		if !slices.Contains(args, "--runc-root") {
+			extra = append(extra, "--runc-root", c.RuncRoot())
+		}
+	case i+1 < len(args) && (args[i] == "tasks" || args[i] == "t" || args[i] == "task") && args[i+1] == "exec":
+		cmdLen = 2
+		if !slices.Contains(args, "--fifo-dir") {
+			extra = append(extra, "--fifo-dir", c.FIFODir())
+		}
+	default:
+		return args
+	}
+	out := append([]string{}, args[:i+cmdLen]...)
+	out = append(out, extra...)
+	return append(out, args[i+cmdLen:]...)
 }
 
 // ContentDigests lists the digests in containerd's content store
@@ -204,17 +249,38 @@ func (c *Containerd) killStrayShims() {
 		if err := killPID(pid); err != nil {
 			c.env.TB.Logf("cleanup: %v", err)
 		}
-		// runc keeps the container's state in /run/containerd/runc/<ns>/<id>
-		// (outside the work directory); the dead shim cannot remove it.
 		ns, id := argValue(argv, "-namespace"), argValue(argv, "-id")
-		if ns != "" && id != "" {
+		if ns == "" || id == "" {
+			continue
+		}
+		// A killed shim leaves its container's runc state and cgroups
+		// (machine-wide, /sys/fs/cgroup/*/<ns>/<id>): runc delete removes
+		// both. The state is under RuncRoot when the container was started
+		// through Ctr, else in containerd's default root.
+		for _, root := range []string{filepath.Join(c.RuncRoot(), ns), filepath.Join("/run/containerd/runc", ns)} {
+			if _, err := os.Stat(filepath.Join(root, id)); err != nil {
+				continue
+			}
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			if _, err := runTool(ctx, c.env, "runc", "--root", filepath.Join("/run/containerd/runc", ns), "delete", "--force", id); err != nil {
+			if _, err := runTool(ctx, c.env, "runc", "--root", root, "delete", "--force", id); err != nil {
 				c.env.TB.Logf("cleanup: %v", err)
 			}
 			cancel()
 		}
+		// Nor can it remove its socket, which containerd keeps in the
+		// machine-wide /run/containerd/s.
+		if err := os.Remove(ShimSocketPath(c.Address, ns, id)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			c.env.TB.Logf("cleanup: %v", err)
+		}
 	}
+}
+
+// ShimSocketPath is where containerd 2.x's runc shim listens for the
+// container id in namespace ns of the containerd at address (containerd's
+// shim.SocketAddress).
+func ShimSocketPath(address, ns, id string) string {
+	sum := sha256.Sum256([]byte(filepath.Join(address, ns, id)))
+	return filepath.Join("/run/containerd/s", hex.EncodeToString(sum[:]))
 }
 
 // argValue returns the value following flag in argv.

@@ -65,9 +65,14 @@ func New(tb TB) (*Env, error) {
 	if _, err := exec.LookPath("runc"); err != nil {
 		return nil, fmt.Errorf("runc not on PATH (run `make e2e-tools`): %w", err)
 	}
-	dir, err := os.MkdirTemp("", "cocoon-e2e-")
+	sweepStaleWorkDirs(tb)
+	dir, err := os.MkdirTemp("", workDirPrefix)
 	if err != nil {
 		return nil, fmt.Errorf("creating work directory: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, ownerFile), []byte(processIdentity(os.Getpid())), 0o644); err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("recording the work directory's owner: %w", err)
 	}
 	e.Dir = dir
 	e.LogDir = filepath.Join(dir, "logs")
@@ -203,4 +208,59 @@ func findRepoRoot() (string, error) {
 func fileExists(p string) bool {
 	_, err := os.Stat(p)
 	return err == nil
+}
+
+const (
+	workDirPrefix = "cocoon-e2e-"
+	// ownerFile in a work directory identifies the process that made it.
+	ownerFile = "owner"
+)
+
+// processIdentity is "PID STARTTIME": a PID alone may be reused.
+func processIdentity(pid int) string {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return ""
+	}
+	s := string(data)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return ""
+	}
+	// Fields after the command: state is field 3, starttime field 22.
+	f := strings.Fields(s[i+1:])
+	if len(f) < 20 {
+		return ""
+	}
+	return fmt.Sprintf("%d %s", pid, f[19])
+}
+
+// sweepStaleWorkDirs removes the work directories of harness processes that
+// died without cleaning up (SIGKILL, SIGPIPE). Their daemons died with them
+// (Pdeathsig); their mounts and files remain. Directories whose owner is
+// alive, or that have no owner file, are left alone: they may belong to a
+// run in progress.
+func sweepStaleWorkDirs(tb TB) {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), workDirPrefix+"*"))
+	for _, dir := range dirs {
+		owner, err := os.ReadFile(filepath.Join(dir, ownerFile))
+		if err != nil {
+			continue
+		}
+		var pid int
+		if _, err := fmt.Sscanf(string(owner), "%d", &pid); err != nil || pid <= 0 {
+			continue
+		}
+		if processIdentity(pid) == string(owner) {
+			continue // still running
+		}
+		tb.Logf("removing stale work directory %s (owner %q is gone)", dir, owner)
+		if err := UnmountUnder(dir); err != nil {
+			tb.Logf("stale work directory: %v", err)
+			continue
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			tb.Logf("stale work directory: %v", err)
+		}
+	}
 }

@@ -63,6 +63,9 @@ func TestCleanupLeavesNothingBehind(t *testing.T) {
 			if _, err := ctrd.Ctr(ctx, "run", "-d", im.Ref, id, "/bin/sleep", "600"); err != nil {
 				t.Fatal(err)
 			}
+			if _, err := os.Stat(harness.ShimSocketPath(ctrd.Address, "default", id)); err != nil {
+				t.Fatalf("the shim socket is not where ShimSocketPath says: %v", err)
+			}
 			pids := []int{reg.Proc.PID(), ctrd.Proc.PID()}
 			taskPID := taskPID(t, ctx, ctrd, id)
 			pids = append(append(pids, taskPID), shimPIDs(ctrd.Address)...)
@@ -95,8 +98,15 @@ func TestCleanupLeavesNothingBehind(t *testing.T) {
 			if left, _ := harness.MountsUnder(env.Dir); len(left) > 0 {
 				t.Errorf("mounts survived the cleanup: %v", left)
 			}
-			if _, err := os.Stat("/run/containerd/runc/default/" + id); !errors.Is(err, os.ErrNotExist) {
-				t.Errorf("runc state of %s survived the cleanup: %v", id, err)
+			for _, p := range []string{
+				"/run/containerd/runc/default/" + id,
+				harness.ShimSocketPath(ctrd.Address, "default", id),
+				"/sys/fs/cgroup/memory/default/" + id, // cgroup v1 (this machine)
+				"/sys/fs/cgroup/default/" + id,        // cgroup v2
+			} {
+				if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
+					t.Errorf("%s survived the cleanup: %v", p, err)
+				}
 			}
 		})
 	}

@@ -163,7 +163,8 @@ type ImageSpec struct {
 	Layers []string
 	// Docker selects Docker schema2 media types instead of OCI.
 	Docker bool
-	// Cmd is the image's default command.
+	// Cmd is the image's default command. crane's --cmd flag splits on
+	// commas, so no element may contain one.
 	Cmd []string
 }
 
@@ -171,6 +172,11 @@ type ImageSpec struct {
 // linux/amd64, Cmd) and reads back its manifest and config.
 func (r *Registry) Push(ctx context.Context, spec ImageSpec) (*Image, error) {
 	ref := r.Ref(spec.Repo, spec.Tag)
+	for _, a := range spec.Cmd {
+		if strings.Contains(a, ",") {
+			return nil, fmt.Errorf("image %s: Cmd element %q contains a comma, which crane --cmd would split", ref, a)
+		}
+	}
 	args := []string{"append", "-t", ref}
 	if !spec.Docker {
 		args = append(args, "--oci-empty-base")
@@ -249,6 +255,66 @@ func (r *Registry) GetBlob(ctx context.Context, repo, digest string) ([]byte, er
 		return nil, err
 	}
 	return r.do(req, http.StatusOK)
+}
+
+// PutBlob uploads a blob in one request and returns its digest.
+func (r *Registry) PutBlob(ctx context.Context, repo string, data []byte) (string, error) {
+	d := digestOf(data)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, fmt.Sprintf("http://%s/v2/%s/blobs/uploads/?digest=%s", r.Host, repo, d), bytes.NewReader(data))
+	if err != nil {
+		return "", err
+	}
+	req.Header.Set("Content-Type", "application/octet-stream")
+	if _, err := r.do(req, http.StatusCreated); err != nil {
+		return "", err
+	}
+	return d, nil
+}
+
+// PushWithConfig uploads a modified copy of im's config (edit changes the
+// decoded JSON) and a manifest pointing at it, tagged newTag. Layers are
+// shared with im.
+func (r *Registry) PushWithConfig(ctx context.Context, im *Image, newTag string, edit func(cfg map[string]any) error) (*Image, error) {
+	raw, err := r.GetBlob(ctx, im.Repo, im.Manifest.Config.Digest)
+	if err != nil {
+		return nil, err
+	}
+	var cfg map[string]any
+	if err := json.Unmarshal(raw, &cfg); err != nil {
+		return nil, err
+	}
+	if err := edit(cfg); err != nil {
+		return nil, err
+	}
+	newCfg, err := json.Marshal(cfg)
+	if err != nil {
+		return nil, err
+	}
+	cfgDigest, err := r.PutBlob(ctx, im.Repo, newCfg)
+	if err != nil {
+		return nil, err
+	}
+	var m map[string]any
+	if err := json.Unmarshal(im.ManifestRaw, &m); err != nil {
+		return nil, err
+	}
+	c, ok := m["config"].(map[string]any)
+	if !ok {
+		return nil, fmt.Errorf("%s: manifest has no config descriptor", im.Ref)
+	}
+	c["digest"], c["size"] = cfgDigest, len(newCfg)
+	body, err := json.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	mt, _ := m["mediaType"].(string)
+	if mt == "" {
+		mt = MediaTypeOCIManifest
+	}
+	if _, err := r.PutManifest(ctx, im.Repo, newTag, mt, body); err != nil {
+		return nil, err
+	}
+	return r.Image(ctx, im.Repo, newTag)
 }
 
 // SetLayerMediaType rewrites the media type of layer index in the image's

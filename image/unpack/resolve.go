@@ -128,7 +128,7 @@ func (t *tree) walk(comps []string, mkdir mkdirFunc, wantOpaque bool) (fd int, p
 			continue
 		case "..":
 			if len(path) == 0 {
-				return -1, nil, false, unsafef("symlink resolves outside the layer root")
+				return -1, nil, false, unsafef("symlink escapes the layer root")
 			}
 			// cur was reached through real directories only, so its ".."
 			// is the previous directory of path, inside the tree.

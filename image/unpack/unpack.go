@@ -107,7 +107,12 @@ type EntryError struct {
 	Err   error
 }
 
-func (e *EntryError) Error() string { return fmt.Sprintf("layer entry %q: %v", e.Entry, e.Err) }
+func (e *EntryError) Error() string {
+	if errors.Is(e.Err, ErrUnsafeEntry) {
+		return fmt.Sprintf("unsafe layer entry %q refused: %v", e.Entry, e.Err)
+	}
+	return fmt.Sprintf("layer entry %q: %v", e.Entry, e.Err)
+}
 
 // Unwrap returns the cause, which may wrap ErrUnsafeEntry or ErrLimitExceeded.
 func (e *EntryError) Unwrap() error { return e.Err }

@@ -260,12 +260,12 @@ func TestRefusals(t *testing.T) {
 		{"absolute", []ent{file("/etc/passwd", "x")}, Options{}, "/etc/passwd", ErrUnsafeEntry, "absolute path"},
 		{"dotdot escape", []ent{file("etc/../../x", "x")}, Options{}, "etc/../../x", ErrUnsafeEntry, "path escapes the layer root"},
 		{"dotdot inside", []ent{file("etc/../x", "x")}, Options{}, "etc/../x", ErrUnsafeEntry, `".." component`},
-		{"relative symlink escape", []ent{symlink("link", "../../.."), file("link/x", "x")}, Options{}, "link/x", ErrUnsafeEntry, "outside the layer root"},
-		{"nested symlink escape", []ent{dir("a/"), symlink("a/up", ".."), symlink("a/l", "up/.."), file("a/l/x", "x")}, Options{}, "a/l/x", ErrUnsafeEntry, "outside the layer root"},
-		{"absolute symlink with dotdot", []ent{symlink("link", "/../sentinel"), file("link/x", "x")}, Options{}, "link/x", ErrUnsafeEntry, "outside the layer root"},
+		{"relative symlink escape", []ent{symlink("link", "../../.."), file("link/x", "x")}, Options{}, "link/x", ErrUnsafeEntry, "escapes the layer root"},
+		{"nested symlink escape", []ent{dir("a/"), symlink("a/up", ".."), symlink("a/l", "up/.."), file("a/l/x", "x")}, Options{}, "a/l/x", ErrUnsafeEntry, "escapes the layer root"},
+		{"absolute symlink with dotdot", []ent{symlink("link", "/../sentinel"), file("link/x", "x")}, Options{}, "link/x", ErrUnsafeEntry, "escapes the layer root"},
 		{"hardlink escape", []ent{hardlink("h", "../sentinel/x")}, Options{}, "h", ErrUnsafeEntry, "path escapes the layer root"},
 		{"hardlink absolute", []ent{hardlink("h", "/etc/passwd")}, Options{}, "h", ErrUnsafeEntry, "absolute path"},
-		{"hardlink through escaping symlink", []ent{symlink("up", "../.."), hardlink("h", "up/etc/passwd")}, Options{}, "h", ErrUnsafeEntry, "outside the layer root"},
+		{"hardlink through escaping symlink", []ent{symlink("up", "../.."), hardlink("h", "up/etc/passwd")}, Options{}, "h", ErrUnsafeEntry, "escapes the layer root"},
 		{"hardlink to directory", []ent{dir("d/"), hardlink("h", "d")}, Options{}, "h", ErrUnsafeEntry, "is a directory"},
 		{"hardlink to root", []ent{hardlink("h", "./")}, Options{}, "h", ErrUnsafeEntry, "layer root"},
 		{"hardlink missing", []ent{hardlink("h", "nothere")}, Options{}, "h", errdefs.ErrNotFound, "not found"},
@@ -297,7 +297,11 @@ func TestRefusals(t *testing.T) {
 			if !errors.As(err, &ee) || ee.Entry != tc.entry {
 				t.Fatalf("error %v does not name entry %q", err, tc.entry)
 			}
-			if !strings.Contains(err.Error(), tc.msg) || !strings.HasPrefix(err.Error(), fmt.Sprintf("layer entry %q: ", tc.entry)) {
+			prefix := fmt.Sprintf("layer entry %q: ", tc.entry)
+			if errors.Is(err, ErrUnsafeEntry) {
+				prefix = fmt.Sprintf("unsafe layer entry %q refused: ", tc.entry)
+			}
+			if !strings.Contains(err.Error(), tc.msg) || !strings.HasPrefix(err.Error(), prefix) {
 				t.Errorf("message %q lacks %q", err, tc.msg)
 			}
 			if errors.Is(err, ErrUnsafeEntry) && !errors.Is(err, errdefs.ErrInvalidArgument) {
@@ -310,7 +314,7 @@ func TestRefusals(t *testing.T) {
 func TestEntryErrorMessage(t *testing.T) {
 	s := newSandbox(t)
 	_, err := s.extract(t, buildTar(t, file("etc/../../x", "")), Options{})
-	if got, want := fmt.Sprint(err), `layer entry "etc/../../x": path escapes the layer root`; got != want {
+	if got, want := fmt.Sprint(err), `unsafe layer entry "etc/../../x" refused: path escapes the layer root`; got != want {
 		t.Fatalf("got %q, want %q", got, want)
 	}
 }

@@ -1,0 +1,387 @@
+// Command bench measures guest pull: it builds a large multi-layer image
+// (about 500 MB, mostly incompressible random data plus some compressible
+// text, gzip), pushes it to a loopback registry, then pulls it alternately
+// through cocoon (fresh cocoond and containerd each time) and through
+// containerd's own overlayfs snapshotter (fresh containerd root each time).
+// It reports the pull wall time of each run, the median ratio
+// cocoon/overlayfs, and cocoond's peak RSS (VmRSS sampled during the pull
+// and the kernel's VmHWM), prints a table and writes JSON to
+// $COCOON_BIN/bench-guestpull.json. It needs root and the binaries of
+// `make build` and `make e2e-tools`.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"sort"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/cocoon-cc/cocoon/e2e/harness"
+)
+
+// generatorVersion names the cached layer files; bump it when the layer
+// contents change.
+const generatorVersion = "v1"
+
+type options struct {
+	iterations int
+	layers     int
+	sizeMB     int
+	textShare  float64
+	out        string
+	cache      string
+}
+
+// Run is one measured pull.
+type Run struct {
+	Mode      string  `json:"mode"` // "cocoon" or "overlayfs"
+	Iteration int     `json:"iteration"`
+	PullSec   float64 `json:"pull_seconds"`
+	// cocoond only (zero for overlayfs runs).
+	CocoondPeakRSS int64 `json:"cocoond_peak_sampled_rss_bytes,omitempty"`
+	CocoondHWM     int64 `json:"cocoond_vmhwm_bytes,omitempty"`
+	CocoondBytes   int64 `json:"cocoond_fetched_bytes,omitempty"`
+	// containerd, both modes.
+	ContainerdPeakRSS int64 `json:"containerd_peak_sampled_rss_bytes"`
+	ContainerdHWM     int64 `json:"containerd_vmhwm_bytes"`
+	// Layer blobs found in containerd's content store after the pull.
+	LayerBlobsInContentStore int `json:"layer_blobs_in_content_store"`
+}
+
+// Report is the JSON output.
+type Report struct {
+	Time    string `json:"time"`
+	Machine struct {
+		CPUs      int    `json:"cpus"`
+		GoVersion string `json:"go_version"`
+		Kernel    string `json:"kernel"`
+	} `json:"machine"`
+	Image struct {
+		Ref             string `json:"ref"`
+		Layers          int    `json:"layers"`
+		CompressedBytes int64  `json:"compressed_bytes"`
+		PayloadBytes    int64  `json:"payload_bytes"`
+		Compression     string `json:"compression"`
+	} `json:"image"`
+	Runs    []Run `json:"runs"`
+	Summary struct {
+		CocoonMedianSec    float64 `json:"cocoon_median_pull_seconds"`
+		OverlayfsMedianSec float64 `json:"overlayfs_median_pull_seconds"`
+		Ratio              float64 `json:"ratio_cocoon_over_overlayfs"`
+		CocoondMaxHWM      int64   `json:"cocoond_max_vmhwm_bytes"`
+		CocoondMaxRSS      int64   `json:"cocoond_max_sampled_rss_bytes"`
+	} `json:"summary"`
+}
+
+func main() {
+	var o options
+	flag.IntVar(&o.iterations, "iterations", 3, "pulls per mode (alternating cocoon, overlayfs)")
+	flag.IntVar(&o.layers, "layers", 5, "number of layers")
+	flag.IntVar(&o.sizeMB, "size-mb", 500, "total uncompressed payload in MB (1e6 bytes)")
+	flag.Float64Var(&o.textShare, "text-share", 0.1, "share of the payload that is compressible text")
+	flag.StringVar(&o.out, "out", "", "JSON output (default $COCOON_BIN/bench-guestpull.json)")
+	flag.StringVar(&o.cache, "cache", "", "directory caching the generated layers (default $COCOON_E2E_BIN/bench-cache)")
+	flag.Parse()
+	if o.iterations < 1 || o.layers < 1 || o.sizeMB < 1 || o.textShare < 0 || o.textShare > 1 {
+		fmt.Fprintln(os.Stderr, "bench: -iterations, -layers and -size-mb must be positive, -text-share within [0,1]")
+		os.Exit(2)
+	}
+
+	s := harness.NewScript("bench", false)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	rep, err := run(ctx, s, o)
+	stop()
+	if err != nil {
+		s.Fail()
+		fmt.Fprintf(os.Stderr, "bench failed: %v\n", err)
+	}
+	s.Close()
+	if err != nil {
+		os.Exit(1)
+	}
+	printReport(os.Stdout, rep)
+}
+
+func run(ctx context.Context, s *harness.Script, o options) (*Report, error) {
+	env, err := harness.New(s)
+	if err != nil {
+		return nil, err
+	}
+	if o.out == "" {
+		o.out = filepath.Join(env.Bin, "bench-guestpull.json")
+	}
+	if o.cache == "" {
+		o.cache = filepath.Join(env.ToolBin, "bench-cache")
+	}
+	rep := &Report{Time: time.Now().UTC().Format(time.RFC3339)}
+	rep.Machine.CPUs = runtime.NumCPU()
+	rep.Machine.GoVersion = runtime.Version()
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		rep.Machine.Kernel = strings.TrimSpace(string(b))
+	}
+
+	files, payload, err := generateLayers(s, o)
+	if err != nil {
+		return nil, err
+	}
+	reg, err := env.StartRegistry(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s.Logf("pushing %d layers to %s", len(files), reg.Host)
+	im, err := reg.Push(ctx, harness.ImageSpec{Repo: "bench/guestpull", Tag: generatorVersion, Layers: files, Cmd: []string{"/bin/sh"}})
+	if err != nil {
+		return nil, err
+	}
+	rep.Image.Ref = im.Ref
+	rep.Image.Layers = len(im.Manifest.Layers)
+	rep.Image.CompressedBytes = im.LayerBytes()
+	rep.Image.PayloadBytes = payload
+	rep.Image.Compression = "gzip"
+
+	for i := 1; i <= o.iterations; i++ {
+		for _, mode := range []string{"cocoon", "overlayfs"} {
+			r, err := pullOnce(ctx, s, reg, im, mode, i, i == 1)
+			if err != nil {
+				return nil, fmt.Errorf("%s run %d: %w", mode, i, err)
+			}
+			s.Logf("%s run %d: pull %.2f s", mode, i, r.PullSec)
+			rep.Runs = append(rep.Runs, r)
+		}
+	}
+	summarize(rep)
+	data, err := json.MarshalIndent(rep, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(o.out, append(data, '\n'), 0o644); err != nil {
+		return nil, err
+	}
+	s.Logf("wrote %s", o.out)
+	return rep, nil
+}
+
+// pullOnce starts fresh daemons (and a fresh work directory) for one pull
+// and tears them down afterwards.
+func pullOnce(ctx context.Context, parent *harness.Script, reg *harness.Registry, im *harness.Image, mode string, iteration int, verify bool) (r Run, err error) {
+	s := harness.NewScript(fmt.Sprintf("bench-%s-%d", mode, iteration), true)
+	defer func() {
+		if err != nil {
+			s.Fail()
+		}
+		s.Close()
+	}()
+	env, err := harness.New(s)
+	if err != nil {
+		return r, err
+	}
+	r = Run{Mode: mode, Iteration: iteration}
+	var cd *harness.Cocoond
+	var opts harness.ContainerdOptions
+	pullArgs := []string{"image", "pull", "--plain-http"}
+	runArgs := []string{"run", "--rm"}
+	if mode == "cocoon" {
+		cd, err = env.StartCocoond(ctx, harness.CocoondOptions{InsecureRegistries: []string{reg.Host}, LogLevel: "info"})
+		if err != nil {
+			return r, err
+		}
+		frag, err := cd.ContainerdConfig(ctx)
+		if err != nil {
+			return r, err
+		}
+		opts.Fragments = []string{frag}
+		pullArgs = append(pullArgs, "--snapshotter", "cocoon")
+		runArgs = append(runArgs, "--snapshotter", "cocoon")
+	}
+	ctrd, err := env.StartContainerd(ctx, opts)
+	if err != nil {
+		return r, err
+	}
+	// Flush the previous run's dirty pages so that their writeback does
+	// not land in this run's time.
+	syscall.Sync()
+	var before map[string]float64
+	var cdMem *harness.MemorySampler
+	if cd != nil {
+		if before, err = cd.Metrics(ctx); err != nil {
+			return r, err
+		}
+		cdMem = cd.Proc.SampleMemory(20 * time.Millisecond)
+	}
+	ctrdMem := ctrd.Proc.SampleMemory(20 * time.Millisecond)
+
+	start := time.Now()
+	_, err = ctrd.Ctr(ctx, append(pullArgs, im.Ref)...)
+	r.PullSec = time.Since(start).Seconds()
+	ctrdStats := ctrdMem.Stop()
+	r.ContainerdPeakRSS, r.ContainerdHWM = ctrdStats.PeakSampledRSS, ctrdStats.FinalHWM
+	if cdMem != nil {
+		st := cdMem.Stop()
+		r.CocoondPeakRSS, r.CocoondHWM = st.PeakSampledRSS, st.FinalHWM
+	}
+	if err != nil {
+		return r, err
+	}
+
+	content, err := ctrd.ContentDigests(ctx)
+	if err != nil {
+		return r, err
+	}
+	for _, d := range im.LayerDigests() {
+		if slices.Contains(content, d) {
+			r.LayerBlobsInContentStore++
+		}
+	}
+	if cd != nil {
+		after, err := cd.Metrics(ctx)
+		if err != nil {
+			return r, err
+		}
+		r.CocoondBytes = int64(harness.MetricSum(after, "cocoon_pull_bytes_total") - harness.MetricSum(before, "cocoon_pull_bytes_total"))
+		// Like stargz's benchmark, refuse to report a "cocoon" time for a
+		// pull that containerd did itself.
+		if r.LayerBlobsInContentStore > 0 {
+			return r, fmt.Errorf("%d layer blobs in containerd's content store: the pull did not go through cocoon", r.LayerBlobsInContentStore)
+		}
+	} else if r.LayerBlobsInContentStore != len(im.Manifest.Layers) {
+		return r, fmt.Errorf("overlayfs pull left %d of %d layer blobs in the content store", r.LayerBlobsInContentStore, len(im.Manifest.Layers))
+	}
+	if verify {
+		// Not timed: the unpacked rootfs must hold the last layer's data.
+		last := len(im.Manifest.Layers) - 1
+		out, err := ctrd.Ctr(ctx, append(runArgs, im.Ref, fmt.Sprintf("bench-%s-%d-%d", mode, iteration, os.Getpid()),
+			"/bin/sh", "-c", fmt.Sprintf("wc -c < /data/layer%d/random.bin", last))...)
+		if err != nil {
+			return r, fmt.Errorf("running the pulled image: %w", err)
+		}
+		parent.Logf("%s: the pulled image runs; /data/layer%d/random.bin has %s bytes", mode, last, strings.TrimSpace(out))
+	}
+	return r, nil
+}
+
+// generateLayers writes (or reuses) the layer files: layer 0 also holds
+// busybox, every layer holds data/layerN/random.bin (incompressible) and
+// data/layerN/text.log (compressible). Returns the files and the total
+// payload size.
+func generateLayers(s *harness.Script, o options) ([]string, int64, error) {
+	dir := filepath.Join(o.cache, fmt.Sprintf("%s-%dx%dMB-text%.2f", generatorVersion, o.layers, o.sizeMB, o.textShare))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, 0, err
+	}
+	per := int64(o.sizeMB) * 1e6 / int64(o.layers)
+	textSize := int64(float64(per) * o.textShare)
+	randSize := per - textSize
+	var files []string
+	var total int64
+	for i := 0; i < o.layers; i++ {
+		path := filepath.Join(dir, fmt.Sprintf("layer%d.tar.gz", i))
+		files = append(files, path)
+		total += per
+		if _, err := os.Stat(path); err == nil {
+			continue
+		}
+		l := harness.NewLayer()
+		if i == 0 {
+			bb, err := harness.BusyboxLayer()
+			if err != nil {
+				return nil, 0, err
+			}
+			l = bb
+		}
+		seed := uint64(i + 1)
+		l.Dir("data/").Dir(fmt.Sprintf("data/layer%d/", i)).
+			StreamFile(fmt.Sprintf("data/layer%d/random.bin", i), randSize, func() io.Reader { return harness.RandomReader(seed) }).
+			StreamFile(fmt.Sprintf("data/layer%d/text.log", i), textSize, func() io.Reader { return newTextReader(i) })
+		s.Logf("generating layer %d (%d MB random, %d MB text) in %s", i, randSize/1e6, textSize/1e6, path)
+		tmp := path + ".tmp"
+		if err := l.WriteFile(tmp, harness.Gzip); err != nil {
+			os.Remove(tmp)
+			return nil, 0, err
+		}
+		if err := os.Rename(tmp, path); err != nil {
+			return nil, 0, err
+		}
+	}
+	return files, total, nil
+}
+
+// textReader produces log-like, compressible lines forever.
+type textReader struct {
+	layer int
+	n     int
+	buf   []byte
+}
+
+func newTextReader(layer int) io.Reader { return &textReader{layer: layer} }
+
+func (t *textReader) Read(p []byte) (int, error) {
+	for len(t.buf) < len(p) {
+		t.buf = fmt.Appendf(t.buf, "2026-01-01T00:00:%02d.%06dZ layer=%d seq=%d level=info msg=\"request served\" status=200 bytes=%d\n",
+			t.n%60, t.n%1000000, t.layer, t.n, (t.n*7919)%65536)
+		t.n++
+	}
+	n := copy(p, t.buf)
+	t.buf = t.buf[n:]
+	return n, nil
+}
+
+func summarize(rep *Report) {
+	var c, o []float64
+	for _, r := range rep.Runs {
+		if r.Mode == "cocoon" {
+			c = append(c, r.PullSec)
+			rep.Summary.CocoondMaxHWM = max(rep.Summary.CocoondMaxHWM, r.CocoondHWM)
+			rep.Summary.CocoondMaxRSS = max(rep.Summary.CocoondMaxRSS, r.CocoondPeakRSS)
+		} else {
+			o = append(o, r.PullSec)
+		}
+	}
+	rep.Summary.CocoonMedianSec = median(c)
+	rep.Summary.OverlayfsMedianSec = median(o)
+	if rep.Summary.OverlayfsMedianSec > 0 {
+		rep.Summary.Ratio = rep.Summary.CocoonMedianSec / rep.Summary.OverlayfsMedianSec
+	}
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	v = slices.Clone(v)
+	sort.Float64s(v)
+	if len(v)%2 == 1 {
+		return v[len(v)/2]
+	}
+	return (v[len(v)/2-1] + v[len(v)/2]) / 2
+}
+
+func mib(n int64) string {
+	if n == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+}
+
+func printReport(w io.Writer, rep *Report) {
+	fmt.Fprintf(w, "\nguest pull: %s, %d layers, %.0f MB compressed (%s), %.0f MB payload; registry on loopback; %d CPUs\n\n",
+		rep.Image.Ref, rep.Image.Layers, float64(rep.Image.CompressedBytes)/1e6, rep.Image.Compression, float64(rep.Image.PayloadBytes)/1e6, rep.Machine.CPUs)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "run\tmode\tpull (s)\tcocoond peak RSS (sampled)\tcocoond VmHWM\tcontainerd peak RSS\tlayer blobs in content store\t")
+	for _, r := range rep.Runs {
+		fmt.Fprintf(tw, "%d\t%s\t%.2f\t%s\t%s\t%s\t%d\t\n", r.Iteration, r.Mode, r.PullSec, mib(r.CocoondPeakRSS), mib(r.CocoondHWM), mib(r.ContainerdPeakRSS), r.LayerBlobsInContentStore)
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "\nmedian pull: cocoon %.2f s, overlayfs %.2f s; ratio cocoon/overlayfs %.2f; cocoond peak RSS %s (VmHWM %s)\n",
+		rep.Summary.CocoonMedianSec, rep.Summary.OverlayfsMedianSec, rep.Summary.Ratio, mib(rep.Summary.CocoondMaxRSS), mib(rep.Summary.CocoondMaxHWM))
+}

@@ -1,0 +1,176 @@
+// Command demo shows cocoon's guest pull end to end on loopback: it starts
+// a registry, cocoond and containerd, pushes a small two-layer image, pulls
+// and runs it through the cocoon snapshotter, prints what happened in a few
+// lines, and tears everything down. It builds nothing: `make demo` has
+// already run `make build` and `make e2e-tools`. It needs root.
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/cocoon-cc/cocoon/e2e/harness"
+)
+
+const greeting = "hello from cocoon"
+
+func main() {
+	s := harness.NewScript("demo", true)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	var st state
+	err := run(ctx, s, &st)
+	stop()
+	if err != nil {
+		s.Fail()
+		fmt.Fprintf(os.Stderr, "demo failed: %v\n", err)
+	}
+	s.Close()
+	if err != nil {
+		os.Exit(1)
+	}
+	if err := st.checkCleanedUp(); err != nil {
+		fmt.Fprintf(os.Stderr, "demo cleanup: %v\n", err)
+		os.Exit(1)
+	}
+	fmt.Printf("cleaned up: %d daemons stopped, no mount left, %s removed\n", len(st.pids), st.dir)
+}
+
+// state is what the demo started, checked after cleanup.
+type state struct {
+	dir  string
+	pids []int
+}
+
+func (st *state) checkCleanedUp() error {
+	for _, pid := range st.pids {
+		if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
+			return fmt.Errorf("pid %d still exists after cleanup", pid)
+		}
+	}
+	if st.dir == "" {
+		return nil
+	}
+	if left, err := harness.MountsUnder(st.dir); err != nil || len(left) > 0 {
+		return fmt.Errorf("mounts left under %s: %v %v", st.dir, left, err)
+	}
+	if _, err := os.Stat(st.dir); !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("%s still exists after cleanup", st.dir)
+	}
+	return nil
+}
+
+func run(ctx context.Context, s *harness.Script, st *state) error {
+	env, err := harness.New(s)
+	if err != nil {
+		return err
+	}
+	st.dir = env.Dir
+	reg, err := env.StartRegistry(ctx)
+	if err != nil {
+		return err
+	}
+	cd, err := env.StartCocoond(ctx, harness.CocoondOptions{InsecureRegistries: []string{reg.Host}, LogLevel: "info"})
+	if err != nil {
+		return err
+	}
+	frag, err := cd.ContainerdConfig(ctx)
+	if err != nil {
+		return err
+	}
+	ctrd, err := env.StartContainerd(ctx, harness.ContainerdOptions{Fragments: []string{frag}})
+	if err != nil {
+		return err
+	}
+	st.pids = []int{reg.Proc.PID(), cd.Proc.PID(), ctrd.Proc.PID()}
+	fmt.Printf("started on loopback: registry %s, cocoond (pid %d), containerd %s (pid %d)\n",
+		reg.Host, cd.Proc.PID(), strings.TrimPrefix(harness.ContainerdVersion(ctx, ctrd), "containerd "), ctrd.Proc.PID())
+
+	im, err := pushDemoImage(ctx, env, reg)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("pushed %s: %d layers, %s compressed\n", im.Ref, len(im.Manifest.Layers), mb(im.LayerBytes()))
+
+	before, err := cd.Metrics(ctx)
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	if _, err := ctrd.Ctr(ctx, "image", "pull", "--plain-http", "--snapshotter", "cocoon", im.Ref); err != nil {
+		return err
+	}
+	took := time.Since(start)
+	after, err := cd.Metrics(ctx)
+	if err != nil {
+		return err
+	}
+	content, err := ctrd.ContentDigests(ctx)
+	if err != nil {
+		return err
+	}
+	blobs := 0
+	for _, d := range im.LayerDigests() {
+		if slices.Contains(content, d) {
+			blobs++
+		}
+	}
+	var kept []string
+	if slices.Contains(content, im.ManifestDigest) {
+		kept = append(kept, "manifest")
+	}
+	if slices.Contains(content, im.Manifest.Config.Digest) {
+		kept = append(kept, "config")
+	}
+	layers := harness.MetricSum(after, "cocoon_pull_layers_total") - harness.MetricSum(before, "cocoon_pull_layers_total")
+	fetched := harness.MetricSum(after, "cocoon_pull_bytes_total") - harness.MetricSum(before, "cocoon_pull_bytes_total")
+	fmt.Printf("pulled %s through cocoon in %.2f s: %d layers, %s fetched by cocoond, %d layer blobs in containerd's content store (it holds %d blobs: %s)\n",
+		im.Ref, took.Seconds(), int(layers), mb(int64(fetched)), blobs, len(content), strings.Join(kept, " and "))
+	if blobs != 0 {
+		return errors.New("containerd fetched layer blobs itself: the pull did not go through cocoon")
+	}
+
+	out, err := ctrd.Ctr(ctx, "run", "--rm", "--snapshotter", "cocoon", im.Ref, "demo-"+token())
+	if err != nil {
+		return err
+	}
+	said := strings.TrimSpace(out)
+	fmt.Printf("container says: %s\n", said)
+	if said != greeting {
+		return fmt.Errorf("the container printed %q, want %q", said, greeting)
+	}
+	return nil
+}
+
+// pushDemoImage pushes busybox plus a layer with /hello.txt, whose
+// default command prints the file.
+func pushDemoImage(ctx context.Context, env *harness.Env, reg *harness.Registry) (*harness.Image, error) {
+	bb, err := harness.BusyboxLayer()
+	if err != nil {
+		return nil, err
+	}
+	base, top := env.Path("busybox.tar"), env.Path("hello.tar")
+	if err := bb.WriteFile(base, harness.Uncompressed); err != nil {
+		return nil, err
+	}
+	if err := harness.NewLayer().File("hello.txt", []byte(greeting+"\n"), 0o644).WriteFile(top, harness.Uncompressed); err != nil {
+		return nil, err
+	}
+	return reg.Push(ctx, harness.ImageSpec{Repo: "demo/hello", Tag: "v1", Layers: []string{base, top}, Cmd: []string{"/bin/cat", "/hello.txt"}})
+}
+
+func mb(n int64) string { return fmt.Sprintf("%.1f MB", float64(n)/1e6) }
+
+func token() string {
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}

@@ -1,0 +1,87 @@
+package harness
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestSweepStaleWorkDirs(t *testing.T) {
+	mk := func(owner string) string {
+		t.Helper()
+		dir, err := os.MkdirTemp("", workDirPrefix+"sweeptest-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(dir) })
+		if owner != "" {
+			if err := os.WriteFile(filepath.Join(dir, ownerFile), []byte(owner), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return dir
+	}
+	self := processIdentity(os.Getpid())
+	if self == "" {
+		t.Fatal("cannot read this process's identity from /proc")
+	}
+	dead := mk("2147483646 12345") // no such PID
+	reused := mk(self + "0")       // our PID, another start time
+	live := mk(self)
+	unowned := mk("")
+
+	sweepStaleWorkDirs(t)
+
+	for _, c := range []struct {
+		dir  string
+		gone bool
+	}{{dead, true}, {reused, true}, {live, false}, {unowned, false}} {
+		_, err := os.Stat(c.dir)
+		if gone := errors.Is(err, os.ErrNotExist); gone != c.gone {
+			t.Errorf("%s: removed = %v, want %v", c.dir, gone, c.gone)
+		}
+	}
+}
+
+func TestParseMetrics(t *testing.T) {
+	in := `# HELP cocoon_pull_layers_total Layers pulled.
+# TYPE cocoon_pull_layers_total counter
+cocoon_pull_layers_total 3
+cocoon_pull_failures_total{reason="digest mismatch"} 1
+cocoon_pull_failures_total{reason="unsafe"} 2
+cocoon_pull_bytes_total 1.5e+06
+`
+	m, err := ParseMetrics(strings.NewReader(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]float64{
+		"cocoon_pull_layers_total":   3,
+		"cocoon_pull_failures_total": 3,
+		"cocoon_pull_bytes_total":    1.5e6,
+		"cocoon_pull_missing":        0,
+	} {
+		if got := MetricSum(m, name); got != want {
+			t.Errorf("MetricSum(%s) = %v, want %v", name, got, want)
+		}
+	}
+	if _, err := ParseMetrics(strings.NewReader("cocoon_x notanumber\n")); err == nil {
+		t.Error("ParseMetrics accepted a non-numeric value")
+	}
+}
+
+func TestChainIDs(t *testing.T) {
+	// Two-layer chain: the second ID is sha256("<id0> <diff1>").
+	got := ChainIDs([]string{"sha256:a", "sha256:b"})
+	if len(got) != 2 || got[0] != "sha256:a" || got[1] != digestOf([]byte("sha256:a sha256:b")) {
+		t.Errorf("ChainIDs = %v", got)
+	}
+}
+
+func TestUnescapeMountPath(t *testing.T) {
+	if got := unescapeMountPath(`/tmp/a\040b\134c`); got != `/tmp/a b\c` {
+		t.Errorf("unescapeMountPath = %q", got)
+	}
+}
