@@ -36,6 +36,8 @@ type CocoondOptions struct {
 	Config string
 	// LogLevel is "debug" (default) or "info".
 	LogLevel string
+	// ExtraArgs are appended to cocoond's command line (e.g. --rest-api).
+	ExtraArgs []string
 }
 
 // StartCocoond starts cocoond and waits until its socket accepts
@@ -79,6 +81,7 @@ func (e *Env) StartCocoond(ctx context.Context, o CocoondOptions) (*Cocoond, err
 		for _, r := range o.InsecureRegistries {
 			c.args = append(c.args, "--insecure-registry", r)
 		}
+		c.args = append(c.args, o.ExtraArgs...)
 		if lastErr = c.Start(ctx); lastErr == nil {
 			return c, nil
 		}

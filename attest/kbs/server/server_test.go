@@ -734,3 +734,21 @@ func TestConcurrentFetchesShareOneHandshake(t *testing.T) {
 		t.Fatalf("%d handshakes for concurrent fetches, want 1", n)
 	}
 }
+
+func TestHealthz(t *testing.T) {
+	srv, err := server.New(server.Options{Repository: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	rec := httptest.NewRecorder()
+	srv.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/healthz", nil))
+	if rec.Code != http.StatusOK {
+		t.Errorf("/healthz = %d", rec.Code)
+	}
+	rec = httptest.NewRecorder()
+	srv.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/kbs/v0/healthz", nil))
+	if rec.Code != http.StatusNotFound {
+		t.Errorf("/kbs/v0/healthz = %d, want 404 (PluginNotFound)", rec.Code)
+	}
+}

@@ -78,7 +78,23 @@ func run(ctx context.Context, s *harness.Script, st *state) error {
 	if err != nil {
 		return err
 	}
-	cd, err := env.StartCocoond(ctx, harness.CocoondOptions{InsecureRegistries: []string{reg.Host}, LogLevel: "info"})
+	kbs, err := env.StartKBS(ctx, harness.KBSOptions{
+		Policy:    harness.AllowAllPolicy,
+		Resources: map[string][]byte{"default/demo/message": []byte(resourceText)},
+	})
+	if err != nil {
+		return err
+	}
+	restPort, err := harness.FreePort()
+	if err != nil {
+		return err
+	}
+	restAddr := fmt.Sprintf("127.0.0.1:%d", restPort)
+	cd, err := env.StartCocoond(ctx, harness.CocoondOptions{
+		InsecureRegistries: []string{reg.Host},
+		LogLevel:           "info",
+		ExtraArgs:          []string{"--rest-api", restAddr, "--rest-features", "all", "--kbs-url", kbs.URL, "--tee", "sample"},
+	})
 	if err != nil {
 		return err
 	}
@@ -90,9 +106,9 @@ func run(ctx context.Context, s *harness.Script, st *state) error {
 	if err != nil {
 		return err
 	}
-	st.pids = []int{reg.Proc.PID(), cd.Proc.PID(), ctrd.Proc.PID()}
-	fmt.Printf("started on loopback: registry %s, cocoond (pid %d), containerd %s (pid %d)\n",
-		reg.Host, cd.Proc.PID(), strings.TrimPrefix(harness.ContainerdVersion(ctx, ctrd), "containerd "), ctrd.Proc.PID())
+	st.pids = []int{reg.Proc.PID(), kbs.Proc.PID(), cd.Proc.PID(), ctrd.Proc.PID()}
+	fmt.Printf("started on loopback: registry %s, development KBS %s (pid %d), cocoond (pid %d, REST API %s), containerd %s (pid %d)\n",
+		reg.Host, kbs.URL, kbs.Proc.PID(), cd.Proc.PID(), restAddr, strings.TrimPrefix(harness.ContainerdVersion(ctx, ctrd), "containerd "), ctrd.Proc.PID())
 
 	im, err := pushDemoImage(ctx, env, reg)
 	if err != nil {
@@ -146,6 +162,28 @@ func run(ctx context.Context, s *harness.Script, st *state) error {
 	fmt.Printf("container says: %s\n", said)
 	if said != greeting {
 		return fmt.Errorf("the container printed %q, want %q", said, greeting)
+	}
+	return restDemo(ctx, ctrd, im.Ref, restAddr)
+}
+
+const resourceText = "a secret released by the KBS after attestation"
+
+// restDemo runs a workload that reads a KBS resource and attestation
+// evidence over the guest REST API, as a pod in a TEE would.
+func restDemo(ctx context.Context, ctrd *harness.Containerd, ref, restAddr string) error {
+	script := fmt.Sprintf("wget -qO- http://%[1]s/cdh/resource/default/demo/message; echo; wget -qO- 'http://%[1]s/aa/evidence?runtime_data=demo-nonce'", restAddr)
+	out, err := ctrd.Ctr(ctx, "run", "--rm", "--net-host", "--snapshotter", "cocoon", ref, "demo-rest-"+token(), "/bin/sh", "-c", script)
+	if err != nil {
+		return err
+	}
+	resource, evidence, _ := strings.Cut(strings.TrimSpace(out), "\n")
+	fmt.Printf("workload read over the REST API: /cdh/resource/default/demo/message = %q\n", resource)
+	fmt.Printf("workload read over the REST API: /aa/evidence = %s\n", evidence)
+	if resource != resourceText {
+		return fmt.Errorf("the workload read %q from /cdh/resource, want %q", resource, resourceText)
+	}
+	if !strings.Contains(evidence, `"report_data"`) {
+		return fmt.Errorf("the workload got no evidence: %q", evidence)
 	}
 	return nil
 }
