@@ -48,6 +48,7 @@ bench: build e2e-tools test-deps
 	@mkdir -p $(BIN)
 	set -o pipefail; $(GO) test -run '^$$' -bench . ./... | tee $(BIN)/bench-unit.txt
 	cd e2e && GOFLAGS= $(GO) run ./cmd/bench
+	cd e2e && GOFLAGS= $(GO) run ./cmd/restbench
 
 FUZZTIME ?= 20s
 fuzz:

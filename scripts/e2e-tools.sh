@@ -31,6 +31,7 @@ GO_TOOLS=(
 APT_TOOLS=(
 	"/usr/sbin/runc    runc"
 	"/bin/busybox      busybox-static"
+	"/usr/bin/wrk      wrk"
 )
 
 log() { printf 'e2e-tools: %s\n' "$*" >&2; }
