@@ -5,11 +5,14 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/cocoon-cc/cocoon/attest"
 )
 
 type digestVectors struct {
@@ -132,6 +135,22 @@ func TestMRIndex(t *testing.T) {
 	}
 	if _, err := MRIndex("tdx", -1); err == nil {
 		t.Error("negative PCR accepted")
+	}
+}
+
+func TestAlgForTEE(t *testing.T) {
+	for _, tc := range []struct {
+		tee     string
+		want    Alg
+		wantErr bool
+	}{{"tdx", SHA384, false}, {"tpm", SHA256, false}, {"az-tdx-vtpm", SHA256, false}, {"snp", 0, true}, {"sample", 0, true}} {
+		got, err := AlgForTEE(tc.tee)
+		if got != tc.want || (err != nil) != tc.wantErr {
+			t.Errorf("AlgForTEE(%q) = %v, %v", tc.tee, got, err)
+		}
+		if err != nil && !errors.Is(err, attest.ErrNotSupported) {
+			t.Errorf("AlgForTEE(%q) error does not wrap ErrNotSupported", tc.tee)
+		}
 	}
 }
 

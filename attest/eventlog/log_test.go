@@ -5,9 +5,11 @@ import (
 	"context"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/cocoon-cc/cocoon/attest"
@@ -349,4 +351,55 @@ func TestLogVTPM(t *testing.T) {
 	if !bytes.Equal(regs[17], fake.regs[17]) {
 		t.Fatal("replay differs from PCR17")
 	}
+}
+
+func TestLogConcurrentExtend(t *testing.T) {
+	fake := newFake("tdx", SHA384)
+	var mu sync.Mutex // the fake is not safe for concurrent use; Log serialises anyway
+	locked := lockedMeasurer{fake: fake, mu: &mu}
+	l, err := Open(context.Background(), t.TempDir(), SHA384, DefaultInitPCR, locked)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 10 {
+				if err := l.Extend(context.Background(), "d", "o", fmt.Sprintf("g%d-%d", g, i), nil); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	events, err := Parse(mustBytes(t, l))
+	if err != nil || len(events) != 80 {
+		t.Fatalf("%d events, %v", len(events), err)
+	}
+	regs, _ := Replay(events, SHA384)
+	if !bytes.Equal(regs[4], fake.regs[4]) {
+		t.Fatal("concurrent extends: log and register disagree")
+	}
+}
+
+type lockedMeasurer struct {
+	fake *fakeMeasurer
+	mu   *sync.Mutex
+}
+
+func (m lockedMeasurer) TEE() string { return m.fake.tee }
+
+func (m lockedMeasurer) RuntimeMeasurement(ctx context.Context, register int) ([]byte, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.fake.RuntimeMeasurement(ctx, register)
+}
+
+func (m lockedMeasurer) ExtendRuntimeMeasurement(ctx context.Context, register int, digest []byte) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.fake.ExtendRuntimeMeasurement(ctx, register, digest)
 }

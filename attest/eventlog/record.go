@@ -80,6 +80,19 @@ func (a Alg) sum(parts ...[]byte) ([]byte, error) {
 	return h.Sum(nil), nil
 }
 
+// AlgForTEE is the platform CCEL hash upstream measures AAEL entries with:
+// SHA-384 on TDX, SHA-256 on vTPM platforms. Other TEEs have no runtime
+// measurement.
+func AlgForTEE(tee string) (Alg, error) {
+	switch tee {
+	case attest.TEETDX:
+		return SHA384, nil
+	case attest.TEETPM, "az-snp-vtpm", "az-tdx-vtpm":
+		return SHA256, nil
+	}
+	return 0, fmt.Errorf("eventlog: TEE %q has no runtime measurement: %w", tee, attest.ErrNotSupported)
+}
+
 // ParseAlg maps an upstream HashAlgorithm name (sha256, sha384, sha512) to
 // its TCG id.
 func ParseAlg(name string) (Alg, error) {

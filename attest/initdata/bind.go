@@ -35,8 +35,8 @@ func regularize(digest []byte, n int) []byte {
 
 // ExpectedRegister returns the value the TEE's init-data field holds when
 // digest is bound: tdx MR_CONFIG_ID (48 bytes), snp HOST_DATA (32 bytes),
-// tpm PCR8 after one extend from zero, sha256(zeros(32) || digest), which
-// needs a 32-byte (sha256) digest.
+// tpm (and upstream's az-snp-vtpm, az-tdx-vtpm) PCR8 after one extend from
+// zero, sha256(zeros(32) || digest), which needs a 32-byte (sha256) digest.
 func ExpectedRegister(tee string, digest []byte) ([]byte, error) {
 	if len(digest) == 0 {
 		return nil, errors.New("initdata: empty digest")
@@ -46,7 +46,7 @@ func ExpectedRegister(tee string, digest []byte) ([]byte, error) {
 		return regularize(digest, MRConfigIDSize), nil
 	case attest.TEESNP:
 		return regularize(digest, HostDataSize), nil
-	case attest.TEETPM:
+	case attest.TEETPM, "az-snp-vtpm", "az-tdx-vtpm":
 		if len(digest) != sha256.Size {
 			return nil, fmt.Errorf("initdata: tpm binds into the SHA-256 PCR bank, digest must be 32 bytes (algorithm sha256), got %d", len(digest))
 		}

@@ -124,6 +124,7 @@ func TestExpectedRegister(t *testing.T) {
 		{"snp truncates sha384", "snp", d48, d48[:32], false},
 		{"tpm extends pcr8", "tpm", unhex(t, v.DigestHex), unhex(t, "5969a150dc60c85c0cd9744e296cfc81a3e622413c0359f199099b7a3bcef135"), false},
 		{"tpm refuses sha384", "tpm", d48, nil, true},
+		{"az-tdx-vtpm is a tpm", "az-tdx-vtpm", unhex(t, v.DigestHex), unhex(t, "5969a150dc60c85c0cd9744e296cfc81a3e622413c0359f199099b7a3bcef135"), false},
 		{"sample unsupported", "sample", d32, nil, true},
 		{"empty digest", "tdx", nil, nil, true},
 	} {
