@@ -34,6 +34,17 @@ type AttestationConfig struct {
 	KBSURL          string `toml:"kbs_url"`
 	KBSCertFile     string `toml:"kbs_cert_file"`
 	TEEKeyAlgorithm string `toml:"tee_key_algorithm"`
+	// InitData is the init-data TOML file (Kata writes it to
+	// /run/confidential-containers/initdata/initdata.toml); its digest must
+	// match the TEE's binding field or cocoond refuses to start. Its aa.toml,
+	// cdh.toml and policy.rego are used unless the files below are given.
+	InitData string `toml:"initdata"`
+	// AAConfig and CDHConfig are upstream aa.toml and cdh.toml files.
+	AAConfig  string `toml:"aa_config"`
+	CDHConfig string `toml:"cdh_config"`
+	// EventlogDir holds the AAEL event log when aa.toml enables it
+	// (default /run/attestation-agent, upstream's path).
+	EventlogDir string `toml:"eventlog_dir"`
 }
 
 // RESTConfig enables the guest REST shim (upstream api-server-rest).
@@ -74,6 +85,9 @@ func defaultConfig() Config {
 		LogLevel:  "info",
 		LogFormat: "text",
 		Registry:  RegistryConfig{MaxConcurrentDownloads: 3, Retries: 5},
+		Attestation: AttestationConfig{
+			EventlogDir: "/run/attestation-agent",
+		},
 	}
 }
 

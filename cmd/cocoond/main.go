@@ -59,6 +59,9 @@ func run(args []string) error {
 		restFeat   = fs.String("rest-features", "", "REST API features: all, attestation or resource (default resource, or the kernel command line's "+kernelCmdlineKey+")")
 		kbsURL     = fs.String("kbs-url", "", "Key Broker Service `URL`, e.g. http://127.0.0.1:8080")
 		tee        = fs.String("tee", "", "force the attester: sample, tdx, snp or tpm (default: detect)")
+		initData   = fs.String("initdata", "", "init-data TOML `file`; its digest must match the TEE's binding field")
+		aaConfig   = fs.String("aa-config", "", "upstream aa.toml `file` (default: from init-data)")
+		cdhConfig  = fs.String("cdh-config", "", "upstream cdh.toml `file` (default: from init-data)")
 		cmdline    = fs.String("kernel-cmdline", "/proc/cmdline", "kernel command line `file` read for "+kernelCmdlineKey)
 		insecure   stringList
 	)
@@ -90,6 +93,9 @@ func run(args []string) error {
 	set(&cfg.REST.Address, *restAddr)
 	set(&cfg.Attestation.KBSURL, *kbsURL)
 	set(&cfg.Attestation.TEE, *tee)
+	set(&cfg.Attestation.InitData, *initData)
+	set(&cfg.Attestation.AAConfig, *aaConfig)
+	set(&cfg.Attestation.CDHConfig, *cdhConfig)
 	cfg.Registry.Insecure = append(cfg.Registry.Insecure, insecure...)
 	if err := cfg.validate(); err != nil {
 		return err
@@ -123,6 +129,15 @@ func serve(ctx context.Context, cfg Config, features restapi.Features) error {
 		return fmt.Errorf("create root: %w", err)
 	}
 	sizes, _ := cfg.Unpack.sizes()
+
+	// Trusted configuration first: a mismatched init-data refuses to start
+	// before anything is served.
+	var at *attestation
+	if cfg.Attestation.needed(cfg.REST) {
+		if at, err = newAttestation(ctx, cfg.Attestation); err != nil {
+			return err
+		}
+	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -187,11 +202,6 @@ func serve(ctx context.Context, cfg Config, features restapi.Features) error {
 	go func() { errc <- rpc.Serve(l) }()
 
 	if cfg.REST.Address != "" {
-		at, err := newAttestation(cfg.Attestation)
-		if err != nil {
-			rpc.Stop()
-			return fmt.Errorf("attestation: %w", err)
-		}
 		stopREST, err := startREST(ctx, cfg.REST.Address, features, at)
 		if err != nil {
 			rpc.Stop()

@@ -12,10 +12,6 @@ import (
 
 	"github.com/containerd/log"
 
-	"github.com/cocoon-cc/cocoon/attest"
-	"github.com/cocoon-cc/cocoon/attest/agent"
-	"github.com/cocoon-cc/cocoon/attest/detect"
-	"github.com/cocoon-cc/cocoon/attest/kbs"
 	"github.com/cocoon-cc/cocoon/restapi"
 )
 
@@ -47,54 +43,13 @@ func restFeatures(flagValue, cmdlinePath, configValue string) (restapi.Features,
 	return restapi.FeatureResource, "default", nil
 }
 
-// attestation holds the attester and KBS client shared by the REST shim and
-// (later) the image and secrets paths.
-type attestation struct {
-	attester attest.Attester
-	kbsCfg   *kbs.Config // nil without a KBS
-	kbs      *kbs.Client // cached-token client for resources
-}
-
-func newAttestation(cfg AttestationConfig) (*attestation, error) {
-	a, err := detect.Attester(cfg.TEE)
-	if err != nil {
-		return nil, err
-	}
-	at := &attestation{attester: a}
-	if cfg.KBSURL == "" {
-		return at, nil
-	}
-	kc := &kbs.Config{URL: cfg.KBSURL, TEEKeyAlgorithm: cfg.TEEKeyAlgorithm, Attester: a}
-	if cfg.KBSCertFile != "" {
-		if kc.CertPEM, err = os.ReadFile(cfg.KBSCertFile); err != nil {
-			return nil, fmt.Errorf("attestation.kbs_cert_file: %w", err)
-		}
-	}
-	if at.kbs, err = kbs.NewClient(*kc); err != nil {
-		return nil, fmt.Errorf("kbs client: %w", err)
-	}
-	at.kbsCfg = kc
-	return at, nil
-}
-
-// noKBS answers resource requests when no KBS is configured.
-type noKBS struct{}
-
-func (noKBS) GetResource(context.Context, string) ([]byte, error) {
-	return nil, errors.New("no KBS configured (set --kbs-url or a cdh.toml/aa.toml)")
-}
-
 // startREST serves the REST shim until ctx ends; it returns a stop function.
 func startREST(ctx context.Context, address string, features restapi.Features, at *attestation) (func(), error) {
-	ag, err := agent.New(agent.Options{Attester: at.attester, KBS: at.kbsCfg})
+	ag, err := at.agent()
 	if err != nil {
 		return nil, err
 	}
-	var cdh restapi.ResourceGetter = noKBS{}
-	if at.kbs != nil {
-		cdh = at.kbs
-	}
-	h := restapi.New(restapi.Options{Version: version, Features: features, Agent: ag, CDH: cdh})
+	h := restapi.New(restapi.Options{Version: version, Features: features, Agent: ag, CDH: at.resources()})
 	l, err := net.Listen("tcp", address)
 	if err != nil {
 		return nil, fmt.Errorf("rest api listener: %w", err)

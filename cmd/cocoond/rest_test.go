@@ -32,31 +32,33 @@ func freeAddr(t *testing.T, host string) string {
 	return l.Addr().String()
 }
 
-// startDaemon runs cocoond's serve with the sample attester, a development
-// KBS holding one resource, and the REST API on restAddr.
-func startDaemon(t *testing.T, restAddr string, features restapi.Features) (kbsRepo string) {
+// startKBSOnly runs a development KBS (allow-all policy, sample verifier)
+// holding default/key/1 and returns its URL; its repository is kbsRepos[url].
+func startKBSOnly(t *testing.T) string {
 	t.Helper()
-	kbsRepo = t.TempDir()
-	if err := os.MkdirAll(filepath.Join(kbsRepo, "default", "key"), 0o700); err != nil {
+	repo := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(repo, "default", "key"), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(kbsRepo, "default", "key", "1"), []byte("resource-bytes"), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(repo, "default", "key", "1"), []byte("resource-bytes"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	ks, err := server.New(server.Options{Repository: kbsRepo, Policy: server.AllowAllPolicy, Verifiers: []attest.Verifier{sample.NewVerifier()}})
+	ks, err := server.New(server.Options{Repository: repo, Policy: server.AllowAllPolicy, Verifiers: []attest.Verifier{sample.NewVerifier()}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	hs := httptest.NewServer(ks)
 	t.Cleanup(func() { hs.Close(); ks.Close() })
+	kbsRepos[hs.URL] = repo
+	return hs.URL
+}
 
-	dir := t.TempDir()
-	cfg := defaultConfig()
-	cfg.Root = filepath.Join(dir, "root")
-	cfg.Address = filepath.Join(dir, "cocoon.sock")
-	cfg.REST.Address = restAddr
-	cfg.Attestation.TEE = "sample"
-	cfg.Attestation.KBSURL = hs.URL
+var kbsRepos = map[string]string{}
+
+// runServe runs cocoond's serve until the test ends and waits for its REST
+// API (cfg.REST.Address).
+func runServe(t *testing.T, cfg Config, features restapi.Features) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- serve(ctx, cfg, features) }()
@@ -68,16 +70,34 @@ func startDaemon(t *testing.T, restAddr string, features restapi.Features) (kbsR
 	})
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		c, err := net.Dial("tcp", restAddr)
+		c, err := net.Dial("tcp", cfg.REST.Address)
 		if err == nil {
 			c.Close()
-			return kbsRepo
+			return
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("serve ended: %v", err)
+		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("REST API did not come up on %s: %v", restAddr, err)
+			t.Fatalf("REST API did not come up on %s: %v", cfg.REST.Address, err)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// startDaemon runs cocoond's serve with the sample attester, a development
+// KBS holding one resource, and the REST API on restAddr.
+func startDaemon(t *testing.T, restAddr string, features restapi.Features) (kbsRepo string) {
+	t.Helper()
+	url := startKBSOnly(t)
+	cfg := serveConfig(t)
+	cfg.REST.Address = restAddr
+	cfg.Attestation.TEE = "sample"
+	cfg.Attestation.KBSURL = url
+	runServe(t, cfg, features)
+	return kbsRepos[url]
 }
 
 func get(t *testing.T, method, url, body string) (int, string) {

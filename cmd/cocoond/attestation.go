@@ -1,0 +1,183 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/containerd/log"
+
+	"github.com/cocoon-cc/cocoon/attest"
+	"github.com/cocoon-cc/cocoon/attest/agent"
+	"github.com/cocoon-cc/cocoon/attest/agentpolicy"
+	"github.com/cocoon-cc/cocoon/attest/config"
+	"github.com/cocoon-cc/cocoon/attest/detect"
+	"github.com/cocoon-cc/cocoon/attest/eventlog"
+	"github.com/cocoon-cc/cocoon/attest/initdata"
+	"github.com/cocoon-cc/cocoon/attest/kbs"
+)
+
+// attestation is the trusted configuration and the clients built from it:
+// the attester, init-data (bound to the hardware), upstream aa.toml and
+// cdh.toml, the agent policy, the AAEL event log, and the KBS clients.
+type attestation struct {
+	attester attest.Attester
+	initData *initdata.Document // nil without init-data
+	aa       *config.AAConfig
+	cdh      *config.CDHConfig // nil without cdh.toml
+	policy   *agentpolicy.Policy
+	eventLog *eventlog.Log // nil unless aa.toml enables it
+	kbsCfg   *kbs.Config   // AA's [token_configs.kbs]; nil without a KBS
+	cocoAS   string
+	kbs      *kbs.Client // CDH's resource client (cached token); nil without a KBS
+}
+
+// needed reports whether the configuration asks for anything attestation
+// provides.
+func (c AttestationConfig) needed(rest RESTConfig) bool {
+	return rest.Address != "" || c.InitData != "" || c.AAConfig != "" || c.CDHConfig != "" || c.KBSURL != ""
+}
+
+// detectAttester picks the attester; tests substitute fake hardware.
+var detectAttester = detect.Attester
+
+func newAttestation(ctx context.Context, cfg AttestationConfig) (*attestation, error) {
+	a, err := detectAttester(cfg.TEE)
+	if err != nil {
+		return nil, err
+	}
+	at := &attestation{attester: a}
+	log.G(ctx).WithField("tee", a.TEE()).Info("attester selected")
+
+	var aaText, cdhText, policyText string
+	if cfg.InitData != "" {
+		raw, err := os.ReadFile(cfg.InitData)
+		if err != nil {
+			return nil, fmt.Errorf("init-data: %w", err)
+		}
+		if at.initData, err = initdata.Parse(raw); err != nil {
+			return nil, fmt.Errorf("init-data %s: %w", cfg.InitData, err)
+		}
+		switch err := agent.BindInitData(ctx, a, at.initData.Digest()); {
+		case errors.Is(err, initdata.ErrUnsupportedTEE):
+			log.G(ctx).WithField("tee", a.TEE()).Warn("init-data is not bound to hardware on this TEE (as upstream, only logged)")
+		case err != nil:
+			return nil, err // upstream's message for a mismatch
+		default:
+			log.G(ctx).WithFields(log.Fields{"tee": a.TEE(), "algorithm": at.initData.Algorithm}).Info("init-data digest bound to the TEE")
+		}
+		aaText = at.initData.Data[initdata.KeyAAConfig]
+		cdhText = at.initData.Data[initdata.KeyCDHConfig]
+		policyText = at.initData.Data[initdata.KeyPolicy]
+	}
+
+	var warnings []string
+	switch {
+	case cfg.AAConfig != "":
+		at.aa, warnings, err = config.LoadAA(cfg.AAConfig)
+	case aaText != "":
+		at.aa, warnings, err = config.ParseAA([]byte(aaText), config.TOML)
+	default:
+		at.aa = config.DefaultAA()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("aa.toml: %w", err)
+	}
+	switch {
+	case cfg.CDHConfig != "":
+		var w []string
+		at.cdh, w, err = config.LoadCDH(cfg.CDHConfig)
+		warnings = append(warnings, w...)
+	case cdhText != "":
+		var w []string
+		at.cdh, w, err = config.ParseCDH([]byte(cdhText), config.TOML)
+		warnings = append(warnings, w...)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("cdh.toml: %w", err)
+	}
+	for _, w := range warnings {
+		log.G(ctx).Warn(w)
+	}
+	if policyText != "" {
+		if at.policy, err = agentpolicy.New(policyText); err != nil {
+			return nil, fmt.Errorf("init-data policy.rego: %w", err)
+		}
+		log.G(ctx).Info("agent policy from init-data compiled")
+	}
+
+	// The Attestation Agent's KBS: aa.toml, else cocoond's kbs_url.
+	var initTOML []byte
+	if at.initData != nil {
+		initTOML = at.initData.Raw
+	}
+	if k := at.aa.TokenConfigs.KBS; k != nil {
+		at.kbsCfg = &kbs.Config{URL: k.URL, TEEKeyAlgorithm: k.TEEKeyAlgorithm, Attester: a, InitDataTOML: initTOML}
+		if k.Cert != nil {
+			at.kbsCfg.CertPEM = []byte(*k.Cert)
+		}
+	} else if cfg.KBSURL != "" {
+		at.kbsCfg = &kbs.Config{URL: cfg.KBSURL, TEEKeyAlgorithm: cfg.TEEKeyAlgorithm, Attester: a, InitDataTOML: initTOML}
+		if cfg.KBSCertFile != "" {
+			if at.kbsCfg.CertPEM, err = os.ReadFile(cfg.KBSCertFile); err != nil {
+				return nil, fmt.Errorf("attestation.kbs_cert_file: %w", err)
+			}
+		}
+	}
+	if at.aa.TokenConfigs.CoCoAS != nil {
+		at.cocoAS = at.aa.TokenConfigs.CoCoAS.URL
+	}
+
+	// The Confidential Data Hub's KBS: cdh.toml [kbc], else the AA's.
+	resCfg := at.kbsCfg
+	if at.cdh != nil && at.cdh.KBC.URL != "" {
+		resCfg = &kbs.Config{URL: at.cdh.KBC.URL, Attester: a, InitDataTOML: initTOML}
+		if at.cdh.KBC.KBSCert != nil {
+			resCfg.CertPEM = []byte(*at.cdh.KBC.KBSCert)
+		}
+	}
+	if resCfg != nil {
+		if at.kbs, err = kbs.NewClient(*resCfg); err != nil {
+			return nil, fmt.Errorf("kbs client: %w", err)
+		}
+	}
+
+	if at.aa.EventlogConfig.EnableEventlog {
+		m, ok := a.(attest.RuntimeMeasurer)
+		alg, algErr := eventlog.AlgForTEE(a.TEE())
+		if !ok || algErr != nil {
+			log.G(ctx).WithField("tee", a.TEE()).Warn("aa.toml enables the event log, but this TEE has no runtime measurement register")
+		} else {
+			if at.eventLog, err = eventlog.Open(ctx, cfg.EventlogDir, alg, int(at.aa.EventlogConfig.InitPCR), m); err != nil {
+				return nil, err
+			}
+			log.G(ctx).WithFields(log.Fields{"path": at.eventLog.Path(), "init_pcr": at.aa.EventlogConfig.InitPCR}).Info("AAEL event log enabled")
+		}
+	}
+	return at, nil
+}
+
+// agent returns the Attestation Agent service the REST shim serves.
+func (at *attestation) agent() (*agent.Agent, error) {
+	o := agent.Options{Attester: at.attester, KBS: at.kbsCfg, CoCoASURL: at.cocoAS}
+	if at.eventLog != nil {
+		o.EventLog = at.eventLog
+	}
+	return agent.New(o)
+}
+
+// resources is the CDH resource getter (noKBS when none is configured).
+func (at *attestation) resources() kbs.ResourceGetter {
+	if at.kbs == nil {
+		return noKBS{}
+	}
+	return at.kbs
+}
+
+// noKBS answers resource requests when no KBS is configured.
+type noKBS struct{}
+
+func (noKBS) GetResource(context.Context, string) ([]byte, error) {
+	return nil, errors.New("no KBS configured (set --kbs-url, aa.toml [token_configs.kbs] or cdh.toml [kbc])")
+}
