@@ -56,6 +56,9 @@ type Options struct {
 	Platform platforms.MatchComparer
 	// MaxConfigSize bounds image config blobs (default 8 MiB).
 	MaxConfigSize int64
+	// Hosts applies a registries configuration (mirrors, remapping,
+	// blocked prefixes, insecure registries); nil means none.
+	Hosts *Hosts
 }
 
 // Client talks to OCI registries. It is safe for concurrent use.
@@ -97,6 +100,21 @@ func New(opts Options) *Client {
 	for _, h := range opts.Insecure {
 		c.insecure[h] = true
 	}
+	if opts.Hosts != nil {
+		for _, r := range opts.Hosts.Registries {
+			if r.Insecure {
+				c.insecure[hostOf(r.Location)] = true
+				if r.Location == "" {
+					c.insecure[hostOf(r.Prefix)] = true
+				}
+			}
+			for _, m := range r.Mirrors {
+				if m.Insecure {
+					c.insecure[hostOf(m.Location)] = true
+				}
+			}
+		}
+	}
 	c.base = &schemeGuard{next: base, insecure: c.insecure}
 	return c
 }
@@ -132,6 +150,67 @@ func (c *Client) ParseRepository(ref string) (name.Repository, error) {
 		return name.Repository{}, fmt.Errorf("parse image reference %q: %w: %w", ref, err, errdefs.ErrInvalidArgument)
 	}
 	return r.Context(), nil
+}
+
+func hostOf(location string) string {
+	h, _, _ := strings.Cut(location, "/")
+	return h
+}
+
+// Repositories returns, in the order to try them, the repositories an image
+// reference is fetched from: the registries configuration's mirrors first,
+// then the (possibly remapped) original. A blocked reference is an error.
+func (c *Client) Repositories(ref string) ([]name.Repository, error) {
+	orig, err := c.ParseRepository(ref)
+	if err != nil {
+		return nil, err
+	}
+	if c.opts.Hosts == nil {
+		return []name.Repository{orig}, nil
+	}
+	locs, err := c.opts.Hosts.Locations(orig.Name())
+	if err != nil {
+		return nil, fmt.Errorf("image %s: %w: %w", ref, err, errdefs.ErrPermissionDenied)
+	}
+	var repos []name.Repository
+	for _, l := range locs {
+		var opts []name.Option
+		if c.insecure[hostOf(l.Repository)] {
+			opts = append(opts, name.Insecure)
+		}
+		r, err := name.NewRepository(l.Repository, opts...)
+		if err != nil {
+			return nil, fmt.Errorf("registries configuration maps %s to %q: %w", ref, l.Repository, err)
+		}
+		repos = append(repos, r)
+	}
+	return repos, nil
+}
+
+// ImageFrom fetches the image from the first of repos that serves it, as
+// image-rs does with mirrors; the error lists every location's failure.
+func (c *Client) ImageFrom(ctx context.Context, repos []name.Repository, dgst digest.Digest) (*Image, error) {
+	var errs []string
+	var last error
+	for _, r := range repos {
+		im, err := c.Image(ctx, r, dgst)
+		if err == nil {
+			return im, nil
+		}
+		if ctx.Err() != nil {
+			return nil, err
+		}
+		// Any other failure, a digest mismatch included, moves on to the next
+		// location: everything fetched is verified, so availability may come
+		// from any of them.
+		last = err
+		errs = append(errs, fmt.Sprintf("image: %s, error: %v", r, err))
+	}
+	if len(repos) == 1 {
+		return nil, last
+	}
+	return nil, fmt.Errorf("failed to pull image %s from all mirror/mapping locations or original location:\n%s: %w",
+		dgst, strings.Join(errs, "\n"), last)
 }
 
 func (c *Client) scheme(repo name.Repository) string {
