@@ -44,11 +44,27 @@ type Options struct {
 	// StagedTTL is how long a layer fetched ahead waits to be taken before it
 	// is discarded (default 10 minutes).
 	StagedTTL time.Duration
-	// ImageCacheTTL is how long verified manifests and configs are kept
-	// (default 10 minutes).
+	// ImageCacheTTL is how long verified manifests and configs, and policy
+	// verdicts, are kept (default 10 minutes).
 	ImageCacheTTL time.Duration
-	Metrics       *Metrics
+	// Policy, when set, must accept an image (reference, manifest digest)
+	// before any of its layers is fetched.
+	Policy  Policy
+	Metrics *Metrics
 }
+
+// Policy is the image security policy (image/signature.Verifier). A refusal
+// should wrap errdefs.ErrPermissionDenied: it is then cached as a verdict.
+type Policy interface {
+	Check(ctx context.Context, imageRef string, manifestDigest digest.Digest) error
+}
+
+// policyRefusal marks an error as the policy's, for the failure metric; its
+// text is the policy's own (upstream's message).
+type policyRefusal struct{ err error }
+
+func (e *policyRefusal) Error() string { return e.err.Error() }
+func (e *policyRefusal) Unwrap() error { return e.err }
 
 // Request names one layer of one image.
 type Request struct {
@@ -98,6 +114,7 @@ type imageEntry struct {
 	fetched time.Time
 	im      *registry.Image
 	err     error
+	verdict bool // err is the image policy's refusal
 }
 
 // New returns a Puller; Close stops its background work.
@@ -169,15 +186,12 @@ func (p *Puller) Close() error {
 // returned directory: it must rename it into place or Discard it.
 func (p *Puller) Layer(ctx context.Context, req Request) (*Staged, error) {
 	begin := time.Now()
-	repo, err := p.opts.Registry.ParseRepository(req.ImageRef)
-	if err != nil {
-		return nil, err
-	}
-	im, err := p.image(ctx, repo, req.ManifestDigest)
+	im, err := p.image(ctx, req.ImageRef, req.ManifestDigest)
 	if err != nil {
 		p.opts.Metrics.failure(reasonOf(err))
 		return nil, err
 	}
+	repo := im.Repository
 	idx, ok := im.LayerIndex(req.LayerDigest)
 	if !ok {
 		p.opts.Metrics.failure("layer_not_in_manifest")
@@ -334,16 +348,20 @@ func (p *Puller) expire(now time.Time) {
 	}
 }
 
-// image returns the verified manifest and config, fetched once per TTL.
-func (p *Puller) image(ctx context.Context, repo name.Repository, dgst digest.Digest) (*registry.Image, error) {
-	key := repo.String() + "@" + dgst.String()
+// image returns the verified manifest and config, fetched once per TTL from
+// the first location that serves them (mirrors first), and the image
+// policy's verdict for (reference, manifest digest), evaluated once and
+// cached with it. Fetch failures are retried by the next request; a policy
+// refusal is a verdict and stays until the entry expires.
+func (p *Puller) image(ctx context.Context, ref string, dgst digest.Digest) (*registry.Image, error) {
+	key := ref + "@" + dgst.String()
 	p.mu.Lock()
 	e, ok := p.images[key]
 	if ok {
 		select {
 		case <-e.done:
-			if e.err != nil {
-				ok = false // retry failures
+			if e.err != nil && !e.verdict {
+				ok = false // retry failures that are not a policy verdict
 			}
 		default:
 		}
@@ -352,12 +370,8 @@ func (p *Puller) image(ctx context.Context, repo name.Repository, dgst digest.Di
 		e = &imageEntry{done: make(chan struct{})}
 		p.images[key] = e
 		p.mu.Unlock()
-		e.im, e.err = p.opts.Registry.Image(ctx, repo, dgst)
+		e.im, e.verdict, e.err = p.resolve(ctx, ref, dgst)
 		e.fetched = time.Now()
-		if e.err == nil {
-			p.opts.Metrics.image()
-			log.G(ctx).WithFields(log.Fields{"image": repo.String(), "manifest": e.im.ManifestDigest, "layers": len(e.im.Manifest.Layers)}).Info("manifest and config verified")
-		}
 		close(e.done)
 		return e.im, e.err
 	}
@@ -368,6 +382,27 @@ func (p *Puller) image(ctx context.Context, repo name.Repository, dgst digest.Di
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+}
+
+func (p *Puller) resolve(ctx context.Context, ref string, dgst digest.Digest) (*registry.Image, bool, error) {
+	repos, err := p.opts.Registry.Repositories(ref)
+	if err != nil {
+		return nil, false, err
+	}
+	im, err := p.opts.Registry.ImageFrom(ctx, repos, dgst)
+	if err != nil {
+		return nil, false, err
+	}
+	p.opts.Metrics.image()
+	log.G(ctx).WithFields(log.Fields{"image": im.Repository.String(), "manifest": im.ManifestDigest, "layers": len(im.Manifest.Layers)}).Info("manifest and config verified")
+	if p.opts.Policy != nil {
+		if err := p.opts.Policy.Check(ctx, ref, dgst); err != nil {
+			log.G(ctx).WithError(err).WithField("image", ref).Warn("image refused by the image security policy; nothing will be fetched or committed")
+			return nil, errdefs.IsPermissionDenied(err), &policyRefusal{err}
+		}
+		log.G(ctx).WithFields(log.Fields{"image": ref, "manifest": dgst}).Info("image accepted by the image security policy")
+	}
+	return im, false, nil
 }
 
 // fetch downloads, unpacks and verifies one layer into a new staging dir.
@@ -477,7 +512,10 @@ func reasonOf(err error) string {
 	var lm *layer.DigestMismatchError
 	var rm *registry.DigestMismatchError
 	var ee *unpack.EntryError
+	var pr *policyRefusal
 	switch {
+	case errors.As(err, &pr):
+		return "policy_rejected"
 	case errors.As(err, &lm):
 		if lm.Kind == "diff-id" {
 			return "diffid_mismatch"

@@ -3,6 +3,7 @@ package pull
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -223,5 +224,67 @@ func TestMetricsRegister(t *testing.T) {
 	n, err := testutil.GatherAndCount(r, "cocoon_pull_failures_total")
 	if err != nil || n != 1 {
 		t.Fatalf("count = %d, %v", n, err)
+	}
+}
+
+// rejectingPolicy is a test double of the Policy seam.
+type rejectingPolicy struct {
+	calls  int
+	reject bool
+}
+
+func (r *rejectingPolicy) Check(_ context.Context, ref string, d digest.Digest) error {
+	r.calls++
+	if r.reject {
+		return fmt.Errorf("Image policy rejected: Denied by policy: rejected by `sigstoreSigned` rule: %w", errdefs.ErrPermissionDenied)
+	}
+	return nil
+}
+
+func TestPolicyGateBeforeAnyLayer(t *testing.T) {
+	for _, reject := range []bool{true, false} {
+		t.Run(fmt.Sprint("reject=", reject), func(t *testing.T) {
+			reg := regtest.Start(t)
+			pol := &rejectingPolicy{reject: reject}
+			staging := filepath.Join(t.TempDir(), "staging")
+			p, err := New(Options{
+				Registry:   registry.New(registry.Options{Insecure: []string{reg.Host}, Retries: 1, RetryBackoff: time.Millisecond}),
+				StagingDir: staging,
+				Policy:     pol,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer p.Close()
+			ref, img := reg.Push(t, "a/policy", compression.GZip, true, layers(t, 2)...)
+			reqs := requests(t, ref, img)
+			for i := 0; i < 2; i++ {
+				st, err := p.Layer(context.Background(), reqs[i])
+				if reject {
+					if err == nil || err.Error() != "Image policy rejected: Denied by policy: rejected by `sigstoreSigned` rule: permission denied" {
+						t.Fatalf("error = %v", err)
+					}
+					continue
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				st.Discard()
+			}
+			if pol.calls != 1 {
+				t.Errorf("policy evaluated %d times, want once per (reference, manifest digest)", pol.calls)
+			}
+			if reject {
+				if got := reg.Gets.Load(); got != 1 {
+					t.Errorf("blob GETs = %d, want only the config", got)
+				}
+				if e := entries(t, staging); len(e) != 0 {
+					t.Errorf("staging = %v", e)
+				}
+				if got := testutil.ToFloat64(p.opts.Metrics.failures.WithLabelValues("policy_rejected")); got != 2 {
+					t.Errorf("policy_rejected metric = %v", got)
+				}
+			}
+		})
 	}
 }
