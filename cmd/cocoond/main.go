@@ -146,7 +146,11 @@ func serve(ctx context.Context, cfg Config, features restapi.Features) error {
 		return err
 	}
 
-	client := registry.New(registry.Options{Insecure: cfg.Registry.Insecure, Retries: cfg.Registry.Retries})
+	ropts, err := registryOptions(cfg, at)
+	if err != nil {
+		return err
+	}
+	client := registry.New(ropts)
 	puller, err := pull.New(pull.Options{
 		Registry:      client,
 		StagingDir:    filepath.Join(root, "staging"),

@@ -1,0 +1,117 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+
+	"github.com/containerd/log"
+	"github.com/google/go-containerregistry/pkg/authn"
+
+	"github.com/cocoon-cc/cocoon/attest/config"
+	"github.com/cocoon-cc/cocoon/attest/kbs"
+	"github.com/cocoon-cc/cocoon/image/registry"
+)
+
+// imageConfig is cdh.toml's [image] section, or upstream's defaults.
+func (at *attestation) imageConfig() *config.ImageConfig {
+	if at != nil && at.cdh != nil && at.cdh.Image != nil {
+		return at.cdh.Image
+	}
+	return nil
+}
+
+// registryOptions turns cocoond's [registry] settings and cdh.toml [image]
+// (proxy, extra root certificates, registries configuration, credentials
+// from the KBS) into registry client options.
+func registryOptions(cfg Config, at *attestation) (registry.Options, error) {
+	o := registry.Options{Insecure: cfg.Registry.Insecure, Retries: cfg.Registry.Retries}
+	img := at.imageConfig()
+	if img == nil {
+		return o, nil
+	}
+	var to registry.TransportOptions
+	if p := img.ImagePullProxy; p != nil {
+		to.HTTPSProxy, to.HTTPProxy, to.NoProxy = deref(p.HTTPSProxy), deref(p.HTTPProxy), deref(p.NoProxy)
+	}
+	to.ExtraRootCAs = img.ExtraRootCertificates
+	t, err := registry.NewTransport(to)
+	if err != nil {
+		return o, fmt.Errorf("cdh.toml [image]: %w", err)
+	}
+	o.Transport = t
+	if rc := img.RegistryConfig; rc != nil {
+		o.Hosts = hostsFrom(rc)
+	}
+	if img.RegistryConfigurationURI != nil && *img.RegistryConfigurationURI != "" {
+		log.L.WithField("uri", *img.RegistryConfigurationURI).Warn("cdh.toml registry_configuration_uri is not supported yet; use the inline [image.registry_config]")
+	}
+	if u := deref(img.AuthenticatedRegistryCredentialsURI); u != "" {
+		o.Keychain = &kbsKeychain{uri: u, getter: at.resources()}
+	}
+	return o, nil
+}
+
+func hostsFrom(rc *config.RegistryConfig) *registry.Hosts {
+	h := &registry.Hosts{}
+	for _, r := range rc.Registries {
+		rule := registry.HostRule{Prefix: r.Prefix, Location: r.Location, Insecure: r.Insecure, Blocked: r.Blocked}
+		for _, m := range r.Mirrors {
+			rule.Mirrors = append(rule.Mirrors, registry.Mirror{Location: m.Location, Insecure: m.Insecure})
+		}
+		h.Registries = append(h.Registries, rule)
+	}
+	return h
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
+// kbsKeychain reads containers-auth.json from the KBS (or a file:// path) on
+// first use, as image-rs does lazily, and keeps it in memory only. A failed
+// fetch is retried on the next pull.
+type kbsKeychain struct {
+	uri    string
+	getter kbs.ResourceGetter
+
+	mu   sync.Mutex
+	auth *registry.AuthFile
+}
+
+func (k *kbsKeychain) Resolve(r authn.Resource) (authn.Authenticator, error) {
+	return k.ResolveContext(context.Background(), r)
+}
+
+func (k *kbsKeychain) ResolveContext(ctx context.Context, r authn.Resource) (authn.Authenticator, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.auth == nil {
+		b, err := fetchURI(ctx, k.getter, k.uri)
+		if err != nil {
+			return nil, fmt.Errorf("registry credentials (authenticated_registry_credentials_uri): %w", err)
+		}
+		if k.auth, err = registry.ParseAuthFile(b); err != nil {
+			return nil, err
+		}
+		log.G(ctx).WithField("uri", k.uri).Info("registry credentials loaded")
+	}
+	return k.auth.Resolve(r)
+}
+
+// fetchURI reads a kbs:/// resource through the KBS or a file:// path, the
+// two forms cdh.toml's *_uri settings take.
+func fetchURI(ctx context.Context, getter kbs.ResourceGetter, uri string) ([]byte, error) {
+	if p, ok := strings.CutPrefix(uri, "file://"); ok {
+		return os.ReadFile(p)
+	}
+	if !strings.HasPrefix(uri, "kbs://") {
+		return nil, fmt.Errorf("%q: want kbs:///repo/type/tag or file:///path", uri)
+	}
+	return getter.GetResource(ctx, uri)
+}

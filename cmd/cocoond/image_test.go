@@ -1,0 +1,66 @@
+package main
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/name"
+
+	"github.com/cocoon-cc/cocoon/attest/config"
+	"github.com/cocoon-cc/cocoon/attest/kbs"
+	"github.com/cocoon-cc/cocoon/attest/sample"
+)
+
+func TestRegistryCredentialsFromKBS(t *testing.T) {
+	url := startKBSOnly(t)
+	repo := kbsRepos[url]
+	os.MkdirAll(filepath.Join(repo, "default", "credential"), 0o700)
+	os.WriteFile(filepath.Join(repo, "default", "credential", "auth"), []byte(`{"auths":{"127.0.0.1:5000":{"auth":"dXNlcjpwYXNz"}}}`), 0o600)
+	client, err := kbs.NewClient(kbs.Config{URL: url, Attester: sample.NewAttester()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	uri := "kbs:///default/credential/auth"
+	cdh, _, err := config.ParseCDH([]byte("[kbc]\nname = \"cc_kbc\"\nurl = \""+url+"\"\n[image]\nauthenticated_registry_credentials_uri = \""+uri+"\"\n[image.image_pull_proxy]\nno_proxy = \"127.0.0.1\"\n"), config.TOML)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := &attestation{cdh: cdh, kbs: client}
+	o, err := registryOptions(defaultConfig(), at)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kc, ok := o.Keychain.(*kbsKeychain)
+	if !ok || o.Transport == nil {
+		t.Fatalf("options = %+v", o)
+	}
+	r, _ := name.NewRepository("127.0.0.1:5000/private/app")
+	a, err := kc.ResolveContext(context.Background(), r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ac, _ := a.Authorization()
+	if ac.Username != "user" || ac.Password != "pass" {
+		t.Errorf("credentials = %+v", ac)
+	}
+	other, _ := name.NewRepository("quay.io/x/y")
+	if a, _ := kc.Resolve(other); a == nil {
+		t.Error("nil authenticator for a registry without credentials")
+	}
+}
+
+func TestFetchURIForms(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "policy.json")
+	os.WriteFile(p, []byte("{}"), 0o600)
+	if b, err := fetchURI(context.Background(), noKBS{}, "file://"+p); err != nil || string(b) != "{}" {
+		t.Errorf("file:// = %q, %v", b, err)
+	}
+	if _, err := fetchURI(context.Background(), noKBS{}, "https://example.com/x"); err == nil {
+		t.Error("https:// accepted")
+	}
+	if _, err := fetchURI(context.Background(), noKBS{}, "kbs:///a/b/c"); err == nil {
+		t.Error("kbs:// without a KBS succeeded")
+	}
+}
