@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -55,6 +56,12 @@ func newAttestation(ctx context.Context, cfg AttestationConfig) (*attestation, e
 		raw, err := os.ReadFile(cfg.InitData)
 		if err != nil {
 			return nil, fmt.Errorf("init-data: %w", err)
+		}
+		if bytes.HasPrefix(raw, []byte(initdata.DeviceMagic)) {
+			// Kata's block-device form (the file is the device or its image).
+			if raw, err = initdata.DecodeDevice(bytes.NewReader(raw)); err != nil {
+				return nil, fmt.Errorf("init-data device %s: %w", cfg.InitData, err)
+			}
 		}
 		if at.initData, err = initdata.Parse(raw); err != nil {
 			return nil, fmt.Errorf("init-data %s: %w", cfg.InitData, err)

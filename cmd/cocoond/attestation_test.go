@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/cocoon-cc/cocoon/attest"
+	"github.com/cocoon-cc/cocoon/attest/initdata"
 	"github.com/cocoon-cc/cocoon/attest/snp"
 	"github.com/cocoon-cc/cocoon/attest/snp/snptest"
 	"github.com/cocoon-cc/cocoon/attest/tdx"
@@ -151,5 +152,21 @@ func TestInitDataConfiguresKBS(t *testing.T) {
 	code, body = get(t, "GET", "http://"+addr+"/cdh/resource/default/key/1", "")
 	if code != 200 || body != "resource-bytes" {
 		t.Errorf("/cdh/resource through aa.toml's KBS = %d %q", code, body)
+	}
+}
+
+func TestInitDataBlockDeviceForm(t *testing.T) {
+	doc := initDataDoc("", okPolicy)
+	dev, err := initdata.EncodeDevice([]byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	digest := sha256.Sum256([]byte(doc))
+	a, _ := snptest.New(t, snptest.WithHostData(snp.HostDataForInitData(digest[:])))
+	withAttester(t, a)
+	cfg := serveConfig(t)
+	cfg.Attestation.InitData = writeFile(t, "initdata.img", string(dev))
+	if err := serveOnce(t, cfg); err != nil {
+		t.Fatalf("block-device init-data: %v", err)
 	}
 }
