@@ -12,6 +12,7 @@ import (
 	"github.com/google/go-tdx-guest/client"
 
 	"github.com/cocoon-cc/cocoon/attest"
+	"github.com/cocoon-cc/cocoon/attest/eventlog"
 )
 
 // AttesterOptions configures NewAttester. The zero value uses configfs-tsm
@@ -43,8 +44,9 @@ type Attester struct {
 }
 
 var (
-	_ attest.Attester        = (*Attester)(nil)
-	_ attest.RuntimeMeasurer = (*Attester)(nil)
+	_ attest.Attester         = (*Attester)(nil)
+	_ attest.RuntimeMeasurer  = (*Attester)(nil)
+	_ eventlog.RegisterReader = (*Attester)(nil)
 )
 
 // NewAttester returns a TDX attester.
@@ -129,8 +131,7 @@ func (a *Attester) ExtendRuntimeMeasurement(ctx context.Context, register int, d
 	}
 	data := make([]byte, RTMRSize)
 	copy(data, digest)
-	path := filepath.Join(a.mrDir, "rtmr"+strconv.Itoa(rtmr)+":sha384")
-	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	f, err := os.OpenFile(a.rtmrPath(rtmr), os.O_WRONLY, 0)
 	if err != nil {
 		return fmt.Errorf("tdx: extend RTMR%d: %w", rtmr, err)
 	}
@@ -143,4 +144,32 @@ func (a *Attester) ExtendRuntimeMeasurement(ctx context.Context, register int, d
 		return fmt.Errorf("tdx: extend RTMR%d: %w", rtmr, cerr)
 	}
 	return nil
+}
+
+// rtmrPath is the sysfs measurement file of an RTMR.
+func (a *Attester) rtmrPath(rtmr int) string {
+	return filepath.Join(a.mrDir, "rtmr"+strconv.Itoa(rtmr)+":sha384")
+}
+
+// RuntimeMeasurement returns the current value of the RTMR that PCR
+// register maps to (see RTMRIndex), read from
+// <MeasurementsDir>/rtmr<N>:sha384 as guest-components does, so
+// attest/eventlog can recover from a crash between extending and
+// recording.
+func (a *Attester) RuntimeMeasurement(ctx context.Context, register int) ([]byte, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	rtmr, err := RTMRIndex(register)
+	if err != nil {
+		return nil, err
+	}
+	v, err := os.ReadFile(a.rtmrPath(rtmr))
+	if err != nil {
+		return nil, fmt.Errorf("tdx: read RTMR%d: %w", rtmr, err)
+	}
+	if len(v) != RTMRSize {
+		return nil, fmt.Errorf("tdx: read RTMR%d: got %d bytes, want %d", rtmr, len(v), RTMRSize)
+	}
+	return v, nil
 }

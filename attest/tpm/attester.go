@@ -3,6 +3,7 @@ package tpm
 import (
 	"context"
 	"crypto"
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
@@ -10,6 +11,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"os"
 	"slices"
 	"sync"
 
@@ -18,6 +21,7 @@ import (
 	"github.com/google/go-tpm/tpmutil"
 
 	"github.com/cocoon-cc/cocoon/attest"
+	"github.com/cocoon-cc/cocoon/attest/eventlog"
 )
 
 // AttesterOptions configures NewAttester. The zero value opens the real
@@ -32,6 +36,12 @@ type AttesterOptions struct {
 	// key, as upstream's AA_TPM_AK_HANDLE. Zero tries DefaultAKHandle and,
 	// when no key is persisted there, uses go-tpm-tools' RSA AK template.
 	AKHandle uint32
+	// AAELPath is the Attestation Agent event log written by
+	// attest/eventlog (usually eventlog.DefaultDir/eventlog); empty means
+	// none. When the file exists and is not empty, its bytes go into the
+	// evidence as "aa_eventlog", and every PCR its records name is added
+	// to the quoted selection.
+	AAELPath string
 }
 
 // DefaultAKHandle is upstream's default persistent AK handle.
@@ -45,14 +55,16 @@ type Attester struct {
 	pcrs     []int
 	akHandle uint32
 	ak       *client.Key
+	aaelPath string
 	// akPersistent is set when ak lives at a persistent handle, which
 	// must not be flushed.
 	akPersistent bool
 }
 
 var (
-	_ attest.Attester        = (*Attester)(nil)
-	_ attest.RuntimeMeasurer = (*Attester)(nil)
+	_ attest.Attester         = (*Attester)(nil)
+	_ attest.RuntimeMeasurer  = (*Attester)(nil)
+	_ eventlog.RegisterReader = (*Attester)(nil)
 )
 
 // NewAttester returns a TPM attester. The attestation key (the persistent
@@ -79,7 +91,7 @@ func NewAttester(opts AttesterOptions) (attest.Attester, error) {
 			return nil, fmt.Errorf("tpm: open TPM device: %w", err)
 		}
 	}
-	return &Attester{rw: rw, pcrs: pcrs, akHandle: opts.AKHandle}, nil
+	return &Attester{rw: rw, pcrs: pcrs, akHandle: opts.AKHandle, aaelPath: opts.AAELPath}, nil
 }
 
 // TEE returns "tpm".
@@ -128,7 +140,12 @@ func (a *Attester) key() (*client.Key, error) {
 }
 
 // Evidence quotes the PCRs with reportData resized to 32 bytes (truncated
-// or zero-padded) as qualifying data.
+// or zero-padded) as qualifying data. With AAELPath set and the file not
+// empty, the log is read before the quote and sent as "aa_eventlog"; the
+// PCRs its records name are quoted too. An extend that lands between
+// reading the log and writing its record (attest/eventlog extends the
+// register first) makes that evidence fail verification; attesting again
+// after the extend completes succeeds.
 func (a *Attester) Evidence(ctx context.Context, reportData []byte) (json.RawMessage, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -140,7 +157,15 @@ func (a *Attester) Evidence(ctx context.Context, reportData []byte) (json.RawMes
 	if err != nil {
 		return nil, err
 	}
-	q, err := ak.Quote(tpm2.PCRSelection{Hash: tpm2.AlgSHA256, PCRs: a.pcrs}, nonce)
+	aael, err := a.readAAEL()
+	if err != nil {
+		return nil, err
+	}
+	pcrs, err := selectionWithAAEL(a.pcrs, aael)
+	if err != nil {
+		return nil, err
+	}
+	q, err := ak.Quote(tpm2.PCRSelection{Hash: tpm2.AlgSHA256, PCRs: pcrs}, nonce)
 	if err != nil {
 		return nil, fmt.Errorf("tpm: quote: %w", err)
 	}
@@ -155,8 +180,11 @@ func (a *Attester) Evidence(ctx context.Context, reportData []byte) (json.RawMes
 		},
 		AKPublic: base64.StdEncoding.EncodeToString(der),
 	}
+	if len(aael) > 0 {
+		ev.AAEventLog = base64.StdEncoding.EncodeToString(aael)
+	}
 	values := q.GetPcrs().GetPcrs()
-	for _, i := range a.pcrs {
+	for _, i := range pcrs {
 		v, ok := values[uint32(i)]
 		if !ok {
 			return nil, fmt.Errorf("tpm: PCR %d missing from quote", i)
@@ -168,6 +196,75 @@ func (a *Attester) Evidence(ctx context.Context, reportData []byte) (json.RawMes
 		return nil, fmt.Errorf("tpm: serialize evidence: %w", err)
 	}
 	return out, nil
+}
+
+// readAAEL returns the AAEL file's bytes, or nil when there is no
+// AAELPath or no file.
+func (a *Attester) readAAEL() ([]byte, error) {
+	if a.aaelPath == "" {
+		return nil, nil
+	}
+	b, err := os.ReadFile(a.aaelPath)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("tpm: read AAEL: %w", err)
+	}
+	return b, nil
+}
+
+// selectionWithAAEL returns pcrs plus every PCR the AAEL's records name,
+// sorted. A log that does not parse is sent as it is with pcrs: the
+// verifier refuses it.
+func selectionWithAAEL(pcrs []int, aael []byte) ([]int, error) {
+	if len(aael) == 0 {
+		return pcrs, nil
+	}
+	events, err := eventlog.Parse(aael)
+	if err != nil {
+		return pcrs, nil
+	}
+	out := pcrs
+	for _, ev := range events {
+		i := int(ev.Index)
+		if ev.Type == eventlog.EvNoAction || slices.Contains(out, i) {
+			continue
+		}
+		if ev.Index >= NumPCRs {
+			return nil, fmt.Errorf("tpm: AAEL record names PCR %d: %w", ev.Index, ErrBadRegister)
+		}
+		if len(out) == len(pcrs) {
+			out = slices.Clone(pcrs)
+		}
+		out = append(out, i)
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+// RuntimeMeasurement reads SHA-256 PCR register, so attest/eventlog can
+// recover from a crash between extending and recording.
+func (a *Attester) RuntimeMeasurement(ctx context.Context, register int) ([]byte, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if register < 0 || register >= NumPCRs {
+		return nil, fmt.Errorf("tpm: read PCR %d: %w", register, ErrBadRegister)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.rw == nil {
+		return nil, errors.New("tpm: attester is closed")
+	}
+	v, err := tpm2.ReadPCR(a.rw, register, tpm2.AlgSHA256)
+	if err != nil {
+		return nil, fmt.Errorf("tpm: read PCR %d: %w", register, err)
+	}
+	if len(v) != sha256.Size {
+		return nil, fmt.Errorf("tpm: read PCR %d: got %d bytes, want %d", register, len(v), sha256.Size)
+	}
+	return v, nil
 }
 
 // ExtendRuntimeMeasurement extends SHA-256 PCR register with a 32-byte

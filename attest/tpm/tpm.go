@@ -7,6 +7,16 @@
 // evidence, the nonce and the PCR digest, and returns Trustee-style claims
 // ("init_data" is PCR8, which a KBS compares with ExpectedInitDataPCR).
 //
+// With AttesterOptions.AAELPath the evidence also carries the Attestation
+// Agent event log as "aa_eventlog" (a cocoon extension: upstream's tpm
+// attester sends none); the verifier then requires it to replay to the
+// quoted PCRs its records name (and to VerifierOptions.AAELPCRs) and
+// claims its entries as "aa_eventlog", shaped like Trustee's event-log
+// entries. The attester also reads PCRs back (eventlog.RegisterReader).
+// Note that PCR 17, upstream's default init_pcr, is a DRTM PCR that
+// locality 0 cannot extend on a TCG PC Client TPM; use an application PCR
+// (23) as init_pcr on such TPMs.
+//
 // This package must never accept a quote whose signature, nonce or PCR
 // digest does not check, and never claim an AK is trusted unless it is one
 // of the configured keys. It must not import the TPM simulator (cgo); only

@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"slices"
 	"strconv"
 	"sync"
 
@@ -33,11 +34,18 @@ type VerifierOptions struct {
 	// *ecdsa.PublicKey). Empty accepts any AK: the quote is still checked,
 	// but the claims say "ak_trusted": false and a warning is logged once.
 	TrustedAKs []crypto.PublicKey
+	// AAELPCRs are the PCRs only the Attestation Agent event log extends
+	// (the attester's init_pcr). When set, each must be quoted and replay
+	// from the evidence's aa_eventlog, even when the evidence carries none
+	// (the PCR must then hold its reset value), and log records naming
+	// other PCRs are refused. Empty checks only the PCRs the log names.
+	AAELPCRs []int
 }
 
 // Verifier checks TPM evidence.
 type Verifier struct {
 	trusted  []crypto.PublicKey
+	aaelPCRs []int
 	warnOnce sync.Once
 }
 
@@ -54,7 +62,12 @@ func NewVerifier(opts VerifierOptions) (attest.Verifier, error) {
 			return nil, fmt.Errorf("tpm: trusted AK %d has unsupported type %T", i, k)
 		}
 	}
-	return &Verifier{trusted: append([]crypto.PublicKey(nil), opts.TrustedAKs...)}, nil
+	for _, p := range opts.AAELPCRs {
+		if p < 0 || p >= NumPCRs {
+			return nil, fmt.Errorf("tpm: AAEL PCR %d: %w", p, ErrBadRegister)
+		}
+	}
+	return &Verifier{trusted: append([]crypto.PublicKey(nil), opts.TrustedAKs...), aaelPCRs: slices.Clone(opts.AAELPCRs)}, nil
 }
 
 // TEE returns "tpm".
@@ -72,8 +85,10 @@ type verifiedQuote struct {
 // Verify checks the quote signature with the evidence's AK, that the AK is
 // trusted (when TrustedAKs is set), that the qualifying data equals
 // expectedReportData resized to 32 bytes (64 for evidence of older upstream
-// attesters), and that the PCR values match the
-// quoted PCR digest.
+// attesters), that the PCR values match the quoted PCR digest, and, when
+// the evidence carries aa_eventlog, that it replays to the quoted PCRs its
+// records name and to the AAELPCRs (see checkAAEL); its entries are then
+// claimed as "aa_eventlog".
 func (v *Verifier) Verify(ctx context.Context, evidence json.RawMessage, expectedReportData []byte) (attest.Claims, error) {
 	var ev Evidence
 	if err := json.Unmarshal(evidence, &ev); err != nil {
@@ -136,6 +151,13 @@ func (v *Verifier) Verify(ctx context.Context, evidence json.RawMessage, expecte
 	claims["pcrs"] = map[string]any{"sha256": bank}
 	if pcr8, ok := q.pcrs[InitDataPCR]; ok {
 		claims["init_data"] = hex.EncodeToString(pcr8)
+	}
+	if ev.AAEventLog != "" || len(v.aaelPCRs) > 0 {
+		events, err := checkAAEL(ev.AAEventLog, q.pcrs, v.aaelPCRs)
+		if err != nil {
+			return nil, err
+		}
+		claims[aaelClaims] = events
 	}
 	return claims, nil
 }

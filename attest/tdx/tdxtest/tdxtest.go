@@ -10,10 +10,12 @@
 package tdxtest
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/sha512"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
@@ -44,6 +46,7 @@ type config struct {
 	untrustedRoot bool
 	eventLog      []byte
 	measurements  string
+	aaelPath      string
 }
 
 // Option customises New.
@@ -66,6 +69,17 @@ func WithEventLog(log []byte) Option { return func(c *config) { c.eventLog = log
 
 // WithMeasurementsDir sets the attester's RTMR sysfs directory.
 func WithMeasurementsDir(dir string) Option { return func(c *config) { c.measurements = dir } }
+
+// WithAAELPath makes the attester read its AAEL from path (with no CCEL,
+// so cc_eventlog is the fixed Spec ID header, the AAEL and the end flag,
+// as guest-components sends it) and emulates the RTMRs: they start at
+// zero, ExtendRuntimeMeasurement extends them (SHA-384 of the value and
+// the digest zero-padded to 48 bytes, as the TDX module does) and
+// RuntimeMeasurement reads them instead of sysfs, and every quote carries
+// their current values. An AAEL written by attest/eventlog through this
+// attester therefore verifies until the log or the RTMRs change. Not to be
+// combined with WithEventLog.
+func WithAAELPath(path string) Option { return func(c *config) { c.aaelPath = path } }
 
 // Chain is a fake Intel PCK chain.
 type Chain struct {
@@ -191,6 +205,8 @@ type QuoteProvider struct {
 	RTMRs [][]byte
 	mu    sync.Mutex
 	ak    *ecdsa.PrivateKey
+	// emulated, when set, supplies the RTMRs instead of RTMRs.
+	emulated *rtmrState
 }
 
 // IsSupported returns nil.
@@ -217,7 +233,10 @@ func (p *QuoteProvider) GetRawQuote(reportData [64]byte) ([]uint8, error) {
 	if p.MRConfigID != nil {
 		q.TdQuoteBody.MrConfigId = append([]byte(nil), p.MRConfigID...)
 	}
-	if p.RTMRs != nil {
+	switch {
+	case p.emulated != nil:
+		q.TdQuoteBody.Rtmrs = p.emulated.values()
+	case p.RTMRs != nil:
 		q.TdQuoteBody.Rtmrs = p.RTMRs
 	}
 	sd := q.SignedData
@@ -296,15 +315,26 @@ func New(tb testing.TB, opts ...Option) (attest.Attester, attest.Verifier) {
 			}
 		}
 	}
+	aael := "/nonexistent/AAEL"
+	if cfg.aaelPath != "" {
+		if cfg.eventLog != nil {
+			tb.Fatal("tdxtest: WithAAELPath and WithEventLog exclude each other")
+		}
+		aael = cfg.aaelPath
+		qp.emulated = &rtmrState{}
+	}
 	a, err := tdx.NewAttester(tdx.AttesterOptions{
 		QuoteProvider:   qp,
 		EventLog:        cfg.eventLog,
 		CCELPath:        "/nonexistent/CCEL",
-		AAELPath:        "/nonexistent/AAEL",
+		AAELPath:        aael,
 		MeasurementsDir: cfg.measurements,
 	})
 	if err != nil {
 		tb.Fatalf("tdxtest: attester: %v", err)
+	}
+	if qp.emulated != nil {
+		a = &emulatedAttester{Attester: a.(*tdx.Attester), rtmrs: qp.emulated}
 	}
 	trusted := chain
 	if cfg.untrustedRoot {
@@ -345,4 +375,63 @@ func ModifyQuote(tb testing.TB, evidence json.RawMessage, f func(raw []byte)) js
 		tb.Fatalf("tdxtest: encode evidence: %v", err)
 	}
 	return out
+}
+
+// rtmrState holds emulated RTMR values.
+type rtmrState struct {
+	mu    sync.Mutex
+	rtmrs [4][tdx.RTMRSize]byte
+}
+
+func (s *rtmrState) values() [][]byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([][]byte, len(s.rtmrs))
+	for i := range s.rtmrs {
+		out[i] = append([]byte(nil), s.rtmrs[i][:]...)
+	}
+	return out
+}
+
+// emulatedAttester is a tdx attester whose RTMRs are emulated in memory
+// (WithAAELPath).
+type emulatedAttester struct {
+	*tdx.Attester
+	rtmrs *rtmrState
+}
+
+// ExtendRuntimeMeasurement extends the emulated RTMR that PCR register
+// maps to with digest zero-padded to 48 bytes.
+func (a *emulatedAttester) ExtendRuntimeMeasurement(ctx context.Context, register int, digest []byte) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	rtmr, err := tdx.RTMRIndex(register)
+	if err != nil {
+		return err
+	}
+	if len(digest) == 0 || len(digest) > tdx.RTMRSize {
+		return fmt.Errorf("tdxtest: extend RTMR%d: digest is %d bytes, want 1 to %d", rtmr, len(digest), tdx.RTMRSize)
+	}
+	data := make([]byte, tdx.RTMRSize)
+	copy(data, digest)
+	a.rtmrs.mu.Lock()
+	defer a.rtmrs.mu.Unlock()
+	h := sha512.New384()
+	h.Write(a.rtmrs.rtmrs[rtmr][:])
+	h.Write(data)
+	copy(a.rtmrs.rtmrs[rtmr][:], h.Sum(nil))
+	return nil
+}
+
+// RuntimeMeasurement returns the emulated RTMR that PCR register maps to.
+func (a *emulatedAttester) RuntimeMeasurement(ctx context.Context, register int) ([]byte, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	rtmr, err := tdx.RTMRIndex(register)
+	if err != nil {
+		return nil, err
+	}
+	return a.rtmrs.values()[rtmr], nil
 }

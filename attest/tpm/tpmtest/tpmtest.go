@@ -22,6 +22,8 @@ type config struct {
 	initData    []byte
 	untrustedAK bool
 	anyAK       bool
+	aaelPath    string
+	aaelPCRs    []int
 }
 
 // Option customises New.
@@ -38,6 +40,14 @@ func WithInitData(digest []byte) Option { return func(c *config) { c.initData = 
 // attester's evidence must be refused.
 func WithUntrustedAK() Option { return func(c *config) { c.untrustedAK = true } }
 
+// WithAAELPath sets the attester's AAELPath: the Attestation Agent event
+// log file (attest/eventlog) whose bytes go into the evidence.
+func WithAAELPath(path string) Option { return func(c *config) { c.aaelPath = path } }
+
+// WithAAELPCRs sets the verifier's AAELPCRs: PCRs that must replay from
+// the evidence's aa_eventlog even when it carries none.
+func WithAAELPCRs(pcrs ...int) Option { return func(c *config) { c.aaelPCRs = pcrs } }
+
 // WithAnyAK makes the verifier trust any AK (no TrustedAKs).
 func WithAnyAK() Option { return func(c *config) { c.anyAK = true } }
 
@@ -53,7 +63,7 @@ func New(tb testing.TB, opts ...Option) (attest.Attester, attest.Verifier) {
 	if err != nil {
 		tb.Fatalf("tpmtest: start simulator: %v", err)
 	}
-	a, err := tpm.NewAttester(tpm.AttesterOptions{TPM: sim, PCRs: cfg.pcrs})
+	a, err := tpm.NewAttester(tpm.AttesterOptions{TPM: sim, PCRs: cfg.pcrs, AAELPath: cfg.aaelPath})
 	if err != nil {
 		sim.Close()
 		tb.Fatalf("tpmtest: attester: %v", err)
@@ -85,7 +95,7 @@ func New(tb testing.TB, opts ...Option) (attest.Attester, attest.Verifier) {
 		}
 		trusted = []crypto.PublicKey{ak}
 	}
-	v, err := tpm.NewVerifier(tpm.VerifierOptions{TrustedAKs: trusted})
+	v, err := tpm.NewVerifier(tpm.VerifierOptions{TrustedAKs: trusted, AAELPCRs: cfg.aaelPCRs})
 	if err != nil {
 		tb.Fatalf("tpmtest: verifier: %v", err)
 	}
