@@ -19,19 +19,34 @@ import (
 type probe struct {
 	tee       string
 	available func() bool
-	create    func() (attest.Attester, error)
+	create    func(Options) (attest.Attester, error)
+}
+
+// Options tune the attesters created.
+type Options struct {
+	// AAELPath is the Attestation Agent event log put into TDX and TPM
+	// evidence; empty keeps each attester's default (TDX: $AAEL_PATH or
+	// /run/attestation-agent/eventlog; TPM: none).
+	AAELPath string
 }
 
 // probes lists the hardware TEEs in upstream detection order.
 var probes = []probe{
-	{attest.TEETDX, tdx.Available, func() (attest.Attester, error) { return tdx.NewAttester(tdx.AttesterOptions{}) }},
-	{attest.TEESNP, snp.Available, func() (attest.Attester, error) { return snp.NewAttester(snp.AttesterOptions{}) }},
-	{attest.TEETPM, tpm.Available, func() (attest.Attester, error) { return tpm.NewAttester(tpm.AttesterOptions{}) }},
+	{attest.TEETDX, tdx.Available, func(o Options) (attest.Attester, error) {
+		return tdx.NewAttester(tdx.AttesterOptions{AAELPath: o.AAELPath})
+	}},
+	{attest.TEESNP, snp.Available, func(Options) (attest.Attester, error) { return snp.NewAttester(snp.AttesterOptions{}) }},
+	{attest.TEETPM, tpm.Available, func(o Options) (attest.Attester, error) {
+		return tpm.NewAttester(tpm.AttesterOptions{AAELPath: o.AAELPath})
+	}},
 }
 
-// Attester returns the attester to use. force is "" (detect), "sample",
-// "tdx", "snp" or "tpm".
-func Attester(force string) (attest.Attester, error) {
+// Attester returns the attester to use with default options. force is ""
+// (detect), "sample", "tdx", "snp" or "tpm".
+func Attester(force string) (attest.Attester, error) { return AttesterWith(force, Options{}) }
+
+// AttesterWith is Attester with options.
+func AttesterWith(force string, o Options) (attest.Attester, error) {
 	if force == attest.TEESample {
 		return sample.NewAttester(), nil
 	}
@@ -45,7 +60,7 @@ func Attester(force string) (attest.Attester, error) {
 			}
 			continue
 		}
-		a, err := p.create()
+		a, err := p.create(o)
 		if err != nil {
 			return nil, fmt.Errorf("detect attester: open %s: %w", p.tee, err)
 		}

@@ -20,7 +20,7 @@ func TestAttester(t *testing.T) {
 	saved := probes
 	t.Cleanup(func() { probes = saved })
 	mk := func(tee string, present bool, err error) probe {
-		return probe{tee, func() bool { return present }, func() (attest.Attester, error) {
+		return probe{tee, func() bool { return present }, func(Options) (attest.Attester, error) {
 			if err != nil {
 				return nil, err
 			}

@@ -24,6 +24,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -62,7 +63,7 @@ type config struct {
 	insecureAdmin                                bool
 	tokenKeyFile, certFile, keyFile, logLevel    string
 	tokenLifetime, sessionTimeout                time.Duration
-	snpRoots, tpmAKs                             multiFlag
+	snpRoots, tpmAKs, tpmAAELPCRs                multiFlag
 	tdxRoots                                     string
 	snpNoFetch                                   bool
 }
@@ -83,6 +84,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.StringVar(&c.tdxRoots, "tdx-roots", "", "PEM `file` of trusted Intel SGX root CAs for TDX quotes; default: Intel's root")
 	fs.Var(&c.snpRoots, "snp-roots", "PRODUCT=FILE: trusted AMD ASK+ARK PEM bundle for a product line (Milan, Genoa, Turin); repeatable; default: AMD's published roots")
 	fs.BoolVar(&c.snpNoFetch, "snp-no-fetch", false, "never fetch VCEKs from AMD KDS")
+	fs.Var(&c.tpmAAELPCRs, "tpm-aael-pcr", "`PCR` that only the AAEL event log extends (repeatable): evidence without a log that replays to it is refused")
 	fs.Var(&c.tpmAKs, "tpm-trusted-ak", "PEM file of trusted TPM attestation public keys; repeatable; default: any AK (claims say ak_trusted=false)")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level")
 	if err := fs.Parse(args); err != nil {
@@ -216,7 +218,15 @@ func verifiers(c *config) ([]attest.Verifier, error) {
 		}
 		aks = append(aks, keys...)
 	}
-	tv, err := tpm.NewVerifier(tpm.VerifierOptions{TrustedAKs: aks})
+	var aaelPCRs []int
+	for _, v := range c.tpmAAELPCRs {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 || n > 23 {
+			return nil, fmt.Errorf("--tpm-aael-pcr %q: want a PCR index 0-23", v)
+		}
+		aaelPCRs = append(aaelPCRs, n)
+	}
+	tv, err := tpm.NewVerifier(tpm.VerifierOptions{TrustedAKs: aks, AAELPCRs: aaelPCRs})
 	if err != nil {
 		return nil, fmt.Errorf("TPM verifier: %w", err)
 	}

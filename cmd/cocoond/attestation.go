@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"github.com/containerd/log"
 
@@ -41,10 +42,15 @@ func (c AttestationConfig) needed(rest RESTConfig) bool {
 }
 
 // detectAttester picks the attester; tests substitute fake hardware.
-var detectAttester = detect.Attester
+var detectAttester = func(force, aaelPath string) (attest.Attester, error) {
+	return detect.AttesterWith(force, detect.Options{AAELPath: aaelPath})
+}
+
+// aaelFile is the AAEL log inside the event log directory (eventlog.Open's).
+const aaelFile = "eventlog"
 
 func newAttestation(ctx context.Context, cfg AttestationConfig) (*attestation, error) {
-	a, err := detectAttester(cfg.TEE)
+	a, err := detectAttester(cfg.TEE, filepath.Join(cfg.EventlogDir, aaelFile))
 	if err != nil {
 		return nil, err
 	}
@@ -156,10 +162,21 @@ func newAttestation(ctx context.Context, cfg AttestationConfig) (*attestation, e
 		if !ok || algErr != nil {
 			log.G(ctx).WithField("tee", a.TEE()).Warn("aa.toml enables the event log, but this TEE has no runtime measurement register")
 		} else {
-			if at.eventLog, err = eventlog.Open(ctx, cfg.EventlogDir, alg, int(at.aa.EventlogConfig.InitPCR), m); err != nil {
+			initPCR := int(at.aa.EventlogConfig.InitPCR)
+			if a.TEE() == attest.TEETPM && initPCR >= 17 && initPCR <= 22 {
+				// PCRs 17-22 are DRTM PCRs: only locality 4 may extend them,
+				// so a guest's TPM refuses. Upstream's default (17) cannot work
+				// on a vTPM; use the first PCR any locality may extend.
+				log.G(ctx).WithField("init_pcr", initPCR).Warn("aa.toml init_pcr is a DRTM PCR a guest cannot extend on a TPM; using PCR 23")
+				initPCR = 23
+			}
+			if at.eventLog, err = eventlog.Open(ctx, cfg.EventlogDir, alg, initPCR, m); err != nil {
 				return nil, err
 			}
-			log.G(ctx).WithFields(log.Fields{"path": at.eventLog.Path(), "init_pcr": at.aa.EventlogConfig.InitPCR}).Info("AAEL event log enabled")
+			if filepath.Join(cfg.EventlogDir, aaelFile) != at.eventLog.Path() {
+				return nil, fmt.Errorf("event log at %s, but the attester reads %s", at.eventLog.Path(), filepath.Join(cfg.EventlogDir, aaelFile))
+			}
+			log.G(ctx).WithFields(log.Fields{"path": at.eventLog.Path(), "init_pcr": initPCR}).Info("AAEL event log enabled")
 		}
 	}
 	return at, nil

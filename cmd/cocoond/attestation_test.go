@@ -74,7 +74,7 @@ func waitSocket(path string) <-chan struct{} {
 func withAttester(t *testing.T, a attest.Attester) {
 	t.Helper()
 	old := detectAttester
-	detectAttester = func(string) (attest.Attester, error) { return a, nil }
+	detectAttester = func(string, string) (attest.Attester, error) { return a, nil }
 	t.Cleanup(func() { detectAttester = old })
 }
 

@@ -34,8 +34,11 @@ func freeAddr(t *testing.T, host string) string {
 
 // startKBSOnly runs a development KBS (allow-all policy, sample verifier)
 // holding default/key/1 and returns its URL; its repository is kbsRepos[url].
-func startKBSOnly(t *testing.T) string {
+func startKBSOnly(t *testing.T, verifiers ...attest.Verifier) string {
 	t.Helper()
+	if len(verifiers) == 0 {
+		verifiers = []attest.Verifier{sample.NewVerifier()}
+	}
 	repo := t.TempDir()
 	if err := os.MkdirAll(filepath.Join(repo, "default", "key"), 0o700); err != nil {
 		t.Fatal(err)
@@ -43,7 +46,7 @@ func startKBSOnly(t *testing.T) string {
 	if err := os.WriteFile(filepath.Join(repo, "default", "key", "1"), []byte("resource-bytes"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	ks, err := server.New(server.Options{Repository: repo, Policy: server.AllowAllPolicy, Verifiers: []attest.Verifier{sample.NewVerifier()}})
+	ks, err := server.New(server.Options{Repository: repo, Policy: server.AllowAllPolicy, Verifiers: verifiers})
 	if err != nil {
 		t.Fatal(err)
 	}
