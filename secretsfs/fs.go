@@ -196,7 +196,9 @@ func Mount(ctx context.Context, opts Options) (*FS, error) {
 	et, at, nt := entryTimeout, attrTimeout, time.Duration(0)
 	server, err := gofs.Mount(opts.Dir, &rootNode{fsys: f}, &gofs.Options{
 		MountOptions: fuse.MountOptions{
-			DirectMount: true,
+			// Mount with mount(2) only: no fusermount helper, whose absence
+			// would otherwise hide the real error (e.g. a missing mount point).
+			DirectMountStrict: true,
 			// Containers run as other users; the kernel then checks the
 			// 0400/0500 modes against UID and GID.
 			AllowOther:         true,

@@ -278,6 +278,9 @@ func (c *keyProviderConfig) wrap(ctx context.Context, in *keyProviderInput) ([]b
 	if kid == "" {
 		return nil, errors.New("no keyid parameter and no --kid: the guest needs a kbs:///repo/type/tag to fetch the KEK from")
 	}
+	if !strings.HasPrefix(kid, "kbs") || !strings.Contains(kid, "://") {
+		return nil, fmt.Errorf("keyid %q is not a kbs:///repo/type/tag URI the guest can fetch", kid)
+	}
 	var kek []byte
 	var err error
 	switch keyPath := p.keyPath; {

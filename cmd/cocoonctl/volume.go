@@ -105,7 +105,6 @@ type volumeState struct {
 	cryptvol.Info
 	PID       int    `json:"pid"`
 	StartTime uint64 `json:"start_time"` // /proc/PID/stat field 22: guards against PID reuse
-	Backing   string `json:"backing,omitempty"`
 	Log       string `json:"log"`
 }
 
@@ -331,7 +330,7 @@ func runVolumeServe(ctx context.Context, args []string) error {
 	if err != nil {
 		return fail(err)
 	}
-	st := volumeState{Info: v.Info(), PID: os.Getpid(), StartTime: processStartTime(os.Getpid()), Backing: req.Backing, Log: logPath}
+	st := volumeState{Info: v.Info(), PID: os.Getpid(), StartTime: processStartTime(os.Getpid()), Log: logPath}
 	if err := writeState(statePath, &st); err != nil {
 		return fail(errors.Join(err, v.Close(ctx)))
 	}
@@ -461,6 +460,9 @@ func stopVolume(ctx context.Context, name string, args []string, destroy bool) e
 			time.Sleep(20 * time.Millisecond)
 		}
 		if _, err := os.Stat(statePath); errors.Is(err, os.ErrNotExist) {
+			if destroy {
+				os.Remove(st.Log) // nothing left to debug
+			}
 			return nil // clean exit: the engine released everything
 		}
 	}
@@ -489,9 +491,13 @@ func cleanupAfterCrash(ctx context.Context, st *volumeState, statePath string, d
 	}
 	if destroy && len(errs) == 0 {
 		switch {
-		case st.Ephemeral && st.Backing != "":
-			if err := os.Remove(st.Backing); err != nil && !errors.Is(err, os.ErrNotExist) {
-				errs = append(errs, err)
+		case st.Ephemeral:
+			// The header died with the process; remove only a backing
+			// file the engine created, never a device the user named.
+			if st.CreatedBacking != "" {
+				if err := os.Remove(st.CreatedBacking); err != nil && !errors.Is(err, os.ErrNotExist) {
+					errs = append(errs, err)
+				}
 			}
 		case st.Header != "":
 			errs = append(errs, cryptvol.WipeHeader(st.Header, 0, true))
@@ -501,6 +507,9 @@ func cleanupAfterCrash(ctx context.Context, st *volumeState, statePath string, d
 	}
 	if err := errors.Join(errs...); err != nil {
 		return err
+	}
+	if destroy {
+		os.Remove(st.Log)
 	}
 	return os.Remove(statePath)
 }

@@ -174,6 +174,9 @@ func TestVolumeCLIPersistent(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.assertReleased(t, st)
+	if _, err := os.Stat(st.Log); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("destroy left the engine log: %v", err)
+	}
 	if _, err := os.Stat(hdr); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("destroy left the header: %v", err)
 	}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/BurntSushi/toml"
 	"github.com/docker/go-units"
@@ -24,6 +25,24 @@ type Config struct {
 	Snapshotter SnapshotterConfig `toml:"snapshotter"`
 	Attestation AttestationConfig `toml:"attestation"`
 	REST        RESTConfig        `toml:"rest"`
+	Secrets     SecretsConfig     `toml:"secrets"`
+}
+
+// SecretsConfig mounts the secrets filesystem (sealed secrets and KBS
+// resources as files).
+type SecretsConfig struct {
+	// Mount is the mount point; empty disables the filesystem.
+	Mount string `toml:"mount"`
+	// Sources are NAME=SRCDIR pairs: Mount/NAME mirrors SRCDIR, unsealing
+	// sealed secrets.
+	Sources []string `toml:"sources"`
+	UID     uint32   `toml:"uid"`
+	GID     uint32   `toml:"gid"`
+	// TTL of cached plaintext, e.g. "5m" (default 5 minutes).
+	TTL string `toml:"ttl"`
+	// LocalKeyDir holds KEKs of envelope secrets sealed with the local
+	// provider (must be on tmpfs in a guest).
+	LocalKeyDir string `toml:"local_key_dir"`
 }
 
 // AttestationConfig selects the attester and the KBS. Upstream aa.toml and
@@ -143,6 +162,11 @@ func (c *Config) validate() error {
 	case "", "ECDH-ES+A256KW-P256", "ECDH-ES+A256KW-P521", "RSA-OAEP-256":
 	default:
 		return fmt.Errorf("attestation.tee_key_algorithm: %q is not ECDH-ES+A256KW-P256, ECDH-ES+A256KW-P521 or RSA-OAEP-256", c.Attestation.TEEKeyAlgorithm)
+	}
+	if c.Secrets.TTL != "" {
+		if d, err := time.ParseDuration(c.Secrets.TTL); err != nil || d <= 0 {
+			return fmt.Errorf("secrets.ttl: %q is not a positive duration", c.Secrets.TTL)
+		}
 	}
 	switch c.LogFormat {
 	case "text", "json":

@@ -62,10 +62,13 @@ func run(args []string) error {
 		initData   = fs.String("initdata", "", "init-data TOML `file`; its digest must match the TEE's binding field")
 		aaConfig   = fs.String("aa-config", "", "upstream aa.toml `file` (default: from init-data)")
 		cdhConfig  = fs.String("cdh-config", "", "upstream cdh.toml `file` (default: from init-data)")
+		secretsDir = fs.String("secrets-mount", "", "mount the secrets filesystem (sealed secrets, KBS resources) on `dir`")
+		secretsSrc stringList
 		cmdline    = fs.String("kernel-cmdline", "/proc/cmdline", "kernel command line `file` read for "+kernelCmdlineKey)
 		insecure   stringList
 	)
 	fs.Var(&insecure, "insecure-registry", "plain-HTTP registry `host:port` (repeatable)")
+	fs.Var(&secretsSrc, "secrets-source", "`NAME=SRCDIR`: the secrets mount's NAME/ mirrors SRCDIR, unsealing sealed secrets (repeatable)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -96,6 +99,8 @@ func run(args []string) error {
 	set(&cfg.Attestation.InitData, *initData)
 	set(&cfg.Attestation.AAConfig, *aaConfig)
 	set(&cfg.Attestation.CDHConfig, *cdhConfig)
+	set(&cfg.Secrets.Mount, *secretsDir)
+	cfg.Secrets.Sources = append(cfg.Secrets.Sources, secretsSrc...)
 	cfg.Registry.Insecure = append(cfg.Registry.Insecure, insecure...)
 	if err := cfg.validate(); err != nil {
 		return err
@@ -133,10 +138,20 @@ func serve(ctx context.Context, cfg Config, features restapi.Features) error {
 	// Trusted configuration first: a mismatched init-data refuses to start
 	// before anything is served.
 	var at *attestation
-	if cfg.Attestation.needed(cfg.REST) {
+	if cfg.Attestation.needed(cfg.REST) || cfg.Secrets.Mount != "" {
 		if at, err = newAttestation(ctx, cfg.Attestation); err != nil {
 			return err
 		}
+		if err := provisionCredentials(ctx, at); err != nil {
+			return err
+		}
+	}
+	if cfg.Secrets.Mount != "" {
+		unmount, err := mountSecrets(ctx, cfg.Secrets, at)
+		if err != nil {
+			return err
+		}
+		defer unmount()
 	}
 
 	reg := prometheus.NewRegistry()

@@ -12,7 +12,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
@@ -78,11 +80,32 @@ func run(ctx context.Context, s *harness.Script, st *state) error {
 	if err != nil {
 		return err
 	}
+	signPriv, signPub, err := harness.NewSigningJWK(signingKID)
+	if err != nil {
+		return err
+	}
 	kbs, err := env.StartKBS(ctx, harness.KBSOptions{
-		Policy:    harness.AllowAllPolicy,
-		Resources: map[string][]byte{"default/demo/message": []byte(resourceText)},
+		Policy: harness.AllowAllPolicy,
+		Resources: map[string][]byte{
+			"default/demo/message":  []byte(resourceText),
+			"default/demo/password": []byte(secretText),
+			"default/signing/demo":  signPub,
+		},
 	})
 	if err != nil {
+		return err
+	}
+	// A sealed secret, delivered as an ordinary file (as a Kubernetes Secret
+	// volume is): only the TEE can unseal it.
+	sealed, err := sealSecret(ctx, env, signPriv, "kbs:///default/demo/password")
+	if err != nil {
+		return err
+	}
+	secretVolume, secretsMount := env.Path("secret-volume"), env.Path("secrets")
+	if err := os.MkdirAll(secretVolume, 0o700); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(secretVolume, "password"), []byte(sealed), 0o600); err != nil {
 		return err
 	}
 	restPort, err := harness.FreePort()
@@ -93,7 +116,8 @@ func run(ctx context.Context, s *harness.Script, st *state) error {
 	cd, err := env.StartCocoond(ctx, harness.CocoondOptions{
 		InsecureRegistries: []string{reg.Host},
 		LogLevel:           "info",
-		ExtraArgs:          []string{"--rest-api", restAddr, "--rest-features", "all", "--kbs-url", kbs.URL, "--tee", "sample"},
+		ExtraArgs: []string{"--rest-api", restAddr, "--rest-features", "all", "--kbs-url", kbs.URL, "--tee", "sample",
+			"--secrets-mount", secretsMount, "--secrets-source", "app=" + secretVolume},
 	})
 	if err != nil {
 		return err
@@ -163,7 +187,55 @@ func run(ctx context.Context, s *harness.Script, st *state) error {
 	if said != greeting {
 		return fmt.Errorf("the container printed %q, want %q", said, greeting)
 	}
-	return restDemo(ctx, ctrd, im.Ref, restAddr)
+	if err := restDemo(ctx, ctrd, im.Ref, restAddr); err != nil {
+		return err
+	}
+	return secretsDemo(ctx, ctrd, im.Ref, sealed, filepath.Join(secretsMount, "app"))
+}
+
+const (
+	secretText = "s3cret-database-password"
+	signingKID = "kbs:///default/signing/demo"
+)
+
+// sealSecret seals a vault secret with cocoonctl, as an operator would.
+func sealSecret(ctx context.Context, env *harness.Env, signingJWK []byte, uri string) (string, error) {
+	cocoonctl, err := env.CocoonBinary("cocoonctl")
+	if err != nil {
+		return "", err
+	}
+	jwk := env.Path("signing.jwk")
+	if err := os.WriteFile(jwk, signingJWK, 0o600); err != nil {
+		return "", err
+	}
+	out, err := exec.CommandContext(ctx, cocoonctl, "secret", "seal", "vault", "--resource-uri", uri,
+		"--signing-kid", signingKID, "--signing-jwk-path", jwk).Output()
+	if err != nil {
+		return "", fmt.Errorf("cocoonctl secret seal: %w", err)
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+// secretsDemo runs a workload that bind-mounts the secrets filesystem and
+// reads the unsealed value of a sealed secret.
+func secretsDemo(ctx context.Context, ctrd *harness.Containerd, ref, sealed, dir string) error {
+	out, err := ctrd.Ctr(ctx, "run", "--rm", "--snapshotter", "cocoon",
+		"--mount", "type=bind,src="+dir+",dst=/secrets,options=rbind:ro",
+		ref, "demo-secret-"+token(), "/bin/cat", "/secrets/password")
+	if err != nil {
+		return err
+	}
+	got := strings.TrimSpace(out)
+	short := sealed
+	if len(short) > 48 {
+		short = short[:48] + "..."
+	}
+	fmt.Printf("sealed secret on disk: %s\n", short)
+	fmt.Printf("workload read /secrets/password through cocoon's secrets filesystem: %q\n", got)
+	if got != secretText {
+		return fmt.Errorf("the workload read %q, want %q", got, secretText)
+	}
+	return nil
 }
 
 const resourceText = "a secret released by the KBS after attestation"
