@@ -25,6 +25,8 @@ GO_TOOLS=(
 	"ctr                     github.com/containerd/containerd/v2/cmd/ctr                     no_btrfs,no_devmapper,no_zfs"
 	"containerd-shim-runc-v2 github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2 no_btrfs,no_devmapper,no_zfs"
 	"crane                   github.com/google/go-containerregistry/cmd/crane                -"
+	"cosign                  github.com/sigstore/cosign/v2/cmd/cosign                        -"
+	"cosign3                 github.com/sigstore/cosign/v3/cmd/cosign                        -"
 )
 
 # Debian packages: "file-that-proves-it-is-installed  package".
@@ -32,6 +34,8 @@ APT_TOOLS=(
 	"/usr/sbin/runc    runc"
 	"/bin/busybox      busybox-static"
 	"/usr/bin/wrk      wrk"
+	"/usr/bin/skopeo   skopeo"
+	"/usr/bin/gpg      gnupg"
 )
 
 log() { printf 'e2e-tools: %s\n' "$*" >&2; }

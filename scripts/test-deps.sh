@@ -11,3 +11,5 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+# cryptvol's interop tests run the real cryptsetup and mkfs.ext4.
+"$(dirname "$0")/cryptvol-deps.sh"
