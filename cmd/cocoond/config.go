@@ -26,6 +26,7 @@ type Config struct {
 	Attestation AttestationConfig `toml:"attestation"`
 	REST        RESTConfig        `toml:"rest"`
 	Secrets     SecretsConfig     `toml:"secrets"`
+	Storage     StorageConfig     `toml:"storage"`
 }
 
 // SecretsConfig mounts the secrets filesystem (sealed secrets and KBS

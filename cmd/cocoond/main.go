@@ -62,6 +62,8 @@ func run(args []string) error {
 		initData   = fs.String("initdata", "", "init-data TOML `file`; its digest must match the TEE's binding field")
 		aaConfig   = fs.String("aa-config", "", "upstream aa.toml `file` (default: from init-data)")
 		cdhConfig  = fs.String("cdh-config", "", "upstream cdh.toml `file` (default: from init-data)")
+		storageVol = fs.String("storage-volume", "", "put image storage on an encrypted volume on this block device or `file` (key and header in memory only)")
+		storageSz  = fs.String("storage-volume-size", "", "size of a file --storage-volume, e.g. 20G")
 		secretsDir = fs.String("secrets-mount", "", "mount the secrets filesystem (sealed secrets, KBS resources) on `dir`")
 		secretsSrc stringList
 		cmdline    = fs.String("kernel-cmdline", "/proc/cmdline", "kernel command line `file` read for "+kernelCmdlineKey)
@@ -100,6 +102,8 @@ func run(args []string) error {
 	set(&cfg.Attestation.AAConfig, *aaConfig)
 	set(&cfg.Attestation.CDHConfig, *cdhConfig)
 	set(&cfg.Secrets.Mount, *secretsDir)
+	set(&cfg.Storage.Volume, *storageVol)
+	set(&cfg.Storage.Size, *storageSz)
 	cfg.Secrets.Sources = append(cfg.Secrets.Sources, secretsSrc...)
 	cfg.Registry.Insecure = append(cfg.Registry.Insecure, insecure...)
 	if err := cfg.validate(); err != nil {
@@ -161,6 +165,10 @@ func serve(ctx context.Context, cfg Config, features restapi.Features) error {
 		return err
 	}
 
+	storage, err := storageDir(ctx, root, cfg.Storage)
+	if err != nil {
+		return err
+	}
 	ropts, err := registryOptions(cfg, at)
 	if err != nil {
 		return err
@@ -168,7 +176,7 @@ func serve(ctx context.Context, cfg Config, features restapi.Features) error {
 	client := registry.New(ropts)
 	puller, err := pull.New(pull.Options{
 		Registry:      client,
-		StagingDir:    filepath.Join(root, "staging"),
+		StagingDir:    filepath.Join(storage, "staging"),
 		MaxConcurrent: cfg.Registry.MaxConcurrentDownloads,
 		Unpack: unpack.Options{
 			AllowDevices: cfg.Unpack.AllowDevices,
@@ -189,7 +197,7 @@ func serve(ctx context.Context, cfg Config, features restapi.Features) error {
 	}
 
 	sn, err := snapshotter.New(ctx, snapshotter.Options{
-		Root:         filepath.Join(root, "snapshotter"),
+		Root:         filepath.Join(storage, "snapshotter"),
 		Layers:       puller,
 		MountOptions: cfg.Snapshotter.MountOptions,
 	})
