@@ -27,6 +27,16 @@ type Config struct {
 	REST        RESTConfig        `toml:"rest"`
 	Secrets     SecretsConfig     `toml:"secrets"`
 	Storage     StorageConfig     `toml:"storage"`
+	Decryption  DecryptionConfig  `toml:"decryption"`
+}
+
+// DecryptionConfig holds local keys for encrypted layers. Layers wrapped for
+// the attestation-agent key provider need none: their keys come from the
+// KBS after attestation.
+type DecryptionConfig struct {
+	// PrivateKeyFiles are PEM or JWK private keys of JWE recipients
+	// (org.opencontainers.image.enc.keys.jwe), as imgcrypt's node keys.
+	PrivateKeyFiles []string `toml:"private_key_files"`
 }
 
 // SecretsConfig mounts the secrets filesystem (sealed secrets and KBS

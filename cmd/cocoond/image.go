@@ -12,8 +12,28 @@ import (
 
 	"github.com/cocoon-cc/cocoon/attest/config"
 	"github.com/cocoon-cc/cocoon/attest/kbs"
+	"github.com/cocoon-cc/cocoon/image/decrypt"
 	"github.com/cocoon-cc/cocoon/image/registry"
 )
+
+// decryptOptions gives the pipeline the KBS (for KEKs named by layer
+// annotations) and local JWE private keys.
+func decryptOptions(cfg DecryptionConfig, at *attestation) (decrypt.Options, error) {
+	var o decrypt.Options
+	if at != nil {
+		o.Resources = at.resources()
+	} else {
+		o.Resources = noKBS{}
+	}
+	for _, f := range cfg.PrivateKeyFiles {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return o, fmt.Errorf("decryption.private_key_files: %w", err)
+		}
+		o.PrivateKeys = append(o.PrivateKeys, b)
+	}
+	return o, nil
+}
 
 // imageConfig is cdh.toml's [image] section, or upstream's defaults.
 func (at *attestation) imageConfig() *config.ImageConfig {

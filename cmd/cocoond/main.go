@@ -174,6 +174,10 @@ func serve(ctx context.Context, cfg Config, features restapi.Features) error {
 		return err
 	}
 	client := registry.New(ropts)
+	dopts, err := decryptOptions(cfg.Decryption, at)
+	if err != nil {
+		return err
+	}
 	puller, err := pull.New(pull.Options{
 		Registry:      client,
 		StagingDir:    filepath.Join(storage, "staging"),
@@ -185,6 +189,7 @@ func serve(ctx context.Context, cfg Config, features restapi.Features) error {
 			MaxEntries:   cfg.Unpack.MaxEntries,
 		},
 		Metrics: pm,
+		Decrypt: dopts,
 	})
 	if err != nil {
 		return err

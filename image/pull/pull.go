@@ -26,6 +26,7 @@ import (
 	"github.com/opencontainers/image-spec/identity"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/cocoon-cc/cocoon/image/decrypt"
 	"github.com/cocoon-cc/cocoon/image/layer"
 	"github.com/cocoon-cc/cocoon/image/registry"
 	"github.com/cocoon-cc/cocoon/image/unpack"
@@ -51,6 +52,9 @@ type Options struct {
 	// before any of its layers is fetched.
 	Policy  Policy
 	Metrics *Metrics
+	// Decrypt unwraps the keys of encrypted layers (KEKs from the KBS,
+	// local JWE private keys).
+	Decrypt decrypt.Options
 }
 
 // Policy is the image security policy (image/signature.Verifier). A refusal
@@ -438,7 +442,20 @@ func (p *Puller) fetch(ctx context.Context, repo name.Repository, desc ocispec.D
 	}
 	defer blob.Close()
 	progress := &progressReader{r: blob, ctx: ctx, total: desc.Size, start: start, m: m}
-	lr, err := layer.NewReader(progress, desc.MediaType, desc.Digest, diffID)
+	var src io.Reader = progress
+	mediaType, blobDigest := desc.MediaType, desc.Digest
+	var dr *decrypt.Reader
+	if decrypt.IsEncrypted(desc.MediaType) {
+		// The layer key is unwrapped inside the TEE (KEK from the KBS at the
+		// annotation's kid, or a local JWE private key); the decrypted stream
+		// is then verified like any layer against the plaintext digest that
+		// the wrapped options carry, and the ciphertext against desc.
+		if dr, err = decrypt.NewReader(ctx, progress, desc, p.opts.Decrypt); err != nil {
+			return nil, fmt.Errorf("decrypt layer %s: %w", desc.Digest, err)
+		}
+		src, mediaType, blobDigest = dr, decrypt.PlainMediaType(desc.MediaType), dr.PlainDigest()
+	}
+	lr, err := layer.NewReader(src, mediaType, blobDigest, diffID)
 	if err != nil {
 		return nil, fmt.Errorf("layer %s: %w", desc.Digest, err)
 	}
@@ -457,6 +474,11 @@ func (p *Puller) fetch(ctx context.Context, repo name.Repository, desc ocispec.D
 	}
 	if err := lr.Verify(); err != nil {
 		return nil, fmt.Errorf("verify layer %s: %w", desc.Digest, err)
+	}
+	if dr != nil {
+		if err := dr.Verify(); err != nil { // HMAC, ciphertext digest and size
+			return nil, fmt.Errorf("verify encrypted layer %s: %w", desc.Digest, err)
+		}
 	}
 	took := time.Since(start)
 	m.done(took)
@@ -516,6 +538,10 @@ func reasonOf(err error) string {
 	switch {
 	case errors.As(err, &pr):
 		return "policy_rejected"
+	case errors.Is(err, decrypt.ErrHMACMismatch):
+		return "hmac_mismatch"
+	case errors.Is(err, decrypt.ErrWrongKey):
+		return "wrong_key"
 	case errors.As(err, &lm):
 		if lm.Kind == "diff-id" {
 			return "diffid_mismatch"

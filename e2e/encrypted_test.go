@@ -1,0 +1,113 @@
+package e2e
+
+import (
+	"crypto/rand"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cocoon-cc/cocoon/e2e/harness"
+)
+
+// TestEncryptedImage: an image encrypted by `cocoonctl encrypt` (layer keys
+// wrapped under a KEK for the attestation-agent key provider) runs through
+// cocoon when the KBS releases the KEK after attestation; a KEK absent from
+// the KBS fails the pull naming the kid, and a wrong KEK fails too. Nothing
+// is committed for a refused layer.
+func TestEncryptedImage(t *testing.T) {
+	env := newEnv(t)
+	ctx := testContext(t, 5*time.Minute)
+	kek := make([]byte, 32)
+	wrong := make([]byte, 32)
+	rand.Read(kek)
+	rand.Read(wrong)
+	kbs, err := env.StartKBS(ctx, harness.KBSOptions{
+		Policy: harness.AllowAllPolicy,
+		Resources: map[string][]byte{
+			"default/image-kek/app":   kek,
+			"default/image-kek/other": wrong,
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg, err := env.StartRegistry(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cd, err := env.StartCocoond(ctx, harness.CocoondOptions{
+		InsecureRegistries: []string{reg.Host},
+		ExtraArgs:          []string{"--kbs-url", kbs.URL, "--tee", "sample"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	frag, err := cd.ContainerdConfig(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctrd, err := env.StartContainerd(ctx, harness.ContainerdOptions{Fragments: []string{frag}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain, msg := pushTwoLayerImage(t, ctx, env, reg, "e2e/plain-app", imageOptions{})
+	cocoonctl, err := env.CocoonBinary("cocoonctl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	kekFile := env.Path("kek")
+	if err := os.WriteFile(kekFile, kek, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	encrypt := func(kid, repo string) string {
+		t.Helper()
+		dst := reg.Ref(repo, "encrypted")
+		out, err := exec.CommandContext(ctx, cocoonctl, "encrypt", "--insecure", "--kid", kid, "--key-file", kekFile, plain.Ref, dst).CombinedOutput()
+		if err != nil {
+			t.Fatalf("cocoonctl encrypt: %v: %s", err, out)
+		}
+		return dst
+	}
+
+	ok := encrypt("kbs:///default/image-kek/app", "e2e/enc-app")
+	if _, err := ctrd.Ctr(ctx, "image", "pull", "--plain-http", "--snapshotter", "cocoon", ok); err != nil {
+		t.Fatalf("pull of an encrypted image whose key the KBS holds: %v", err)
+	}
+	out, err := ctrd.Ctr(ctx, "run", "--rm", "--snapshotter", "cocoon", ok, containerID(t, "enc"))
+	if err != nil || !strings.Contains(out, msg) {
+		t.Fatalf("encrypted image ran: %q, %v", out, err)
+	}
+	if !strings.Contains(cd.Proc.Log(), "layer pulled and verified") {
+		t.Error("cocoond did not pull the encrypted layers itself")
+	}
+
+	for _, tc := range []struct {
+		name, kid, want string
+	}{
+		{"missing key", "kbs:///default/image-kek/absent", "kbs:///default/image-kek/absent"},
+		{"wrong key", "kbs:///default/image-kek/other", "wrong key"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// A fresh plain image, so that no layer is already committed.
+			fresh, _ := pushTwoLayerImage(t, ctx, env, reg, "e2e/fresh-"+strings.ReplaceAll(tc.name, " ", "-"), imageOptions{})
+			dst := reg.Ref("e2e/enc-"+strings.ReplaceAll(tc.name, " ", "-"), "encrypted")
+			if out, err := exec.CommandContext(ctx, cocoonctl, "encrypt", "--insecure", "--kid", tc.kid, "--key-file", kekFile, fresh.Ref, dst).CombinedOutput(); err != nil {
+				t.Fatalf("cocoonctl encrypt: %v: %s", err, out)
+			}
+			_, err := ctrd.Ctr(ctx, "image", "pull", "--plain-http", "--snapshotter", "cocoon", dst)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("pull error = %v, want one containing %q", err, tc.want)
+			}
+			committed := committedSnapshots(t, ctx, ctrd, "cocoon")
+			for _, id := range fresh.ChainIDs()[1:] {
+				for _, c := range committed {
+					if c == id {
+						t.Errorf("layer %s committed although its key was refused", id)
+					}
+				}
+			}
+		})
+	}
+}
