@@ -90,16 +90,17 @@ func TestImageSignatures(t *testing.T) {
 		policy string
 		image  *harness.Image
 		want   string
+		reason string // in cocoonctl's stderr: the refusal is for the right cause
 	}{
-		{"cosign v2 signed", "cosign", v2, "allowed"},
-		{"cosign v3 signed", "cosign", v3, "allowed"},
-		{"gpg simple signing", "gpg", gpgSigned, "allowed"},
-		{"unsigned", "cosign", unsigned, deny + "rejected by `sigstoreSigned` rule"},
-		{"other key", "cosign", wrong, deny + "rejected by `sigstoreSigned` rule"},
-		{"tampered", "cosign", tampered, deny + "rejected by `sigstoreSigned` rule"},
-		{"gpg policy, cosign signature", "gpg", v2, deny + "rejected by `signedBy` rule"},
-		{"reject default", "reject", unsigned, deny + "Policy `reject` rejects image " + unsigned.Ref},
-		{"insecureAcceptAnything", "accept", unsigned, "allowed"},
+		{"cosign v2 signed", "cosign", v2, "allowed", ""},
+		{"cosign v3 signed", "cosign", v3, "allowed", ""},
+		{"gpg simple signing", "gpg", gpgSigned, "allowed", ""},
+		{"unsigned", "cosign", unsigned, deny + "rejected by `sigstoreSigned` rule", "no signature exists"},
+		{"other key", "cosign", wrong, deny + "rejected by `sigstoreSigned` rule", "signature verification failed"},
+		{"tampered", "cosign", tampered, deny + "rejected by `sigstoreSigned` rule", "Signature for digest " + original.ManifestDigest + " does not match"},
+		{"gpg policy, cosign signature", "gpg", v2, deny + "rejected by `signedBy` rule", ""},
+		{"reject default", "reject", unsigned, deny + "Policy `reject` rejects image " + unsigned.Ref, ""},
+		{"insecureAcceptAnything", "accept", unsigned, "allowed", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -117,6 +118,9 @@ func TestImageSignatures(t *testing.T) {
 			}
 			if (tt.want == "allowed") != (err == nil) {
 				t.Fatalf("exit status %v does not match verdict %q\nstderr: %s", err, got, stderr.String())
+			}
+			if !strings.Contains(stderr.String(), tt.reason) {
+				t.Fatalf("stderr does not give the cause %q:\n%s", tt.reason, stderr.String())
 			}
 		})
 	}

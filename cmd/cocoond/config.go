@@ -75,6 +75,10 @@ type AttestationConfig struct {
 	// EventlogDir holds the AAEL event log when aa.toml enables it
 	// (default /run/attestation-agent, upstream's path).
 	EventlogDir string `toml:"eventlog_dir"`
+	// ImageSecurityDir holds the materialised image policy, its public keys
+	// and the registry credentials it needs; it must be on tmpfs in a guest
+	// (default /run/cocoon/image-security).
+	ImageSecurityDir string `toml:"image_security_dir"`
 }
 
 // RESTConfig enables the guest REST shim (upstream api-server-rest).
@@ -116,7 +120,8 @@ func defaultConfig() Config {
 		LogFormat: "text",
 		Registry:  RegistryConfig{MaxConcurrentDownloads: 3, Retries: 5},
 		Attestation: AttestationConfig{
-			EventlogDir: "/run/attestation-agent",
+			EventlogDir:      "/run/attestation-agent",
+			ImageSecurityDir: "/run/cocoon/image-security",
 		},
 	}
 }

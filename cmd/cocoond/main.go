@@ -190,6 +190,7 @@ func serve(ctx context.Context, cfg Config, features restapi.Features) error {
 		},
 		Metrics: pm,
 		Decrypt: dopts,
+		Policy:  imagePolicy(ctx, cfg, at, cfg.Attestation.ImageSecurityDir),
 	})
 	if err != nil {
 		return err

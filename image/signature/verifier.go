@@ -1,0 +1,529 @@
+package signature
+
+import (
+	"context"
+	"crypto"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"github.com/containerd/log"
+	"github.com/opencontainers/go-digest"
+	"go.podman.io/image/v5/docker"
+	"go.podman.io/image/v5/docker/reference"
+	"go.podman.io/image/v5/image"
+	podsig "go.podman.io/image/v5/signature"
+	"go.podman.io/image/v5/types"
+	"go.yaml.in/yaml/v3"
+)
+
+// ResourceGetter fetches a confidential resource, e.g. through the KBS. It
+// resolves kbs:/// key paths in the policy.
+type ResourceGetter interface {
+	GetResource(ctx context.Context, uri string) ([]byte, error)
+}
+
+// Options configures a Verifier.
+type Options struct {
+	// Policy is containers-policy.json, already fetched. nil or empty means
+	// no policy: Check always passes, as image-rs does.
+	Policy []byte
+	// Resources resolves kbs:/// keyPath and keyPaths values. It may be nil
+	// when the policy has none.
+	Resources ResourceGetter
+	// SigstoreConfig is registries.d YAML (lookaside stores,
+	// use-sigstore-attachments). May be nil.
+	SigstoreConfig []byte
+	// Insecure lists plain-HTTP registries as host:port.
+	Insecure []string
+	// AuthFile is containers-auth.json / docker config.json. May be nil.
+	AuthFile []byte
+	// ExtraRootCAs is PEM, trusted for registry TLS besides the system roots.
+	ExtraRootCAs []byte
+	// WorkDir is a private directory for materialised public keys, the
+	// registries.d directory and the auth file. Required with a policy.
+	WorkDir string
+}
+
+// Verifier evaluates the policy. It is safe for concurrent use.
+type Verifier struct {
+	defaults []*requirement
+	docker   map[string][]*requirement
+	warnings []string
+
+	sys      types.SystemContext // template; Check copies it
+	insecure map[string]bool
+	bundles  bundleFetcher
+
+	mu       sync.Mutex
+	verdicts map[string]*verdict
+}
+
+// maxVerdicts bounds the verdict cache.
+const maxVerdicts = 4096
+
+// verdict is one cached (or in-flight) evaluation.
+type verdict struct {
+	done chan struct{}
+	err  error // nil (allowed) or *RejectedError
+}
+
+// requirement is one evaluated rule: its type and, for signature rules, the
+// single-rule policy go.podman.io/image/v5 evaluates.
+type requirement struct {
+	typ    string
+	deny   string
+	policy *podsig.Policy     // signedBy, sigstoreSigned
+	keys   []crypto.PublicKey // sigstoreSigned: for cosign v3 bundles
+}
+
+// New parses and validates the policy, materialises its keys (fetching
+// kbs:/// ones) and prepares the registry configuration. Warnings about the
+// policy are logged and available from Warnings.
+func New(ctx context.Context, o Options) (*Verifier, error) {
+	v := &Verifier{verdicts: map[string]*verdict{}, insecure: map[string]bool{}}
+	if len(strings.TrimSpace(string(o.Policy))) == 0 {
+		return v, nil
+	}
+	p, err := parsePolicy(o.Policy)
+	if err != nil {
+		return nil, err
+	}
+	v.warnings = p.Warnings
+	for _, w := range p.Warnings {
+		log.G(ctx).WithField("warning", w).Warn("image security policy")
+	}
+	if o.WorkDir == "" {
+		return nil, errors.New("image signature: Options.WorkDir is required with a policy")
+	}
+	for _, d := range []string{"keys", "registries.d", "certs"} {
+		if err := os.MkdirAll(filepath.Join(o.WorkDir, d), 0o700); err != nil {
+			return nil, fmt.Errorf("image signature: create work dir: %w", err)
+		}
+	}
+	m := materialiser{ctx: ctx, res: o.Resources, dir: filepath.Join(o.WorkDir, "keys")}
+	if v.defaults, err = m.requirements(p.Default); err != nil {
+		return nil, err
+	}
+	v.docker = map[string][]*requirement{}
+	for scope, reqs := range p.Docker {
+		if v.docker[scope], err = m.requirements(reqs); err != nil {
+			return nil, err
+		}
+	}
+	if err := v.prepareSystemContext(o); err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+// Warnings returns the policy problems New found (scopes that never match,
+// ignored transports, rules that always deny).
+func (v *Verifier) Warnings() []string { return append([]string(nil), v.warnings...) }
+
+// Enabled reports whether a policy is configured.
+func (v *Verifier) Enabled() bool { return v != nil && v.defaults != nil }
+
+// Check evaluates the policy for imageRef pinned to manifestDigest. It
+// returns nil when the image is allowed, a *RejectedError when the policy
+// refuses it, and another error when the evaluation could not be done
+// (registry unreachable). Verdicts are cached per (reference, digest).
+func (v *Verifier) Check(ctx context.Context, imageRef string, manifestDigest digest.Digest) error {
+	if !v.Enabled() {
+		return nil
+	}
+	if err := manifestDigest.Validate(); err != nil {
+		return fmt.Errorf("image signature: manifest digest %q: %w", manifestDigest, err)
+	}
+	key := imageRef + "\x00" + manifestDigest.String()
+	v.mu.Lock()
+	if vd, ok := v.verdicts[key]; ok {
+		v.mu.Unlock()
+		select {
+		case <-vd.done:
+			return vd.err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	if len(v.verdicts) >= maxVerdicts {
+		// Bounded memory: forget finished verdicts (they are recomputed
+		// on demand), keep the in-flight ones.
+		for k, old := range v.verdicts {
+			select {
+			case <-old.done:
+				delete(v.verdicts, k)
+			default:
+			}
+		}
+	}
+	vd := &verdict{done: make(chan struct{})}
+	v.verdicts[key] = vd
+	v.mu.Unlock()
+
+	err := v.evaluate(ctx, imageRef, manifestDigest)
+	var rej *RejectedError
+	if err != nil && (!errors.As(err, &rej) || rej.transient) {
+		// Not a final verdict (network, context): do not cache.
+		v.mu.Lock()
+		delete(v.verdicts, key)
+		v.mu.Unlock()
+	}
+	vd.err = err
+	close(vd.done)
+	return err
+}
+
+func (v *Verifier) evaluate(ctx context.Context, imageRef string, dgst digest.Digest) error {
+	named, err := reference.ParseNormalizedNamed(imageRef)
+	if err != nil {
+		return fmt.Errorf("image signature: parse reference %q: %w", imageRef, err)
+	}
+	if _, ok := named.(reference.Canonical); ok {
+		// repo:tag@digest: the digest is what is pulled.
+		if _, tagged := named.(reference.NamedTagged); tagged {
+			named, err = reference.WithDigest(reference.TrimNamed(named), named.(reference.Canonical).Digest())
+			if err != nil {
+				return fmt.Errorf("image signature: reference %q: %w", imageRef, err)
+			}
+		}
+	}
+	named = reference.TagNameOnly(named)
+	ref, err := docker.NewReference(named)
+	if err != nil {
+		return fmt.Errorf("image signature: reference %q: %w", imageRef, err)
+	}
+	reqs := v.requirementsFor(ref)
+	ctx = log.WithLogger(ctx, log.G(ctx).WithField("image", named.String()).WithField("manifest", dgst.String()))
+
+	// Rules that need no signature first: no registry round trip for them.
+	needSignatures := false
+	for _, r := range reqs {
+		switch {
+		case r.typ == typeReject:
+			return &RejectedError{Rule: typeReject, Image: named.String(), Reason: "policy rule reject"}
+		case r.deny != "":
+			return &RejectedError{Rule: r.typ, Image: named.String(), Reason: r.deny}
+		case r.typ != typeAccept:
+			needSignatures = true
+		}
+	}
+	if !needSignatures {
+		log.G(ctx).Debug("image allowed by policy without signature checks")
+		return nil
+	}
+
+	sys := v.systemContext(reference.Domain(named))
+	src, err := ref.NewImageSource(ctx, sys)
+	if err != nil {
+		return fmt.Errorf("image signature: open %s: %w", named, err)
+	}
+	defer src.Close()
+	unparsed := image.UnparsedInstance(src, &dgst)
+
+	for _, r := range reqs {
+		if r.typ == typeAccept {
+			continue
+		}
+		reason, final := r.evaluate(ctx, unparsed)
+		if reason == "" {
+			continue
+		}
+		if r.typ == typeSigstore {
+			v3reason, err := v.bundles.verify(ctx, sys, v.insecure[reference.Domain(named)], named, dgst, r.keys)
+			if err != nil {
+				return err
+			}
+			if v3reason == "" {
+				log.G(ctx).Debug("sigstoreSigned satisfied by a cosign v3 bundle")
+				continue
+			}
+			reason = reason + "; cosign v3 bundles: " + v3reason
+		}
+		log.G(ctx).WithField("rule", r.typ).WithField("reason", reason).Warn("image rejected by policy")
+		return &RejectedError{Rule: r.typ, Image: named.String(), Reason: reason, transient: !final}
+	}
+	log.G(ctx).Debug("image allowed by policy")
+	return nil
+}
+
+// evaluate runs one signature requirement through go.podman.io/image/v5. It
+// returns the refusal reason ("" when satisfied) and whether the refusal is
+// final: a policy or signature verdict, as opposed to a failure to read the
+// manifest or the signatures, which also refuses (fail closed) but is not
+// worth caching.
+func (r *requirement) evaluate(ctx context.Context, img types.UnparsedImage) (reason string, final bool) {
+	pc, err := podsig.NewPolicyContext(r.policy)
+	if err != nil {
+		return "policy context: " + err.Error(), false
+	}
+	defer func() { _ = pc.Destroy() }()
+	ok, err := pc.IsRunningImageAllowed(ctx, img)
+	if ok {
+		return "", true
+	}
+	if err == nil {
+		return "refused", true
+	}
+	var prErr podsig.PolicyRequirementError
+	var sigErr podsig.InvalidSignatureError
+	final = errors.As(err, &prErr) || errors.As(err, &sigErr)
+	return err.Error(), final
+}
+
+// requirementsFor picks the requirements for ref: the full reference, its
+// namespaces (longest first, then *.domain wildcards), "", then default.
+func (v *Verifier) requirementsFor(ref types.ImageReference) []*requirement {
+	if r, ok := v.docker[ref.PolicyConfigurationIdentity()]; ok {
+		return r
+	}
+	for _, ns := range ref.PolicyConfigurationNamespaces() {
+		if r, ok := v.docker[ns]; ok {
+			return r
+		}
+	}
+	if r, ok := v.docker[""]; ok {
+		return r
+	}
+	return v.defaults
+}
+
+// materialiser turns parsed requirements into evaluable ones: kbs:/// keys
+// are fetched and written under dir, image-rs' PEM keyData is re-encoded
+// the way go.podman.io/image/v5 wants it.
+type materialiser struct {
+	ctx   context.Context
+	res   ResourceGetter
+	dir   string
+	cache map[string]string // uri -> local path
+}
+
+func (m *materialiser) requirements(raws []rawRequirement) ([]*requirement, error) {
+	out := make([]*requirement, 0, len(raws))
+	for _, raw := range raws {
+		r, err := m.requirement(raw)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+func (m *materialiser) requirement(raw rawRequirement) (*requirement, error) {
+	r := &requirement{typ: raw.Type, deny: raw.Deny}
+	if r.deny != "" || (r.typ != typeSignedBy && r.typ != typeSigstore) {
+		return r, nil
+	}
+	fields := make(map[string]json.RawMessage, len(raw.Fields))
+	for k, v := range raw.Fields {
+		fields[k] = v
+	}
+	if v, ok := fields["keyPath"]; ok {
+		var p string
+		_ = json.Unmarshal(v, &p)
+		local, err := m.localPath(p)
+		if err != nil {
+			return nil, err
+		}
+		fields["keyPath"], _ = json.Marshal(local)
+	}
+	if v, ok := fields["keyPaths"]; ok {
+		var ps []string
+		_ = json.Unmarshal(v, &ps)
+		for i, p := range ps {
+			local, err := m.localPath(p)
+			if err != nil {
+				return nil, err
+			}
+			ps[i] = local
+		}
+		fields["keyPaths"], _ = json.Marshal(ps)
+	}
+	if r.typ == typeSigstore {
+		pem, err := m.sigstoreKey(fields)
+		if err != nil {
+			return nil, err
+		}
+		// go.podman.io/image/v5 wants base64 keyData; image-rs the PEM
+		// text itself. Always hand the library base64 of the PEM.
+		if _, ok := fields["keyData"]; ok {
+			fields["keyData"], _ = json.Marshal(base64.StdEncoding.EncodeToString(pem))
+		}
+		key, err := parsePublicKey(pem)
+		if err != nil {
+			return nil, fmt.Errorf("%w: sigstoreSigned key: %w", ErrInvalidPolicy, err)
+		}
+		r.keys = []crypto.PublicKey{key}
+		if _, ok := fields["signedIdentity"]; !ok {
+			// image-rs does not check the identity when none is given;
+			// the closest go.podman.io/image/v5 rule is the repository.
+			fields["signedIdentity"] = json.RawMessage(`{"type":"matchRepository"}`)
+		}
+	}
+	req, err := json.Marshal(fields)
+	if err != nil {
+		return nil, fmt.Errorf("image signature: encode requirement: %w", err)
+	}
+	pol, err := podsig.NewPolicyFromBytes([]byte(`{"default":[` + string(req) + `]}`))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s requirement: %w", ErrInvalidPolicy, r.typ, err)
+	}
+	r.policy = pol
+	return r, nil
+}
+
+// sigstoreKey returns the PEM public key of a sigstoreSigned requirement
+// whose keyPath, if any, is already local.
+func (m *materialiser) sigstoreKey(fields map[string]json.RawMessage) ([]byte, error) {
+	if v, ok := fields["keyPath"]; ok {
+		var p string
+		_ = json.Unmarshal(v, &p)
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return nil, fmt.Errorf("image signature: read sigstoreSigned key: %w", err)
+		}
+		return b, nil
+	}
+	var s string
+	_ = json.Unmarshal(fields["keyData"], &s)
+	if strings.Contains(s, "-----BEGIN") {
+		return []byte(s), nil
+	}
+	b, err := base64.StdEncoding.DecodeString(s)
+	if err != nil {
+		return nil, fmt.Errorf("%w: sigstoreSigned keyData is neither PEM nor base64 of PEM", ErrInvalidPolicy)
+	}
+	return b, nil
+}
+
+// localPath resolves a key path: kbs:// URIs are fetched and written under
+// m.dir, file:// is stripped, anything else is a local path.
+func (m *materialiser) localPath(p string) (string, error) {
+	switch {
+	case strings.HasPrefix(p, "kbs://") || strings.HasPrefix(p, "kbs+"):
+		if local, ok := m.cache[p]; ok {
+			return local, nil
+		}
+		if m.res == nil {
+			return "", fmt.Errorf("image signature: key %s needs a KBS but none is configured", p)
+		}
+		b, err := m.res.GetResource(m.ctx, p)
+		if err != nil {
+			return "", fmt.Errorf("image signature: fetch key %s: %w", p, err)
+		}
+		sum := sha256.Sum256([]byte(p))
+		local := filepath.Join(m.dir, hex.EncodeToString(sum[:]))
+		if err := os.WriteFile(local, b, 0o600); err != nil {
+			return "", fmt.Errorf("image signature: write key %s: %w", p, err)
+		}
+		if m.cache == nil {
+			m.cache = map[string]string{}
+		}
+		m.cache[p] = local
+		return local, nil
+	case strings.HasPrefix(p, "file://"):
+		return strings.TrimPrefix(p, "file://"), nil
+	case strings.Contains(p, "://"):
+		return "", fmt.Errorf("%w: key URI scheme of %q not supported", ErrInvalidPolicy, p)
+	default:
+		return p, nil
+	}
+}
+
+// registriesNamespace is one registries.d entry (the keys we read or set).
+type registriesNamespace struct {
+	Lookaside              string `yaml:"lookaside,omitempty"`
+	LookasideStaging       string `yaml:"lookaside-staging,omitempty"`
+	SigStore               string `yaml:"sigstore,omitempty"`
+	SigStoreStaging        string `yaml:"sigstore-staging,omitempty"`
+	UseSigstoreAttachments *bool  `yaml:"use-sigstore-attachments,omitempty"`
+}
+
+type registriesConfig struct {
+	DefaultDocker *registriesNamespace           `yaml:"default-docker,omitempty"`
+	Docker        map[string]registriesNamespace `yaml:"docker,omitempty"`
+}
+
+// registriesD merges the sigstore config with cocoon's defaults: cosign
+// attachments are looked up everywhere unless an entry says otherwise.
+func registriesD(sigstoreConfig []byte) ([]byte, error) {
+	var c registriesConfig
+	if len(sigstoreConfig) > 0 {
+		if err := yaml.Unmarshal(sigstoreConfig, &c); err != nil {
+			return nil, fmt.Errorf("image signature: parse sigstore config: %w", err)
+		}
+	}
+	yes := true
+	if c.DefaultDocker == nil {
+		c.DefaultDocker = &registriesNamespace{}
+	}
+	if c.DefaultDocker.UseSigstoreAttachments == nil {
+		c.DefaultDocker.UseSigstoreAttachments = &yes
+	}
+	for k, ns := range c.Docker {
+		if ns.UseSigstoreAttachments == nil {
+			ns.UseSigstoreAttachments = &yes
+			c.Docker[k] = ns
+		}
+	}
+	return yaml.Marshal(&c)
+}
+
+func (v *Verifier) prepareSystemContext(o Options) error {
+	dir := o.WorkDir
+	rd, err := registriesD(o.SigstoreConfig)
+	if err != nil {
+		return err
+	}
+	files := map[string][]byte{
+		filepath.Join(dir, "registries.d", "cocoon.yaml"): rd,
+		// go.podman.io/image/v5 needs an existing file; it must not read
+		// the host's /etc/containers/registries.conf.
+		filepath.Join(dir, "registries.conf"): {},
+		filepath.Join(dir, "auth.json"):       []byte(`{"auths":{}}`),
+	}
+	if len(o.AuthFile) > 0 {
+		files[filepath.Join(dir, "auth.json")] = o.AuthFile
+	}
+	if len(o.ExtraRootCAs) > 0 {
+		files[filepath.Join(dir, "certs", "extra-roots.crt")] = o.ExtraRootCAs
+	}
+	for p, b := range files {
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			return fmt.Errorf("image signature: write %s: %w", filepath.Base(p), err)
+		}
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "registries.conf.d"), 0o700); err != nil {
+		return fmt.Errorf("image signature: create registries.conf.d: %w", err)
+	}
+	v.sys = types.SystemContext{
+		RegistriesDirPath:           filepath.Join(dir, "registries.d"),
+		SystemRegistriesConfPath:    filepath.Join(dir, "registries.conf"),
+		SystemRegistriesConfDirPath: filepath.Join(dir, "registries.conf.d"),
+		AuthFilePath:                filepath.Join(dir, "auth.json"),
+		DockerCertPath:              filepath.Join(dir, "certs"),
+		DockerRegistryUserAgent:     "cocoon",
+	}
+	for _, h := range o.Insecure {
+		v.insecure[h] = true
+	}
+	v.bundles = bundleFetcher{extraRoots: o.ExtraRootCAs}
+	return nil
+}
+
+// systemContext returns the SystemContext for a registry host.
+func (v *Verifier) systemContext(host string) *types.SystemContext {
+	sys := v.sys
+	if v.insecure[host] {
+		sys.DockerInsecureSkipTLSVerify = types.OptionalBoolTrue
+	}
+	return &sys
+}
