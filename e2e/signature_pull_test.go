@@ -40,7 +40,7 @@ func TestSignedImagePullThroughSnapshotter(t *testing.T) {
 	kbs, err := env.StartKBS(ctx, harness.KBSOptions{
 		Policy: harness.AllowAllPolicy,
 		Resources: map[string][]byte{
-			"default/cosign-key/1":    pub,
+			"default/cosign-key/1":   pub,
 			"default/image-policy/1": []byte(policy),
 		},
 	})
