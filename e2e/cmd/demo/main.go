@@ -113,11 +113,28 @@ func run(ctx context.Context, s *harness.Script, st *state) error {
 		return err
 	}
 	restAddr := fmt.Sprintf("127.0.0.1:%d", restPort)
+	// The image security policy and the layer key live in the KBS; cdh.toml
+	// points cocoond at them (fetched at the first pull, after attestation).
+	kek := make([]byte, 32)
+	if _, err := rand.Read(kek); err != nil {
+		return err
+	}
+	if err := kbs.SetResource("default/image-kek/demo", kek); err != nil {
+		return err
+	}
+	policy := fmt.Sprintf(`{"default":[{"type":"reject"}],"transports":{"docker":{%q:[{"type":"sigstoreSigned","keyPath":"kbs:///default/cosign-key/demo"}]}}}`, reg.Host+"/demo")
+	if err := kbs.SetResource("default/image-policy/demo", []byte(policy)); err != nil {
+		return err
+	}
+	cdhToml := env.Path("cdh.toml")
+	if err := os.WriteFile(cdhToml, []byte(fmt.Sprintf("[kbc]\nname = \"cc_kbc\"\nurl = %q\n\n[image]\nimage_security_policy_uri = \"kbs:///default/image-policy/demo\"\n", kbs.URL)), 0o600); err != nil {
+		return err
+	}
 	cd, err := env.StartCocoond(ctx, harness.CocoondOptions{
 		InsecureRegistries: []string{reg.Host},
 		LogLevel:           "info",
 		ExtraArgs: []string{"--rest-api", restAddr, "--rest-features", "all", "--kbs-url", kbs.URL, "--tee", "sample",
-			"--secrets-mount", secretsMount, "--secrets-source", "app=" + secretVolume},
+			"--cdh-config", cdhToml, "--secrets-mount", secretsMount, "--secrets-source", "app=" + secretVolume},
 	})
 	if err != nil {
 		return err
@@ -134,11 +151,16 @@ func run(ctx context.Context, s *harness.Script, st *state) error {
 	fmt.Printf("started on loopback: registry %s, development KBS %s (pid %d), cocoond (pid %d, REST API %s), containerd %s (pid %d)\n",
 		reg.Host, kbs.URL, kbs.Proc.PID(), cd.Proc.PID(), restAddr, strings.TrimPrefix(harness.ContainerdVersion(ctx, ctrd), "containerd "), ctrd.Proc.PID())
 
-	im, err := pushDemoImage(ctx, env, reg)
+	plain, err := pushDemoImage(ctx, env, reg)
 	if err != nil {
 		return err
 	}
-	fmt.Printf("pushed %s: %d layers, %s compressed\n", im.Ref, len(im.Manifest.Layers), mb(im.LayerBytes()))
+	im, err := encryptAndSign(ctx, env, reg, kbs, plain, kek)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("pushed %s: %d layers, %s, encrypted (key wrapped for kbs:///default/image-kek/demo) and signed with cosign (public key and policy in the KBS)\n",
+		im.Ref, len(im.Manifest.Layers), mb(im.LayerBytes()))
 
 	before, err := cd.Metrics(ctx)
 	if err != nil {
@@ -172,10 +194,13 @@ func run(ctx context.Context, s *harness.Script, st *state) error {
 	}
 	layers := harness.MetricSum(after, "cocoon_pull_layers_total") - harness.MetricSum(before, "cocoon_pull_layers_total")
 	fetched := harness.MetricSum(after, "cocoon_pull_bytes_total") - harness.MetricSum(before, "cocoon_pull_bytes_total")
-	fmt.Printf("pulled %s through cocoon in %.2f s: %d layers, %s fetched by cocoond, %d layer blobs in containerd's content store (it holds %d blobs: %s)\n",
+	fmt.Printf("pulled %s through cocoon in %.2f s: signature verified against the policy, %d layers fetched (%s), decrypted with the key the KBS released after attestation and verified by cocoond; %d layer blobs in containerd's content store (it holds %d blobs: %s)\n",
 		im.Ref, took.Seconds(), int(layers), mb(int64(fetched)), blobs, len(content), strings.Join(kept, " and "))
 	if blobs != 0 {
 		return errors.New("containerd fetched layer blobs itself: the pull did not go through cocoon")
+	}
+	if !strings.Contains(cd.Proc.Log(), "image accepted by the image security policy") {
+		return errors.New("cocoond's log does not show the image security policy accepting the image")
 	}
 
 	out, err := ctrd.Ctr(ctx, "run", "--rm", "--snapshotter", "cocoon", im.Ref, "demo-"+token())
@@ -302,6 +327,54 @@ func restDemo(ctx context.Context, ctrd *harness.Containerd, ref, restAddr strin
 		return fmt.Errorf("the workload got no evidence: %q", evidence)
 	}
 	return nil
+}
+
+// encryptAndSign encrypts the demo image with cocoonctl encrypt (layer keys
+// wrapped under kek for the attestation-agent key provider), signs the
+// result with cosign (a key made here, offline), and puts the public key in
+// the KBS, where the policy names it.
+func encryptAndSign(ctx context.Context, env *harness.Env, reg *harness.Registry, kbs *harness.KBS, plain *harness.Image, kek []byte) (*harness.Image, error) {
+	cocoonctl, err := env.CocoonBinary("cocoonctl")
+	if err != nil {
+		return nil, err
+	}
+	dir := env.Path("sign")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	kekFile := filepath.Join(dir, "kek")
+	if err := os.WriteFile(kekFile, kek, 0o600); err != nil {
+		return nil, err
+	}
+	dst := reg.Ref("demo/hello", "encrypted")
+	if out, err := exec.CommandContext(ctx, cocoonctl, "encrypt", "--insecure", "--kid", "kbs:///default/image-kek/demo", "--key-file", kekFile, plain.Ref, dst).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("cocoonctl encrypt: %w: %s", err, out)
+	}
+	im, err := reg.Image(ctx, "demo/hello", "encrypted")
+	if err != nil {
+		return nil, err
+	}
+	cosign := func(args ...string) error {
+		cmd := exec.CommandContext(ctx, env.Tool("cosign"), args...)
+		cmd.Dir = dir
+		cmd.Env = append(os.Environ(), "COSIGN_PASSWORD=", "TUF_ROOT="+filepath.Join(dir, "tuf"))
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("cosign %s: %w: %s", args[0], err, out)
+		}
+		return nil
+	}
+	if err := cosign("generate-key-pair", "--output-key-prefix", "demo"); err != nil {
+		return nil, err
+	}
+	if err := cosign("sign", "--key", "demo.key", "--tlog-upload=false", "-y", "--allow-insecure-registry", "--allow-http-registry",
+		reg.Host+"/demo/hello@"+im.ManifestDigest); err != nil {
+		return nil, err
+	}
+	pub, err := os.ReadFile(filepath.Join(dir, "demo.pub"))
+	if err != nil {
+		return nil, err
+	}
+	return im, kbs.SetResource("default/cosign-key/demo", pub)
 }
 
 // pushDemoImage pushes busybox plus a layer with /hello.txt, whose
