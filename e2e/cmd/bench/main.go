@@ -12,11 +12,17 @@ package main
 
 import (
 	"context"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"runtime"
@@ -41,6 +47,7 @@ type options struct {
 	textShare  float64
 	out        string
 	cache      string
+	encrypted  bool
 }
 
 // Run is one measured pull.
@@ -81,6 +88,14 @@ type Report struct {
 		Ratio              float64 `json:"ratio_cocoon_over_overlayfs"`
 		CocoondMaxHWM      int64   `json:"cocoond_max_vmhwm_bytes"`
 		CocoondMaxRSS      int64   `json:"cocoond_max_sampled_rss_bytes"`
+		// Encrypted image (when measured).
+		EncryptedMedianSec     float64 `json:"encrypted_median_pull_seconds,omitempty"`
+		EncryptedOverPlain     float64 `json:"ratio_encrypted_over_plain_cocoon,omitempty"`
+		EncryptedMBps          float64 `json:"encrypted_pull_mb_per_second,omitempty"`
+		PlainMBps              float64 `json:"plain_pull_mb_per_second,omitempty"`
+		CryptoLimitMBps        float64 `json:"single_core_aes_ctr_hmac_mb_per_second,omitempty"`
+		EncryptedOverCryptoMax float64 `json:"ratio_encrypted_throughput_over_crypto_limit,omitempty"`
+		EncryptedCocoondMaxHWM int64   `json:"encrypted_cocoond_max_vmhwm_bytes,omitempty"`
 	} `json:"summary"`
 }
 
@@ -91,6 +106,7 @@ func main() {
 	flag.IntVar(&o.sizeMB, "size-mb", 500, "total uncompressed payload in MB (1e6 bytes)")
 	flag.Float64Var(&o.textShare, "text-share", 0.1, "share of the payload that is compressible text")
 	flag.StringVar(&o.out, "out", "", "JSON output (default $COCOON_BIN/bench-guestpull.json)")
+	flag.BoolVar(&o.encrypted, "encrypted", true, "also pull the image encrypted by cocoonctl encrypt (key from a development KBS), against the single-core AES-256-CTR+HMAC-SHA256 limit")
 	flag.StringVar(&o.cache, "cache", "", "directory caching the generated layers (default $COCOON_E2E_BIN/bench-cache)")
 	flag.Parse()
 	if o.iterations < 1 || o.layers < 1 || o.sizeMB < 1 || o.textShare < 0 || o.textShare > 1 {
@@ -150,9 +166,24 @@ func run(ctx context.Context, s *harness.Script, o options) (*Report, error) {
 	rep.Image.PayloadBytes = payload
 	rep.Image.Compression = "gzip"
 
+	modes := []string{"cocoon", "overlayfs"}
+	var enc *harness.Image
+	var kbs *harness.KBS
+	if o.encrypted {
+		if kbs, enc, err = encryptImage(ctx, env, reg, im); err != nil {
+			return nil, fmt.Errorf("encrypt the bench image: %w", err)
+		}
+		modes = append(modes, "cocoon-encrypted")
+		rep.Summary.CryptoLimitMBps = cryptoLimit()
+		s.Logf("single-core AES-256-CTR + HMAC-SHA256: %.0f MB/s", rep.Summary.CryptoLimitMBps)
+	}
 	for i := 1; i <= o.iterations; i++ {
-		for _, mode := range []string{"cocoon", "overlayfs"} {
-			r, err := pullOnce(ctx, s, reg, im, mode, i, i == 1)
+		for _, mode := range modes {
+			target, kbsURL := im, ""
+			if mode == "cocoon-encrypted" {
+				target, kbsURL = enc, kbs.URL
+			}
+			r, err := pullOnce(ctx, s, reg, target, mode, i, i == 1, kbsURL)
 			if err != nil {
 				return nil, fmt.Errorf("%s run %d: %w", mode, i, err)
 			}
@@ -174,7 +205,7 @@ func run(ctx context.Context, s *harness.Script, o options) (*Report, error) {
 
 // pullOnce starts fresh daemons (and a fresh work directory) for one pull
 // and tears them down afterwards.
-func pullOnce(ctx context.Context, parent *harness.Script, reg *harness.Registry, im *harness.Image, mode string, iteration int, verify bool) (r Run, err error) {
+func pullOnce(ctx context.Context, parent *harness.Script, reg *harness.Registry, im *harness.Image, mode string, iteration int, verify bool, kbsURL string) (r Run, err error) {
 	s := harness.NewScript(fmt.Sprintf("bench-%s-%d", mode, iteration), true)
 	defer func() {
 		if err != nil {
@@ -191,8 +222,12 @@ func pullOnce(ctx context.Context, parent *harness.Script, reg *harness.Registry
 	var opts harness.ContainerdOptions
 	pullArgs := []string{"image", "pull", "--plain-http"}
 	runArgs := []string{"run", "--rm"}
-	if mode == "cocoon" {
-		cd, err = env.StartCocoond(ctx, harness.CocoondOptions{InsecureRegistries: []string{reg.Host}, LogLevel: "info"})
+	if mode != "overlayfs" {
+		var extra []string
+		if kbsURL != "" {
+			extra = []string{"--kbs-url", kbsURL, "--tee", "sample"}
+		}
+		cd, err = env.StartCocoond(ctx, harness.CocoondOptions{InsecureRegistries: []string{reg.Host}, LogLevel: "info", ExtraArgs: extra})
 		if err != nil {
 			return r, err
 		}
@@ -337,13 +372,17 @@ func (t *textReader) Read(p []byte) (int, error) {
 }
 
 func summarize(rep *Report) {
-	var c, o []float64
+	var c, o, e []float64
 	for _, r := range rep.Runs {
-		if r.Mode == "cocoon" {
+		switch r.Mode {
+		case "cocoon":
 			c = append(c, r.PullSec)
 			rep.Summary.CocoondMaxHWM = max(rep.Summary.CocoondMaxHWM, r.CocoondHWM)
 			rep.Summary.CocoondMaxRSS = max(rep.Summary.CocoondMaxRSS, r.CocoondPeakRSS)
-		} else {
+		case "cocoon-encrypted":
+			e = append(e, r.PullSec)
+			rep.Summary.EncryptedCocoondMaxHWM = max(rep.Summary.EncryptedCocoondMaxHWM, r.CocoondHWM)
+		default:
 			o = append(o, r.PullSec)
 		}
 	}
@@ -352,6 +391,66 @@ func summarize(rep *Report) {
 	if rep.Summary.OverlayfsMedianSec > 0 {
 		rep.Summary.Ratio = rep.Summary.CocoonMedianSec / rep.Summary.OverlayfsMedianSec
 	}
+	mb := float64(rep.Image.CompressedBytes) / 1e6
+	if rep.Summary.CocoonMedianSec > 0 {
+		rep.Summary.PlainMBps = mb / rep.Summary.CocoonMedianSec
+	}
+	if rep.Summary.EncryptedMedianSec = median(e); rep.Summary.EncryptedMedianSec > 0 {
+		rep.Summary.EncryptedMBps = mb / rep.Summary.EncryptedMedianSec
+		rep.Summary.EncryptedOverPlain = rep.Summary.EncryptedMedianSec / rep.Summary.CocoonMedianSec
+		if rep.Summary.CryptoLimitMBps > 0 {
+			rep.Summary.EncryptedOverCryptoMax = rep.Summary.EncryptedMBps / rep.Summary.CryptoLimitMBps
+		}
+	}
+}
+
+// encryptImage starts a development KBS holding a fresh KEK and encrypts
+// the bench image with cocoonctl encrypt, wrapping its layer keys for
+// kbs:///default/bench/kek.
+func encryptImage(ctx context.Context, env *harness.Env, reg *harness.Registry, im *harness.Image) (*harness.KBS, *harness.Image, error) {
+	kek := make([]byte, 32)
+	if _, err := rand.Read(kek); err != nil {
+		return nil, nil, err
+	}
+	kbs, err := env.StartKBS(ctx, harness.KBSOptions{Policy: harness.AllowAllPolicy, Resources: map[string][]byte{"default/bench/kek": kek}})
+	if err != nil {
+		return nil, nil, err
+	}
+	kekFile := env.Path("bench.kek")
+	if err := os.WriteFile(kekFile, kek, 0o600); err != nil {
+		return nil, nil, err
+	}
+	cocoonctl, err := env.CocoonBinary("cocoonctl")
+	if err != nil {
+		return nil, nil, err
+	}
+	if out, err := exec.CommandContext(ctx, cocoonctl, "encrypt", "--insecure", "--tmpdir", env.Dir, "--kid", "kbs:///default/bench/kek", "--key-file", kekFile,
+		im.Ref, reg.Ref(im.Repo, "encrypted")).CombinedOutput(); err != nil {
+		return nil, nil, fmt.Errorf("cocoonctl encrypt: %w: %s", err, out)
+	}
+	enc, err := reg.Image(ctx, im.Repo, "encrypted")
+	return kbs, enc, err
+}
+
+// cryptoLimit measures single-core AES-256-CTR with HMAC-SHA256 (ocicrypt's
+// layer cipher) over 256 MiB in memory: the ceiling for decrypting a layer
+// on this machine, measured in the same run as the pulls.
+func cryptoLimit() float64 {
+	key := make([]byte, 32)
+	iv := make([]byte, aes.BlockSize)
+	rand.Read(key)
+	block, _ := aes.NewCipher(key)
+	ctr := cipher.NewCTR(block, iv)
+	mac := hmac.New(sha256.New, key)
+	buf := make([]byte, 1<<20)
+	const total = 256
+	start := time.Now()
+	for i := 0; i < total; i++ {
+		mac.Write(buf)
+		ctr.XORKeyStream(buf, buf)
+	}
+	mac.Sum(nil)
+	return float64(total<<20) / 1e6 / time.Since(start).Seconds()
 }
 
 func median(v []float64) float64 {
@@ -384,4 +483,9 @@ func printReport(w io.Writer, rep *Report) {
 	tw.Flush()
 	fmt.Fprintf(w, "\nmedian pull: cocoon %.2f s, overlayfs %.2f s; ratio cocoon/overlayfs %.2f; cocoond peak RSS %s (VmHWM %s)\n",
 		rep.Summary.CocoonMedianSec, rep.Summary.OverlayfsMedianSec, rep.Summary.Ratio, mib(rep.Summary.CocoondMaxRSS), mib(rep.Summary.CocoondMaxHWM))
+	if rep.Summary.EncryptedMedianSec > 0 {
+		fmt.Fprintf(w, "encrypted image: median pull %.2f s (%.0f MB/s; plain %.0f MB/s; ratio encrypted/plain %.2f); single-core AES-256-CTR+HMAC-SHA256 limit %.0f MB/s (pull throughput %.2f of it); cocoond VmHWM %s\n",
+			rep.Summary.EncryptedMedianSec, rep.Summary.EncryptedMBps, rep.Summary.PlainMBps, rep.Summary.EncryptedOverPlain,
+			rep.Summary.CryptoLimitMBps, rep.Summary.EncryptedOverCryptoMax, mib(rep.Summary.EncryptedCocoondMaxHWM))
+	}
 }
