@@ -11,6 +11,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"os"
 )
 
 // TEE names, spelled as upstream kbs-types serialises them on the wire.
@@ -55,4 +56,28 @@ type Verifier interface {
 	// Claims must include "report_data" and, when the TEE binds init-data,
 	// "init_data" (hex for TDX/SNP/TPM, base64 for sample, as Trustee).
 	Verify(ctx context.Context, evidence json.RawMessage, expectedReportData []byte) (Claims, error)
+}
+
+// ReportDataSize is the REPORT_DATA field of TDX and SNP reports.
+const ReportDataSize = 64
+
+// PadReportData zero-pads report data to ReportDataSize bytes, as upstream's
+// TDX and SNP attesters do; ok is false when it is longer (refused).
+func PadReportData(reportData []byte) (padded [ReportDataSize]byte, ok bool) {
+	if len(reportData) > ReportDataSize {
+		return padded, false
+	}
+	copy(padded[:], reportData)
+	return padded, true
+}
+
+// AnyExists reports whether any of the paths exists: how attesters probe
+// for their device.
+func AnyExists(paths ...string) bool {
+	for _, p := range paths {
+		if _, err := os.Stat(p); err == nil {
+			return true
+		}
+	}
+	return false
 }

@@ -14,7 +14,8 @@ package snp
 
 import (
 	"errors"
-	"os"
+
+	"github.com/cocoon-cc/cocoon/attest"
 )
 
 // Paths probed by Available.
@@ -25,21 +26,13 @@ var ErrReportDataTooLong = errors.New("SNP Attester: Report data must be no more
 
 // Available reports whether this machine is an SEV-SNP guest (the sev-guest
 // platform device that guest-components probes, or its character device).
-func Available() bool {
-	for _, p := range availablePaths {
-		if _, err := os.Stat(p); err == nil {
-			return true
-		}
-	}
-	return false
-}
+func Available() bool { return attest.AnyExists(availablePaths...) }
 
 // padReportData zero-pads report data to 64 bytes, refusing longer input.
 func padReportData(reportData []byte) ([ReportDataSize]byte, error) {
-	var out [ReportDataSize]byte
-	if len(reportData) > ReportDataSize {
-		return out, ErrReportDataTooLong
+	padded, ok := attest.PadReportData(reportData)
+	if !ok {
+		return padded, ErrReportDataTooLong
 	}
-	copy(out[:], reportData)
-	return out, nil
+	return padded, nil
 }

@@ -16,7 +16,8 @@ package tdx
 import (
 	"errors"
 	"fmt"
-	"os"
+
+	"github.com/cocoon-cc/cocoon/attest"
 )
 
 const (
@@ -45,22 +46,14 @@ var ErrReportDataTooLong = errors.New("TDX Attester: Report data must be no more
 
 // Available reports whether this machine is a TDX guest (the tdx_guest
 // device or its sysfs node exists).
-func Available() bool {
-	for _, p := range availablePaths {
-		if _, err := os.Stat(p); err == nil {
-			return true
-		}
-	}
-	return false
-}
+func Available() bool { return attest.AnyExists(availablePaths...) }
 
 func padReportData(reportData []byte) ([ReportDataSize]byte, error) {
-	var out [ReportDataSize]byte
-	if len(reportData) > ReportDataSize {
-		return out, ErrReportDataTooLong
+	padded, ok := attest.PadReportData(reportData)
+	if !ok {
+		return padded, ErrReportDataTooLong
 	}
-	copy(out[:], reportData)
-	return out, nil
+	return padded, nil
 }
 
 // RTMRIndex maps a PCR index, as the Attestation Agent names registers, to

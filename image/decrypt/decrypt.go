@@ -38,6 +38,8 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/cocoon-cc/cocoon/internal/hashio"
+
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/containers/ocicrypt/blockcipher"
@@ -116,7 +118,7 @@ func EncryptedMediaType(mediaType string) string {
 type Reader struct {
 	layer       digest.Digest // encrypted blob digest, for messages
 	blobSize    int64
-	src         *sourceReader
+	src         *hashio.Reader
 	stream      cipher.Stream // AES-256-CTR keyed with the layer key
 	mac         hash.Hash     // HMAC-SHA256 keyed with the layer key, over the ciphertext
 	wantMAC     []byte        // from the public options
@@ -125,22 +127,6 @@ type Reader struct {
 	err         error // sticky error returned by Read
 	verified    bool
 	verifyErr   error
-}
-
-// sourceReader hashes and counts the ciphertext.
-type sourceReader struct {
-	r io.Reader
-	h hash.Hash
-	n int64
-}
-
-func (s *sourceReader) Read(p []byte) (int, error) {
-	n, err := s.r.Read(p)
-	if n > 0 {
-		s.h.Write(p[:n])
-		s.n += int64(n)
-	}
-	return n, err
 }
 
 // NewReader returns the decrypted (still compressed) layer stream of an
@@ -186,7 +172,7 @@ func NewReader(ctx context.Context, encrypted io.Reader, desc ocispec.Descriptor
 		// a registry streaming without end is not read further.
 		encrypted = io.LimitReader(encrypted, desc.Size+1)
 	}
-	src := &sourceReader{r: encrypted, h: desc.Digest.Algorithm().Hash()}
+	src := &hashio.Reader{R: encrypted, H: desc.Digest.Algorithm().Hash()}
 	log.G(ctx).WithField("layer", desc.Digest).WithField("plain", priv.Digest).Debug("layer key unwrapped")
 	return &Reader{
 		layer:       desc.Digest,
@@ -251,10 +237,10 @@ func (r *Reader) Verify() error {
 		r.verifyErr = err
 		return err
 	}
-	if got := digest.NewDigest(r.layer.Algorithm(), r.src.h); got != r.layer {
+	if got := digest.NewDigest(r.layer.Algorithm(), r.src.H); got != r.layer {
 		r.verifyErr = fmt.Errorf("layer %s: encrypted blob digest mismatch: got %s: %w", r.layer, got, errdefs.ErrFailedPrecondition)
-	} else if r.blobSize > 0 && r.src.n != r.blobSize {
-		r.verifyErr = fmt.Errorf("layer %s: encrypted blob is %d bytes, descriptor says %d: %w", r.layer, r.src.n, r.blobSize, errdefs.ErrFailedPrecondition)
+	} else if r.blobSize > 0 && r.src.N != r.blobSize {
+		r.verifyErr = fmt.Errorf("layer %s: encrypted blob is %d bytes, descriptor says %d: %w", r.layer, r.src.N, r.blobSize, errdefs.ErrFailedPrecondition)
 	}
 	return r.verifyErr
 }

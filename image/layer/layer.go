@@ -18,6 +18,8 @@ import (
 	"hash"
 	"io"
 
+	"github.com/cocoon-cc/cocoon/internal/hashio"
+
 	"github.com/containerd/errdefs"
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
@@ -95,22 +97,6 @@ func (e *DigestMismatchError) Error() string {
 // Unwrap lets errors.Is(err, errdefs.ErrFailedPrecondition) match.
 func (e *DigestMismatchError) Unwrap() error { return errdefs.ErrFailedPrecondition }
 
-// countingHasher is an io.Reader that hashes and counts what passes through.
-type countingHasher struct {
-	r io.Reader
-	h hash.Hash
-	n int64
-}
-
-func (c *countingHasher) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	if n > 0 {
-		c.h.Write(p[:n])
-		c.n += int64(n)
-	}
-	return n, err
-}
-
 // Reader is the uncompressed tar stream of one layer blob. It is not safe
 // for concurrent use.
 type Reader struct {
@@ -119,8 +105,8 @@ type Reader struct {
 	comp       compression
 	sameStream bool // uncompressed blob hashed once for both digests
 
-	compressed   *countingHasher // raw blob bytes
-	uncompressed *countingHasher // decompressed bytes; reads from decomp
+	compressed   *hashio.Reader // raw blob bytes
+	uncompressed *hashio.Reader // decompressed bytes; reads from decomp
 
 	decomp    io.Reader // lazily initialised decompressor output
 	gz        *gzip.Reader
@@ -170,7 +156,7 @@ func NewReader(compressed io.Reader, mediaType string, blobDigest, diffID digest
 		blobDigest: blobDigest,
 		diffID:     diffID,
 		comp:       comp,
-		compressed: &countingHasher{r: compressed, h: ch},
+		compressed: &hashio.Reader{R: compressed, H: ch},
 	}
 	var uh hash.Hash = discardHash{}
 	if comp == compressionNone && diffID != "" && diffID.Algorithm() == blobDigest.Algorithm() {
@@ -182,7 +168,7 @@ func NewReader(compressed io.Reader, mediaType string, blobDigest, diffID digest
 			return nil, fmt.Errorf("layer %s: diff ID: %w", blobDigest, err)
 		}
 	}
-	r.uncompressed = &countingHasher{h: uh}
+	r.uncompressed = &hashio.Reader{H: uh}
 	return r, nil
 }
 
@@ -221,7 +207,7 @@ func (r *Reader) init() error {
 		r.zd = zd
 		r.decomp = zd
 	}
-	r.uncompressed.r = r.decomp
+	r.uncompressed.R = r.decomp
 	return nil
 }
 
@@ -281,15 +267,15 @@ func (r *Reader) verify() error {
 	if _, err := io.Copy(io.Discard, r.compressed); err != nil {
 		return fmt.Errorf("layer %s: drain blob: %w", r.blobDigest, err)
 	}
-	got := digest.NewDigest(r.blobDigest.Algorithm(), r.compressed.h)
+	got := digest.NewDigest(r.blobDigest.Algorithm(), r.compressed.H)
 	if got != r.blobDigest {
 		return &DigestMismatchError{Layer: r.blobDigest, Kind: KindCompressed, Expected: r.blobDigest, Actual: got}
 	}
 	if r.diffID != "" {
 		if r.sameStream {
-			got = digest.NewDigest(r.diffID.Algorithm(), r.compressed.h)
+			got = digest.NewDigest(r.diffID.Algorithm(), r.compressed.H)
 		} else {
-			got = digest.NewDigest(r.diffID.Algorithm(), r.uncompressed.h)
+			got = digest.NewDigest(r.diffID.Algorithm(), r.uncompressed.H)
 		}
 		if got != r.diffID {
 			return &DigestMismatchError{Layer: r.blobDigest, Kind: KindDiffID, Expected: r.diffID, Actual: got}
@@ -299,10 +285,10 @@ func (r *Reader) verify() error {
 }
 
 // CompressedBytes is the number of blob bytes read so far.
-func (r *Reader) CompressedBytes() int64 { return r.compressed.n }
+func (r *Reader) CompressedBytes() int64 { return r.compressed.N }
 
 // UncompressedBytes is the number of decompressed bytes produced so far.
-func (r *Reader) UncompressedBytes() int64 { return r.uncompressed.n }
+func (r *Reader) UncompressedBytes() int64 { return r.uncompressed.N }
 
 // Close releases the decompressor. It does not close the blob reader, which
 // belongs to the caller. Close is idempotent.
@@ -345,7 +331,7 @@ func (r *Reader) CheckBlob() error {
 	if _, err := io.Copy(io.Discard, r.compressed); err != nil {
 		return fmt.Errorf("layer %s: read rest of blob: %w", r.blobDigest, err)
 	}
-	if got := digest.NewDigest(r.blobDigest.Algorithm(), r.compressed.h); got != r.blobDigest {
+	if got := digest.NewDigest(r.blobDigest.Algorithm(), r.compressed.H); got != r.blobDigest {
 		return &DigestMismatchError{Layer: r.blobDigest, Kind: KindCompressed, Expected: r.blobDigest, Actual: got}
 	}
 	return nil
