@@ -215,32 +215,23 @@ func (p *Puller) Layer(ctx context.Context, req Request) (*Staged, error) {
 		}
 		p.start(repo, im.Manifest.Layers[i], diffIDs[i], chainIDs[i])
 	}
-	j := p.take(repo, im.Manifest.Layers[idx])
+	desc := im.Manifest.Layers[idx]
+	j := p.take(repo, desc)
 	if j == nil { // taken by a concurrent request for the same layer
-		j = p.start(repo, im.Manifest.Layers[idx], diffIDs[idx], chainIDs[idx])
-		j = p.take(repo, im.Manifest.Layers[idx])
+		j = p.own(repo, desc, diffIDs[idx], chainIDs[idx])
 	}
-	select {
-	case <-j.done:
-	case <-ctx.Done():
-		// The job finishes in the background and is discarded by the
-		// janitor if nobody takes it.
-		p.putBack(repo, im.Manifest.Layers[idx], j)
-		return nil, ctx.Err()
-	}
-	if j.err != nil && j.created.Before(begin) && !errors.Is(j.err, context.Canceled) {
+	st, err := p.wait(ctx, repo, desc, j)
+	if err != nil && j.created.Before(begin) && ctx.Err() == nil && !errors.Is(err, context.Canceled) {
 		// Fetched ahead and failed: the cause may have been transient, so
 		// try once more now that this layer is wanted.
-		log.G(ctx).WithError(j.err).WithField("layer", req.LayerDigest).Info("layer fetched ahead failed, fetching again")
-		p.start(repo, im.Manifest.Layers[idx], diffIDs[idx], chainIDs[idx])
-		return p.wait(ctx, repo, im.Manifest.Layers[idx], p.take(repo, im.Manifest.Layers[idx]))
+		log.G(ctx).WithError(err).WithField("layer", req.LayerDigest).Info("layer fetched ahead failed, fetching again")
+		return p.wait(ctx, repo, desc, p.own(repo, desc, diffIDs[idx], chainIDs[idx]))
 	}
-	if j.err != nil {
-		return nil, j.err
-	}
-	return j.staged, nil
+	return st, err
 }
 
+// wait waits for a job this caller owns; on cancellation the job is put
+// back for a later request (or the janitor).
 func (p *Puller) wait(ctx context.Context, repo name.Repository, desc ocispec.Descriptor, j *job) (*Staged, error) {
 	select {
 	case <-j.done:
@@ -256,16 +247,29 @@ func (p *Puller) wait(ctx context.Context, repo name.Repository, desc ocispec.De
 
 func jobKey(repo name.Repository, d digest.Digest) string { return repo.String() + "@" + d.String() }
 
-// start schedules a job for a layer unless one is queued already.
-func (p *Puller) start(repo name.Repository, desc ocispec.Descriptor, diffID, chainID digest.Digest) *job {
+// start schedules a job for a layer unless one is queued already; the job
+// waits in p.jobs for the request that takes it.
+func (p *Puller) start(repo name.Repository, desc ocispec.Descriptor, diffID, chainID digest.Digest) {
 	key := jobKey(repo, desc.Digest)
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if j, ok := p.jobs[key]; ok {
-		return j
+	if _, ok := p.jobs[key]; ok {
+		return
 	}
+	p.jobs[key] = p.launch(repo, desc, diffID, chainID)
+}
+
+// own starts a job that only the caller holds.
+func (p *Puller) own(repo name.Repository, desc ocispec.Descriptor, diffID, chainID digest.Digest) *job {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.launch(repo, desc, diffID, chainID)
+}
+
+// launch runs a job in the background under the concurrency bound. Called
+// with p.mu held (p.wg.Add must not race with Close's Wait).
+func (p *Puller) launch(repo name.Repository, desc ocispec.Descriptor, diffID, chainID digest.Digest) *job {
 	j := &job{done: make(chan struct{}), created: time.Now()}
-	p.jobs[key] = j
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()

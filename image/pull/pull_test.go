@@ -288,3 +288,39 @@ func TestPolicyGateBeforeAnyLayer(t *testing.T) {
 		})
 	}
 }
+
+// Two requests for the same layer at once (two images sharing it) each get
+// their own verified staging directory.
+func TestConcurrentRequestsForOneLayer(t *testing.T) {
+	reg := regtest.Start(t)
+	p, _ := newPuller(t, reg)
+	ref, img := reg.Push(t, "a/shared", compression.GZip, true, layers(t, 2)...)
+	req := requests(t, ref, img)[0]
+	const n = 4
+	type result struct {
+		st  *Staged
+		err error
+	}
+	results := make(chan result, n)
+	for i := 0; i < n; i++ {
+		go func() {
+			st, err := p.Layer(context.Background(), req)
+			results <- result{st, err}
+		}()
+	}
+	dirs := map[string]bool{}
+	for i := 0; i < n; i++ {
+		r := <-results
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		if dirs[r.st.Dir] {
+			t.Errorf("staging directory %s handed out twice", r.st.Dir)
+		}
+		dirs[r.st.Dir] = true
+		if _, err := os.Stat(filepath.Join(r.st.Dir, "fa")); err != nil {
+			t.Errorf("staged layer incomplete: %v", err)
+		}
+		r.st.Discard()
+	}
+}
