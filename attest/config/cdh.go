@@ -413,3 +413,19 @@ func CDHFromKernelCmdline(getenv func(string) string, cmdlinePath string) (*CDHC
 	c.Image = ImageFromKernelCmdline(cmdline)
 	return c, nil
 }
+
+// ParseRegistriesConf parses a registries configuration document (the
+// registries.conf subset image-rs reads: unqualified-search-registries and
+// [[registry]] with mirrors), as registry_configuration_uri names it.
+func ParseRegistriesConf(data []byte) (*RegistryConfig, []string, error) {
+	m, err := decode(data, TOML)
+	if err != nil {
+		return nil, nil, fmt.Errorf("config: registries configuration: %w", err)
+	}
+	var warn []string
+	rc, err := parseRegistryConfig(newTable(m, "", &warn))
+	if err != nil {
+		return nil, warn, fmt.Errorf("config: registries configuration: %w", err)
+	}
+	return rc, warn, nil
+}

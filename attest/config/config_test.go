@@ -399,3 +399,21 @@ func FuzzParseCDH(f *testing.F) {
 		_, _, _ = ParseAA(b, JSON)
 	})
 }
+
+func TestParseRegistriesConf(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("..", "..", "..", "shared", "vectors", "image-rs", "registry-configuration.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, warn, err := ParseRegistriesConf(b)
+	if err != nil || len(warn) != 0 {
+		t.Fatalf("%v %v", err, warn)
+	}
+	if len(rc.UnqualifiedSearchRegistries) != 2 || len(rc.Registries) != 4 || !rc.Registries[0].Blocked ||
+		len(rc.Registries[1].Mirrors) != 1 || rc.Registries[1].Mirrors[0].Location != "127.0.0.1:5000" || !rc.Registries[3].Insecure {
+		t.Errorf("parsed %+v", rc)
+	}
+	if _, _, err := ParseRegistriesConf([]byte("[[registry]]\nblocked = \"yes\"\n")); err == nil || !strings.Contains(err.Error(), "blocked") {
+		t.Errorf("bad value: %v", err)
+	}
+}

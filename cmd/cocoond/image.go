@@ -46,7 +46,7 @@ func (at *attestation) imageConfig() *config.ImageConfig {
 // registryOptions turns cocoond's [registry] settings and cdh.toml [image]
 // (proxy, extra root certificates, registries configuration, credentials
 // from the KBS) into registry client options.
-func registryOptions(cfg Config, at *attestation) (registry.Options, error) {
+func registryOptions(ctx context.Context, cfg Config, at *attestation) (registry.Options, error) {
 	o := registry.Options{Insecure: cfg.Registry.Insecure, Retries: cfg.Registry.Retries}
 	img := at.imageConfig()
 	if img == nil {
@@ -62,11 +62,22 @@ func registryOptions(cfg Config, at *attestation) (registry.Options, error) {
 		return o, fmt.Errorf("cdh.toml [image]: %w", err)
 	}
 	o.Transport = t
-	if rc := img.RegistryConfig; rc != nil {
-		o.Hosts = hostsFrom(rc)
+	rc := img.RegistryConfig
+	if u := deref(img.RegistryConfigurationURI); u != "" { // the URI wins over the inline table
+		b, err := fetchURI(ctx, at.resources(), u)
+		if err != nil {
+			return o, fmt.Errorf("cdh.toml registry_configuration_uri %s: %w", u, err)
+		}
+		var warnings []string
+		if rc, warnings, err = config.ParseRegistriesConf(b); err != nil {
+			return o, fmt.Errorf("registries configuration from %s: %w", u, err)
+		}
+		for _, w := range warnings {
+			log.G(ctx).Warn(w)
+		}
 	}
-	if img.RegistryConfigurationURI != nil && *img.RegistryConfigurationURI != "" {
-		log.L.WithField("uri", *img.RegistryConfigurationURI).Warn("cdh.toml registry_configuration_uri is not supported yet; use the inline [image.registry_config]")
+	if rc != nil {
+		o.Hosts = hostsFrom(rc)
 	}
 	if u := deref(img.AuthenticatedRegistryCredentialsURI); u != "" {
 		o.Keychain = &kbsKeychain{uri: u, getter: at.resources()}

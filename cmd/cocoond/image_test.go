@@ -28,7 +28,7 @@ func TestRegistryCredentialsFromKBS(t *testing.T) {
 		t.Fatal(err)
 	}
 	at := &attestation{cdh: cdh, kbs: client}
-	o, err := registryOptions(defaultConfig(), at)
+	o, err := registryOptions(context.Background(), defaultConfig(), at)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,5 +62,25 @@ func TestFetchURIForms(t *testing.T) {
 	}
 	if _, err := fetchURI(context.Background(), noKBS{}, "kbs:///a/b/c"); err == nil {
 		t.Error("kbs:// without a KBS succeeded")
+	}
+}
+
+func TestRegistryConfigurationURI(t *testing.T) {
+	conf := filepath.Join(t.TempDir(), "registries.conf")
+	os.WriteFile(conf, []byte("[[registry]]\nprefix = \"quay.io/mirrored\"\n[[registry.mirror]]\nlocation = \"127.0.0.1:5000/quay\"\ninsecure = true\n"), 0o600)
+	cdh, _, err := config.ParseCDH([]byte("[kbc]\nname = \"cc_kbc\"\n[image]\nregistry_configuration_uri = \"file://"+conf+"\"\n[image.registry_config]\n[[image.registry_config.registry]]\nprefix = \"inline.example\"\nblocked = true\n"), config.TOML)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, err := registryOptions(context.Background(), defaultConfig(), &attestation{cdh: cdh})
+	if err != nil {
+		t.Fatal(err)
+	}
+	locs, err := o.Hosts.Locations("quay.io/mirrored/app")
+	if err != nil || len(locs) != 2 || locs[0].Repository != "127.0.0.1:5000/quay/app" || !locs[0].Insecure {
+		t.Errorf("locations = %+v, %v", locs, err)
+	}
+	if _, err := o.Hosts.Locations("inline.example/x"); err != nil {
+		t.Errorf("the inline table was used although the URI wins: %v", err)
 	}
 }

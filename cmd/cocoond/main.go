@@ -169,7 +169,7 @@ func serve(ctx context.Context, cfg Config, features restapi.Features) error {
 	if err != nil {
 		return err
 	}
-	ropts, err := registryOptions(cfg, at)
+	ropts, err := registryOptions(ctx, cfg, at)
 	if err != nil {
 		return err
 	}
