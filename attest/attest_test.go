@@ -27,4 +27,7 @@ func TestAnyExists(t *testing.T) {
 	if !AnyExists(filepath.Join(dir, "a"), dir) {
 		t.Error("present path not found")
 	}
+	if !AnyExists(dir, filepath.Join(dir, "a")) {
+		t.Error("present path first not found")
+	}
 }

@@ -27,7 +27,8 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"os"
+
+	"github.com/cocoon-cc/cocoon/attest"
 )
 
 const (
@@ -46,14 +47,7 @@ const (
 var devicePaths = []string{"/dev/tpmrm0", "/dev/tpm0"}
 
 // Available reports whether a TPM character device exists.
-func Available() bool {
-	for _, p := range devicePaths {
-		if _, err := os.Stat(p); err == nil {
-			return true
-		}
-	}
-	return false
-}
+func Available() bool { return attest.AnyExists(devicePaths...) }
 
 // resizeReportData truncates or zero-pads report data to ReportDataSize.
 func resizeReportData(reportData []byte) []byte {
