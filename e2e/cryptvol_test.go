@@ -105,14 +105,7 @@ func TestStorageVolume(t *testing.T) {
 	}
 	mnt := filepath.Join(cd.Root, "storage")
 	destroyVolume(t, env, mnt)
-	frag, err := cd.ContainerdConfig(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctrd, err := env.StartContainerd(ctx, harness.ContainerdOptions{Fragments: []string{frag}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctrd := startContainerdFor(t, ctx, env, cd)
 	im, msg := pushTwoLayerImage(t, ctx, env, reg, "e2e/storage", imageOptions{})
 	if _, err := ctrd.Ctr(ctx, "image", "pull", "--plain-http", "--snapshotter", "cocoon", im.Ref); err != nil {
 		t.Fatal(err)

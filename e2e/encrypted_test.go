@@ -44,14 +44,7 @@ func TestEncryptedImage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	frag, err := cd.ContainerdConfig(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctrd, err := env.StartContainerd(ctx, harness.ContainerdOptions{Fragments: []string{frag}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctrd := startContainerdFor(t, ctx, env, cd)
 	plain, msg := pushTwoLayerImage(t, ctx, env, reg, "e2e/plain-app", imageOptions{})
 	cocoonctl, err := env.CocoonBinary("cocoonctl")
 	if err != nil {

@@ -79,6 +79,14 @@ func startCocoonStackWithRegistry(t *testing.T, ctx context.Context, env *harnes
 	if err != nil {
 		t.Fatal(err)
 	}
+	ctrd := startContainerdFor(t, ctx, env, cd)
+	return &cocoonStack{env: env, reg: reg, cocoond: cd, ctrd: ctrd}
+}
+
+// startContainerdFor starts containerd configured (by cocoonctl
+// containerd-config) to use cd as its cocoon snapshotter.
+func startContainerdFor(t *testing.T, ctx context.Context, env *harness.Env, cd *harness.Cocoond) *harness.Containerd {
+	t.Helper()
 	frag, err := cd.ContainerdConfig(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -87,7 +95,7 @@ func startCocoonStackWithRegistry(t *testing.T, ctx context.Context, env *harnes
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &cocoonStack{env: env, reg: reg, cocoond: cd, ctrd: ctrd}
+	return ctrd
 }
 
 // imageOptions shape the image pushTwoLayerImage builds.

@@ -91,14 +91,7 @@ func TestPrivateRegistryCredentialsFromKBS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	frag, err := cd.ContainerdConfig(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctrd, err := env.StartContainerd(ctx, harness.ContainerdOptions{Fragments: []string{frag}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctrd := startContainerdFor(t, ctx, env, cd)
 	im, msg := pushTwoLayerImage(t, ctx, env, reg, "private/app", imageOptions{})
 	ref := proxy.host + "/private/app:v1"
 

@@ -108,14 +108,7 @@ func TestSecretsFilesystem(t *testing.T) {
 		}
 	}
 
-	frag, err := cd.ContainerdConfig(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctrd, err := env.StartContainerd(ctx, harness.ContainerdOptions{Fragments: []string{frag}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctrd := startContainerdFor(t, ctx, env, cd)
 	im, _ := pushTwoLayerImage(t, ctx, env, reg, "e2e/secrets", imageOptions{})
 	if _, err := ctrd.Ctr(ctx, "image", "pull", "--plain-http", "--snapshotter", "cocoon", im.Ref); err != nil {
 		t.Fatal(err)

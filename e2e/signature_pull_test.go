@@ -61,14 +61,7 @@ func TestSignedImagePullThroughSnapshotter(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	frag, err := cd.ContainerdConfig(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctrd, err := env.StartContainerd(ctx, harness.ContainerdOptions{Fragments: []string{frag}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctrd := startContainerdFor(t, ctx, env, cd)
 
 	v2, _ := pushTwoLayerImage(t, ctx, env, reg, "coco/signed", imageOptions{})
 	s.cosign("cosign", "good", v2)
