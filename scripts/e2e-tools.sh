@@ -27,6 +27,7 @@ GO_TOOLS=(
 	"crane                   github.com/google/go-containerregistry/cmd/crane                -"
 	"cosign                  github.com/sigstore/cosign/v2/cmd/cosign                        -"
 	"cosign3                 github.com/sigstore/cosign/v3/cmd/cosign                        -"
+	"crictl                  sigs.k8s.io/cri-tools/cmd/crictl                                -"
 )
 
 # Debian packages: "file-that-proves-it-is-installed  package".
