@@ -123,7 +123,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		text(w, http.StatusRequestURITooLong, bodyBadRequest)
 		return
 	}
-	path := r.URL.Path
+	// Route on the path as sent, as upstream (hyper's uri().path() is not
+	// percent-decoded): "/cdh%2Fresource/..." is not "/cdh/resource/...".
+	path := r.URL.EscapedPath()
 	if path == "/info" {
 		h.info(w, r)
 		return
@@ -310,9 +312,9 @@ func (h *Handler) cdh(w http.ResponseWriter, r *http.Request, rest string) {
 		text(w, http.StatusInternalServerError, "confidential data hub is not configured")
 		return
 	}
-	uri, err := resourceURI(r, tail)
+	uri, err := resourceURI(tail)
 	if err != nil {
-		text(w, http.StatusBadRequest, bodyBadRequest)
+		text(w, http.StatusBadRequest, bodyBadRequest+": "+err.Error())
 		return
 	}
 	b, err := h.o.CDH.GetResource(ctx, uri)
@@ -323,26 +325,32 @@ func (h *Handler) cdh(w http.ResponseWriter, r *http.Request, rest string) {
 	reply(w, http.StatusOK, "application/octet-stream", b)
 }
 
-// resourceURI maps "/repo/type/tag" to "kbs:///repo/type/tag". Upstream
-// passes the path through; we refuse anything that is not exactly three
-// plain segments, also when percent-encoded, so that no KBS ever sees a
-// traversal.
-func resourceURI(r *http.Request, tail string) (string, error) {
-	raw := r.URL.EscapedPath()
-	if i := strings.Index(raw, "/cdh/resource/"); i >= 0 {
-		raw = raw[i+len("/cdh/resource/"):]
-	}
-	segs := strings.Split(raw, "/")
+// resourceURI maps the escaped path below /cdh/resource ("/repo/type/tag")
+// to "kbs:///repo/type/tag". Percent-decoding must not change what the KBS
+// request means, so a segment is refused when it decodes to a '?' or '#'
+// (a query or fragment on the KBS request: a workload could add data.query
+// to what the resource policy sees), to a '/' (extra segments), to '%' (a
+// second decoding further on), or to "." or ".." (a traversal). Upstream
+// passes the path through unchecked.
+func resourceURI(escaped string) (string, error) {
+	segs := strings.Split(strings.TrimPrefix(escaped, "/"), "/")
 	if len(segs) != 3 {
-		return "", fmt.Errorf("want repo/type/tag, got %q", tail)
+		return "", fmt.Errorf("want repo/type/tag, got %q", escaped)
 	}
-	for _, s := range segs {
+	for i, s := range segs {
 		d, err := url.PathUnescape(s)
-		if err != nil || d == "" || d == "." || d == ".." || strings.ContainsAny(d, "/\\\x00") {
-			return "", fmt.Errorf("invalid resource path segment %q", s)
+		if err != nil {
+			return "", fmt.Errorf("resource path segment %q: %w", s, err)
 		}
+		if d == "." || d == ".." {
+			return "", fmt.Errorf("resource path segment %q is a traversal", s)
+		}
+		if j := strings.IndexAny(d, "?#/%"); j >= 0 {
+			return "", fmt.Errorf("resource path segment %q decodes to %q, which holds %q: it would change the KBS request", s, d, d[j])
+		}
+		segs[i] = d
 	}
-	return "kbs://" + tail, nil
+	return "kbs:///" + strings.Join(segs, "/"), nil
 }
 
 // fail answers 500 with the error text, as upstream, and logs the cause.

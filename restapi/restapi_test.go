@@ -123,10 +123,10 @@ func TestRouting(t *testing.T) {
 		{"GET", "/cdh/resource/", "", 404, "URL NOT FOUND"},
 		{"GET", "/cdh/other/r/t/x", "", 404, "URL NOT FOUND"},
 		{"GET", "/cdh/resource/r/t/missing", "", 500, "resource not found"},
-		{"GET", "/cdh/resource/r/../x", "", 400, "BAD REQUEST"},
-		{"GET", "/cdh/resource/r/%2e%2e/x", "", 400, "BAD REQUEST"},
-		{"GET", "/cdh/resource/r%2Ft/x/y", "", 400, "BAD REQUEST"},
-		{"GET", "/cdh/resource/r/t/x/extra", "", 400, "BAD REQUEST"},
+		{"GET", "/cdh/resource/r/../x", "", 400, `BAD REQUEST: resource path segment ".." is a traversal`},
+		{"GET", "/cdh/resource/r/%2e%2e/x", "", 400, `BAD REQUEST: resource path segment "%2e%2e" is a traversal`},
+		{"GET", "/cdh/resource/r%2Ft/x/y", "", 400, `BAD REQUEST: resource path segment "r%2Ft" decodes to "r/t", which holds '/': it would change the KBS request`},
+		{"GET", "/cdh/resource/r/t/x/extra", "", 400, `BAD REQUEST: want repo/type/tag, got "/r/t/x/extra"`},
 	} {
 		code, body := do(h, tc.method, tc.target, tc.body, local)
 		if code != tc.code || body != tc.want {
