@@ -106,3 +106,25 @@ func TestResourcePathNeverBecomesAQuery(t *testing.T) {
 		}
 	}
 }
+
+// TestResourcePathSegmentsLeftToCDH: upstream passes any path below
+// /cdh/resource to the CDH, which answers other than repo/type/tag with an
+// error (500), not 400.
+func TestResourcePathSegmentsLeftToCDH(t *testing.T) {
+	h, rec := newKBSBackedHandler(t)
+	for _, target := range []string{
+		"/cdh/resource/",
+		"/cdh/resource/default",
+		"/cdh/resource/default/db",
+		"/cdh/resource/default/db/password/extra",
+		"/cdh/resource/default//password",
+	} {
+		code, body := do(h, "GET", target, "", local)
+		if code != http.StatusInternalServerError || !strings.Contains(body, "parse resource URI") {
+			t.Errorf("%s = %d %q, want 500 with the CDH's error", target, code, body)
+		}
+	}
+	if got := rec.resourceRequests(); len(got) != 0 {
+		t.Errorf("KBS saw %q", got)
+	}
+}
