@@ -478,3 +478,88 @@ func TestParseSources(t *testing.T) {
 		})
 	}
 }
+
+// TestListingNeverUnseals: ls -l (readdir, then a stat of every entry)
+// contacts the KBS for no file, sealed or not, and neither does a stat of
+// a KBS resource; a sealed file and a resource list with size 0 until
+// read. Reading then unseals (or fetches) once, returns the whole value,
+// and a stat afterwards reports the real size.
+func TestListingNeverUnseals(t *testing.T) {
+	requireFUSE(t)
+	ctx, _ := captureLogs(t)
+	k := devkbs.Start(t, server.AllowAllPolicy)
+	signer, jwk := newSigner(t)
+	k.Put(t, "default/signing-key/sealed-secret", jwk)
+	pts := map[string][]byte{}
+	src := t.TempDir()
+	for _, name := range []string{"a", "b", "c"} {
+		// Longer than a page, so a reader stopping at the listed size
+		// (0) or at one read would show.
+		pts[name] = append(marker(t, name), bytes.Repeat([]byte{'x'}, 6000)...)
+		k.Put(t, "default/sealed-secret/"+name, pts[name])
+		writeFile(t, filepath.Join(src, name), append(sign(t, vault("kbs:///default/sealed-secret/"+name), signer, kid), '\n'))
+	}
+	writeFile(t, filepath.Join(src, "plain"), []byte("plain text"))
+	resourcePT := marker(t, "resource")
+	k.Put(t, "default/key/1", resourcePT)
+	client := &countingGetter{g: k.Client(t)}
+	mnt := t.TempDir()
+	mount(t, ctx, secretsfs.Options{
+		Dir:       mnt,
+		Sources:   map[string]string{"app": src},
+		Unsealer:  &sealed.Unsealer{Resources: client},
+		Resources: client,
+	})
+	app := filepath.Join(mnt, "app")
+	fetches := func() int {
+		n := client.count(kid) + client.count("kbs:///default/key/1")
+		for name := range pts {
+			n += client.count("kbs:///default/sealed-secret/" + name)
+		}
+		return n
+	}
+
+	out, err := exec.Command("ls", "-l", app).CombinedOutput()
+	if err != nil {
+		t.Fatalf("ls -l: %v: %s", err, out)
+	}
+	for name := range pts {
+		fi, err := os.Stat(filepath.Join(app, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Size() != 0 {
+			t.Errorf("%s: listed size %d before any read, want 0", name, fi.Size())
+		}
+	}
+	if fi, err := os.Stat(filepath.Join(app, "plain")); err != nil || fi.Size() != int64(len("plain text")) {
+		t.Errorf("plain: %v (want its own size)", err)
+	}
+	if fi, err := os.Stat(filepath.Join(mnt, "kbs", "default", "key", "1")); err != nil || fi.Size() != 0 {
+		t.Errorf("kbs resource before a read: %v (want size 0)", err)
+	}
+	if n := fetches(); n != 0 {
+		t.Fatalf("listing and stat made %d KBS fetches, want 0", n)
+	}
+
+	out, err = exec.Command("/bin/cat", filepath.Join(app, "a")).Output()
+	if err != nil || !bytes.Equal(out, pts["a"]) {
+		t.Fatalf("cat a: %v, %d bytes, want %d", err, len(out), len(pts["a"]))
+	}
+	got, err := os.ReadFile(filepath.Join(mnt, "kbs", "default", "key", "1"))
+	if err != nil || !bytes.Equal(got, resourcePT) {
+		t.Fatalf("read resource: %v", err)
+	}
+	if n := client.count("kbs:///default/sealed-secret/a"); n != 1 {
+		t.Errorf("reading a fetched its value %d times, want 1", n)
+	}
+	if n := client.count("kbs:///default/sealed-secret/b") + client.count("kbs:///default/sealed-secret/c"); n != 0 {
+		t.Errorf("reading a also fetched b or c (%d)", n)
+	}
+	for p, want := range map[string]int{filepath.Join(app, "a"): len(pts["a"]), filepath.Join(mnt, "kbs", "default", "key", "1"): len(resourcePT)} {
+		fi, err := os.Stat(p)
+		if err != nil || fi.Size() != int64(want) {
+			t.Errorf("%s after a read: %v, want size %d", p, err, want)
+		}
+	}
+}
