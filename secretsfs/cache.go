@@ -88,23 +88,23 @@ func (c *cache) get(ctx context.Context, key string, fetch func(context.Context)
 	return e.value()
 }
 
-// size is the length of key's value when it is cached and fresh, else 0.
-// It never fetches.
-func (c *cache) size(key string) int64 {
+// size is the length of key's value when it is cached and fresh; ok is
+// false otherwise. It never fetches.
+func (c *cache) size(key string) (n int64, ok bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e := c.entries[key]
 	if e == nil {
-		return 0
+		return 0, false
 	}
 	select {
 	case <-e.done:
 		if e.err == nil && c.now().Before(e.expires) {
-			return int64(len(e.data))
+			return int64(len(e.data)), true
 		}
 	default:
 	}
-	return 0
+	return 0, false
 }
 
 // value copies the entry's data; c.mu must be held (dropLocked zeroes

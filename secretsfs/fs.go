@@ -10,9 +10,10 @@
 //	                          a KBS resource, fetched on open
 //
 // Listing and stat never contact the KBS: a sealed file or a resource
-// whose value is not in the cache has size 0, and an open resolves it
-// (direct I/O, so the whole value reads whatever size was listed) and
-// invalidates the attributes, so that a stat then reports the real size.
+// whose value is not in the cache is listed with the bound of its size
+// (64 MiB) and no blocks; an open resolves it and invalidates the
+// attributes, so that a stat or fstat then reports the exact size. Reads
+// end at the value's end whatever size was listed.
 //
 // The filesystem is read-only; files are mode 0400 and directories 0500,
 // owned by the configured uid and gid, and the kernel enforces that

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -481,11 +482,13 @@ func TestParseSources(t *testing.T) {
 
 // TestListingNeverUnseals: ls -l (readdir, then a stat of every entry)
 // contacts the KBS for no file, sealed or not, and neither does a stat of
-// a KBS resource; a sealed file and a resource list with size 0 until
-// read. Reading then unseals (or fetches) once, returns the whole value,
-// and a stat afterwards reports the real size.
+// a KBS resource; a sealed file and a resource are listed with the bound
+// of their size until read. Reading then unseals (or fetches) once and
+// returns the whole value, through read(2) and through sendfile(2) (as
+// busybox cat reads), and a stat afterwards reports the exact size.
 func TestListingNeverUnseals(t *testing.T) {
 	requireFUSE(t)
+	const listedBound = 64 << 20 // secretsfs's bound on a value's size
 	ctx, _ := captureLogs(t)
 	k := devkbs.Start(t, server.AllowAllPolicy)
 	signer, jwk := newSigner(t)
@@ -493,8 +496,7 @@ func TestListingNeverUnseals(t *testing.T) {
 	pts := map[string][]byte{}
 	src := t.TempDir()
 	for _, name := range []string{"a", "b", "c"} {
-		// Longer than a page, so a reader stopping at the listed size
-		// (0) or at one read would show.
+		// Longer than a page, so a reader stopping early would show.
 		pts[name] = append(marker(t, name), bytes.Repeat([]byte{'x'}, 6000)...)
 		k.Put(t, "default/sealed-secret/"+name, pts[name])
 		writeFile(t, filepath.Join(src, name), append(sign(t, vault("kbs:///default/sealed-secret/"+name), signer, kid), '\n'))
@@ -511,6 +513,7 @@ func TestListingNeverUnseals(t *testing.T) {
 		Resources: client,
 	})
 	app := filepath.Join(mnt, "app")
+	resource := filepath.Join(mnt, "kbs", "default", "key", "1")
 	fetches := func() int {
 		n := client.count(kid) + client.count("kbs:///default/key/1")
 		for name := range pts {
@@ -523,20 +526,17 @@ func TestListingNeverUnseals(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ls -l: %v: %s", err, out)
 	}
-	for name := range pts {
-		fi, err := os.Stat(filepath.Join(app, name))
+	for _, p := range []string{filepath.Join(app, "a"), filepath.Join(app, "b"), filepath.Join(app, "c"), resource} {
+		fi, err := os.Stat(p)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if fi.Size() != 0 {
-			t.Errorf("%s: listed size %d before any read, want 0", name, fi.Size())
+		if st := fi.Sys().(*syscall.Stat_t); fi.Size() != listedBound || st.Blocks != 0 {
+			t.Errorf("%s: listed size %d, %d blocks before any read, want %d and 0", p, fi.Size(), st.Blocks, listedBound)
 		}
 	}
 	if fi, err := os.Stat(filepath.Join(app, "plain")); err != nil || fi.Size() != int64(len("plain text")) {
 		t.Errorf("plain: %v (want its own size)", err)
-	}
-	if fi, err := os.Stat(filepath.Join(mnt, "kbs", "default", "key", "1")); err != nil || fi.Size() != 0 {
-		t.Errorf("kbs resource before a read: %v (want size 0)", err)
 	}
 	if n := fetches(); n != 0 {
 		t.Fatalf("listing and stat made %d KBS fetches, want 0", n)
@@ -546,20 +546,65 @@ func TestListingNeverUnseals(t *testing.T) {
 	if err != nil || !bytes.Equal(out, pts["a"]) {
 		t.Fatalf("cat a: %v, %d bytes, want %d", err, len(out), len(pts["a"]))
 	}
-	got, err := os.ReadFile(filepath.Join(mnt, "kbs", "default", "key", "1"))
+	if got := sendfileAll(t, filepath.Join(app, "b")); !bytes.Equal(got, pts["b"]) {
+		t.Fatalf("sendfile b: %d bytes, want %d", len(got), len(pts["b"]))
+	}
+	f, err := os.Open(filepath.Join(app, "c"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, err := f.Stat()
+	_ = f.Close()
+	if err != nil || fi.Size() != int64(len(pts["c"])) {
+		t.Errorf("fstat of open c: %v, want size %d", err, len(pts["c"]))
+	}
+	got, err := os.ReadFile(resource)
 	if err != nil || !bytes.Equal(got, resourcePT) {
 		t.Fatalf("read resource: %v", err)
 	}
-	if n := client.count("kbs:///default/sealed-secret/a"); n != 1 {
-		t.Errorf("reading a fetched its value %d times, want 1", n)
+	for name := range pts {
+		if n := client.count("kbs:///default/sealed-secret/" + name); n != 1 {
+			t.Errorf("%s: value fetched %d times, want 1", name, n)
+		}
 	}
-	if n := client.count("kbs:///default/sealed-secret/b") + client.count("kbs:///default/sealed-secret/c"); n != 0 {
-		t.Errorf("reading a also fetched b or c (%d)", n)
-	}
-	for p, want := range map[string]int{filepath.Join(app, "a"): len(pts["a"]), filepath.Join(mnt, "kbs", "default", "key", "1"): len(resourcePT)} {
+	for p, want := range map[string]int{filepath.Join(app, "a"): len(pts["a"]), filepath.Join(app, "b"): len(pts["b"]), resource: len(resourcePT)} {
 		fi, err := os.Stat(p)
 		if err != nil || fi.Size() != int64(want) {
 			t.Errorf("%s after a read: %v, want size %d", p, err, want)
 		}
 	}
+}
+
+// sendfileAll reads path with sendfile(2) into a pipe, as busybox cat
+// does; the kernel then reads through splice, bounded by the size it
+// last saw.
+func sendfileAll(t *testing.T, path string) []byte {
+	t.Helper()
+	in, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	done := make(chan []byte)
+	go func() {
+		b, _ := io.ReadAll(r)
+		done <- b
+	}()
+	for {
+		n, err := syscall.Sendfile(int(w.Fd()), int(in.Fd()), nil, 1<<16)
+		if err != nil {
+			_ = w.Close()
+			t.Fatalf("sendfile: %v", err)
+		}
+		if n == 0 {
+			break
+		}
+	}
+	_ = w.Close()
+	return <-done
 }

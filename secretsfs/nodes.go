@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"hash/fnv"
 	"io"
 	"io/fs"
@@ -28,6 +29,15 @@ const (
 	fileMode = 0o400
 	dirMode  = 0o500
 )
+
+// maxValueSize bounds what a sealed file or KBS resource may resolve to:
+// the KBS client's own response bound, so no value it returns is refused.
+// It is also the size listed for a value not yet resolved (see fileAttr).
+const maxValueSize = 64 << 20
+
+// unknownSize marks a content whose size is not known without contacting
+// the KBS.
+const unknownSize = -1
 
 // ino derives a stable inode number from a node's identity, so a file
 // keeps its number across lookups, forgets and remounts.
@@ -56,11 +66,21 @@ func (f *FS) dirAttr(a *fuse.Attr, mtime time.Time) {
 	a.SetTimes(&mtime, &mtime, &mtime)
 }
 
+// fileAttr fills a file's attributes. A value not resolved yet is listed
+// with the bound of its size and no blocks: the kernel stops page-cache
+// and splice reads (sendfile, as busybox cat does) at the size it last
+// saw, and shrinks it at the first short read, so a bound never cuts a
+// value short while 0 would. Open invalidates the attributes, so a stat
+// or fstat after it reports the exact size.
 func (f *FS) fileAttr(a *fuse.Attr, c *content) {
 	a.Mode = fuse.S_IFREG | fileMode
 	a.Nlink = 1
-	a.Size = uint64(c.size)
-	a.Blocks = (a.Size + 511) / 512
+	if c.size == unknownSize {
+		a.Size, a.Blocks = maxValueSize, 0
+	} else {
+		a.Size = uint64(c.size)
+		a.Blocks = (a.Size + 511) / 512
+	}
 	a.Blksize = 4096
 	f.setOwner(a)
 	a.SetTimes(&c.mtime, &c.mtime, &c.mtime)
@@ -147,9 +167,9 @@ func (h *handle) attr() *content {
 
 // open turns a resolved content into a read-only handle with direct I/O.
 // Direct I/O sends every read to us whatever size the kernel last saw, so
-// a file listed with size 0 (a sealed secret or KBS resource not yet
-// resolved) still reads whole; its attributes are then invalidated so
-// that the next stat asks again and finds the real size in the cache.
+// a file listed before its value was resolved (see fileAttr) reads whole;
+// its attributes are then invalidated so that the next stat or fstat asks
+// again and finds the exact size in the cache.
 func open(node *gofs.Inode, flags uint32, resolve func() (*content, syscall.Errno)) (gofs.FileHandle, uint32, syscall.Errno) {
 	if flags&syscall.O_ACCMODE != syscall.O_RDONLY || flags&syscall.O_TRUNC != 0 {
 		return nil, 0, syscall.EROFS
@@ -355,7 +375,10 @@ func (n *srcFile) attr(ctx context.Context) (*content, syscall.Errno) {
 	if errno != 0 || c.sealed == nil {
 		return c, errno
 	}
-	c.size = n.fsys.cache.size(sealedKey(c.sealed))
+	c.size = unknownSize
+	if size, ok := n.fsys.cache.size(sealedKey(c.sealed)); ok {
+		c.size = size
+	}
 	return c, 0
 }
 
@@ -376,6 +399,10 @@ func (n *srcFile) resolve(ctx context.Context) (*content, syscall.Errno) {
 			return nil, err
 		}
 		pt, err := n.fsys.unsealer.Unseal(ctx, s)
+		if err == nil && len(pt) > maxValueSize {
+			clear(pt)
+			err = fmt.Errorf("unsealed value larger than %d bytes", maxValueSize)
+		}
 		if err != nil {
 			log.G(ctx).WithError(err).WithField("path", path).Warn("secretsfs: unseal failed")
 			return nil, err
@@ -522,13 +549,21 @@ func (n *kbsFile) cacheKey() string { return "kbs\x00" + n.uri }
 // attr describes the resource without contacting the KBS: its size when
 // it is in the cache, else 0.
 func (n *kbsFile) attr() *content {
-	return &content{size: n.fsys.cache.size(n.cacheKey()), mtime: n.fsys.mtime}
+	c := &content{size: unknownSize, mtime: n.fsys.mtime}
+	if size, ok := n.fsys.cache.size(n.cacheKey()); ok {
+		c.size = size
+	}
+	return c
 }
 
 func (n *kbsFile) resolve(ctx context.Context) (*content, syscall.Errno) {
 	ctx = n.fsys.opCtx(ctx)
 	b, err := n.fsys.cache.get(ctx, n.cacheKey(), func(ctx context.Context) ([]byte, error) {
 		b, err := n.fsys.resources.GetResource(ctx, n.uri)
+		if err == nil && len(b) > maxValueSize {
+			clear(b)
+			err = fmt.Errorf("resource larger than %d bytes", maxValueSize)
+		}
 		if err != nil {
 			log.G(ctx).WithError(err).WithField("resource", n.uri).Warn("secretsfs: fetch KBS resource failed")
 			return nil, err
