@@ -18,6 +18,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/containerd/log"
 )
@@ -123,7 +124,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		text(w, http.StatusRequestURITooLong, bodyBadRequest)
 		return
 	}
-	path := r.URL.Path
+	// Route on the path as sent, as upstream (hyper's uri().path() is not
+	// percent-decoded): "/cdh%2Fresource/..." is not "/cdh/resource/...".
+	path := r.URL.EscapedPath()
 	if path == "/info" {
 		h.info(w, r)
 		return
@@ -175,7 +178,9 @@ func (h *Handler) info(w http.ResponseWriter, r *http.Request) {
 		AdditionalTEEs []string `json:"additional_tees,omitempty"`
 		Feature        string   `json:"feature"`
 	}{Version: h.o.Version, Feature: string(h.o.Features)}
-	if h.o.Agent != nil {
+	// Upstream asks the attestation agent only when the attestation
+	// feature is on; under the default "resource" feature there is no tee.
+	if h.o.Agent != nil && h.o.Features.attestation() {
 		info.TEE = h.o.Agent.TEE()
 		info.AdditionalTEEs = h.o.Agent.AdditionalTEEs()
 	}
@@ -191,9 +196,8 @@ func (h *Handler) aa(w http.ResponseWriter, r *http.Request, rest string) {
 	}
 	switch {
 	case rest == "/token" && r.Method == http.MethodGet:
-		q, ok := query(r)
-		tt := q.Get("token_type")
-		if !ok || !q.Has("token_type") {
+		tt, ok := query(r)["token_type"]
+		if !ok {
 			text(w, http.StatusBadRequest, bodyBadRequest)
 			return
 		}
@@ -228,23 +232,118 @@ func (h *Handler) aa(w http.ResponseWriter, r *http.Request, rest string) {
 	}
 }
 
-// query parses the query string as upstream does (form encoding: '+' is a
-// space); ok is false when it does not parse.
-func query(r *http.Request) (url.Values, bool) {
-	q, err := url.ParseQuery(r.URL.RawQuery)
-	return q, err == nil
+// query parses the query string as upstream (Rust's form_urlencoded
+// collected into a map), which never fails: pairs split on '&' only (a ';'
+// is data), empty pairs are skipped, the name ends at the first '=', '+' is
+// a space, a '%' not followed by two hex digits is taken literally, bytes
+// that are not UTF-8 become U+FFFD, and the last of duplicate names wins.
+func query(r *http.Request) map[string]string {
+	q := map[string]string{}
+	for _, pair := range strings.Split(r.URL.RawQuery, "&") {
+		if pair == "" {
+			continue
+		}
+		name, value, _ := strings.Cut(pair, "=")
+		q[formDecode(name)] = formDecode(value)
+	}
+	return q
+}
+
+// formDecode undoes application/x-www-form-urlencoded escaping leniently.
+func formDecode(s string) string {
+	if !strings.ContainsAny(s, "+%") {
+		return lossyUTF8(s)
+	}
+	b := make([]byte, 0, len(s))
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '+':
+			b = append(b, ' ')
+		case c == '%' && i+2 < len(s) && isHex(s[i+1]) && isHex(s[i+2]):
+			b = append(b, unhex(s[i+1])<<4|unhex(s[i+2]))
+			i += 2
+		default:
+			b = append(b, c)
+		}
+	}
+	return lossyUTF8(string(b))
+}
+
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+}
+
+func unhex(c byte) byte {
+	switch {
+	case c <= '9':
+		return c - '0'
+	case c <= 'F':
+		return c - 'A' + 10
+	}
+	return c - 'a' + 10
+}
+
+// lossyUTF8 replaces each maximal invalid subsequence with U+FFFD, as
+// Rust's String::from_utf8_lossy.
+func lossyUTF8(s string) string {
+	if utf8.ValidString(s) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		r, n := utf8.DecodeRuneInString(s[i:])
+		if r != utf8.RuneError || n > 1 {
+			b.WriteString(s[i : i+n])
+			i += n
+			continue
+		}
+		b.WriteRune(utf8.RuneError)
+		i += invalidPrefix(s[i:])
+	}
+	return b.String()
+}
+
+// invalidPrefix is the length of the maximal prefix of s that starts a
+// UTF-8 sequence but does not complete one (at least 1).
+func invalidPrefix(s string) int {
+	lo, hi, need := byte(0x80), byte(0xBF), 0
+	switch c := s[0]; {
+	case c >= 0xC2 && c <= 0xDF:
+		need = 1
+	case c == 0xE0:
+		lo, need = 0xA0, 2
+	case c == 0xED:
+		hi, need = 0x9F, 2
+	case c >= 0xE1 && c <= 0xEF:
+		need = 2
+	case c == 0xF0:
+		lo, need = 0x90, 3
+	case c >= 0xF1 && c <= 0xF3:
+		need = 3
+	case c == 0xF4:
+		hi, need = 0x8F, 3
+	}
+	n := 1
+	for ; n <= need && n < len(s); n++ {
+		if s[n] < lo || s[n] > hi {
+			break
+		}
+		lo, hi = 0x80, 0xBF
+	}
+	return n
 }
 
 func runtimeData(r *http.Request) ([]byte, bool) {
-	q, ok := query(r)
-	if !ok || !q.Has("runtime_data") {
+	q := query(r)
+	v, ok := q["runtime_data"]
+	if !ok {
 		return nil, false
 	}
-	v := q.Get("runtime_data")
-	if !q.Has("encoding") {
+	enc, ok := q["encoding"]
+	if !ok {
 		return []byte(v), true
 	}
-	if q.Get("encoding") != "base64" {
+	if enc != "base64" {
 		return nil, false
 	}
 	b, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(v, "="))
@@ -302,7 +401,7 @@ func (h *Handler) aael(w http.ResponseWriter, r *http.Request) {
 func (h *Handler) cdh(w http.ResponseWriter, r *http.Request, rest string) {
 	ctx := r.Context()
 	sub, tail := splitRoot(rest)
-	if sub != "/resource" || tail == "" || tail == "/" {
+	if sub != "/resource" || tail == "" {
 		text(w, http.StatusNotFound, bodyNotFound)
 		return
 	}
@@ -310,9 +409,9 @@ func (h *Handler) cdh(w http.ResponseWriter, r *http.Request, rest string) {
 		text(w, http.StatusInternalServerError, "confidential data hub is not configured")
 		return
 	}
-	uri, err := resourceURI(r, tail)
+	uri, err := resourceURI(tail)
 	if err != nil {
-		text(w, http.StatusBadRequest, bodyBadRequest)
+		text(w, http.StatusBadRequest, bodyBadRequest+": "+err.Error())
 		return
 	}
 	b, err := h.o.CDH.GetResource(ctx, uri)
@@ -323,26 +422,31 @@ func (h *Handler) cdh(w http.ResponseWriter, r *http.Request, rest string) {
 	reply(w, http.StatusOK, "application/octet-stream", b)
 }
 
-// resourceURI maps "/repo/type/tag" to "kbs:///repo/type/tag". Upstream
-// passes the path through; we refuse anything that is not exactly three
-// plain segments, also when percent-encoded, so that no KBS ever sees a
-// traversal.
-func resourceURI(r *http.Request, tail string) (string, error) {
-	raw := r.URL.EscapedPath()
-	if i := strings.Index(raw, "/cdh/resource/"); i >= 0 {
-		raw = raw[i+len("/cdh/resource/"):]
-	}
-	segs := strings.Split(raw, "/")
-	if len(segs) != 3 {
-		return "", fmt.Errorf("want repo/type/tag, got %q", tail)
-	}
-	for _, s := range segs {
+// resourceURI maps the escaped path below /cdh/resource ("/repo/type/tag")
+// to "kbs:///repo/type/tag". Percent-decoding must not change what the KBS
+// request means, so a segment is refused when it decodes to a '?' or '#'
+// (a query or fragment on the KBS request: a workload could add data.query
+// to what the resource policy sees), to a '/' (extra segments), to '%' (a
+// second decoding further on), or to "." or ".." (a traversal). Upstream
+// passes the path through unchecked. How many segments there are is left
+// to the CDH, which answers other than repo/type/tag with its error (500),
+// as upstream.
+func resourceURI(escaped string) (string, error) {
+	segs := strings.Split(strings.TrimPrefix(escaped, "/"), "/")
+	for i, s := range segs {
 		d, err := url.PathUnescape(s)
-		if err != nil || d == "" || d == "." || d == ".." || strings.ContainsAny(d, "/\\\x00") {
-			return "", fmt.Errorf("invalid resource path segment %q", s)
+		if err != nil {
+			return "", fmt.Errorf("resource path segment %q: %w", s, err)
 		}
+		if d == "." || d == ".." {
+			return "", fmt.Errorf("resource path segment %q is a traversal", s)
+		}
+		if j := strings.IndexAny(d, "?#/%"); j >= 0 {
+			return "", fmt.Errorf("resource path segment %q decodes to %q, which holds %q: it would change the KBS request", s, d, d[j])
+		}
+		segs[i] = d
 	}
-	return "kbs://" + tail, nil
+	return "kbs:///" + strings.Join(segs, "/"), nil
 }
 
 // fail answers 500 with the error text, as upstream, and logs the cause.

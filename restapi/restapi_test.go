@@ -120,13 +120,14 @@ func TestRouting(t *testing.T) {
 		{"PUT", "/cdh/resource/r/t/x", "", 200, "v"},
 		{"GET", "/cdh/resource/r/t/x?q=1", "", 200, "v"},
 		{"GET", "/cdh/resource", "", 404, "URL NOT FOUND"},
-		{"GET", "/cdh/resource/", "", 404, "URL NOT FOUND"},
+		{"GET", "/cdh/resource/", "", 500, "resource not found"},
 		{"GET", "/cdh/other/r/t/x", "", 404, "URL NOT FOUND"},
 		{"GET", "/cdh/resource/r/t/missing", "", 500, "resource not found"},
-		{"GET", "/cdh/resource/r/../x", "", 400, "BAD REQUEST"},
-		{"GET", "/cdh/resource/r/%2e%2e/x", "", 400, "BAD REQUEST"},
-		{"GET", "/cdh/resource/r%2Ft/x/y", "", 400, "BAD REQUEST"},
-		{"GET", "/cdh/resource/r/t/x/extra", "", 400, "BAD REQUEST"},
+		{"GET", "/cdh/resource/r/../x", "", 400, `BAD REQUEST: resource path segment ".." is a traversal`},
+		{"GET", "/cdh/resource/r/%2e%2e/x", "", 400, `BAD REQUEST: resource path segment "%2e%2e" is a traversal`},
+		{"GET", "/cdh/resource/r%2Ft/x/y", "", 400, `BAD REQUEST: resource path segment "r%2Ft" decodes to "r/t", which holds '/': it would change the KBS request`},
+		{"GET", "/cdh/resource/r/t/x/extra", "", 500, "resource not found"},
+		{"GET", "/cdh%2Fresource/r/t/x", "", 404, "URL NOT FOUND"},
 	} {
 		code, body := do(h, tc.method, tc.target, tc.body, local)
 		if code != tc.code || body != tc.want {
@@ -196,5 +197,57 @@ func TestParseFeatures(t *testing.T) {
 		if _, err := ParseFeatures(s); err == nil {
 			t.Errorf("%q accepted", s)
 		}
+	}
+}
+
+// TestInfoReportsTEEOnlyWithAttestation: upstream's /info asks the
+// attestation agent for the TEE only when the attestation feature is on.
+func TestInfoReportsTEEOnlyWithAttestation(t *testing.T) {
+	for f, want := range map[Features]string{
+		FeatureResource:    `{"version":"v","feature":"resource"}`,
+		FeatureAttestation: `{"version":"v","tee":"sample","feature":"attestation"}`,
+		FeatureAll:         `{"version":"v","tee":"sample","feature":"all"}`,
+	} {
+		h := New(Options{Features: f, Agent: &recordingAgent{}, CDH: mapCDH{}, Version: "v"})
+		if code, body := do(h, "GET", "/info", "", local); code != 200 || body != want {
+			t.Errorf("%s: /info = %d %s, want %s", f, code, body, want)
+		}
+	}
+}
+
+// TestQueryParsingNeverFails: upstream parses the query with Rust's
+// form_urlencoded, which takes what it cannot decode literally, splits on
+// '&' only, and lets the last duplicate win.
+func TestQueryParsingNeverFails(t *testing.T) {
+	agent := &recordingAgent{}
+	h := New(Options{Features: FeatureAttestation, Agent: agent})
+	for _, tc := range []struct{ query, want string }{
+		{"runtime_data=a;b", "a;b"},
+		{"runtime_data=%zz", "%zz"},
+		{"runtime_data=50%", "50%"},
+		{"runtime_data=%4", "%4"},
+		{"runtime_data=first&runtime_data=last", "last"},
+		{"&&runtime_data=x&", "x"},
+		{"runtime_data", ""},
+		{"runtime_data=a=b", "a=b"},
+		{"runtime_data=a%2Bb+c", "a+b c"},
+		{"runtime%5Fdata=named", "named"},
+		{"runtime_data=%ff%fe", "\uFFFD\uFFFD"},
+		{"runtime_data=%E2%82x", "\uFFFDx"},
+		{"runtime_data=%ED%A0%80", "\uFFFD\uFFFD\uFFFD"},
+		{"runtime_data=%C3%A9", "\u00e9"},
+		{"runtime_data=aGk_&encoding=hex&encoding=base64", "hi?"},
+	} {
+		agent.runtimeData = nil
+		code, body := do(h, "GET", "/aa/evidence?"+tc.query, "", local)
+		if code != 200 || string(agent.runtimeData) != tc.want {
+			t.Errorf("%s: %d %q, runtime data %q, want %q", tc.query, code, body, agent.runtimeData, tc.want)
+		}
+	}
+	if code, body := do(h, "GET", "/aa/token?token_type=kbs;x", "", local); code != 500 || body != "Invalid resource type" {
+		t.Errorf("token_type=kbs;x = %d %q, want the agent's error", code, body)
+	}
+	if code, body := do(h, "GET", "/aa/token?token_type=x&token_type=kbs", "", local); code != 200 {
+		t.Errorf("duplicate token_type = %d %q, want the last (kbs)", code, body)
 	}
 }

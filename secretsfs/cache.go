@@ -88,6 +88,25 @@ func (c *cache) get(ctx context.Context, key string, fetch func(context.Context)
 	return e.value()
 }
 
+// size is the length of key's value when it is cached and fresh; ok is
+// false otherwise. It never fetches.
+func (c *cache) size(key string) (n int64, ok bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e := c.entries[key]
+	if e == nil {
+		return 0, false
+	}
+	select {
+	case <-e.done:
+		if e.err == nil && c.now().Before(e.expires) {
+			return int64(len(e.data)), true
+		}
+	default:
+	}
+	return 0, false
+}
+
 // value copies the entry's data; c.mu must be held (dropLocked zeroes
 // data under it).
 func (e *entry) value() ([]byte, error) {

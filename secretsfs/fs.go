@@ -7,15 +7,21 @@
 //	                          reads as its unsealed value, other files pass
 //	                          through; source changes show without a remount
 //	DIR/kbs/<repo>/<type>/<tag>
-//	                          a KBS resource, fetched on lookup
+//	                          a KBS resource, fetched on open
+//
+// Listing and stat never contact the KBS: a sealed file or a resource
+// whose value is not in the cache is listed with the bound of its size
+// (64 MiB) and no blocks; an open resolves it and invalidates the
+// attributes, so that a stat or fstat then reports the exact size. Reads
+// end at the value's end whatever size was listed.
 //
 // The filesystem is read-only; files are mode 0400 and directories 0500,
 // owned by the configured uid and gid, and the kernel enforces that
 // (default_permissions). Plaintext lives only in process memory: in a cache
 // that expires after the TTL (the next access fetches again) and in the
 // buffers of open files, and every file is opened with direct I/O so the
-// kernel page cache never holds it. A failed unseal or fetch makes lookup,
-// stat and open of that file fail with EIO, or EACCES when the KBS
+// kernel page cache never holds it. A failed unseal or fetch makes the
+// open of that file fail with EIO, or EACCES when the KBS
 // resource policy denied it, and the reason is logged; failures are
 // remembered for a second so a retrying reader does not re-run a KBS
 // handshake per request.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -477,4 +478,133 @@ func TestParseSources(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestListingNeverUnseals: ls -l (readdir, then a stat of every entry)
+// contacts the KBS for no file, sealed or not, and neither does a stat of
+// a KBS resource; a sealed file and a resource are listed with the bound
+// of their size until read. Reading then unseals (or fetches) once and
+// returns the whole value, through read(2) and through sendfile(2) (as
+// busybox cat reads), and a stat afterwards reports the exact size.
+func TestListingNeverUnseals(t *testing.T) {
+	requireFUSE(t)
+	const listedBound = 64 << 20 // secretsfs's bound on a value's size
+	ctx, _ := captureLogs(t)
+	k := devkbs.Start(t, server.AllowAllPolicy)
+	signer, jwk := newSigner(t)
+	k.Put(t, "default/signing-key/sealed-secret", jwk)
+	pts := map[string][]byte{}
+	src := t.TempDir()
+	for _, name := range []string{"a", "b", "c"} {
+		// Longer than a page, so a reader stopping early would show.
+		pts[name] = append(marker(t, name), bytes.Repeat([]byte{'x'}, 6000)...)
+		k.Put(t, "default/sealed-secret/"+name, pts[name])
+		writeFile(t, filepath.Join(src, name), append(sign(t, vault("kbs:///default/sealed-secret/"+name), signer, kid), '\n'))
+	}
+	writeFile(t, filepath.Join(src, "plain"), []byte("plain text"))
+	resourcePT := marker(t, "resource")
+	k.Put(t, "default/key/1", resourcePT)
+	client := &countingGetter{g: k.Client(t)}
+	mnt := t.TempDir()
+	mount(t, ctx, secretsfs.Options{
+		Dir:       mnt,
+		Sources:   map[string]string{"app": src},
+		Unsealer:  &sealed.Unsealer{Resources: client},
+		Resources: client,
+	})
+	app := filepath.Join(mnt, "app")
+	resource := filepath.Join(mnt, "kbs", "default", "key", "1")
+	fetches := func() int {
+		n := client.count(kid) + client.count("kbs:///default/key/1")
+		for name := range pts {
+			n += client.count("kbs:///default/sealed-secret/" + name)
+		}
+		return n
+	}
+
+	out, err := exec.Command("ls", "-l", app).CombinedOutput()
+	if err != nil {
+		t.Fatalf("ls -l: %v: %s", err, out)
+	}
+	for _, p := range []string{filepath.Join(app, "a"), filepath.Join(app, "b"), filepath.Join(app, "c"), resource} {
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st := fi.Sys().(*syscall.Stat_t); fi.Size() != listedBound || st.Blocks != 0 {
+			t.Errorf("%s: listed size %d, %d blocks before any read, want %d and 0", p, fi.Size(), st.Blocks, listedBound)
+		}
+	}
+	if fi, err := os.Stat(filepath.Join(app, "plain")); err != nil || fi.Size() != int64(len("plain text")) {
+		t.Errorf("plain: %v (want its own size)", err)
+	}
+	if n := fetches(); n != 0 {
+		t.Fatalf("listing and stat made %d KBS fetches, want 0", n)
+	}
+
+	out, err = exec.Command("/bin/cat", filepath.Join(app, "a")).Output()
+	if err != nil || !bytes.Equal(out, pts["a"]) {
+		t.Fatalf("cat a: %v, %d bytes, want %d", err, len(out), len(pts["a"]))
+	}
+	if got := sendfileAll(t, filepath.Join(app, "b")); !bytes.Equal(got, pts["b"]) {
+		t.Fatalf("sendfile b: %d bytes, want %d", len(got), len(pts["b"]))
+	}
+	f, err := os.Open(filepath.Join(app, "c"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, err := f.Stat()
+	_ = f.Close()
+	if err != nil || fi.Size() != int64(len(pts["c"])) {
+		t.Errorf("fstat of open c: %v, want size %d", err, len(pts["c"]))
+	}
+	got, err := os.ReadFile(resource)
+	if err != nil || !bytes.Equal(got, resourcePT) {
+		t.Fatalf("read resource: %v", err)
+	}
+	for name := range pts {
+		if n := client.count("kbs:///default/sealed-secret/" + name); n != 1 {
+			t.Errorf("%s: value fetched %d times, want 1", name, n)
+		}
+	}
+	for p, want := range map[string]int{filepath.Join(app, "a"): len(pts["a"]), filepath.Join(app, "b"): len(pts["b"]), resource: len(resourcePT)} {
+		fi, err := os.Stat(p)
+		if err != nil || fi.Size() != int64(want) {
+			t.Errorf("%s after a read: %v, want size %d", p, err, want)
+		}
+	}
+}
+
+// sendfileAll reads path with sendfile(2) into a pipe, as busybox cat
+// does; the kernel then reads through splice, bounded by the size it
+// last saw.
+func sendfileAll(t *testing.T, path string) []byte {
+	t.Helper()
+	in, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	done := make(chan []byte)
+	go func() {
+		b, _ := io.ReadAll(r)
+		done <- b
+	}()
+	for {
+		n, err := syscall.Sendfile(int(w.Fd()), int(in.Fd()), nil, 1<<16)
+		if err != nil {
+			_ = w.Close()
+			t.Fatalf("sendfile: %v", err)
+		}
+		if n == 0 {
+			break
+		}
+	}
+	_ = w.Close()
+	return <-done
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"hash/fnv"
 	"io"
 	"io/fs"
@@ -28,6 +29,15 @@ const (
 	fileMode = 0o400
 	dirMode  = 0o500
 )
+
+// maxValueSize bounds what a sealed file or KBS resource may resolve to:
+// the KBS client's own response bound, so no value it returns is refused.
+// It is also the size listed for a value not yet resolved (see fileAttr).
+const maxValueSize = 64 << 20
+
+// unknownSize marks a content whose size is not known without contacting
+// the KBS.
+const unknownSize = -1
 
 // ino derives a stable inode number from a node's identity, so a file
 // keeps its number across lookups, forgets and remounts.
@@ -56,11 +66,21 @@ func (f *FS) dirAttr(a *fuse.Attr, mtime time.Time) {
 	a.SetTimes(&mtime, &mtime, &mtime)
 }
 
+// fileAttr fills a file's attributes. A value not resolved yet is listed
+// with the bound of its size and no blocks: the kernel stops page-cache
+// and splice reads (sendfile, as busybox cat does) at the size it last
+// saw, and shrinks it at the first short read, so a bound never cuts a
+// value short while 0 would. Open invalidates the attributes, so a stat
+// or fstat after it reports the exact size.
 func (f *FS) fileAttr(a *fuse.Attr, c *content) {
 	a.Mode = fuse.S_IFREG | fileMode
 	a.Nlink = 1
-	a.Size = uint64(c.size)
-	a.Blocks = (a.Size + 511) / 512
+	if c.size == unknownSize {
+		a.Size, a.Blocks = maxValueSize, 0
+	} else {
+		a.Size = uint64(c.size)
+		a.Blocks = (a.Size + 511) / 512
+	}
 	a.Blksize = 4096
 	f.setOwner(a)
 	a.SetTimes(&c.mtime, &c.mtime, &c.mtime)
@@ -74,11 +94,15 @@ type content struct {
 	file  *os.File
 	size  int64
 	mtime time.Time
+	// sealed is a sealed secret as read from its source, not yet unsealed
+	// (data is then nil and size is not known).
+	sealed []byte
 }
 
 func (c *content) release() {
 	clear(c.data)
 	c.data = nil
+	c.sealed = nil
 	if c.file != nil {
 		_ = c.file.Close()
 		c.file = nil
@@ -142,7 +166,11 @@ func (h *handle) attr() *content {
 }
 
 // open turns a resolved content into a read-only handle with direct I/O.
-func open(flags uint32, resolve func() (*content, syscall.Errno)) (gofs.FileHandle, uint32, syscall.Errno) {
+// Direct I/O sends every read to us whatever size the kernel last saw, so
+// a file listed before its value was resolved (see fileAttr) reads whole;
+// its attributes are then invalidated so that the next stat or fstat asks
+// again and finds the exact size in the cache.
+func open(node *gofs.Inode, flags uint32, resolve func() (*content, syscall.Errno)) (gofs.FileHandle, uint32, syscall.Errno) {
 	if flags&syscall.O_ACCMODE != syscall.O_RDONLY || flags&syscall.O_TRUNC != 0 {
 		return nil, 0, syscall.EROFS
 	}
@@ -150,17 +178,19 @@ func open(flags uint32, resolve func() (*content, syscall.Errno)) (gofs.FileHand
 	if errno != 0 {
 		return nil, 0, errno
 	}
+	// Offset -1: attributes only, there is no page cache to drop.
+	_ = node.NotifyContent(-1, 0)
 	return &handle{c: c}, fuse.FOPEN_DIRECT_IO, 0
 }
 
-// getattr reports the size of the open handle when there is one, else of
-// a fresh resolution.
-func (f *FS) getattr(fh gofs.FileHandle, out *fuse.AttrOut, resolve func() (*content, syscall.Errno)) syscall.Errno {
+// getattr reports the size of the open handle when there is one, else
+// what attr finds without contacting the KBS.
+func (f *FS) getattr(fh gofs.FileHandle, out *fuse.AttrOut, attr func() (*content, syscall.Errno)) syscall.Errno {
 	if h, ok := fh.(*handle); ok {
 		f.fileAttr(&out.Attr, h.attr())
 		return 0
 	}
-	c, errno := resolve()
+	c, errno := attr()
 	if errno != 0 {
 		return errno
 	}
@@ -304,7 +334,7 @@ func (n *srcDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*
 		return n.NewInode(ctx, child, gofs.StableAttr{Mode: fuse.S_IFDIR, Ino: ino(fuse.S_IFDIR, "src", n.src.name, rel)}), 0
 	case fuse.S_IFREG:
 		child := &srcFile{fsys: n.fsys, src: n.src, rel: rel}
-		c, errno := child.resolve(ctx)
+		c, errno := child.attr(ctx)
 		if errno != 0 {
 			return nil, errno
 		}
@@ -328,18 +358,72 @@ var (
 )
 
 func (n *srcFile) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	return n.fsys.getattr(fh, out, func() (*content, syscall.Errno) { return n.resolve(ctx) })
+	return n.fsys.getattr(fh, out, func() (*content, syscall.Errno) { return n.attr(ctx) })
 }
 
 func (n *srcFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
-	return open(flags, func() (*content, syscall.Errno) { return n.resolve(ctx) })
+	return open(&n.Inode, flags, func() (*content, syscall.Errno) { return n.resolve(ctx) })
 }
 
 func (n *srcFile) displayPath() string { return n.src.name + "/" + n.rel }
 
+// attr describes the file without contacting the KBS: a pass-through
+// file's own size, a sealed secret's plaintext size when the plaintext is
+// in the cache, else 0 (the size is not known before an open unseals).
+func (n *srcFile) attr(ctx context.Context) (*content, syscall.Errno) {
+	c, errno := n.load(ctx)
+	if errno != 0 || c.sealed == nil {
+		return c, errno
+	}
+	c.size = unknownSize
+	if size, ok := n.fsys.cache.size(sealedKey(c.sealed)); ok {
+		c.size = size
+	}
+	return c, 0
+}
+
 // resolve reads the source file now and returns what it serves: the
 // unsealed value when it holds a sealed secret, else its bytes.
 func (n *srcFile) resolve(ctx context.Context) (*content, syscall.Errno) {
+	ctx = n.fsys.opCtx(ctx)
+	c, errno := n.load(ctx)
+	if errno != 0 || c.sealed == nil {
+		return c, errno
+	}
+	s, mtime := c.sealed, c.mtime
+	path := n.displayPath()
+	pt, err := n.fsys.cache.get(ctx, sealedKey(s), func(ctx context.Context) ([]byte, error) {
+		if n.fsys.unsealer == nil {
+			err := errors.New("no unsealer configured")
+			log.G(ctx).WithError(err).WithField("path", path).Warn("secretsfs: unseal failed")
+			return nil, err
+		}
+		pt, err := n.fsys.unsealer.Unseal(ctx, s)
+		if err == nil && len(pt) > maxValueSize {
+			clear(pt)
+			err = fmt.Errorf("unsealed value larger than %d bytes", maxValueSize)
+		}
+		if err != nil {
+			log.G(ctx).WithError(err).WithField("path", path).Warn("secretsfs: unseal failed")
+			return nil, err
+		}
+		log.G(ctx).WithField("path", path).Debug("secretsfs: unsealed")
+		return pt, nil
+	})
+	if err != nil {
+		return nil, unsealErrno(err)
+	}
+	return &content{data: pt, size: int64(len(pt)), mtime: mtime}, 0
+}
+
+func sealedKey(s []byte) string {
+	sum := sha256.Sum256(s)
+	return "sealed\x00" + string(sum[:])
+}
+
+// load reads the source file, locally only: a pass-through content, or
+// a content whose sealed field holds the sealed secret to unseal.
+func (n *srcFile) load(ctx context.Context) (*content, syscall.Errno) {
 	ctx = n.fsys.opCtx(ctx)
 	fl, err := n.src.root.Open(n.rel)
 	if err != nil {
@@ -379,27 +463,7 @@ func (n *srcFile) resolve(ctx context.Context) (*content, syscall.Errno) {
 		return &content{data: raw, size: int64(len(raw)), mtime: fi.ModTime()}, 0
 	}
 	// A sealed string has no whitespace; files often end in a newline.
-	s := bytes.TrimSpace(raw)
-	sum := sha256.Sum256(s)
-	path := n.displayPath()
-	pt, err := n.fsys.cache.get(ctx, "sealed\x00"+string(sum[:]), func(ctx context.Context) ([]byte, error) {
-		if n.fsys.unsealer == nil {
-			err := errors.New("no unsealer configured")
-			log.G(ctx).WithError(err).WithField("path", path).Warn("secretsfs: unseal failed")
-			return nil, err
-		}
-		pt, err := n.fsys.unsealer.Unseal(ctx, s)
-		if err != nil {
-			log.G(ctx).WithError(err).WithField("path", path).Warn("secretsfs: unseal failed")
-			return nil, err
-		}
-		log.G(ctx).WithField("path", path).Debug("secretsfs: unsealed")
-		return pt, nil
-	})
-	if err != nil {
-		return nil, unsealErrno(err)
-	}
-	return &content{data: pt, size: int64(len(pt)), mtime: fi.ModTime()}, 0
+	return &content{sealed: bytes.TrimSpace(raw), mtime: fi.ModTime()}, 0
 }
 
 // readSmall reads a file of about size bytes (at most sealed.MaxSize+1),
@@ -424,7 +488,8 @@ func readSmall(fl *os.File, size int64) ([]byte, error) {
 // ---- KBS resources ----
 
 // kbsDir is kbs/, kbs/<repo> or kbs/<repo>/<type>. Listing is empty: the
-// KBS protocol has no listing; lookups fetch.
+// KBS protocol has no listing. A lookup does not contact the KBS either:
+// any valid name is a file, and opening it tells whether the KBS holds it.
 type kbsDir struct {
 	gofs.Inode
 	fsys *FS
@@ -456,12 +521,7 @@ func (n *kbsDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*
 		return n.NewInode(ctx, &kbsDir{fsys: n.fsys, segs: segs}, gofs.StableAttr{Mode: fuse.S_IFDIR, Ino: ino(fuse.S_IFDIR, append([]string{"kbs"}, segs...)...)}), 0
 	}
 	child := &kbsFile{fsys: n.fsys, uri: "kbs:///" + strings.Join(segs, "/")}
-	c, errno := child.resolve(ctx)
-	if errno != 0 {
-		return nil, errno
-	}
-	n.fsys.fileAttr(&out.Attr, c)
-	c.release()
+	n.fsys.fileAttr(&out.Attr, child.attr())
 	return n.NewInode(ctx, child, gofs.StableAttr{Mode: fuse.S_IFREG, Ino: ino(fuse.S_IFREG, "kbs", child.uri)}), 0
 }
 
@@ -476,18 +536,34 @@ var (
 	_ gofs.NodeGetattrer = (*kbsFile)(nil)
 )
 
-func (n *kbsFile) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	return n.fsys.getattr(fh, out, func() (*content, syscall.Errno) { return n.resolve(ctx) })
+func (n *kbsFile) Getattr(_ context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	return n.fsys.getattr(fh, out, func() (*content, syscall.Errno) { return n.attr(), 0 })
 }
 
 func (n *kbsFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
-	return open(flags, func() (*content, syscall.Errno) { return n.resolve(ctx) })
+	return open(&n.Inode, flags, func() (*content, syscall.Errno) { return n.resolve(ctx) })
+}
+
+func (n *kbsFile) cacheKey() string { return "kbs\x00" + n.uri }
+
+// attr describes the resource without contacting the KBS: its size when
+// it is in the cache, else 0.
+func (n *kbsFile) attr() *content {
+	c := &content{size: unknownSize, mtime: n.fsys.mtime}
+	if size, ok := n.fsys.cache.size(n.cacheKey()); ok {
+		c.size = size
+	}
+	return c
 }
 
 func (n *kbsFile) resolve(ctx context.Context) (*content, syscall.Errno) {
 	ctx = n.fsys.opCtx(ctx)
-	b, err := n.fsys.cache.get(ctx, "kbs\x00"+n.uri, func(ctx context.Context) ([]byte, error) {
+	b, err := n.fsys.cache.get(ctx, n.cacheKey(), func(ctx context.Context) ([]byte, error) {
 		b, err := n.fsys.resources.GetResource(ctx, n.uri)
+		if err == nil && len(b) > maxValueSize {
+			clear(b)
+			err = fmt.Errorf("resource larger than %d bytes", maxValueSize)
+		}
 		if err != nil {
 			log.G(ctx).WithError(err).WithField("resource", n.uri).Warn("secretsfs: fetch KBS resource failed")
 			return nil, err

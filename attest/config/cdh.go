@@ -1,9 +1,9 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"os"
-	"strconv"
 	"strings"
 )
 
@@ -359,8 +359,12 @@ func CredentialsFromKernelCmdline(cmdline string) ([]Credential, error) {
 // plus agent.https_proxy, agent.http_proxy, agent.no_proxy,
 // agent.image_registry_auth and, only with
 // agent.enable_signature_verification=true, agent.image_policy_file. As
-// upstream, the last occurrence of a key wins.
-func ImageFromKernelCmdline(cmdline string) *ImageConfig {
+// upstream, the last occurrence of a key wins. The switch is read as
+// image-rs reads it (Rust's bool parsing): only "true" enables and "false"
+// disables; upstream silently takes any other value ("1", "yes", "True")
+// for false, which would drop the policy without a word, so here it is an
+// error naming the parameter.
+func ImageFromKernelCmdline(cmdline string) (*ImageConfig, error) {
 	kv := map[string]string{}
 	for _, w := range strings.Fields(cmdline) {
 		if k, v, ok := strings.Cut(w, "="); ok {
@@ -375,14 +379,18 @@ func ImageFromKernelCmdline(cmdline string) *ImageConfig {
 	}
 	c := DefaultImage()
 	c.AuthenticatedRegistryCredentialsURI = opt("agent.image_registry_auth")
-	if b, err := strconv.ParseBool(kv["agent.enable_signature_verification"]); err == nil && b {
+	switch v, ok := kv["agent.enable_signature_verification"]; {
+	case !ok, v == "false":
+	case v == "true":
 		c.ImageSecurityPolicyURI = opt("agent.image_policy_file")
+	default:
+		return nil, errors.New("kernel command line: agent.enable_signature_verification must be true or false")
 	}
 	p := &ProxyConfig{HTTPSProxy: opt("agent.https_proxy"), HTTPProxy: opt("agent.http_proxy"), NoProxy: opt("agent.no_proxy")}
 	if p.HTTPSProxy != nil || p.HTTPProxy != nil || p.NoProxy != nil {
 		c.ImagePullProxy = p
 	}
-	return c
+	return c, nil
 }
 
 // CDHFromKernelCmdline is the configuration used when CDH has no config
@@ -410,7 +418,9 @@ func CDHFromKernelCmdline(getenv func(string) string, cmdlinePath string) (*CDHC
 	if c.Credentials, err = CredentialsFromKernelCmdline(cmdline); err != nil {
 		return nil, err
 	}
-	c.Image = ImageFromKernelCmdline(cmdline)
+	if c.Image, err = ImageFromKernelCmdline(cmdline); err != nil {
+		return nil, err
+	}
 	return c, nil
 }
 
@@ -423,7 +433,11 @@ func ParseRegistriesConf(data []byte) (*RegistryConfig, []string, error) {
 		return nil, nil, fmt.Errorf("config: registries configuration: %w", err)
 	}
 	var warn []string
-	rc, err := parseRegistryConfig(newTable(m, "", &warn))
+	// image-rs reads this document with the toml crate (serde), not the
+	// config crate: its booleans are booleans.
+	t := newTable(m, "", &warn)
+	t.serdeBools = true
+	rc, err := parseRegistryConfig(t)
 	if err != nil {
 		return nil, warn, fmt.Errorf("config: registries configuration: %w", err)
 	}

@@ -99,7 +99,7 @@ func TestParseAA(t *testing.T) {
 		{name: "coco_as url missing", doc: "[token_configs.coco_as]\n", wantErr: "field token_configs.coco_as.url: missing"},
 		{name: "bad algorithm", doc: "[token_configs.kbs]\nurl = \"u\"\ntee_key_algorithm = \"A128KW\"\n", wantErr: "field token_configs.kbs.tee_key_algorithm"},
 		{name: "negative pcr", doc: "[eventlog_config]\ninit_pcr = -1\n", wantErr: "field eventlog_config.init_pcr"},
-		{name: "bool as number", doc: "[eventlog_config]\nenable_eventlog = 1\n", wantErr: "field eventlog_config.enable_eventlog"},
+		{name: "bool as unknown word", doc: "[eventlog_config]\nenable_eventlog = \"t\"\n", wantErr: "field eventlog_config.enable_eventlog"},
 		{name: "url not a string", doc: "[token_configs.kbs]\nurl = 8080\n", wantErr: "field token_configs.kbs.url: want a string"},
 		{name: "section not a table", doc: "log = \"debug\"\n", wantErr: "field log: want a table"},
 		{name: "syntax error", doc: "[log\n", wantErr: "parse TOML"},
@@ -415,5 +415,81 @@ func TestParseRegistriesConf(t *testing.T) {
 	}
 	if _, _, err := ParseRegistriesConf([]byte("[[registry]]\nblocked = \"yes\"\n")); err == nil || !strings.Contains(err.Error(), "blocked") {
 		t.Errorf("bad value: %v", err)
+	}
+}
+
+// TestBooleansAsConfigCrate: aa.toml and cdh.toml are read upstream with
+// the config crate, whose Value::into_bool takes booleans, numbers (true
+// unless zero) and the words 1/true/on/yes, 0/false/off/no in any case,
+// and nothing else. registries.conf is read with serde (booleans only),
+// and the kernel command line's agent.enable_signature_verification with
+// Rust's bool parsing (exactly true or false).
+func TestBooleansAsConfigCrate(t *testing.T) {
+	for _, tc := range []struct {
+		value   string
+		want    bool
+		wantErr bool
+	}{
+		{"true", true, false},
+		{"false", false, false},
+		{`"true"`, true, false},
+		{`"yes"`, true, false},
+		{`"On"`, true, false},
+		{`"TRUE"`, true, false},
+		{`"1"`, true, false},
+		{`"no"`, false, false},
+		{`"off"`, false, false},
+		{`"0"`, false, false},
+		{"1", true, false},
+		{"2", true, false},
+		{"0", false, false},
+		{"0.0", false, false},
+		{"0.5", true, false},
+		{`"t"`, false, true},
+		{`"F"`, false, true},
+		{`"maybe"`, false, true},
+		{`""`, false, true},
+		{"[true]", false, true},
+	} {
+		for _, f := range []struct {
+			format Format
+			doc    string
+		}{
+			{TOML, "[eventlog_config]\nenable_eventlog = " + tc.value + "\n"},
+			{JSON, `{"eventlog_config": {"enable_eventlog": ` + tc.value + `}}`},
+		} {
+			c, _, err := ParseAA([]byte(f.doc), f.format)
+			if tc.wantErr {
+				if err == nil || !strings.Contains(err.Error(), "field eventlog_config.enable_eventlog") {
+					t.Errorf("%s (%v): err = %v, want an error naming the field", tc.value, f.format, err)
+				}
+				continue
+			}
+			if err != nil || c.EventlogConfig.EnableEventlog != tc.want {
+				t.Errorf("%s (%v): %v, %v, want %v", tc.value, f.format, c, err, tc.want)
+			}
+		}
+	}
+	c, _, err := ParseCDH([]byte("skip_sealed_secret_verification = \"yes\"\n[kbc]\nname = \"cc_kbc\"\n"), TOML)
+	if err != nil || !c.SkipSealedSecretVerification {
+		t.Errorf(`cdh.toml skip_sealed_secret_verification = "yes": %v, want true`, err)
+	}
+
+	if _, _, err := ParseRegistriesConf([]byte("[[registry]]\nlocation = \"r.example\"\ninsecure = \"true\"\n")); err == nil || !strings.Contains(err.Error(), "registry[0].insecure") {
+		t.Errorf("registries.conf insecure as a string: err = %v, want an error naming the field", err)
+	}
+
+	noenv := func(string) string { return "" }
+	base := "agent.image_policy_file=kbs:///default/security-policy/test agent.enable_signature_verification="
+	for v, wantPolicy := range map[string]bool{"true": true, "false": false} {
+		c, err := CDHFromKernelCmdline(noenv, writeCmdline(t, base+v))
+		if err != nil || (c.Image.ImageSecurityPolicyURI != nil) != wantPolicy {
+			t.Errorf("enable_signature_verification=%s: %v, policy applied %v", v, err, c != nil && c.Image.ImageSecurityPolicyURI != nil)
+		}
+	}
+	for _, v := range []string{"1", "True", "TRUE", "yes", "t", ""} {
+		if _, err := CDHFromKernelCmdline(noenv, writeCmdline(t, base+v)); err == nil || !strings.Contains(err.Error(), "agent.enable_signature_verification") {
+			t.Errorf("enable_signature_verification=%s: err = %v, want an error naming the parameter", v, err)
+		}
 	}
 }

@@ -14,7 +14,11 @@
 // field, a tee_key_algorithm or kbc name upstream cannot use, or a
 // credential path outside /run/confidential-containers/cdh/kbs is an error
 // naming the field. Values are converted the way the config crate does, so
-// `init_pcr = "17"` and `enable_eventlog = "false"` load.
+// `init_pcr = "17"` and `enable_eventlog = "false"` load, and a boolean may
+// also be a number (true unless zero) or on/off/yes/no in any case.
+// registries.conf (read upstream with serde) takes booleans only, and the
+// kernel command line's agent.enable_signature_verification exactly true
+// or false.
 //
 // Note on upstream's example.config.toml: its `work_dir` and
 // `extra_root_certificates` lines follow a `[[...registry.mirror]]` table,

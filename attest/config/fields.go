@@ -56,10 +56,20 @@ type table struct {
 	path string
 	seen map[string]bool
 	warn *[]string
+	// serdeBools: booleans are TOML/JSON booleans only, as a document
+	// upstream reads with serde directly (registries.conf) has them.
+	serdeBools bool
 }
 
 func newTable(m map[string]any, path string, warn *[]string) *table {
 	return &table{m: m, path: path, seen: map[string]bool{}, warn: warn}
+}
+
+// child is a sub-table read the same way as t.
+func (t *table) child(m map[string]any, path string) *table {
+	c := newTable(m, path, t.warn)
+	c.serdeBools = t.serdeBools
+	return c
 }
 
 func (t *table) name(key string) string {
@@ -126,6 +136,11 @@ func (t *table) requiredStr(key string, dst *string) error {
 	return t.str(key, dst)
 }
 
+// boolean reads a boolean the way the config crate behind aa.toml and
+// cdh.toml converts one (Value::into_bool): a boolean; a number, true
+// unless zero; or one of the strings 1/true/on/yes and 0/false/off/no in
+// any case. Anything else ("t", "maybe", an array) is an error naming the
+// field. With serdeBools only a boolean is one.
 func (t *table) boolean(key string, dst *bool) error {
 	v, ok := t.get(key)
 	if !ok {
@@ -135,11 +150,30 @@ func (t *table) boolean(key string, dst *bool) error {
 	case bool:
 		*dst = b
 		return nil
-	case string:
-		p, err := strconv.ParseBool(b)
-		if err == nil {
-			*dst = p
+	}
+	if !t.serdeBools {
+		switch b := v.(type) {
+		case int64:
+			*dst = b != 0
 			return nil
+		case float64:
+			*dst = b != 0
+			return nil
+		case json.Number:
+			if f, err := b.Float64(); err == nil {
+				*dst = f != 0
+				return nil
+			}
+		case string:
+			switch strings.ToLower(b) {
+			case "1", "true", "on", "yes":
+				*dst = true
+				return nil
+			case "0", "false", "off", "no":
+				*dst = false
+				return nil
+			}
+			return fmt.Errorf("field %s: want a boolean, got a string that is none of 1/true/on/yes/0/false/off/no", t.name(key))
 		}
 	}
 	return fmt.Errorf("field %s: want a boolean, got %s", t.name(key), typeName(v))
@@ -204,7 +238,7 @@ func (t *table) sub(key string) (*table, error) {
 	if !ok {
 		return nil, fmt.Errorf("field %s: want a table, got %s", t.name(key), typeName(v))
 	}
-	return newTable(m, t.name(key), t.warn), nil
+	return t.child(m, t.name(key)), nil
 }
 
 // subList returns the array of tables at key.
@@ -230,7 +264,7 @@ func (t *table) subList(key string) ([]*table, error) {
 	}
 	out := make([]*table, len(maps))
 	for i, m := range maps {
-		out[i] = newTable(m, fmt.Sprintf("%s[%d]", t.name(key), i), t.warn)
+		out[i] = t.child(m, fmt.Sprintf("%s[%d]", t.name(key), i))
 	}
 	return out, nil
 }

@@ -7,8 +7,8 @@
 // # Record format
 //
 // The entry text is `<domain> <operation> <content>` (single spaces, no
-// trailing newline). Domain and operation must be non-empty printable ASCII
-// without whitespace; content may not contain a newline. The text is
+// trailing newline). As upstream, only a newline in the content is refused;
+// domain and operation are not checked. The text is
 // wrapped in a TCG tagged event (u32 LE 0x4141454C "AAEL", u32 LE length,
 // text) and digest = H(tagged event), H being the platform's CCEL hash
 // (sha384 on TDX, sha256 on a vTPM). The record appended to the log file

@@ -125,19 +125,12 @@ type Entry struct {
 	Content   string `json:"content"`
 }
 
-// NewEntry validates an entry: domain and operation non-empty printable
-// ASCII with no whitespace, content without a newline.
+// NewEntry validates an entry as upstream's AAEL Event::new: only a
+// newline in the content is refused. Domain and operation are taken as
+// given (upstream accepts empty ones, spaces and any UTF-8); the text of
+// such an entry still hashes and recovers the same, since only the joined
+// text is measured.
 func NewEntry(domain, operation, content string) (Entry, error) {
-	for _, f := range []struct{ name, v string }{{"domain", domain}, {"operation", operation}} {
-		if f.v == "" {
-			return Entry{}, fmt.Errorf("eventlog: %s is empty", f.name)
-		}
-		for i := 0; i < len(f.v); i++ {
-			if c := f.v[i]; c <= ' ' || c > '~' {
-				return Entry{}, fmt.Errorf("eventlog: %s has a non-printable or whitespace byte 0x%02x at %d", f.name, c, i)
-			}
-		}
-	}
 	if strings.ContainsRune(content, '\n') {
 		return Entry{}, errors.New("eventlog: content contains newline")
 	}

@@ -161,7 +161,9 @@ func EncodeAnnotation(tomlDoc []byte) (string, error) {
 }
 
 // DecodeAnnotation returns the exact TOML bytes carried by an annotation
-// value (standard padded base64 of gzip). It does not parse them.
+// value (standard padded base64 of gzip). It does not parse them. Several
+// concatenated gzip members decode whole, as the Kata Go runtime (Go's
+// gzip reader) reads the annotation it measures.
 func DecodeAnnotation(value string) ([]byte, error) {
 	value = strings.TrimSpace(value)
 	if value == "" {
@@ -174,7 +176,7 @@ func DecodeAnnotation(value string) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("initdata: annotation is not standard base64: %w", err)
 	}
-	return decompress(gz)
+	return decompress(gz, true)
 }
 
 // EncodeDevice returns the Kata init-data block device image for a TOML
@@ -216,7 +218,7 @@ func DecodeDevice(r io.Reader) ([]byte, error) {
 	if _, err := io.ReadFull(r, gz); err != nil {
 		return nil, fmt.Errorf("initdata: read device payload (%d bytes): %w", n, err)
 	}
-	return decompress(gz)
+	return decompress(gz, false)
 }
 
 // ReadDevice opens path (a block device or image file) and decodes it.
@@ -245,14 +247,16 @@ func compress(b []byte) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
-// decompress gunzips the first gzip member (as the Rust decoders upstream
-// do), refusing output beyond MaxDocumentSize.
-func decompress(gz []byte) ([]byte, error) {
+// decompress gunzips every gzip member when multistream (annotations, as
+// the Kata Go runtime reads them) or only the first (the device, as the
+// Rust agent's single-member decoder reads it), refusing output beyond
+// MaxDocumentSize in total.
+func decompress(gz []byte, multistream bool) ([]byte, error) {
 	zr, err := gzip.NewReader(bytes.NewReader(gz))
 	if err != nil {
 		return nil, fmt.Errorf("initdata: gunzip: %w", err)
 	}
-	zr.Multistream(false)
+	zr.Multistream(multistream)
 	out, err := io.ReadAll(io.LimitReader(zr, MaxDocumentSize+1))
 	if err != nil {
 		return nil, fmt.Errorf("initdata: gunzip: %w", err)

@@ -357,6 +357,10 @@ func TestParseResourceURI(t *testing.T) {
 		{"default/key/1", "resource/default/key/1", "", false},
 		{"kbs:///a/b/c?x=1", "resource/a/b/c?x=1", "", false},
 		{"kbs+plugin:///p/q", "plugin/p/q", "", false},
+		// The scheme is case-insensitive, as URL parsing makes it upstream.
+		{"KBS:///default/key/1", "resource/default/key/1", "", false},
+		{"Kbs+Plugin:///p/q", "plugin/p/q", "", false},
+		{"\u212abs:///default/key/1", "", "", true}, // Kelvin sign: no Unicode folding
 		{"kbs:///a/b", "", "", true},
 		{"kbs:///a/../c", "", "", true},
 		{"kbs:///a/b/.c", "", "", true},

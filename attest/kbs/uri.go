@@ -25,7 +25,9 @@ type ResourceURI struct {
 }
 
 // ParseResourceURI accepts kbs:///repo/type/tag, kbs://host/repo/type/tag,
-// kbs+<plugin>://host/path and the bare form repo/type/tag.
+// kbs+<plugin>://host/path and the bare form repo/type/tag. The scheme is
+// ASCII case-insensitive ("KBS:///..." is "kbs:///..."), as the URL parser
+// behind upstream's ResourceUri lowercases it; plugin names with it.
 func ParseResourceURI(s string) (ResourceURI, error) {
 	if s == "" {
 		return ResourceURI{}, errors.New("parse resource URI: empty")
@@ -33,7 +35,7 @@ func ParseResourceURI(s string) (ResourceURI, error) {
 	u := ResourceURI{Plugin: "resource"}
 	rest := s
 	if i := strings.Index(s, "://"); i >= 0 {
-		scheme := s[:i]
+		scheme := asciiLower(s[:i])
 		switch {
 		case scheme == "kbs":
 		case strings.HasPrefix(scheme, "kbs+") && len(scheme) > len("kbs+"):
@@ -65,6 +67,17 @@ func ParseResourceURI(s string) (ResourceURI, error) {
 		}
 	}
 	return u, nil
+}
+
+// asciiLower lowercases ASCII letters only, as URL schemes are compared.
+func asciiLower(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			b[i] = c + 'a' - 'A'
+		}
+	}
+	return string(b)
 }
 
 // RequestPath is the path below PathPrefix, e.g. "resource/repo/type/tag",

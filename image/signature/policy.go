@@ -6,7 +6,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
 
 	"go.podman.io/image/v5/docker/reference"
@@ -45,7 +47,11 @@ type rawRequirement struct {
 }
 
 // policyFile is the top level of containers-policy.json. Both keys are
-// required by image-rs, hence the pointers.
+// required by image-rs, hence the pointers. Other keys are ignored, as
+// image-rs's serde structs ignore them (none denies unknown fields), and
+// each is reported as a warning, at every level: a misspelt key (say
+// "signedidentity") then says why it had no effect. Ignoring a key never
+// relaxes a check on the keys that are known.
 type policyFile struct {
 	Default    *[]json.RawMessage                       `json:"default"`
 	Transports *map[string]map[string][]json.RawMessage `json:"transports"`
@@ -53,14 +59,17 @@ type policyFile struct {
 
 // parsePolicy parses and validates containers-policy.json. It does no I/O.
 func parsePolicy(data []byte) (*parsedPolicy, error) {
-	var f policyFile
+	var top map[string]json.RawMessage
 	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&f); err != nil {
+	if err := dec.Decode(&top); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidPolicy, err)
 	}
 	if dec.More() {
 		return nil, fmt.Errorf("%w: trailing data after the policy object", ErrInvalidPolicy)
+	}
+	var f policyFile
+	if err := json.Unmarshal(data, &f); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidPolicy, err)
 	}
 	if f.Default == nil {
 		return nil, fmt.Errorf("%w: missing \"default\"", ErrInvalidPolicy)
@@ -69,6 +78,9 @@ func parsePolicy(data []byte) (*parsedPolicy, error) {
 		return nil, fmt.Errorf("%w: missing \"transports\"", ErrInvalidPolicy)
 	}
 	p := &parsedPolicy{Docker: map[string][]rawRequirement{}}
+	for _, k := range unknownKeys(top, "default", "transports") {
+		p.Warnings = append(p.Warnings, fmt.Sprintf("unknown field %q is ignored", k))
+	}
 	var err error
 	if p.Default, err = parseRequirements(*f.Default, &p.Warnings, "default"); err != nil {
 		return nil, err
@@ -106,9 +118,12 @@ func parsePolicy(data []byte) (*parsedPolicy, error) {
 func parseRequirements(raws []json.RawMessage, warnings *[]string, where string) ([]rawRequirement, error) {
 	reqs := make([]rawRequirement, 0, len(raws))
 	for i, raw := range raws {
-		r, err := parseRequirement(raw)
+		r, unknown, err := parseRequirement(raw)
 		if err != nil {
 			return nil, fmt.Errorf("%w: %s requirement %d: %w", ErrInvalidPolicy, where, i, err)
+		}
+		for _, k := range unknown {
+			*warnings = append(*warnings, fmt.Sprintf("%s requirement %d: unknown field %s is ignored", where, i, k))
 		}
 		if r.Deny != "" {
 			*warnings = append(*warnings, fmt.Sprintf("%s requirement %d always denies: %s", where, i, r.Deny))
@@ -118,7 +133,14 @@ func parseRequirements(raws []json.RawMessage, warnings *[]string, where string)
 	return reqs, nil
 }
 
-func parseRequirement(raw json.RawMessage) (rawRequirement, error) {
+// parseRequirement parses one requirement; unknown lists the keys it
+// ignored (quoted, signedIdentity's as "signedIdentity.<key>").
+func parseRequirement(raw json.RawMessage) (r rawRequirement, unknown []string, err error) {
+	r, err = parseRequirementKnown(raw, &unknown)
+	return r, unknown, err
+}
+
+func parseRequirementKnown(raw json.RawMessage, unknown *[]string) (rawRequirement, error) {
 	var fields map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &fields); err != nil {
 		return rawRequirement{}, err
@@ -133,13 +155,9 @@ func parseRequirement(raw json.RawMessage) (rawRequirement, error) {
 	r := rawRequirement{Type: typ, Fields: fields}
 	switch typ {
 	case typeAccept, typeReject:
-		if err := onlyKeys(fields, "type"); err != nil {
-			return r, err
-		}
+		ignoreKeys(unknown, "", fields, "type")
 	case typeSignedBy:
-		if err := onlyKeys(fields, "type", "keyType", "keyPath", "keyPaths", "keyData", "signedIdentity"); err != nil {
-			return r, err
-		}
+		ignoreKeys(unknown, "", fields, "type", "keyType", "keyPath", "keyPaths", "keyData", "signedIdentity")
 		var keyType string
 		if err := json.Unmarshal(fields["keyType"], &keyType); err != nil || keyType != "GPGKeys" {
 			return r, errors.New(`signedBy "keyType" must be "GPGKeys"`)
@@ -163,20 +181,18 @@ func parseRequirement(raw json.RawMessage) (rawRequirement, error) {
 				return r, fmt.Errorf(`signedBy "keyData" is not base64: %w`, err)
 			}
 		}
-		if _, err := identityType(fields); err != nil {
+		if _, err := identityType(fields, unknown); err != nil {
 			return r, err
 		}
 	case typeSigstore:
-		if err := onlyKeys(fields, "type", "keyPath", "keyData", "signedIdentity"); err != nil {
-			return r, err
-		}
+		ignoreKeys(unknown, "", fields, "type", "keyPath", "keyData", "signedIdentity")
 		if err := exactlyOne(fields, "keyPath", "keyData"); err != nil {
 			return r, err
 		}
 		if err := checkStrings(fields, "keyPath", "keyData"); err != nil {
 			return r, err
 		}
-		id, err := identityType(fields)
+		id, err := identityType(fields, unknown)
 		if err != nil {
 			return r, err
 		}
@@ -194,7 +210,7 @@ func parseRequirement(raw json.RawMessage) (rawRequirement, error) {
 }
 
 // identityType validates "signedIdentity" (when present) and returns its type.
-func identityType(fields map[string]json.RawMessage) (string, error) {
+func identityType(fields map[string]json.RawMessage, unknown *[]string) (string, error) {
 	raw, ok := fields["signedIdentity"]
 	if !ok {
 		return "", nil
@@ -221,23 +237,26 @@ func identityType(fields map[string]json.RawMessage) (string, error) {
 		}
 		return nil
 	}
+	// The identity handed on keeps only the keys image-rs reads.
+	keep := func() {
+		fields["signedIdentity"], _ = json.Marshal(id)
+	}
 	switch typ {
 	case "matchExact", "matchRepoDigestOrExact", "matchRepository":
-		return typ, onlyKeys(id, "type")
+		ignoreKeys(unknown, "signedIdentity.", id, "type")
+		keep()
+		return typ, nil
 	case "exactReference":
-		if err := onlyKeys(id, "type", "dockerReference"); err != nil {
-			return "", err
-		}
+		ignoreKeys(unknown, "signedIdentity.", id, "type", "dockerReference")
+		keep()
 		return typ, needRef("dockerReference", false)
 	case "exactRepository":
-		if err := onlyKeys(id, "type", "dockerRepository"); err != nil {
-			return "", err
-		}
+		ignoreKeys(unknown, "signedIdentity.", id, "type", "dockerRepository")
+		keep()
 		return typ, needRef("dockerRepository", true)
 	case "remapIdentity":
-		if err := onlyKeys(id, "type", "prefix", "signedPrefix"); err != nil {
-			return "", err
-		}
+		ignoreKeys(unknown, "signedIdentity.", id, "type", "prefix", "signedPrefix")
+		keep()
 		for _, k := range []string{"prefix", "signedPrefix"} {
 			var s string
 			if err := json.Unmarshal(id[k], &s); err != nil || s == "" {
@@ -250,20 +269,29 @@ func identityType(fields map[string]json.RawMessage) (string, error) {
 	}
 }
 
-func onlyKeys(fields map[string]json.RawMessage, allowed ...string) error {
+// unknownKeys returns the keys of fields that are not allowed, sorted.
+func unknownKeys(fields map[string]json.RawMessage, allowed ...string) []string {
+	var out []string
 	for k := range fields {
-		ok := false
-		for _, a := range allowed {
-			if k == a {
-				ok = true
-				break
-			}
-		}
-		if !ok {
-			return fmt.Errorf("unknown field %q", k)
+		if !slices.Contains(allowed, k) {
+			out = append(out, k)
 		}
 	}
-	return nil
+	sort.Strings(out)
+	return out
+}
+
+// ignoreKeys drops from fields the keys that image-rs does not read there
+// and appends them, quoted, to unknown (prefix names the nesting). They
+// are dropped, not kept, because the requirement is later handed to
+// go.podman.io/image/v5, which would refuse them or, for keys it knows
+// and image-rs does not (keyPaths, rekorPublicKeyPath, fulcio on
+// sigstoreSigned), apply them.
+func ignoreKeys(unknown *[]string, prefix string, fields map[string]json.RawMessage, allowed ...string) {
+	for _, k := range unknownKeys(fields, allowed...) {
+		*unknown = append(*unknown, strconv.Quote(prefix+k))
+		delete(fields, k)
+	}
 }
 
 func exactlyOne(fields map[string]json.RawMessage, keys ...string) error {

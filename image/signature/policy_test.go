@@ -22,10 +22,10 @@ func TestParsePolicy(t *testing.T) {
 		{name: "missing transports", policy: `{"default":[]}`, wantErr: `Invalid image policy file: missing "transports"`},
 		{name: "not json", policy: `{"default":`, wantErr: "Invalid image policy file"},
 		{name: "trailing", policy: `{"default":[],"transports":{}} {}`, wantErr: "trailing data"},
-		{name: "unknown top key", policy: `{"default":[],"transports":{},"x":1}`, wantErr: "unknown field"},
+		{name: "unknown top key", policy: `{"default":[],"transports":{},"x":1}`, wantWarns: []string{`unknown field "x" is ignored`}},
 		{name: "unknown type", policy: `{"default":[{"type":"signedBaseLayer"}],"transports":{}}`, wantErr: `unsupported requirement type "signedBaseLayer"`},
 		{name: "no type", policy: `{"default":[{}],"transports":{}}`, wantErr: `missing or invalid "type"`},
-		{name: "reject extra field", policy: `{"default":[{"type":"reject","keyPath":"/k"}],"transports":{}}`, wantErr: `unknown field "keyPath"`},
+		{name: "reject extra field", policy: `{"default":[{"type":"reject","keyPath":"/k"}],"transports":{}}`, wantWarns: []string{`default requirement 0: unknown field "keyPath" is ignored`}},
 		{name: "signedBy ok", policy: `{"default":[{"type":"signedBy","keyType":"GPGKeys","keyPath":"/k"}],"transports":{}}`},
 		{name: "signedBy keyPaths", policy: `{"default":[{"type":"signedBy","keyType":"GPGKeys","keyPaths":["/a","/b"]}],"transports":{}}`},
 		{name: "signedBy no keyType", policy: `{"default":[{"type":"signedBy","keyPath":"/k"}],"transports":{}}`, wantErr: `"keyType" must be "GPGKeys"`},
@@ -36,7 +36,9 @@ func TestParsePolicy(t *testing.T) {
 		{name: "exactRepository with tag", policy: `{"default":[{"type":"signedBy","keyType":"GPGKeys","keyPath":"/k","signedIdentity":{"type":"exactRepository","dockerRepository":"quay.io/a:b"}}],"transports":{}}`, wantErr: "without tag"},
 		{name: "remapIdentity", policy: `{"default":[{"type":"signedBy","keyType":"GPGKeys","keyPath":"/k","signedIdentity":{"type":"remapIdentity","prefix":"a.io","signedPrefix":"b.io"}}],"transports":{}}`},
 		{name: "sigstore ok", policy: `{"default":[{"type":"sigstoreSigned","keyPath":"kbs:///default/k/c","signedIdentity":{"type":"matchRepository"}}],"transports":{}}`},
-		{name: "sigstore keyPaths unsupported", policy: `{"default":[{"type":"sigstoreSigned","keyPaths":["/k"]}],"transports":{}}`, wantErr: `unknown field "keyPaths"`},
+		// keyPaths is not an image-rs sigstoreSigned field: ignored, so the
+		// requirement still needs keyPath or keyData.
+		{name: "sigstore keyPaths unsupported", policy: `{"default":[{"type":"sigstoreSigned","keyPaths":["/k"]}],"transports":{}}`, wantErr: "exactly one of keyPath, keyData"},
 		{
 			name:      "sigstore matchExact denies",
 			policy:    `{"default":[{"type":"sigstoreSigned","keyPath":"/k","signedIdentity":{"type":"matchExact"}}],"transports":{}}`,

@@ -346,3 +346,71 @@ func reason(err error) string {
 	}
 	return ""
 }
+
+// TestPolicyUnknownFieldsIgnored: image-rs reads containers-policy.json with
+// serde structs that ignore unknown fields, at every level. Such a policy
+// loads here too (each key named in a warning) and decides exactly as the
+// same policy without them: a signed image passes, an unsigned one and one
+// signed by another key do not, a reject scope rejects. Keys that
+// go.podman.io/image/v5 would apply but image-rs ignores (rekorPublicKeyPath,
+// keyPaths on sigstoreSigned) change nothing.
+func TestPolicyUnknownFieldsIgnored(t *testing.T) {
+	good, goodPEM := newECKey(t)
+	bad, _ := newECKey(t)
+	keyURI := "kbs:///default/cosign/pub"
+	for _, tc := range []struct {
+		name string
+		sign *ecdsa.PrivateKey
+		want string // "" allowed
+	}{
+		{"signed", good, ""},
+		{"unsigned", nil, "rejected by `sigstoreSigned` rule"},
+		{"other key", bad, "rejected by `sigstoreSigned` rule"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := startRegistry(t, false)
+			if tc.sign != nil {
+				r.signV2(t, tc.sign, r.digest, r.host+"/coco/img")
+			}
+			policy := fmt.Sprintf(`{
+			  "default": [{"type": "reject", "comment": "deny the rest"}],
+			  "transports": {"docker": {
+			    %q: [{"type": "sigstoreSigned", "keyPath": %q,
+			          "rekorPublicKeyPath": "/nonexistent/rekor.pub", "keyPaths": ["/nonexistent"], "x-note": 1,
+			          "signedIdentity": {"type": "matchRepository", "dockerRepository": "other.example/x"}}],
+			    %q: [{"type": "insecureAcceptAnything", "owner": "ops"}]
+			  }},
+			  "x-generated-by": "tool"
+			}`, r.host+"/coco", keyURI, r.host+"/open")
+			v, err := New(context.Background(), Options{
+				Policy:    []byte(policy),
+				Resources: fakeResources{keyURI: goodPEM},
+				Insecure:  []string{r.host},
+				WorkDir:   t.TempDir(),
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			warned := strings.Join(v.Warnings(), "\n")
+			for _, k := range []string{`"x-generated-by"`, `"comment"`, `"rekorPublicKeyPath"`, `"keyPaths"`, `"x-note"`, `"signedIdentity.dockerRepository"`, `"owner"`} {
+				if !strings.Contains(warned, k) {
+					t.Errorf("no warning names %s: %q", k, v.Warnings())
+				}
+			}
+			err = v.Check(context.Background(), r.host+"/coco/img:v1", r.digest)
+			if tc.want == "" {
+				if err != nil {
+					t.Fatalf("Check: %v (reason: %s)", err, reason(err))
+				}
+			} else if err == nil || !strings.HasSuffix(err.Error(), tc.want) {
+				t.Fatalf("Check = %v, want %q", err, tc.want)
+			}
+			if err := v.Check(context.Background(), r.host+"/open/img:v1", r.digest); err != nil {
+				t.Errorf("accept scope: %v", err)
+			}
+			if err := v.Check(context.Background(), r.host+"/elsewhere/img:v1", r.digest); err == nil {
+				t.Error("default reject with an unknown field accepted an image")
+			}
+		})
+	}
+}

@@ -136,3 +136,62 @@ func TestUnsealThroughKBS(t *testing.T) {
 		})
 	}
 }
+
+// TestProviderAndKidSchemeCaseInsensitive: upstream matches vault and
+// envelope provider names ASCII case-insensitively (strum) and parses kids
+// and vault names as URLs, whose scheme is case-insensitive. A secret
+// written that way unseals here too, through a real KBS; a name that only
+// Unicode folding would match is still refused.
+func TestProviderAndKidSchemeCaseInsensitive(t *testing.T) {
+	ctx := context.Background()
+	key := testKey(t, "gc-test-key.json")
+	jwk, err := sealed.PublicJWK(&key.PublicKey, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	kek := make([]byte, sealed.KeySize)
+	if _, err := rand.Read(kek); err != nil {
+		t.Fatal(err)
+	}
+	k := devkbs.Start(t, server.AllowAllPolicy)
+	k.Put(t, "default/signing-key/sealed-secret", jwk)
+	k.Put(t, "default/sealed-secret/vault", []byte("vault plaintext"))
+	k.Put(t, "default/kek/1", kek)
+	env, err := sealed.SealEnvelope([]byte("envelope plaintext"), kek, "Kbs", "KBS:///default/kek/1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := &sealed.Unsealer{Resources: k.Client(t)}
+	for _, tc := range []struct {
+		name, kid string
+		secret    *sealed.Secret
+		want      string
+	}{
+		{"vault provider KBS", "kbs:///default/signing-key/sealed-secret",
+			&sealed.Secret{Version: sealed.Version, Vault: &sealed.Vault{Name: "kbs:///default/sealed-secret/vault", Provider: "KBS"}}, "vault plaintext"},
+		{"kid scheme KBS", "KBS:///default/signing-key/sealed-secret", vaultSecret("kbs:///default/sealed-secret/vault"), "vault plaintext"},
+		{"vault name scheme Kbs", "Kbs:///default/signing-key/sealed-secret",
+			&sealed.Secret{Version: sealed.Version, Vault: &sealed.Vault{Name: "Kbs:///default/sealed-secret/vault", Provider: "kBs"}}, "vault plaintext"},
+		{"envelope provider Kbs", "kbs:///default/signing-key/sealed-secret", &sealed.Secret{Version: sealed.Version, Envelope: env}, "envelope plaintext"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			in, err := sealed.Sign(tc.secret, key, tc.kid)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := u.Unseal(ctx, []byte(in))
+			if err != nil || string(got) != tc.want {
+				t.Fatalf("got %q, %v", got, err)
+			}
+		})
+	}
+	kelvin := &sealed.Secret{Version: sealed.Version, Vault: &sealed.Vault{Name: "kbs:///default/sealed-secret/vault", Provider: "\u212abs"}}
+	in, err := sealed.Sign(kelvin, key, "kbs:///default/signing-key/sealed-secret")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var se *sealed.Error
+	if _, err := u.Unseal(ctx, []byte(in)); !errors.As(err, &se) || se.Part != sealed.PartProvider {
+		t.Fatalf("provider with a Kelvin sign: err %v, want a provider error", err)
+	}
+}

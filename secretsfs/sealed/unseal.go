@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strings"
 
 	"github.com/containerd/log"
 
@@ -86,7 +85,8 @@ func (u *Unsealer) Resolve(ctx context.Context, s *Secret) ([]byte, error) {
 	switch {
 	case s.Vault != nil:
 		v := s.Vault
-		if v.Provider != ProviderKBS {
+		// Upstream's vault provider names are ASCII case-insensitive.
+		if !asciiEqualFold(v.Provider, ProviderKBS) {
 			return nil, partErr(PartProvider, "vault provider %q is not supported (only %s)", v.Provider, ProviderKBS)
 		}
 		if u.Resources == nil {
@@ -126,20 +126,56 @@ func (u *Unsealer) Resolve(ctx context.Context, s *Secret) ([]byte, error) {
 	return nil, partErr(PartPayload, "neither vault nor envelope")
 }
 
+// provider finds an envelope provider by name, ASCII case-insensitively
+// as upstream matches provider names.
 func (u *Unsealer) provider(name string) EnvelopeProvider {
 	if u.Providers != nil {
-		return u.Providers[name]
+		if p, ok := u.Providers[name]; ok {
+			return p
+		}
+		for n, p := range u.Providers {
+			if asciiEqualFold(n, name) {
+				return p
+			}
+		}
+		return nil
 	}
-	if name == ProviderKBS && u.Resources != nil {
+	if asciiEqualFold(name, ProviderKBS) && u.Resources != nil {
 		return &KBSProvider{Resources: u.Resources}
 	}
 	return nil
 }
 
 // isResourceURI reports whether kid names a KBS resource (kbs:// or
-// kbs+plugin://), as upstream decides.
+// kbs+plugin://, the scheme in any ASCII case), as upstream decides.
 func isResourceURI(kid string) bool {
-	return strings.HasPrefix(kid, "kbs://") || strings.HasPrefix(kid, "kbs+")
+	return hasASCIIPrefixFold(kid, "kbs://") || hasASCIIPrefixFold(kid, "kbs+")
+}
+
+func hasASCIIPrefixFold(s, prefix string) bool {
+	return len(s) >= len(prefix) && asciiEqualFold(s[:len(prefix)], prefix)
+}
+
+// asciiEqualFold compares ASCII case-insensitively (strum's
+// ascii_case_insensitive); unlike strings.EqualFold, no Unicode folding
+// (the Kelvin sign is not a "k").
+func asciiEqualFold(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := 0; i < len(a); i++ {
+		x, y := a[i], b[i]
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
 }
 
 func (u *Unsealer) verificationKey(ctx context.Context, kid string) (*ecdsa.PublicKey, error) {
