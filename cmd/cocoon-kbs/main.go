@@ -85,7 +85,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.Var(&c.snpRoots, "snp-roots", "PRODUCT=FILE: trusted AMD ASK+ARK PEM bundle for a product line (Milan, Genoa, Turin); repeatable; default: AMD's published roots")
 	fs.BoolVar(&c.snpNoFetch, "snp-no-fetch", false, "never fetch VCEKs from AMD KDS")
 	fs.Var(&c.tpmAAELPCRs, "tpm-aael-pcr", "`PCR` that only the AAEL event log extends (repeatable): evidence without a log that replays to it is refused")
-	fs.Var(&c.tpmAKs, "tpm-trusted-ak", "PEM file of trusted TPM attestation public keys; repeatable; default: any AK (claims say ak_trusted=false)")
+	fs.Var(&c.tpmAKs, "tpm-trusted-ak", "PEM file of trusted TPM attestation public keys; repeatable; default: none, so tpm evidence verifies but is appraised contraindicated (ak_trusted=false) and the default policy releases nothing to it")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level")
 	if err := fs.Parse(args); err != nil {
 		return nil, err

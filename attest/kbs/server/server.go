@@ -335,6 +335,7 @@ func (s *Server) attest(w http.ResponseWriter, r *http.Request) error {
 		return attestError(fmt.Errorf("%s verifier returned no report_data claim", sess.tee))
 	}
 	var initDataClaims any
+	binding := initDataAbsent
 	if att.InitData != nil {
 		if att.InitData.Format != "toml" {
 			return attestError(fmt.Errorf("Unsupported initdata format: %s", att.InitData.Format))
@@ -347,9 +348,10 @@ func (s *Server) attest(w http.ResponseWriter, r *http.Request) error {
 			if err := checkInitData(sess.tee, reported, digest); err != nil {
 				return attestError(err)
 			}
-			initDataClaims = idc
+			initDataClaims, binding = idc, initDataMatched
 		} else {
-			log.G(ctx).WithField("tee", sess.tee).Warn("kbs: evidence binds no init-data; init-data claims left out of the token")
+			binding = initDataUnbound
+			log.G(ctx).WithField("tee", sess.tee).Warn("kbs: evidence binds no init-data; init-data claims left out of the token, configuration appraised as unavailable")
 		}
 	}
 	runtimeClaims := map[string]any{
@@ -358,7 +360,7 @@ func (s *Server) attest(w http.ResponseWriter, r *http.Request) error {
 		"additional-evidence": att.TEEEvidence.AdditionalEvidence,
 	}
 	now := s.now()
-	token, err := s.signer.sign(earClaims(sess.tee, claims, runtimeClaims, initDataClaims, now, now.Add(s.tokenLifetime)))
+	token, err := s.signer.sign(earClaims(sess.tee, claims, runtimeClaims, initDataClaims, binding, now, now.Add(s.tokenLifetime)))
 	if err != nil {
 		return attestError(err)
 	}
