@@ -63,6 +63,7 @@ type config struct {
 	insecureAdmin                                bool
 	tokenKeyFile, certFile, keyFile, logLevel    string
 	tokenLifetime, sessionTimeout                time.Duration
+	maxSessions                                  int
 	snpRoots, tpmAKs, tpmAAELPCRs                multiFlag
 	tdxRoots                                     string
 	snpNoFetch                                   bool
@@ -79,6 +80,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.StringVar(&c.tokenKeyFile, "token-key", "", "P-256 private key (PEM) signing tokens; default: generated at start")
 	fs.DurationVar(&c.tokenLifetime, "token-lifetime", server.DefaultTokenLifetime, "attestation token lifetime")
 	fs.DurationVar(&c.sessionTimeout, "session-timeout", server.DefaultSessionTimeout, "RCAR session timeout")
+	fs.IntVar(&c.maxSessions, "max-sessions", server.DefaultMaxSessions, "most RCAR sessions open at once; /auth is refused beyond it")
 	fs.StringVar(&c.certFile, "cert", "", "TLS certificate (PEM); with --key serves HTTPS")
 	fs.StringVar(&c.keyFile, "key", "", "TLS private key (PEM)")
 	fs.StringVar(&c.tdxRoots, "tdx-roots", "", "PEM `file` of trusted Intel SGX root CAs for TDX quotes; default: Intel's root")
@@ -108,6 +110,7 @@ func options(c *config) (server.Options, error) {
 		InsecureAdmin:  c.insecureAdmin,
 		TokenLifetime:  c.tokenLifetime,
 		SessionTimeout: c.sessionTimeout,
+		MaxSessions:    c.maxSessions,
 	}
 	if c.policyFile != "" {
 		b, err := os.ReadFile(c.policyFile)

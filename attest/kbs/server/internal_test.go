@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -309,4 +310,44 @@ func FuzzTEEPubKeyFromClaims(f *testing.F) {
 			}
 		}
 	})
+}
+
+// Expired sessions are deleted by the sweeper on each tick, not only when
+// someone looks them up or the cap is reached.
+func TestSessionSweeper(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	var mu sync.Mutex
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	st := newSessionStore(time.Minute, 100, clock)
+	tick := make(chan time.Time)
+	st.sweepOn(tick)
+	defer st.close()
+	for range 3 {
+		if _, err := st.create("sample", "n"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Two sends: the second is received only after the first sweep ran.
+	tick <- time.Time{}
+	tick <- time.Time{}
+	if n := st.len(); n != 3 {
+		t.Fatalf("%d sessions before expiry, want 3", n)
+	}
+	mu.Lock()
+	now = now.Add(2 * time.Minute)
+	mu.Unlock()
+	tick <- time.Time{}
+	tick <- time.Time{}
+	if n := st.len(); n != 0 {
+		t.Fatalf("%d sessions after expiry and a sweep, want 0", n)
+	}
+}
+
+func TestSweepInterval(t *testing.T) {
+	if got := sweepInterval(5 * time.Minute); got != time.Minute {
+		t.Errorf("sweepInterval(5m) = %v", got)
+	}
+	if got := sweepInterval(10 * time.Second); got != 10*time.Second {
+		t.Errorf("sweepInterval(10s) = %v", got)
+	}
 }
