@@ -441,3 +441,55 @@ func TestRealQuoteProviderWithoutDevice(t *testing.T) {
 		t.Fatalf("Evidence without configfs-tsm: %v", err)
 	}
 }
+
+// Without collateral the quote verifies but its TCB level is not known,
+// and the claims say so: a KBS must not take it for an up-to-date TCB.
+func TestTCBStatusWithoutCollateral(t *testing.T) {
+	a, v := tdxtest.New(t)
+	rd := randomBytes(t, 48)
+	ev, err := a.Evidence(context.Background(), rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	claims, err := v.Verify(context.Background(), ev, rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if claims["tcb_status"] != tdx.TCBStatusUnknown {
+		t.Fatalf("tcb_status = %v, want %q", claims["tcb_status"], tdx.TCBStatusUnknown)
+	}
+	if _, ok := claims["advisory_ids"]; ok {
+		t.Fatal("advisory_ids claimed without collateral")
+	}
+}
+
+type failingGetter struct{ calls int }
+
+func (g *failingGetter) Get(url string) (map[string][]string, []byte, error) {
+	g.calls++
+	return nil, nil, errors.New("no network in this test")
+}
+
+// With GetCollateral, collateral that cannot be had fails the quote.
+func TestCollateralFailsClosed(t *testing.T) {
+	ev, _ := json.Marshal(tdx.Evidence{Quote: base64.StdEncoding.EncodeToString(testdata.RawQuote)})
+	q, _, err := tdx.ParseEvidence(ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &failingGetter{}
+	v, err := tdx.NewVerifier(tdx.VerifierOptions{
+		Now:           func() time.Time { return time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC) },
+		GetCollateral: true,
+		Getter:        g,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.Verify(context.Background(), ev, q.GetTdQuoteBody().GetReportData()); err == nil {
+		t.Fatal("quote verified without its collateral")
+	}
+	if g.calls == 0 {
+		t.Fatal("collateral was never fetched")
+	}
+}

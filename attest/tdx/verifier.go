@@ -10,38 +10,61 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"time"
 
 	"github.com/google/go-tdx-guest/abi"
+	"github.com/google/go-tdx-guest/pcs"
 	pb "github.com/google/go-tdx-guest/proto/tdx"
 	"github.com/google/go-tdx-guest/verify"
+	"github.com/google/go-tdx-guest/verify/trust"
 
 	"github.com/cocoon-cc/cocoon/attest"
 )
 
 // VerifierOptions configures NewVerifier. The zero value trusts Intel's SGX
-// root CA (embedded in go-tdx-guest). Collateral is never fetched.
+// root CA (embedded in go-tdx-guest) and fetches no collateral.
 type VerifierOptions struct {
 	// TrustedRoots are the root CAs the PCK chain must end in; nil means
 	// Intel's embedded root.
 	TrustedRoots *x509.CertPool
 	// Now is the time for certificate validity; nil means time.Now.
 	Now func() time.Time
+	// GetCollateral fetches Intel's collateral for the quote's platform
+	// (TDX TCB info and QE identity, from Intel PCS through Getter) and
+	// checks the quote's TCB level against it. go-tdx-guest refuses a
+	// quote whose TDX module or QE TCB level is not UpToDate, or whose
+	// collateral has expired, so verified claims then carry tcb_status
+	// "UpToDate" with the matched level's tcb_date and advisory_ids.
+	// Without collateral the TCB level is not known: tcb_status is
+	// TCBStatusUnknown.
+	GetCollateral bool
+	// Getter fetches collateral; nil means go-tdx-guest's HTTPS getter.
+	Getter trust.HTTPSGetter
 }
+
+// TCBStatusUnknown is the tcb_status claim of a quote verified without
+// collateral: its signature chain is good, its TCB level unchecked.
+const TCBStatusUnknown = "Unknown"
 
 // Verifier checks TDX evidence.
 type Verifier struct {
-	roots *x509.CertPool
-	now   func() time.Time
+	roots      *x509.CertPool
+	now        func() time.Time
+	collateral bool
+	getter     trust.HTTPSGetter
 }
 
 var _ attest.Verifier = (*Verifier)(nil)
 
 // NewVerifier returns a TDX verifier.
 func NewVerifier(opts VerifierOptions) (attest.Verifier, error) {
-	v := &Verifier{roots: opts.TrustedRoots, now: opts.Now}
+	v := &Verifier{roots: opts.TrustedRoots, now: opts.Now, collateral: opts.GetCollateral, getter: opts.Getter}
 	if v.now == nil {
 		v.now = time.Now
+	}
+	if v.collateral && v.getter == nil {
+		v.getter = trust.DefaultHTTPSGetter()
 	}
 	return v, nil
 }
@@ -93,8 +116,10 @@ func (v *Verifier) Verify(ctx context.Context, evidence json.RawMessage, expecte
 	}
 	now := v.now()
 	opts := &verify.Options{
-		TrustedRoots: v.roots,
-		Now:          &verify.TimeSet{PckCertChain: now, TcbInfo: now, QeIdentity: now, PckCrl: now, RootCaCrl: now},
+		TrustedRoots:  v.roots,
+		Now:           &verify.TimeSet{PckCertChain: now, TcbInfo: now, QeIdentity: now, PckCrl: now, RootCaCrl: now},
+		GetCollateral: v.collateral,
+		Getter:        v.getter,
 	}
 	if err := verify.TdxQuoteContext(ctx, q, opts); err != nil {
 		return nil, fmt.Errorf("tdx: verify quote: %w", err)
@@ -105,6 +130,16 @@ func (v *Verifier) Verify(ctx context.Context, evidence json.RawMessage, expecte
 	claims, err := quoteClaims(q)
 	if err != nil {
 		return nil, err
+	}
+	claims["tcb_status"] = TCBStatusUnknown
+	if v.collateral {
+		// The options now hold the collateral TdxQuoteContext fetched and
+		// checked; read back the TCB level it matched.
+		level, _, err := verify.SupportedTcbLevelsFromCollateral(q, opts)
+		if err != nil {
+			return nil, fmt.Errorf("tdx: TCB level from collateral: %w", err)
+		}
+		maps.Copy(claims, tcbClaims(level))
 	}
 	if log != nil {
 		events, err := checkEventLog(log, q)
@@ -145,6 +180,23 @@ func checkEventLog(log []byte, q *pb.QuoteV4) ([]Event, error) {
 		}
 	}
 	return events, nil
+}
+
+// tcbClaims names the matched TCB level as Trustee's DCAP verifier does:
+// tcb_status, tcb_date, advisory_ids (empty when none), and
+// collateral_expiration_status "0" (go-tdx-guest refuses expired
+// collateral).
+func tcbClaims(level pcs.TcbLevel) map[string]any {
+	ids := make([]any, 0, len(level.AdvisoryIDs))
+	for _, id := range level.AdvisoryIDs {
+		ids = append(ids, id)
+	}
+	return map[string]any{
+		"tcb_status":                   string(level.TcbStatus),
+		"tcb_date":                     level.TcbDate,
+		"advisory_ids":                 ids,
+		"collateral_expiration_status": "0",
+	}
 }
 
 // Offsets in the v4 quote header and TD 1.0 quote body.

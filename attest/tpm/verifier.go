@@ -33,6 +33,8 @@ type VerifierOptions struct {
 	// TrustedAKs are the attestation keys to trust (*rsa.PublicKey or
 	// *ecdsa.PublicKey). Empty accepts any AK: the quote is still checked,
 	// but the claims say "ak_trusted": false and a warning is logged once.
+	// Anyone can sign such a quote with a software key; cocoon-kbs
+	// appraises it as contraindicated.
 	TrustedAKs []crypto.PublicKey
 	// AAELPCRs are the PCRs only the Attestation Agent event log extends
 	// (the attester's init_pcr). When set, each must be quoted and replay

@@ -1,7 +1,8 @@
 // Command cocoon-kbs is a development Key Broker Service speaking Trustee's
 // KBS protocol (RCAR 0.4.0): it attests sample, TDX, SNP and TPM evidence,
 // issues EAR tokens and serves resources from a Trustee local-fs
-// repository (DIR/<repo>/<type>/<tag>, read at request time) as JWE.
+// repository (DIR/<repo>/<type>/<tag>, or Trustee's flat local_fs names
+// DIR/<repo>\x2F<type>\x2F<tag>; read at request time) as JWE.
 //
 //	cocoon-kbs --listen ADDR --repository DIR [--resource-policy FILE.rego]
 //	           [--admin-public-key FILE] [--cert FILE --key FILE] ...
@@ -63,29 +64,32 @@ type config struct {
 	insecureAdmin                                bool
 	tokenKeyFile, certFile, keyFile, logLevel    string
 	tokenLifetime, sessionTimeout                time.Duration
+	maxSessions                                  int
 	snpRoots, tpmAKs, tpmAAELPCRs                multiFlag
 	tdxRoots                                     string
-	snpNoFetch                                   bool
+	snpNoFetch, tdxCollateral                    bool
 }
 
 func parseFlags(args []string) (*config, error) {
 	var c config
 	fs := flag.NewFlagSet("cocoon-kbs", flag.ContinueOnError)
 	fs.StringVar(&c.listen, "listen", "127.0.0.1:8080", "address to listen on")
-	fs.StringVar(&c.repository, "repository", "", "resource directory, DIR/<repo>/<type>/<tag> (required)")
+	fs.StringVar(&c.repository, "repository", "", "resource directory: DIR/<repo>/<type>/<tag>, or Trustee local_fs's flat DIR/<repo>\\x2F<type>\\x2F<tag> (required)")
 	fs.StringVar(&c.policyFile, "resource-policy", "", "resource policy (Rego, package policy, rule allow); default: Trustee's default policy, which denies the sample TEE")
 	fs.StringVar(&c.adminKeyFile, "admin-public-key", "", "Ed25519 public key (PEM) verifying admin bearer JWTs")
 	fs.BoolVar(&c.insecureAdmin, "insecure-admin", false, "allow admin endpoints without authentication (Trustee's InsecureAllowAll)")
 	fs.StringVar(&c.tokenKeyFile, "token-key", "", "P-256 private key (PEM) signing tokens; default: generated at start")
 	fs.DurationVar(&c.tokenLifetime, "token-lifetime", server.DefaultTokenLifetime, "attestation token lifetime")
 	fs.DurationVar(&c.sessionTimeout, "session-timeout", server.DefaultSessionTimeout, "RCAR session timeout")
+	fs.IntVar(&c.maxSessions, "max-sessions", server.DefaultMaxSessions, "most RCAR sessions open at once; /auth is refused beyond it")
 	fs.StringVar(&c.certFile, "cert", "", "TLS certificate (PEM); with --key serves HTTPS")
 	fs.StringVar(&c.keyFile, "key", "", "TLS private key (PEM)")
 	fs.StringVar(&c.tdxRoots, "tdx-roots", "", "PEM `file` of trusted Intel SGX root CAs for TDX quotes; default: Intel's root")
+	fs.BoolVar(&c.tdxCollateral, "tdx-collateral", false, "fetch Intel's TDX collateral (PCS) and refuse quotes whose TCB level is not UpToDate; without it tcb_status is Unknown and the default policy releases nothing to TDX")
 	fs.Var(&c.snpRoots, "snp-roots", "PRODUCT=FILE: trusted AMD ASK+ARK PEM bundle for a product line (Milan, Genoa, Turin); repeatable; default: AMD's published roots")
 	fs.BoolVar(&c.snpNoFetch, "snp-no-fetch", false, "never fetch VCEKs from AMD KDS")
 	fs.Var(&c.tpmAAELPCRs, "tpm-aael-pcr", "`PCR` that only the AAEL event log extends (repeatable): evidence without a log that replays to it is refused")
-	fs.Var(&c.tpmAKs, "tpm-trusted-ak", "PEM file of trusted TPM attestation public keys; repeatable; default: any AK (claims say ak_trusted=false)")
+	fs.Var(&c.tpmAKs, "tpm-trusted-ak", "PEM file of trusted TPM attestation public keys; repeatable; default: none, so tpm evidence verifies but is appraised contraindicated (ak_trusted=false) and the default policy releases nothing to it")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -108,6 +112,7 @@ func options(c *config) (server.Options, error) {
 		InsecureAdmin:  c.insecureAdmin,
 		TokenLifetime:  c.tokenLifetime,
 		SessionTimeout: c.sessionTimeout,
+		MaxSessions:    c.maxSessions,
 	}
 	if c.policyFile != "" {
 		b, err := os.ReadFile(c.policyFile)
@@ -171,7 +176,7 @@ func readTokenKey(path string) (*ecdsa.PrivateKey, error) {
 func verifiers(c *config) ([]attest.Verifier, error) {
 	vs := []attest.Verifier{sample.NewVerifier()}
 
-	var tdxOpts tdx.VerifierOptions
+	tdxOpts := tdx.VerifierOptions{GetCollateral: c.tdxCollateral}
 	if c.tdxRoots != "" {
 		b, err := os.ReadFile(c.tdxRoots)
 		if err != nil {

@@ -16,7 +16,7 @@ func BenchmarkResourcePath(b *testing.B) {
 	key, _ := kbs.GenerateTEEKey("")
 	now := time.Now()
 	claims := earClaims(attest.TEESample, attest.Claims{"report_data": "x", "svn": "1"},
-		map[string]any{"tee-pubkey": key.PublicJWK(), "nonce": "n"}, nil, now, now.Add(time.Hour))
+		map[string]any{"tee-pubkey": key.PublicJWK(), "nonce": "n"}, nil, initDataAbsent, now, now.Add(time.Hour))
 	tok, _ := signer.sign(claims)
 	verified, _ := signer.verify(tok, now)
 	pe, _ := newPolicyEngine(AllowAllPolicy)

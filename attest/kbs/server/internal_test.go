@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -24,35 +25,50 @@ func TestPolicySemanticsMatchTrustee(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	claims := func(tee string) map[string]any {
+	claims := func(tee, status string) map[string]any {
 		return map[string]any{"submods": map[string]any{"cpu0": map[string]any{
+			"ear.status": status,
 			annotatedKey: map[string]any{tee: map[string]any{"svn": "1"}},
 		}}}
 	}
 	data := func(plugin string) map[string]any {
 		return map[string]any{"plugin": plugin, "resource-path": []any{"a", "b", "c"}, "query": map[string]any{}}
 	}
+	// Trustee's default.rego denies only the sample TEE, whatever the
+	// appraisal; cocoon's DefaultPolicy also requires every submodule to be
+	// affirming (Trustee's affirming.rego), so that evidence the verifier
+	// could not vouch for (an untrusted TPM AK, an unknown TDX TCB) gets
+	// nothing.
 	cases := []struct {
-		name       string
-		input      map[string]any
-		data       map[string]any
-		defAllows  bool
-		openAllows bool
+		name          string
+		input         map[string]any
+		data          map[string]any
+		trusteeAllows bool
+		cocoonAllows  bool
+		openAllows    bool
 	}{
-		{"sample resource", claims("sample"), data("resource"), false, true},
-		{"tdx resource", claims("tdx"), data("resource"), true, true},
-		{"snp other plugin", claims("snp"), data("nebula-ca"), false, false},
-		{"no claims", map[string]any{}, data("resource"), true, true},
+		{"sample resource", claims("sample", StatusWarning), data("resource"), false, false, true},
+		{"affirming sample", claims("sample", StatusAffirming), data("resource"), false, false, true},
+		{"affirming tdx", claims("tdx", StatusAffirming), data("resource"), true, true, true},
+		{"warning tdx", claims("tdx", StatusWarning), data("resource"), true, false, true},
+		{"contraindicated tpm", claims("tpm", StatusContraindicated), data("resource"), true, false, true},
+		{"no status", map[string]any{"submods": map[string]any{"cpu0": map[string]any{}}}, data("resource"), true, false, true},
+		{"second submod warning", map[string]any{"submods": map[string]any{
+			"cpu0": map[string]any{"ear.status": StatusAffirming},
+			"gpu0": map[string]any{"ear.status": StatusWarning},
+		}}, data("resource"), true, false, true},
+		{"snp other plugin", claims("snp", StatusAffirming), data("nebula-ca"), false, false, false},
+		{"no claims", map[string]any{}, data("resource"), true, false, true},
 	}
 	policies := []struct {
-		name     string
-		text     string
-		allowAll bool
+		name  string
+		text  string
+		allow func(trustee, cocoon, open bool) bool
 	}{
-		{"trustee default.rego", string(trusteeDefault), false},
-		{"cocoon DefaultPolicy", DefaultPolicy, false},
-		{"trustee allow_all.rego", string(trusteeAllowAll), true},
-		{"cocoon AllowAllPolicy", AllowAllPolicy, true},
+		{"trustee default.rego", string(trusteeDefault), func(t, _, _ bool) bool { return t }},
+		{"cocoon DefaultPolicy", DefaultPolicy, func(_, c, _ bool) bool { return c }},
+		{"trustee allow_all.rego", string(trusteeAllowAll), func(_, _, o bool) bool { return o }},
+		{"cocoon AllowAllPolicy", AllowAllPolicy, func(_, _, o bool) bool { return o }},
 	}
 	for _, p := range policies {
 		pe, err := newPolicyEngine(p.text)
@@ -65,11 +81,7 @@ func TestPolicySemanticsMatchTrustee(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				want := tc.defAllows
-				if p.allowAll {
-					want = tc.openAllows
-				}
-				if got != want {
+				if want := p.allow(tc.trusteeAllows, tc.cocoonAllows, tc.openAllows); got != want {
 					t.Fatalf("allow = %v, want %v", got, want)
 				}
 			})
@@ -205,8 +217,8 @@ func TestTokenSignVerify(t *testing.T) {
 		t.Fatal(err)
 	}
 	now := time.Unix(1_800_000_000, 0)
-	claims := earClaims(attest.TEETDX, attest.Claims{"report_data": "aa", "init_data": "bb", "quote": map[string]any{"x": 1}},
-		map[string]any{"nonce": "n"}, map[string]any{"k": "v"}, now, now.Add(5*time.Minute))
+	claims := earClaims(attest.TEETDX, attest.Claims{"report_data": "aa", "init_data": "bb", "quote": map[string]any{"x": 1}, "tcb_status": TDXTCBUpToDate},
+		map[string]any{"nonce": "n"}, map[string]any{"k": "v"}, initDataMatched, now, now.Add(5*time.Minute))
 	tok, err := s.sign(claims)
 	if err != nil {
 		t.Fatal(err)
@@ -298,4 +310,44 @@ func FuzzTEEPubKeyFromClaims(f *testing.F) {
 			}
 		}
 	})
+}
+
+// Expired sessions are deleted by the sweeper on each tick, not only when
+// someone looks them up or the cap is reached.
+func TestSessionSweeper(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	var mu sync.Mutex
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	st := newSessionStore(time.Minute, 100, clock)
+	tick := make(chan time.Time)
+	st.sweepOn(tick)
+	defer st.close()
+	for range 3 {
+		if _, err := st.create("sample", "n"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Two sends: the second is received only after the first sweep ran.
+	tick <- time.Time{}
+	tick <- time.Time{}
+	if n := st.len(); n != 3 {
+		t.Fatalf("%d sessions before expiry, want 3", n)
+	}
+	mu.Lock()
+	now = now.Add(2 * time.Minute)
+	mu.Unlock()
+	tick <- time.Time{}
+	tick <- time.Time{}
+	if n := st.len(); n != 0 {
+		t.Fatalf("%d sessions after expiry and a sweep, want 0", n)
+	}
+}
+
+func TestSweepInterval(t *testing.T) {
+	if got := sweepInterval(5 * time.Minute); got != time.Minute {
+		t.Errorf("sweepInterval(5m) = %v", got)
+	}
+	if got := sweepInterval(10 * time.Second); got != 10*time.Second {
+		t.Errorf("sweepInterval(10s) = %v", got)
+	}
 }

@@ -10,15 +10,27 @@ import (
 	"github.com/open-policy-agent/opa/v1/storage/inmem"
 )
 
-// DefaultPolicy has the semantics of Trustee's default resource policy:
-// the resource plugin is allowed for every TEE except sample.
+// DefaultPolicy releases resources only to affirming evidence: every
+// submodule of the token must have EAR status "affirming" (Trustee's
+// sample_policies/affirming.rego), and the sample TEE is denied as in
+// Trustee's default resource policy. The status is appraised from what the
+// verifier established (see appraise): a vTPM quote from an untrusted AK,
+// a TDX quote whose TCB level is unknown or not current, or a debug guest
+// is not affirming.
 const DefaultPolicy = `package policy
 
 default allow := false
 
 allow if {
 	data.plugin == "resource"
+	count(input.submods) > 0
+	not any_not_affirming
 	not input.submods.cpu0["ear.veraison.annotated-evidence"].sample
+}
+
+any_not_affirming if {
+	some submod in input.submods
+	not submod["ear.status"] == "affirming"
 }
 `
 

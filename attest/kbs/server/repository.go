@@ -8,11 +8,18 @@ import (
 	"io/fs"
 	"os"
 	"path"
+	"strings"
+	"syscall"
 )
 
-// repository is Trustee's local-fs resource layout, DIR/<repo>/<type>/<tag>,
-// read at request time. os.Root keeps every access inside DIR, symlinks
-// included; names are also checked against Trustee's segment pattern.
+// repository reads Trustee's resource layouts under DIR, at request time:
+// the nested one, DIR/<repo>/<type>/<tag>, and the flat one Trustee's
+// current key-value local_fs backend writes, one file per resource named
+// <repo>\x2F<type>\x2F<tag> (each "/" of the key spelled as the four
+// characters \x2F) directly under DIR. os.Root keeps every access inside
+// DIR, symlinks included; names are also checked against Trustee's segment
+// pattern, which admits neither "/" nor "\" nor a leading ".", so a flat
+// name is always one path component. cocoon-kbs writes the nested layout.
 type repository struct {
 	root *os.Root
 }
@@ -30,21 +37,41 @@ func openRepository(dir string) (*repository, error) {
 
 const maxResourceSize = 64 << 20
 
+// flatKeySeparator is how Trustee's local_fs spells "/" in a file name.
+const flatKeySeparator = `\x2F`
+
+func nestedName(p [3]string) string { return path.Join(p[0], p[1], p[2]) }
+
+func flatName(p [3]string) string { return strings.Join(p[:], flatKeySeparator) }
+
+// notFound reports whether err means the name does not exist, including a
+// path component that is a file rather than a directory.
+func notFound(err error) bool {
+	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR)
+}
+
 func (r *repository) read(p [3]string) ([]byte, error) {
-	name := path.Join(p[0], p[1], p[2])
-	fi, err := r.root.Stat(name)
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("resource %s not found", name)
+	display := nestedName(p)
+	var fi fs.FileInfo
+	var name string
+	var err error
+	for _, name = range []string{nestedName(p), flatName(p)} {
+		if fi, err = r.root.Stat(name); !notFound(err) {
+			break
 		}
-		return nil, fmt.Errorf("stat resource %s: %w", name, err)
+	}
+	if err != nil {
+		if notFound(err) {
+			return nil, fmt.Errorf("resource %s not found", display)
+		}
+		return nil, fmt.Errorf("stat resource %s: %w", display, err)
 	}
 	if !fi.Mode().IsRegular() || fi.Size() > maxResourceSize {
-		return nil, fmt.Errorf("resource %s is not a regular file of at most %d bytes", name, maxResourceSize)
+		return nil, fmt.Errorf("resource %s is not a regular file of at most %d bytes", display, maxResourceSize)
 	}
 	b, err := r.root.ReadFile(name)
 	if err != nil {
-		return nil, fmt.Errorf("read resource %s: %w", name, err)
+		return nil, fmt.Errorf("read resource %s: %w", display, err)
 	}
 	return b, nil
 }
@@ -82,13 +109,21 @@ func (r *repository) write(p [3]string, data []byte) error {
 	return nil
 }
 
+// delete removes the resource in either layout (both, when both exist).
 func (r *repository) delete(p [3]string) error {
-	name := path.Join(p[0], p[1], p[2])
-	if err := r.root.Remove(name); err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("resource %s not found", name)
+	removed := false
+	for _, name := range []string{nestedName(p), flatName(p)} {
+		err := r.root.Remove(name)
+		if err == nil {
+			removed = true
+			continue
 		}
-		return fmt.Errorf("delete resource %s: %w", name, err)
+		if !notFound(err) {
+			return fmt.Errorf("delete resource %s: %w", nestedName(p), err)
+		}
+	}
+	if !removed {
+		return fmt.Errorf("resource %s not found", nestedName(p))
 	}
 	return nil
 }

@@ -36,14 +36,30 @@ const (
 	DefaultTokenLifetime  = 5 * time.Minute
 	nonceSize             = 32
 	maxAuthBody           = 64 << 10
-	maxAttestBody         = 32 << 20
 	maxPolicyBody         = 1 << 20
 	policyID              = "resource-policy"
 )
 
+// MaxAttestBody bounds an /attest body: Trustee's default HTTP payload
+// limit (http_server.payload_request_size = 2 MiB). Evidence is a few KiB
+// (a TDX quote with its PCK chain about 5 KiB, an SNP report with its
+// certificate table about 10 KiB, a vTPM quote of 24 PCRs about 3 KiB);
+// what can grow is an event log (CCEL, AAEL) and the init-data TOML, both
+// well under this in practice. The body is read only after the session
+// cookie names a live session, so a caller without one costs no more than
+// its headers.
+const MaxAttestBody = 2 << 20
+
+// DefaultMaxSessions caps the RCAR sessions held at once. /auth needs no
+// credentials, so without a cap anyone could grow the session map until
+// the KBS runs out of memory; a session costs well under 1 KiB before
+// attestation and a few KiB with its token.
+const DefaultMaxSessions = 10000
+
 // Options configures a Server.
 type Options struct {
-	// Repository is the resource directory, DIR/<repo>/<type>/<tag>
+	// Repository is the resource directory, DIR/<repo>/<type>/<tag> or
+	// Trustee local_fs's flat DIR/<repo>\x2F<type>\x2F<tag>
 	// (created if missing).
 	Repository string
 	// Policy is the resource policy Rego text; empty means DefaultPolicy.
@@ -60,6 +76,11 @@ type Options struct {
 	// SessionTimeout and TokenLifetime default to 5 minutes.
 	SessionTimeout time.Duration
 	TokenLifetime  time.Duration
+	// MaxSessions caps the open RCAR sessions (default
+	// DefaultMaxSessions); /auth is refused while it is reached. Expired
+	// sessions are deleted on a timer (every SessionTimeout, at most every
+	// minute) and when the cap is reached.
+	MaxSessions int
 	// Now is the clock; nil means time.Now. Tests move it.
 	Now func() time.Time
 }
@@ -71,6 +92,7 @@ type Server struct {
 	policy        *policyEngine
 	signer        *tokenSigner
 	sessions      *sessionStore
+	sweepTicker   *time.Ticker
 	adminKey      ed25519.PublicKey
 	insecureAdmin bool
 	tokenLifetime time.Duration
@@ -94,13 +116,16 @@ func New(opts Options) (*Server, error) {
 	if opts.Policy == "" {
 		opts.Policy = DefaultPolicy
 	}
+	if opts.MaxSessions <= 0 {
+		opts.MaxSessions = DefaultMaxSessions
+	}
 	s := &Server{
 		verifiers:     map[string]attest.Verifier{},
 		adminKey:      opts.AdminPublicKey,
 		insecureAdmin: opts.InsecureAdmin,
 		tokenLifetime: opts.TokenLifetime,
 		now:           opts.Now,
-		sessions:      newSessionStore(opts.SessionTimeout, opts.Now),
+		sessions:      newSessionStore(opts.SessionTimeout, opts.MaxSessions, opts.Now),
 	}
 	for _, v := range opts.Verifiers {
 		if _, dup := s.verifiers[v.TEE()]; dup {
@@ -118,11 +143,17 @@ func New(opts Options) (*Server, error) {
 	if s.repo, err = openRepository(opts.Repository); err != nil {
 		return nil, fmt.Errorf("kbs server: %w", err)
 	}
+	s.sweepTicker = time.NewTicker(sweepInterval(opts.SessionTimeout))
+	s.sessions.sweepOn(s.sweepTicker.C)
 	return s, nil
 }
 
-// Close releases the repository handle.
-func (s *Server) Close() error { return s.repo.close() }
+// Close stops the session sweeper and releases the repository handle.
+func (s *Server) Close() error {
+	s.sweepTicker.Stop()
+	s.sessions.close()
+	return s.repo.close()
+}
 
 // TokenPublicKey returns the key that verifies this server's tokens.
 func (s *Server) TokenPublicKey() *ecdsa.PublicKey { return &s.signer.key.PublicKey }
@@ -295,19 +326,21 @@ func (s *Server) auth(w http.ResponseWriter, r *http.Request) error {
 
 func (s *Server) attest(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
+	// The session is checked before the body is read: a caller without a
+	// live session is answered from its headers alone.
 	c, err := r.Cookie(kbs.SessionCookie)
 	if err != nil {
 		return attestError(errors.New("cookie not found"))
 	}
-	body, err := readBody(w, r, maxAttestBody)
+	sess, err := s.sessions.get(c.Value)
+	if err != nil {
+		return attestError(err)
+	}
+	body, err := readBody(w, r, MaxAttestBody)
 	if err != nil {
 		return attestError(err)
 	}
 	att, err := kbs.ParseAttestation(body)
-	if err != nil {
-		return attestError(err)
-	}
-	sess, err := s.sessions.get(c.Value)
 	if err != nil {
 		return attestError(err)
 	}
@@ -335,6 +368,7 @@ func (s *Server) attest(w http.ResponseWriter, r *http.Request) error {
 		return attestError(fmt.Errorf("%s verifier returned no report_data claim", sess.tee))
 	}
 	var initDataClaims any
+	binding := initDataAbsent
 	if att.InitData != nil {
 		if att.InitData.Format != "toml" {
 			return attestError(fmt.Errorf("Unsupported initdata format: %s", att.InitData.Format))
@@ -343,13 +377,22 @@ func (s *Server) attest(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			return attestError(err)
 		}
-		if reported, ok := claims["init_data"]; ok {
+		if _, ok := claims["init_data"]; !ok && sess.tee == attest.TEESample {
+			// As Trustee's sample verifier: sample evidence cannot bind
+			// init-data, so the digest of the init-data sent is claimed as
+			// given (base64), to let policies over init_data_claims be
+			// tried without hardware. Nothing vouches for it, so it is
+			// appraised as unbound.
+			claims["init_data"] = base64.StdEncoding.EncodeToString(digest)
+			initDataClaims, binding = idc, initDataUnbound
+		} else if reported, ok := claims["init_data"]; ok {
 			if err := checkInitData(sess.tee, reported, digest); err != nil {
 				return attestError(err)
 			}
-			initDataClaims = idc
+			initDataClaims, binding = idc, initDataMatched
 		} else {
-			log.G(ctx).WithField("tee", sess.tee).Warn("kbs: evidence binds no init-data; init-data claims left out of the token")
+			binding = initDataUnbound
+			log.G(ctx).WithField("tee", sess.tee).Warn("kbs: evidence binds no init-data; init-data claims left out of the token, configuration appraised as unavailable")
 		}
 	}
 	runtimeClaims := map[string]any{
@@ -358,7 +401,7 @@ func (s *Server) attest(w http.ResponseWriter, r *http.Request) error {
 		"additional-evidence": att.TEEEvidence.AdditionalEvidence,
 	}
 	now := s.now()
-	token, err := s.signer.sign(earClaims(sess.tee, claims, runtimeClaims, initDataClaims, now, now.Add(s.tokenLifetime)))
+	token, err := s.signer.sign(earClaims(sess.tee, claims, runtimeClaims, initDataClaims, binding, now, now.Add(s.tokenLifetime)))
 	if err != nil {
 		return attestError(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -750,5 +751,33 @@ func TestHealthz(t *testing.T) {
 	srv.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/kbs/v0/healthz", nil))
 	if rec.Code != http.StatusNotFound {
 		t.Errorf("/kbs/v0/healthz = %d, want 404 (PluginNotFound)", rec.Code)
+	}
+}
+
+// Like Trustee's sample verifier, the sample TEE's token carries the digest
+// of the init-data the client sent (base64) and its claims; nothing binds
+// them, so configuration is appraised as unavailable.
+func TestSampleTokenCarriesInitData(t *testing.T) {
+	e := newEnv(t, server.Options{})
+	c, err := kbs.NewClient(kbs.Config{URL: e.url(), Attester: sample.NewAttester(), InitDataTOML: []byte(testInitData), Now: e.clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := c.Token(bg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	claims := tokenClaims(t, tok)
+	ae := annotated(t, claims)
+	digest := sha256.Sum256([]byte(testInitData))
+	if ae["init_data"] != base64.StdEncoding.EncodeToString(digest[:]) {
+		t.Fatalf("init_data = %v, want base64 of the init-data's sha256", ae["init_data"])
+	}
+	if idc, _ := ae["init_data_claims"].(map[string]any); idc["note"] != "bound" {
+		t.Fatalf("init_data_claims = %v", ae["init_data_claims"])
+	}
+	cpu := claims["submods"].(map[string]any)["cpu0"].(map[string]any)
+	if tv := cpu["ear.trustworthiness-vector"].(map[string]any); cpu["ear.status"] != server.StatusWarning || tv["configuration"] != float64(36) {
+		t.Fatalf("status %v, vector %v; want warning, configuration 36", cpu["ear.status"], tv)
 	}
 }

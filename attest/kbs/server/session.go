@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"net/http"
 	"sync"
 	"time"
@@ -26,20 +27,70 @@ func (s *session) cookie() *http.Cookie {
 var (
 	errSessionNotFound = errors.New("session not found")
 	errSessionExpired  = errors.New("session expired.")
+	errTooManySessions = errors.New("too many open sessions; retry once some have expired")
 )
 
-const sweepInterval = time.Minute
+// maxSweepInterval bounds how long an expired session can outlive its
+// expiry before the sweeper deletes it.
+const maxSweepInterval = time.Minute
 
+// sweepInterval is how often expired sessions are deleted: the session
+// timeout, at most maxSweepInterval.
+func sweepInterval(timeout time.Duration) time.Duration { return min(timeout, maxSweepInterval) }
+
+// sessionStore holds the RCAR sessions. Anyone may open one (/auth is
+// unauthenticated), so their number is capped and expired ones are deleted
+// by a sweeper on a timer as well as when looked up.
 type sessionStore struct {
-	mu        sync.Mutex
-	m         map[string]*session
-	timeout   time.Duration
-	now       func() time.Time
-	lastSweep time.Time
+	mu      sync.Mutex
+	m       map[string]*session
+	timeout time.Duration
+	max     int
+	now     func() time.Time
+
+	stopOnce sync.Once
+	stop     chan struct{}
+	done     chan struct{}
 }
 
-func newSessionStore(timeout time.Duration, now func() time.Time) *sessionStore {
-	return &sessionStore{m: map[string]*session{}, timeout: timeout, now: now, lastSweep: now()}
+func newSessionStore(timeout time.Duration, max int, now func() time.Time) *sessionStore {
+	return &sessionStore{m: map[string]*session{}, timeout: timeout, max: max, now: now}
+}
+
+// sweepOn deletes expired sessions on every tick until close.
+func (st *sessionStore) sweepOn(tick <-chan time.Time) {
+	st.stop, st.done = make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(st.done)
+		for {
+			select {
+			case <-st.stop:
+				return
+			case <-tick:
+				st.mu.Lock()
+				st.sweepLocked()
+				st.mu.Unlock()
+			}
+		}
+	}()
+}
+
+// close stops the sweeper and waits for it.
+func (st *sessionStore) close() {
+	if st.stop == nil {
+		return
+	}
+	st.stopOnce.Do(func() { close(st.stop) })
+	<-st.done
+}
+
+func (st *sessionStore) sweepLocked() {
+	now := st.now()
+	for id, s := range st.m {
+		if s.expires.Before(now) {
+			delete(st.m, id)
+		}
+	}
 }
 
 func (st *sessionStore) create(tee, nonce string) (*session, error) {
@@ -51,13 +102,11 @@ func (st *sessionStore) create(tee, nonce string) (*session, error) {
 	s := &session{id: hex.EncodeToString(b[:]), tee: tee, nonce: nonce, expires: now.Add(st.timeout)}
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	if now.Sub(st.lastSweep) > sweepInterval {
-		for id, old := range st.m {
-			if old.expires.Before(now) {
-				delete(st.m, id)
-			}
+	if len(st.m) >= st.max {
+		st.sweepLocked()
+		if len(st.m) >= st.max {
+			return nil, fmt.Errorf("%w (%d)", errTooManySessions, st.max)
 		}
-		st.lastSweep = now
 	}
 	st.m[s.id] = s
 	return s, nil

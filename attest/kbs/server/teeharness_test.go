@@ -20,6 +20,11 @@ type teeFixture struct {
 	pair func(tb testing.TB, initDigest []byte, untrusted bool) (attest.Attester, attest.Verifier)
 	// tamper flips a signed bit of evidence.
 	tamper func(tb testing.TB, ev json.RawMessage) json.RawMessage
+	// status is the EAR status the fake hardware's evidence is appraised
+	// to. The default policy releases only to "affirming"; for any other
+	// status the handshake test expects PolicyDeny from the default policy
+	// and the resource from AllowAllPolicy.
+	status string
 }
 
 // tamperingAttester corrupts the evidence of the attester it wraps.
@@ -70,11 +75,27 @@ func runTEEHandshakes(t *testing.T, f teeFixture) {
 		e := newEnvFor(t, v)
 		c := clientFor(t, e, a, nil)
 		got, err := c.GetResource(bg, "kbs:///default/key/1")
-		if err != nil || string(got) != string(secret) {
-			t.Fatalf("resource %q, %v", got, err)
+		if f.status == server.StatusAffirming {
+			if err != nil || string(got) != string(secret) {
+				t.Fatalf("resource %q, %v", got, err)
+			}
+		} else {
+			if kbsVariant(err) != server.VariantPolicyDeny {
+				t.Fatalf("%s evidence under the default policy: err = %v, want PolicyDeny", f.status, err)
+			}
+			open := newEnv(t, server.Options{Policy: server.AllowAllPolicy}, v)
+			open.writeResource(t, "default/key/1", secret)
+			got, err := clientFor(t, open, a, nil).GetResource(bg, "kbs:///default/key/1")
+			if err != nil || string(got) != string(secret) {
+				t.Fatalf("allow-all policy: resource %q, %v", got, err)
+			}
 		}
 		tok, _ := c.Token(bg)
-		ae := annotated(t, tokenClaims(t, tok))
+		claims := tokenClaims(t, tok)
+		if st := claims["submods"].(map[string]any)["cpu0"].(map[string]any)["ear.status"]; st != f.status {
+			t.Fatalf("ear.status %v, want %s", st, f.status)
+		}
+		ae := annotated(t, claims)
 		if _, ok := ae[f.tee].(map[string]any); !ok {
 			t.Fatalf("token lacks %s claims: %v", f.tee, ae)
 		}

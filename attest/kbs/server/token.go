@@ -135,7 +135,10 @@ func (t *tokenSigner) verify(token string, now time.Time) (map[string]any, error
 // Like Trustee's transform_claims, report_data/runtime_data_claims and
 // init_data/init_data_claims are lifted out of the verifier's claims only
 // when the verifier produced report_data and init_data respectively.
-func earClaims(tee string, claims attest.Claims, runtimeClaims, initDataClaims any, iat, exp time.Time) map[string]any {
+//
+// The appraisal (status and trust vector) is computed from the same
+// verified claims and the init-data binding; see appraise.
+func earClaims(tee string, claims attest.Claims, runtimeClaims, initDataClaims any, binding initDataBinding, iat, exp time.Time) map[string]any {
 	teeClaims := make(map[string]any, len(claims))
 	annotated := map[string]any{}
 	for k, v := range claims {
@@ -151,7 +154,7 @@ func earClaims(tee string, claims attest.Claims, runtimeClaims, initDataClaims a
 		}
 	}
 	annotated[tee] = teeClaims
-	status, vector := appraise(tee)
+	status, vector := appraise(tee, claims, binding)
 	return map[string]any{
 		"eat_profile": EATProfile,
 		"iat":         iat.Unix(),
@@ -170,22 +173,6 @@ func earClaims(tee string, claims attest.Claims, runtimeClaims, initDataClaims a
 			},
 		},
 	}
-}
-
-// appraise is cocoon-kbs's fixed attestation policy. Evidence reaching it
-// has passed its verifier (signatures, trusted roots, report data), which
-// EAR expresses as hardware 2 ("genuine", affirming). Sample evidence has
-// no hardware behind it: hardware 32 ("unsafe") makes it a warning.
-func appraise(tee string) (string, map[string]int) {
-	v := map[string]int{
-		"instance-identity": 0, "configuration": 0, "executables": 0, "file-system": 0,
-		"hardware": 2, "runtime-opaque": 0, "storage-opaque": 0, "sourced-data": 0,
-	}
-	if tee == attest.TEESample {
-		v["hardware"] = 32
-		return "warning", v
-	}
-	return "affirming", v
 }
 
 // teePubKeyFromClaims reads the tee-pubkey where Trustee's EAR tokens keep it.

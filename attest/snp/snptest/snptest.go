@@ -34,6 +34,7 @@ type config struct {
 	untrustedRoot bool
 	now           time.Time
 	reportVersion uint32
+	noDebug       bool
 }
 
 // Option customises New.
@@ -68,6 +69,12 @@ func WithReportVersion(v uint32) Option {
 	return func(c *config) { c.reportVersion = v }
 }
 
+// WithoutDebug clears the debug bit of the guest policy, which
+// go-sev-guest's fake reports set, as a production guest's policy does.
+func WithoutDebug() Option {
+	return func(c *config) { c.noDebug = true }
+}
+
 // New returns an attester signing reports with a fake VCEK and a verifier
 // trusting that fake chain's root (or another root with
 // WithUntrustedRoot). Certificate fetching is disabled in the verifier.
@@ -83,7 +90,7 @@ func New(tb testing.TB, opts ...Option) (attest.Attester, attest.Verifier) {
 	if err != nil {
 		tb.Fatalf("snptest: fake AMD chain: %v", err)
 	}
-	qp := &QuoteProvider{Signer: signer, SevProduct: product, HostData: cfg.hostData, Measurement: cfg.measurement, Version: cfg.reportVersion}
+	qp := &QuoteProvider{Signer: signer, SevProduct: product, HostData: cfg.hostData, Measurement: cfg.measurement, Version: cfg.reportVersion, NoDebug: cfg.noDebug}
 	a, err := snp.NewAttester(snp.AttesterOptions{QuoteProvider: qp})
 	if err != nil {
 		tb.Fatalf("snptest: attester: %v", err)
@@ -149,6 +156,7 @@ type QuoteProvider struct {
 	HostData    []byte // 32 bytes
 	Measurement []byte // 48 bytes
 	Version     uint32 // report version, at least 3
+	NoDebug     bool   // clear the guest policy's debug bit
 }
 
 // IsSupported returns true.
@@ -165,6 +173,9 @@ func (p *QuoteProvider) GetRawQuote(reportData [64]byte) ([]uint8, error) {
 	report := raw[:abi.ReportSize]
 	copy(report[0x90:0xC0], p.Measurement)
 	copy(report[0xC0:0xE0], p.HostData)
+	if p.NoDebug {
+		binary.LittleEndian.PutUint64(report[0x08:0x10], abi.SnpPolicyToBytes(abi.SnpPolicy{}))
+	}
 	copy(report[0x1A0:0x1E0], p.Signer.HWID[:])
 	tcb := uint64(p.Signer.TCB)
 	for _, off := range []int{0x38, 0x180, 0x1E0, 0x1F0} {

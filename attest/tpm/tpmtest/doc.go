@@ -3,7 +3,10 @@
 // simulator's attestation key, so code using attest.Attester and
 // attest.Verifier can be tested through real TPM quotes without hardware.
 //
-// It is for tests only, and needs cgo (without cgo the package is empty).
+// It is for tests only. The simulator needs cgo (without cgo only
+// ForgedAttester is built: a software "AK" signing hand-built quotes, which
+// a verifier must not take for a TPM).
+//
 // Only one simulator can run per process at a time: a second New blocks
 // until the first test's cleanup closes its simulator.
 package tpmtest
