@@ -195,7 +195,8 @@ type OpenOptions struct {
 
 // Open unlocks a LUKS2 volume, maps it with the chosen engine and mounts
 // its ext4 file system at MountDir. On any error nothing stays mounted or
-// attached.
+// attached. Cancelling ctx stops a key derivation in progress (see
+// luks2.Image.UnlockContext); Open then returns ctx's error.
 func Open(ctx context.Context, o OpenOptions) (*Volume, error) {
 	if o.Device == "" || o.MountDir == "" {
 		return nil, errors.New("open needs a device and a mount directory")
@@ -209,7 +210,7 @@ func Open(ctx context.Context, o OpenOptions) (*Volume, error) {
 		return nil, err
 	}
 	defer im.Wipe()
-	key, slot, err := im.Unlock(o.Passphrase)
+	key, slot, err := im.UnlockContext(ctx, o.Passphrase)
 	if err != nil {
 		return nil, fmt.Errorf("unlocking %s: %w", hdrPath, err)
 	}

@@ -258,7 +258,11 @@ func startEngine(ctx context.Context, req serveRequest, secret []byte) error {
 		_, werr = reqW.Write(secret)
 	}
 	reqW.Close()
+	// Our own cancellation (SIGTERM, SIGINT) reaches the engine process,
+	// which abandons the open and reports.
+	stopForward := context.AfterFunc(ctx, func() { cmd.Process.Signal(syscall.SIGTERM) })
 	status, _ := io.ReadAll(statR)
+	stopForward()
 	if string(status) == "ok\n" && werr == nil {
 		pid := cmd.Process.Pid
 		cmd.Process.Release()
@@ -312,21 +316,44 @@ func runVolumeServe(ctx context.Context, args []string) error {
 	if err != nil {
 		return fail(err)
 	}
+	// A signal while the volume is being opened (a key derivation can take
+	// long, far longer with a hostile header) cancels the open; once it is
+	// open, signals close or destroy it in the loop below.
+	openCtx, cancelOpen := context.WithCancel(ctx)
+	opening := make(chan struct{})
+	early := make(chan os.Signal, 1)
+	go func() {
+		select {
+		case sig := <-sigs:
+			early <- sig
+			cancelOpen()
+		case <-opening:
+		}
+	}()
 	var v *cryptvol.Volume
 	switch req.Op {
 	case "open":
-		v, err = cryptvol.Open(ctx, cryptvol.OpenOptions{
+		v, err = cryptvol.Open(openCtx, cryptvol.OpenOptions{
 			Header: req.Header, Device: req.Device, Passphrase: secret, MountDir: req.MountDir,
 			Mkfs: req.Mkfs, Engine: req.Engine, RuntimeDir: req.RuntimeDir,
 		})
 	case "create":
-		v, err = cryptvol.CreateEphemeral(ctx, cryptvol.EphemeralOptions{
+		v, err = cryptvol.CreateEphemeral(openCtx, cryptvol.EphemeralOptions{
 			Backing: req.Backing, Size: req.Size, MountDir: req.MountDir, Engine: req.Engine, RuntimeDir: req.RuntimeDir,
 		})
 	default:
 		err = fmt.Errorf("unknown operation %q", req.Op)
 	}
 	luks2.Zero(secret)
+	close(opening)
+	select {
+	case sig := <-early: // the signal came while opening: hand it to the loop
+		select {
+		case sigs <- sig:
+		default: // another one is already queued
+		}
+	default:
+	}
 	if err != nil {
 		return fail(err)
 	}

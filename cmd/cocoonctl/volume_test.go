@@ -8,11 +8,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/cocoon-cc/cocoon/cryptvol/loop"
+	"github.com/cocoon-cc/cocoon/cryptvol/luks2"
 )
 
 // TestMain lets the test binary stand in for cocoonctl when volume open and
@@ -310,5 +312,74 @@ func TestParseSize(t *testing.T) {
 				t.Fatalf("parseSize(%q) = %d, %v", tc.in, got, err)
 			}
 		})
+	}
+}
+
+// TestVolumeOpenCancelled: cancelling volume open (SIGTERM on cocoonctl
+// cancels its context) while the engine process derives a keyslot key at
+// cryptsetup's maximum PBKDF2 cost (an hour or more) stops the derivation:
+// open returns the cancellation, and the engine process exits.
+func TestVolumeOpenCancelled(t *testing.T) {
+	t.Setenv("COCOONCTL_TEST_AS_MAIN", "1")
+	e := newVolEnv(t)
+	key := make([]byte, 64)
+	rand.Read(key)
+	im, err := luks2.Create(key, luks2.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := im.AddKeyslot(key, []byte("pass"), luks2.KDFParams{Iterations: luks2.MinPBKDF2Iterations}); err != nil {
+		t.Fatal(err)
+	}
+	im.Header.Metadata.Keyslots["0"].KDF.Iterations = luks2.MaxIterations
+	img, err := im.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	hdr, dev, pf := filepath.Join(e.dir, "hdr"), filepath.Join(e.dir, "data.img"), filepath.Join(e.dir, "pass")
+	os.WriteFile(hdr, img, 0o600)
+	os.WriteFile(pf, []byte("pass"), 0o600)
+	os.WriteFile(dev, nil, 0o600)
+	os.Truncate(dev, 32<<20)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- runVolumeOpen(ctx, append([]string{"--header", hdr, "--device", dev, "--passphrase-file", pf, "--mount", e.mount}, e.engineArgs()...))
+	}()
+	time.Sleep(200 * time.Millisecond) // let the engine start deriving (either way the result is the same)
+	cancel()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "context canceled") {
+			t.Fatalf("err %v, want the open cancelled", err)
+		}
+	case <-time.After(2 * time.Minute):
+		killChildren(t)
+		t.Fatal("volume open did not return after cancellation")
+	}
+	if _, err := readStateFor(e); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("state file after a cancelled open: %v", err)
+	}
+}
+
+// killChildren kills the processes this test process started (by PID).
+func killChildren(t *testing.T) {
+	entries, _ := os.ReadDir("/proc")
+	for _, d := range entries {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", d.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		i := bytes.LastIndexByte(b, ')')
+		f := strings.Fields(string(b[i+1:]))
+		if len(f) > 1 && f[1] == strconv.Itoa(os.Getpid()) {
+			if p, err := os.FindProcess(pid); err == nil {
+				p.Kill()
+			}
+		}
 	}
 }

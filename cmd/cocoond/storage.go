@@ -8,6 +8,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
+	"time"
 
 	"github.com/containerd/log"
 )
@@ -58,7 +60,12 @@ func storageDir(ctx context.Context, root string, cfg StorageConfig) (string, er
 	if err := os.MkdirAll(mnt, 0o700); err != nil {
 		return "", err
 	}
-	out, err := exec.CommandContext(ctx, cocoonctl, args...).CombinedOutput()
+	// On cancellation (cocoond's SIGTERM) cocoonctl gets SIGTERM, not
+	// SIGKILL, so it can stop the engine process it started.
+	cmd := exec.CommandContext(ctx, cocoonctl, args...)
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	cmd.WaitDelay = 30 * time.Second
+	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return "", fmt.Errorf("create encrypted storage volume on %s: %w: %s", cfg.Volume, err, strings.TrimSpace(string(out)))
 	}

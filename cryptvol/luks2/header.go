@@ -13,6 +13,8 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"math"
+	"reflect"
 	"sort"
 	"strconv"
 )
@@ -66,7 +68,27 @@ const (
 	lenCsum      = 64
 )
 
-// U64 is a 64-bit unsigned number that LUKS2 JSON stores as a decimal string.
+// Limits from cryptsetup (lib/crypto_backend/pbkdf_check.c,
+// crypt_pbkdf_get_limits; lib/luks2/luks2.h, LUKS2_MAX_KEYSLOTS_SIZE).
+// cryptsetup never writes a header outside them, and they bound what one
+// unlock attempt on an untrusted header can cost: Parse refuses a header
+// beyond any of them, naming the field, before a key derivation runs.
+const (
+	// MaxKeyslotsSize is the largest keyslots area (config keyslots_size).
+	MaxKeyslotsSize = 128 << 20
+	// MaxIterations bounds PBKDF2 iterations of keyslots and digests and
+	// the argon2 time cost.
+	MaxIterations = math.MaxUint32
+	// MaxArgon2MemoryKiB is the largest argon2 memory cost (4 GiB).
+	MaxArgon2MemoryKiB = 4 << 20
+	// MaxArgon2Threads is the largest argon2 parallelism (kdf cpus).
+	MaxArgon2Threads = 4
+)
+
+// U64 is a 64-bit number that LUKS2 JSON stores as a decimal string: an
+// offset or a size (or a segment's iv_tweak). Every such value ends up as
+// an int64 file offset, so Parse refuses values above math.MaxInt64 by
+// field name; decoding refuses only what does not fit a uint64.
 type U64 uint64
 
 // MarshalJSON encodes the number as a JSON string.
@@ -82,7 +104,8 @@ func (u *U64) UnmarshalJSON(b []byte) error {
 	}
 	v, err := strconv.ParseUint(s, 10, 64)
 	if err != nil {
-		return fmt.Errorf("expected a decimal string: %w", err)
+		// An UnmarshalTypeError makes the decoder add the field's path.
+		return &json.UnmarshalTypeError{Value: strconv.Quote(s) + " (want a decimal number up to 2^64-1)", Type: reflect.TypeFor[U64]()}
 	}
 	*u = U64(v)
 	return nil
@@ -293,6 +316,10 @@ func parseCopy(r io.ReaderAt, off uint64) (*Header, error) {
 	}
 	dec := json.NewDecoder(bytes.NewReader(jsonArea[:end]))
 	if err := dec.Decode(&h.Metadata); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) && te.Field != "" {
+			return nil, fmt.Errorf("%w: JSON metadata field %s: cannot hold %s", ErrInvalidHeader, te.Field, te.Value)
+		}
 		return nil, fmt.Errorf("%w: JSON metadata: %v", ErrInvalidHeader, err)
 	}
 	if err := h.validate(); err != nil {
@@ -318,16 +345,31 @@ const (
 	maxStripes = 1 << 16
 )
 
+// fitsInt64 reports whether an offset or size from the JSON metadata can
+// be used as an int64 file offset.
+func fitsInt64(v U64) bool { return uint64(v) <= math.MaxInt64 }
+
 func (h *Header) validate() error {
 	m := &h.Metadata
 	bad := func(format string, a ...any) error {
 		return fmt.Errorf("%w: %s", ErrInvalidHeader, fmt.Sprintf(format, a...))
 	}
+	for _, f := range []struct {
+		name string
+		v    U64
+	}{{"json_size", m.Config.JSONSize}, {"keyslots_size", m.Config.KeyslotsSize}} {
+		if !fitsInt64(f.v) {
+			return bad("config %s %d does not fit in an int64", f.name, f.v)
+		}
+	}
 	if uint64(m.Config.JSONSize) != h.HeaderSize-BinaryHeaderSize {
 		return bad("config json_size %d does not match header size %d", m.Config.JSONSize, h.HeaderSize)
 	}
-	if m.Config.KeyslotsSize%4096 != 0 || uint64(m.Config.KeyslotsSize) > 1<<40 {
-		return bad("keyslots_size %d", m.Config.KeyslotsSize)
+	if m.Config.KeyslotsSize > MaxKeyslotsSize {
+		return bad("config keyslots_size %d exceeds cryptsetup's maximum %d", m.Config.KeyslotsSize, MaxKeyslotsSize)
+	}
+	if m.Config.KeyslotsSize%4096 != 0 {
+		return bad("config keyslots_size %d is not a multiple of 4096", m.Config.KeyslotsSize)
 	}
 	areaStart := 2 * h.HeaderSize
 	areaEnd := areaStart + uint64(m.Config.KeyslotsSize)
@@ -343,21 +385,30 @@ func (h *Header) validate() error {
 		if _, err := strconv.ParseUint(id, 10, 8); err != nil {
 			return bad("keyslot id %q", id)
 		}
+		if !fitsInt64(ks.Area.Offset) {
+			return bad("keyslot %s: area offset %d does not fit in an int64", id, ks.Area.Offset)
+		}
+		if !fitsInt64(ks.Area.Size) {
+			return bad("keyslot %s: area size %d does not fit in an int64", id, ks.Area.Size)
+		}
 		if ks.KeySize <= 0 || ks.KeySize > maxKeySize {
-			return bad("keyslot %s key_size %d", id, ks.KeySize)
+			return bad("keyslot %s: key_size %d, want 1 to %d", id, ks.KeySize, maxKeySize)
 		}
 		if ks.AF.Stripes <= 0 || ks.AF.Stripes > maxStripes {
-			return bad("keyslot %s stripes %d", id, ks.AF.Stripes)
+			return bad("keyslot %s: af stripes %d, want 1 to %d", id, ks.AF.Stripes, maxStripes)
 		}
 		if ks.Area.KeySize <= 0 || ks.Area.KeySize > maxKeySize {
-			return bad("keyslot %s area key_size %d", id, ks.Area.KeySize)
+			return bad("keyslot %s: area key_size %d, want 1 to %d", id, ks.Area.KeySize, maxKeySize)
 		}
 		lo, size := uint64(ks.Area.Offset), uint64(ks.Area.Size)
 		if lo < areaStart || size > areaEnd || lo > areaEnd-size {
-			return bad("keyslot %s area [%d,+%d) outside keyslots area [%d,%d)", id, lo, size, areaStart, areaEnd)
+			return bad("keyslot %s: area [%d,+%d) outside keyslots area [%d,%d)", id, lo, size, areaStart, areaEnd)
 		}
-		if uint64(ks.KeySize)*uint64(ks.AF.Stripes) > size {
-			return bad("keyslot %s area too small for %d stripes", id, ks.AF.Stripes)
+		if n := ks.materialSize(); n > size {
+			return bad("keyslot %s: area size %d too small for its key material (%d bytes: key_size %d x stripes %d in 512-byte sectors)", id, size, n, ks.KeySize, ks.AF.Stripes)
+		}
+		if err := ks.KDF.validate(); err != nil {
+			return bad("keyslot %s: %v", id, err)
 		}
 		for _, s := range spans {
 			if lo < s.hi && s.lo < lo+size {
@@ -373,22 +424,34 @@ func (h *Header) validate() error {
 		if s == nil {
 			return bad("segment %s is null", id)
 		}
+		if !fitsInt64(s.Offset) {
+			return bad("segment %s: offset %d does not fit in an int64", id, s.Offset)
+		}
+		if !fitsInt64(s.IVTweak) {
+			return bad("segment %s: iv_tweak %d does not fit in an int64", id, s.IVTweak)
+		}
 		switch s.SectorSize {
 		case 512, 1024, 2048, 4096:
 		default:
-			return bad("segment %s sector_size %d", id, s.SectorSize)
+			return bad("segment %s: sector_size %d", id, s.SectorSize)
 		}
 		if uint64(s.Offset)%uint64(s.SectorSize) != 0 {
-			return bad("segment %s offset %d not aligned to its sector size", id, s.Offset)
+			return bad("segment %s: offset %d not aligned to its sector size", id, s.Offset)
 		}
 		if s.Size != "dynamic" {
 			n, err := strconv.ParseUint(s.Size, 10, 64)
-			if err != nil || n%uint64(s.SectorSize) != 0 {
-				return bad("segment %s size %q", id, s.Size)
+			if err != nil {
+				return bad("segment %s: size %q is neither \"dynamic\" nor a decimal number", id, s.Size)
+			}
+			if n > math.MaxInt64 {
+				return bad("segment %s: size %d does not fit in an int64", id, n)
+			}
+			if n%uint64(s.SectorSize) != 0 {
+				return bad("segment %s: size %d not a multiple of its sector size", id, n)
 			}
 		}
 		if s.Offset != 0 && uint64(s.Offset) < areaEnd && s.Type == "crypt" {
-			return bad("segment %s offset %d inside the metadata area", id, s.Offset)
+			return bad("segment %s: offset %d inside the metadata area", id, s.Offset)
 		}
 	}
 	for id, d := range m.Digests {
@@ -406,7 +469,12 @@ func (h *Header) validate() error {
 			}
 		}
 		if len(d.Digest) == 0 || len(d.Digest) > 64 || len(d.Salt) > 1024 {
-			return bad("digest %s length", id)
+			return bad("digest %s: digest or salt length", id)
+		}
+		if d.Type == "pbkdf2" {
+			if err := checkRange("iterations", d.Iterations, "", 1, MaxIterations); err != nil {
+				return bad("digest %s: %v", id, err)
+			}
 		}
 	}
 	return nil

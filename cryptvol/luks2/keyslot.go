@@ -1,6 +1,8 @@
 package luks2
 
 import (
+	"bytes"
+	"context"
 	"crypto/aes"
 	"crypto/hmac"
 	"crypto/rand"
@@ -30,9 +32,6 @@ const (
 	MinPBKDF2Iterations = 1000
 	afStripes           = 4000
 	keyslotSectorSize   = 512
-	// maxArgon2MemoryKiB is cryptsetup's maximum (4 GiB): a hostile header
-	// must not make us allocate more.
-	maxArgon2MemoryKiB = 4 * 1024 * 1024
 )
 
 // Zero overwrites b with zeros. Callers use it on every key and passphrase.
@@ -100,7 +99,7 @@ func Create(volumeKey []byte, o CreateOptions) (*Image, error) {
 	if _, err := rand.Read(salt); err != nil {
 		return nil, fmt.Errorf("digest salt: %w", err)
 	}
-	digest, err := pbkdf2Key(volumeKey, salt, o.DigestIterations, 32, "sha256")
+	digest, err := pbkdf2Key(context.Background(), volumeKey, salt, o.DigestIterations, 32, "sha256")
 	if err != nil {
 		return nil, err
 	}
@@ -130,21 +129,75 @@ func Create(volumeKey []byte, o CreateOptions) (*Image, error) {
 	return &Image{Header: h, areas: map[string][]byte{}}, nil
 }
 
-// ReadImage parses the header at the start of r and reads its keyslot areas.
+// ReadImage parses the header at the start of r and reads the key material
+// of its keyslots: key_size x stripes bytes rounded up to 512-byte sectors,
+// as cryptsetup reads them, never the whole area a header declares. Like
+// cryptsetup it refuses a device shorter than the header copies plus the
+// keyslots area. The size of r is learnt from a Size method
+// (bytes.Reader, io.SectionReader) or by seeking to its end (*os.File,
+// block devices included; the file offset is restored); a reader with
+// neither must hold a byte at the last offset of the metadata.
 func ReadImage(r io.ReaderAt) (*Image, error) {
 	h, err := Parse(r)
 	if err != nil {
 		return nil, err
 	}
+	if err := checkDeviceSize(r, h.MetadataSize()); err != nil {
+		return nil, err
+	}
 	im := &Image{Header: h, areas: map[string][]byte{}}
 	for id, ks := range h.Metadata.Keyslots {
-		b := make([]byte, ks.Area.Size)
+		b := make([]byte, ks.materialSize())
 		if _, err := r.ReadAt(b, int64(ks.Area.Offset)); err != nil {
-			return nil, fmt.Errorf("%w: reading keyslot %s area: %v", ErrInvalidHeader, id, err)
+			im.Wipe()
+			return nil, fmt.Errorf("%w: reading keyslot %s key material: %v", ErrInvalidHeader, id, err)
 		}
 		im.areas[id] = b
 	}
 	return im, nil
+}
+
+// materialSize is how many bytes of the keyslot area hold the encrypted
+// split key (cryptsetup's AF_split_sectors x 512). validate bounds it by
+// the area size, so it is at most 32 MiB and never more than the area.
+func (ks *Keyslot) materialSize() uint64 {
+	return roundUp(uint64(ks.KeySize)*uint64(ks.AF.Stripes), keyslotSectorSize)
+}
+
+// checkDeviceSize refuses a header device shorter than the metadata it
+// declares (both header copies and the keyslots area).
+func checkDeviceSize(r io.ReaderAt, need uint64) error {
+	size, known := readerSize(r)
+	if !known {
+		var b [1]byte
+		if _, err := r.ReadAt(b[:], int64(need-1)); err != nil {
+			return fmt.Errorf("%w: header device ends before the %d bytes of LUKS2 metadata (two header copies and config keyslots_size) it declares: %v", ErrInvalidHeader, need, err)
+		}
+		return nil
+	}
+	if size < 0 || uint64(size) < need {
+		return fmt.Errorf("%w: header device is %d bytes, smaller than the %d bytes of LUKS2 metadata (two header copies and config keyslots_size) it declares", ErrInvalidHeader, size, need)
+	}
+	return nil
+}
+
+func readerSize(r io.ReaderAt) (int64, bool) {
+	if s, ok := r.(interface{ Size() int64 }); ok {
+		return s.Size(), true
+	}
+	s, ok := r.(io.Seeker)
+	if !ok {
+		return 0, false
+	}
+	cur, err := s.Seek(0, io.SeekCurrent)
+	if err != nil {
+		return 0, false
+	}
+	end, err := s.Seek(0, io.SeekEnd)
+	if _, rerr := s.Seek(cur, io.SeekStart); err != nil || rerr != nil {
+		return 0, false
+	}
+	return end, true
 }
 
 // Encode returns the full metadata region: both header copies followed by
@@ -187,22 +240,32 @@ func (im *Image) VerifyKey(key []byte) error {
 		return err
 	}
 	for _, d := range im.Header.Metadata.Digests {
-		if contains(d.Segments, segID) && d.check(key) {
+		if contains(d.Segments, segID) && d.check(context.Background(), key) == nil {
 			return nil
 		}
 	}
 	return errors.New("volume key does not match the header's digest")
 }
 
-func (d *Digest) check(key []byte) bool {
-	if d.Type != "pbkdf2" || d.Iterations <= 0 {
-		return false
+// errDigestMismatch: a candidate volume key does not match a digest.
+var errDigestMismatch = errors.New("volume key does not match the digest")
+
+// check returns nil when key matches the digest, errDigestMismatch when it
+// does not, and another error when the digest cannot be computed (an
+// unsupported type or hash, ctx done).
+func (d *Digest) check(ctx context.Context, key []byte) error {
+	if d.Type != "pbkdf2" {
+		return fmt.Errorf("%w: digest type %q", ErrUnsupported, d.Type)
 	}
-	got, err := pbkdf2Key(key, d.Salt, d.Iterations, len(d.Digest), d.Hash)
+	got, err := pbkdf2Key(ctx, key, d.Salt, d.Iterations, len(d.Digest), d.Hash)
 	if err != nil {
-		return false
+		return err
 	}
-	return subtle.ConstantTimeCompare(got, d.Digest) == 1
+	defer Zero(got)
+	if subtle.ConstantTimeCompare(got, d.Digest) != 1 {
+		return errDigestMismatch
+	}
+	return nil
 }
 
 func contains(list []string, s string) bool {
@@ -257,13 +320,16 @@ func (im *Image) AddKeyslot(volumeKey, passphrase []byte, p KDFParams) (string, 
 	default:
 		return "", fmt.Errorf("%w: KDF %q", ErrUnsupported, p.Type)
 	}
+	if err := kdf.validate(); err != nil {
+		return "", fmt.Errorf("keyslot KDF: %w", err)
+	}
 	ks := &Keyslot{
 		Type: "luks2", KeySize: len(volumeKey),
 		AF:   AF{Type: "luks1", Stripes: afStripes, Hash: "sha256"},
 		Area: Area{Type: "raw", Offset: U64(off), Size: U64(areaSize), Encryption: DefaultCipher, KeySize: DefaultKeySize},
 		KDF:  kdf,
 	}
-	slotKey, err := deriveKey(&ks.KDF, passphrase, ks.Area.KeySize)
+	slotKey, err := deriveKey(context.Background(), &ks.KDF, passphrase, ks.Area.KeySize)
 	if err != nil {
 		return "", err
 	}
@@ -323,9 +389,26 @@ func (im *Image) freeArea(size uint64) (uint64, error) {
 	return off, nil
 }
 
-// Unlock returns the volume key that passphrase opens, trying keyslots by
-// priority. The caller zeroizes the result.
+// Unlock is UnlockContext without cancellation.
 func (im *Image) Unlock(passphrase []byte) (key []byte, slot string, err error) {
+	return im.UnlockContext(context.Background(), passphrase)
+}
+
+// UnlockContext returns the volume key that passphrase opens, trying
+// keyslots by priority. The caller zeroizes the result.
+//
+// Errors: ErrWrongPassphrase when every keyslot tried rejects the
+// passphrase; ErrUnsupported when no keyslot could be tried; ErrInvalidHeader
+// when a keyslot turns out malformed; ctx's error once ctx is done.
+//
+// Cancellation: PBKDF2 (ours) checks ctx every few thousand iterations and
+// stops. Argon2 (golang.org/x/crypto) cannot be interrupted, so it runs in
+// a goroutine and UnlockContext returns as soon as ctx is done; the
+// abandoned derivation finishes in the background (bounded by the cost
+// limits Parse enforces, at most MaxArgon2MemoryKiB) and zeroizes its
+// copy of the passphrase and its result. A process that exits on the
+// error (cocoonctl's engine process on SIGTERM) ends it at once.
+func (im *Image) UnlockContext(ctx context.Context, passphrase []byte) (key []byte, slot string, err error) {
 	ids := make([]string, 0, len(im.Header.Metadata.Keyslots))
 	for id, ks := range im.Header.Metadata.Keyslots {
 		if ks.Priority != nil && *ks.Priority == 0 {
@@ -348,22 +431,35 @@ func (im *Image) Unlock(passphrase []byte) (key []byte, slot string, err error) 
 		return a < b
 	})
 	var unsupported error
+	tried := 0
 	for _, id := range ids {
-		key, err := im.unlockSlot(id, passphrase)
-		if err == nil {
-			return key, id, nil
+		if err := ctx.Err(); err != nil {
+			return nil, "", fmt.Errorf("unlocking: %w", err)
 		}
-		if errors.Is(err, ErrUnsupported) && unsupported == nil {
-			unsupported = fmt.Errorf("keyslot %s: %w", id, err)
+		key, err := im.unlockSlot(ctx, id, passphrase)
+		switch {
+		case err == nil:
+			return key, id, nil
+		case errors.Is(err, ErrWrongPassphrase):
+			tried++
+		case errors.Is(err, ErrUnsupported):
+			if unsupported == nil {
+				unsupported = fmt.Errorf("keyslot %s: %w", id, err)
+			}
+		default: // a malformed keyslot, ctx done, an I/O or cipher failure
+			return nil, "", fmt.Errorf("keyslot %s: %w", id, err)
 		}
 	}
-	if unsupported != nil {
+	switch {
+	case tried == 0 && unsupported != nil:
+		return nil, "", fmt.Errorf("no keyslot can be tried: %w", unsupported)
+	case unsupported != nil:
 		return nil, "", fmt.Errorf("%w (%v)", ErrWrongPassphrase, unsupported)
 	}
 	return nil, "", ErrWrongPassphrase
 }
 
-func (im *Image) unlockSlot(id string, passphrase []byte) ([]byte, error) {
+func (im *Image) unlockSlot(ctx context.Context, id string, passphrase []byte) ([]byte, error) {
 	ks := im.Header.Metadata.Keyslots[id]
 	if ks.Type != "luks2" || ks.AF.Type != "luks1" || ks.Area.Type != "raw" {
 		return nil, fmt.Errorf("%w: keyslot type %s/%s/%s", ErrUnsupported, ks.Type, ks.AF.Type, ks.Area.Type)
@@ -371,16 +467,22 @@ func (im *Image) unlockSlot(id string, passphrase []byte) ([]byte, error) {
 	if ks.Area.Encryption != DefaultCipher {
 		return nil, fmt.Errorf("%w: keyslot cipher %q", ErrUnsupported, ks.Area.Encryption)
 	}
-	slotKey, err := deriveKey(&ks.KDF, passphrase, ks.Area.KeySize)
-	if err != nil {
-		return nil, err
+	if ks.Area.KeySize != 32 && ks.Area.KeySize != 64 {
+		return nil, fmt.Errorf("%w: keyslot area key_size %d for %s", ErrUnsupported, ks.Area.KeySize, DefaultCipher)
 	}
-	defer Zero(slotKey)
-	n := roundUp(uint64(ks.KeySize)*uint64(ks.AF.Stripes), keyslotSectorSize)
+	if _, err := hashFor(ks.AF.Hash); err != nil {
+		return nil, fmt.Errorf("af: %w", err)
+	}
+	n := ks.materialSize()
 	area := im.areas[id]
 	if uint64(len(area)) < n {
 		return nil, fmt.Errorf("%w: keyslot %s area shorter than its key material", ErrInvalidHeader, id)
 	}
+	slotKey, err := deriveKey(ctx, &ks.KDF, passphrase, ks.Area.KeySize)
+	if err != nil {
+		return nil, err
+	}
+	defer Zero(slotKey)
 	material := make([]byte, n)
 	defer Zero(material)
 	copy(material, area)
@@ -392,41 +494,116 @@ func (im *Image) unlockSlot(id string, passphrase []byte) ([]byte, error) {
 		return nil, err
 	}
 	for _, d := range im.Header.Metadata.Digests {
-		if contains(d.Keyslots, id) && d.check(key) {
+		if !contains(d.Keyslots, id) {
+			continue
+		}
+		switch err := d.check(ctx, key); {
+		case err == nil:
 			return key, nil
+		case !errors.Is(err, errDigestMismatch):
+			Zero(key)
+			return nil, fmt.Errorf("digest: %w", err)
 		}
 	}
 	Zero(key)
 	return nil, ErrWrongPassphrase
 }
 
-// deriveKey runs the keyslot's KDF.
-func deriveKey(k *KDF, passphrase []byte, size int) ([]byte, error) {
+// validate checks the KDF parameters against cryptsetup's limits, so a
+// header cannot make one unlock attempt cost more than cryptsetup would
+// ever ask for. Errors name the field. An unknown KDF type is left to
+// unlocking (ErrUnsupported for that keyslot).
+func (k *KDF) validate() error {
 	switch k.Type {
 	case "pbkdf2":
-		if k.Iterations <= 0 {
-			return nil, fmt.Errorf("%w: pbkdf2 iterations %d", ErrInvalidHeader, k.Iterations)
-		}
-		return pbkdf2Key(passphrase, k.Salt, k.Iterations, size, k.Hash)
+		return checkRange("kdf iterations", k.Iterations, "", 1, MaxIterations)
 	case "argon2i", "argon2id":
-		if k.Time <= 0 || k.Memory <= 0 || k.Memory > maxArgon2MemoryKiB || k.CPUs <= 0 || k.CPUs > 255 {
-			return nil, fmt.Errorf("%w: argon2 parameters time=%d memory=%d cpus=%d", ErrInvalidHeader, k.Time, k.Memory, k.CPUs)
+		if err := checkRange("kdf time", k.Time, "", 1, MaxIterations); err != nil {
+			return err
 		}
-		if k.Type == "argon2i" {
-			return argon2.Key(passphrase, k.Salt, uint32(k.Time), uint32(k.Memory), uint8(k.CPUs), uint32(size)), nil
+		if err := checkRange("kdf memory", k.Memory, " KiB", 1, MaxArgon2MemoryKiB); err != nil {
+			return err
 		}
-		return argon2.IDKey(passphrase, k.Salt, uint32(k.Time), uint32(k.Memory), uint8(k.CPUs), uint32(size)), nil
+		return checkRange("kdf cpus", k.CPUs, "", 1, MaxArgon2Threads)
+	}
+	return nil
+}
+
+// checkRange reports a key derivation cost outside [lo, hi], naming the field.
+func checkRange(field string, v int, unit string, lo, hi int) error {
+	switch {
+	case v < lo:
+		return fmt.Errorf("%s %d%s is below %d", field, v, unit, lo)
+	case v > hi:
+		return fmt.Errorf("%s %d%s exceeds cryptsetup's maximum %d", field, v, unit, hi)
+	}
+	return nil
+}
+
+// argon2Derive computes argon2i or argon2id; tests replace it to hold a
+// derivation in flight.
+var argon2Derive = func(argon2id bool, password, salt []byte, time, memory uint32, threads uint8, keyLen uint32) []byte {
+	if argon2id {
+		return argon2.IDKey(password, salt, time, memory, threads, keyLen)
+	}
+	return argon2.Key(password, salt, time, memory, threads, keyLen)
+}
+
+// deriveKey runs the keyslot's KDF (parameters already checked by
+// KDF.validate through Parse or AddKeyslot) and returns early with ctx's
+// error once ctx is done; see UnlockContext for how.
+func deriveKey(ctx context.Context, k *KDF, passphrase []byte, size int) ([]byte, error) {
+	switch k.Type {
+	case "pbkdf2":
+		if err := k.validate(); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrInvalidHeader, err)
+		}
+		return pbkdf2Key(ctx, passphrase, k.Salt, k.Iterations, size, k.Hash)
+	case "argon2i", "argon2id":
+		if err := k.validate(); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrInvalidHeader, err)
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		// The goroutine owns a copy of the passphrase: the caller may
+		// zeroize its own as soon as we return.
+		pw := bytes.Clone(passphrase)
+		out := make(chan []byte)
+		abandoned := make(chan struct{})
+		go func() {
+			key := argon2Derive(k.Type == "argon2id", pw, k.Salt, uint32(k.Time), uint32(k.Memory), uint8(k.CPUs), uint32(size))
+			Zero(pw)
+			select {
+			case out <- key:
+			case <-abandoned:
+				Zero(key)
+			}
+		}()
+		select {
+		case key := <-out:
+			return key, nil
+		case <-ctx.Done():
+			close(abandoned)
+			return nil, ctx.Err()
+		}
 	}
 	return nil, fmt.Errorf("%w: KDF %q", ErrUnsupported, k.Type)
 }
 
 // pbkdf2Key is PBKDF2 (RFC 8018) over a byte-slice password, so no
 // immutable string copy of a passphrase is ever made.
-func pbkdf2Key(password, salt []byte, iter, keyLen int, hashName string) ([]byte, error) {
+// It checks ctx every pbkdf2CheckEvery iterations and returns ctx's
+// error once ctx is done.
+func pbkdf2Key(ctx context.Context, password, salt []byte, iter, keyLen int, hashName string) ([]byte, error) {
 	newHash, err := hashFor(hashName)
 	if err != nil {
 		return nil, err
 	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	done := ctx.Done() // nil (never ready) for a context that cannot end
 	prf := hmac.New(newHash, password)
 	hLen := prf.Size()
 	out := make([]byte, 0, roundUp(uint64(keyLen), uint64(hLen)))
@@ -443,6 +620,14 @@ func pbkdf2Key(password, salt []byte, iter, keyLen int, hashName string) ([]byte
 		u = prf.Sum(u[:0])
 		copy(t, u)
 		for i := 1; i < iter; i++ {
+			if i%pbkdf2CheckEvery == 0 && done != nil {
+				select {
+				case <-done:
+					Zero(out[:cap(out)])
+					return nil, ctx.Err()
+				default:
+				}
+			}
 			prf.Reset()
 			prf.Write(u)
 			u = prf.Sum(u[:0])
@@ -453,6 +638,10 @@ func pbkdf2Key(password, salt []byte, iter, keyLen int, hashName string) ([]byte
 	Zero(out[keyLen:cap(out)])
 	return out[:keyLen], nil
 }
+
+// pbkdf2CheckEvery is how often PBKDF2 looks at its context: a few
+// milliseconds of work, so cancellation is prompt and costs nothing.
+const pbkdf2CheckEvery = 1 << 12
 
 // cryptArea en- or decrypts keyslot material in place: aes-xts-plain64 with
 // 512-byte sectors numbered from 0 at the start of the area.

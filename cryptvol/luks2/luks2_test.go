@@ -2,6 +2,7 @@ package luks2
 
 import (
 	"bytes"
+	"context"
 	"crypto/pbkdf2"
 	"crypto/rand"
 	"crypto/sha1"
@@ -53,7 +54,7 @@ func TestPBKDF2MatchesStdlib(t *testing.T) {
 	} {
 		t.Run(tc.hash, func(t *testing.T) {
 			pass, salt := randomKey(t, 17), randomKey(t, 32)
-			got, err := pbkdf2Key(pass, salt, tc.iter, tc.keyLen, tc.hash)
+			got, err := pbkdf2Key(context.Background(), pass, salt, tc.iter, tc.keyLen, tc.hash)
 			if err != nil {
 				t.Fatal(err)
 			}
