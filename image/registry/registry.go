@@ -542,6 +542,9 @@ func (c *Client) OpenBlob(ctx context.Context, repo name.Repository, desc ocispe
 	if err := desc.Digest.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid blob digest %q: %w: %w", desc.Digest, err, errdefs.ErrInvalidArgument)
 	}
+	if desc.Size < 0 {
+		return nil, fmt.Errorf("blob %s: negative size %d: %w", desc.Digest, desc.Size, errdefs.ErrInvalidArgument)
+	}
 	b := &blobReader{ctx: ctx, c: c, repo: repo, desc: desc}
 	if err := b.open(); err != nil {
 		return nil, err
@@ -586,9 +589,21 @@ func (b *blobReader) Read(p []byte) (int, error) {
 	if b.closed {
 		return 0, errors.New("read from closed blob stream")
 	}
+	if b.off > b.desc.Size {
+		return 0, &BlobSizeError{Digest: b.desc.Digest, Size: b.desc.Size}
+	}
+	// Never ask for more than one byte past the descriptor's size: a
+	// registry that sends more is cut there, and nothing it sends beyond
+	// is read (an endless stream costs size+1 bytes).
+	if rest := b.desc.Size - b.off + 1; int64(len(p)) > rest {
+		p = p[:rest]
+	}
 	for {
 		n, err := b.body.Read(p)
 		b.off += int64(n)
+		if b.off > b.desc.Size {
+			return n - 1, &BlobSizeError{Digest: b.desc.Digest, Size: b.desc.Size}
+		}
 		if err == nil || n > 0 {
 			if err == io.EOF && b.desc.Size > 0 && b.off < b.desc.Size {
 				err = nil // early EOF: resume on the next call
@@ -612,6 +627,19 @@ func (b *blobReader) Read(p []byte) (int, error) {
 		}
 	}
 }
+
+// BlobSizeError reports a registry that sent more bytes for a blob than its
+// descriptor's size.
+type BlobSizeError struct {
+	Digest digest.Digest
+	Size   int64
+}
+
+func (e *BlobSizeError) Error() string {
+	return fmt.Sprintf("blob %s: registry sent more than the descriptor's size of %d bytes", e.Digest, e.Size)
+}
+
+func (e *BlobSizeError) Unwrap() error { return errdefs.ErrFailedPrecondition }
 
 func (b *blobReader) resume(cause error) error {
 	if b.ctx.Err() != nil {
