@@ -464,6 +464,7 @@ func (p *Puller) fetch(ctx context.Context, repo name.Repository, desc ocispec.D
 		return nil, fmt.Errorf("layer %s: %w", desc.Digest, err)
 	}
 	defer lr.Close()
+	lr.SetMaxUncompressed(maxTarSize(p.opts.Unpack))
 	stats, err := unpack.Extract(ctx, lr, dir, p.opts.Unpack)
 	if err != nil {
 		var entryErr *unpack.EntryError
@@ -553,7 +554,7 @@ func reasonOf(err error) string {
 		return "digest_mismatch"
 	case errors.As(err, &rm):
 		return "manifest_digest_mismatch"
-	case errors.Is(err, unpack.ErrLimitExceeded):
+	case errors.Is(err, unpack.ErrLimitExceeded), errors.Is(err, layer.ErrTooLarge):
 		return "limit_exceeded"
 	case errors.As(err, &ee):
 		return "unsafe_entry"
@@ -567,4 +568,23 @@ func reasonOf(err error) string {
 		return "unsupported"
 	}
 	return "fetch"
+}
+
+// tarOverheadPerEntry is what one tar entry adds to the stream besides its
+// file data: a header block, padding of the data to a block, and room for
+// a PAX or GNU long-name header.
+const tarOverheadPerEntry = 4 << 10
+
+// maxTarSize bounds a layer's decompressed stream by the unpack limits: the
+// file data they allow plus the tar overhead of the entries they allow, and
+// 1 MiB for the end-of-archive blocks and record padding.
+func maxTarSize(o unpack.Options) int64 {
+	total, entries := o.MaxTotalSize, int64(o.MaxEntries)
+	if total <= 0 {
+		total = unpack.DefaultMaxTotalSize
+	}
+	if entries <= 0 {
+		entries = unpack.DefaultMaxEntries
+	}
+	return total + entries*tarOverheadPerEntry + 1<<20
 }

@@ -17,7 +17,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/cocoon-cc/cocoon/image/layer"
 	"github.com/cocoon-cc/cocoon/image/registry"
+	"github.com/cocoon-cc/cocoon/image/unpack"
 	"github.com/cocoon-cc/cocoon/internal/regtest"
 )
 
@@ -322,5 +324,60 @@ func TestConcurrentRequestsForOneLayer(t *testing.T) {
 			t.Errorf("staged layer incomplete: %v", err)
 		}
 		r.st.Discard()
+	}
+}
+
+// A registry that follows a layer blob with endless gzip members is cut at
+// the descriptor size: the layer fails with a size error, nothing is left
+// in staging, and the same layer pulls once the registry behaves.
+func TestEndlessBlobIsCut(t *testing.T) {
+	reg := regtest.Start(t)
+	p, staging := newPuller(t, reg)
+	ref, img := reg.Push(t, "a/endless", compression.GZip, true, layers(t, 1)...)
+	req := requests(t, ref, img)[0]
+	m, _ := img.Manifest()
+	size := m.Layers[0].Size
+	reg.Endless.Store(req.LayerDigest.Encoded())
+	_, err := p.Layer(context.Background(), req)
+	var se *registry.BlobSizeError
+	if !errors.As(err, &se) {
+		t.Fatalf("error = %v, want a blob size error", err)
+	}
+	t.Logf("descriptor size %d bytes; the hostile registry wrote %d bytes before the cut", size, reg.Sent.Load())
+	if e := entries(t, staging); len(e) != 0 {
+		t.Errorf("staging after the cut = %v", e)
+	}
+	reg.Endless.Store("")
+	st, err := p.Layer(context.Background(), req)
+	if err != nil {
+		t.Fatalf("pull after the registry behaves: %v", err)
+	}
+	st.Discard()
+}
+
+// A layer whose decompressed stream goes on after the tar (a gzip bomb in
+// the blob, digests intact) fails at the unpack limits instead of being
+// drained.
+func TestDecompressedStreamBoundedByUnpackLimits(t *testing.T) {
+	reg := regtest.Start(t)
+	opts := unpack.Options{MaxTotalSize: 1 << 20, MaxEntries: 4}
+	p, err := New(Options{
+		Registry:   registry.New(registry.Options{Insecure: []string{reg.Host}, Retries: 1, RetryBackoff: time.Millisecond}),
+		StagingDir: filepath.Join(t.TempDir(), "staging"),
+		Unpack:     opts,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	tarball := regtest.Tar(t, regtest.Entry{Name: "f", Body: "small"})
+	bomb := append(tarball, make([]byte, 64<<20)...)
+	ref, img := reg.Push(t, "a/bomb", compression.GZip, true, bomb)
+	_, err = p.Layer(context.Background(), requests(t, ref, img)[0])
+	if !errors.Is(err, layer.ErrTooLarge) {
+		t.Fatalf("error = %v, want layer.ErrTooLarge", err)
+	}
+	if max := maxTarSize(opts); max >= int64(len(bomb)) {
+		t.Fatalf("test layer (%d bytes) is within the bound %d", len(bomb), max)
 	}
 }
