@@ -107,6 +107,7 @@ type Puller struct {
 }
 
 type job struct {
+	cancel  context.CancelFunc // stops the fetch when nobody wants it
 	done    chan struct{}
 	created time.Time
 	staged  *Staged
@@ -269,19 +270,21 @@ func (p *Puller) own(repo name.Repository, desc ocispec.Descriptor, diffID, chai
 // launch runs a job in the background under the concurrency bound. Called
 // with p.mu held (p.wg.Add must not race with Close's Wait).
 func (p *Puller) launch(repo name.Repository, desc ocispec.Descriptor, diffID, chainID digest.Digest) *job {
-	j := &job{done: make(chan struct{}), created: time.Now()}
+	ctx, cancel := context.WithCancel(p.ctx)
+	j := &job{cancel: cancel, done: make(chan struct{}), created: time.Now()}
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
 		defer close(j.done)
+		defer cancel()
 		select {
 		case p.sem <- struct{}{}:
-		case <-p.ctx.Done():
-			j.err = p.ctx.Err()
+		case <-ctx.Done():
+			j.err = ctx.Err()
 			return
 		}
 		defer func() { <-p.sem }()
-		j.staged, j.err = p.fetch(p.ctx, repo, desc, diffID, chainID)
+		j.staged, j.err = p.fetch(ctx, repo, desc, diffID, chainID)
 	}()
 	return j
 }
@@ -303,7 +306,10 @@ func (p *Puller) putBack(repo name.Repository, desc ocispec.Descriptor, j *job) 
 		p.jobs[key] = j
 		return
 	}
-	go func() { // a newer job exists: drop this one when it ends
+	// A newer job exists: nobody will take this one. Cancel it rather than
+	// let it download and unpack the rest of the layer, then drop it.
+	j.cancel()
+	go func() {
 		<-j.done
 		if j.staged != nil {
 			j.staged.Discard()

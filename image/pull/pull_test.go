@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -380,4 +381,71 @@ func TestDecompressedStreamBoundedByUnpackLimits(t *testing.T) {
 	if max := maxTarSize(opts); max >= int64(len(bomb)) {
 		t.Fatalf("test layer (%d bytes) is within the bound %d", len(bomb), max)
 	}
+}
+
+// A fetch nobody waits for any more (its requester gave up and a newer job
+// for the same layer exists) is cancelled: its registry request ends
+// without the layer being sent.
+func TestAbandonedDuplicateJobIsCancelled(t *testing.T) {
+	reg := regtest.Start(t)
+	p, _ := newPuller(t, reg)
+	ref, img := reg.Push(t, "a/abandon", compression.GZip, true, layers(t, 1)...)
+	req := requests(t, ref, img)[0]
+
+	// Every GET of the layer blocks until its client goes away or the test
+	// releases it; each reports its outcome.
+	release := make(chan struct{})
+	arrived := make(chan struct{}, 8)
+	gone := make(chan struct{}, 8)
+	hook := func(w http.ResponseWriter, r *http.Request) bool {
+		if !strings.HasSuffix(r.URL.Path, req.LayerDigest.String()) {
+			return false
+		}
+		arrived <- struct{}{}
+		select {
+		case <-r.Context().Done():
+			gone <- struct{}{}
+			return true
+		case <-release:
+			return false
+		}
+	}
+	reg.Hook.Store(&hook)
+
+	// A and B want the layer at the same time: A takes the fetched job, B
+	// starts its own. A gives up (its job is kept for later), then B gives
+	// up too: B's job is a duplicate nobody can take.
+	ctxA, cancelA := context.WithCancel(context.Background())
+	ctxB, cancelB := context.WithCancel(context.Background())
+	errA := make(chan error, 1)
+	go func() { _, err := p.Layer(ctxA, req); errA <- err }()
+	<-arrived
+	errB := make(chan error, 1)
+	go func() { _, err := p.Layer(ctxB, req); errB <- err }()
+	<-arrived
+	cancelA()
+	if err := <-errA; !errors.Is(err, context.Canceled) {
+		t.Fatalf("A: %v", err)
+	}
+	cancelB()
+	if err := <-errB; !errors.Is(err, context.Canceled) {
+		t.Fatalf("B: %v", err)
+	}
+	// B's fetch is cancelled: its blob request ends with the layer unsent.
+	// (Before the fix it stayed open until the registry answered, and the
+	// layer was downloaded and unpacked for nobody.)
+	safety := time.NewTimer(60 * time.Second)
+	defer safety.Stop()
+	select {
+	case <-gone:
+	case <-safety.C:
+		t.Fatal("the abandoned fetch was not cancelled")
+	}
+	// A's job stays for a later request.
+	close(release)
+	st, err := p.Layer(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Discard()
 }

@@ -78,6 +78,9 @@ type Registry struct {
 	// responses the server managed to write.
 	Endless atomic.Value
 	Sent    atomic.Int64
+	// Hook, when set, sees blob GETs first; it returns true when it
+	// answered the request itself.
+	Hook    atomic.Pointer[func(http.ResponseWriter, *http.Request) bool]
 	handler http.Handler
 }
 
@@ -90,6 +93,9 @@ func Start(t testing.TB) *Registry {
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		if strings.Contains(req.URL.Path, "/blobs/sha256:") && req.Method == http.MethodGet {
 			r.Gets.Add(1)
+			if h := r.Hook.Load(); h != nil && (*h)(w, req) {
+				return
+			}
 			if d := r.Endless.Load().(string); d != "" && strings.HasSuffix(req.URL.Path, d) {
 				r.serveEndless(w, req)
 				return
