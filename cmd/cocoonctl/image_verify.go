@@ -11,6 +11,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/cocoon-cc/cocoon/image/registry"
 	"github.com/cocoon-cc/cocoon/image/signature"
 )
 
@@ -51,7 +52,8 @@ func runImageVerify(ctx context.Context, args []string, out, errOut io.Writer) e
 	if err != nil {
 		return fmt.Errorf("%w: %w", err, errUsage)
 	}
-	o := signature.Options{Insecure: insecure}
+	var o signature.Options
+	var authBytes, caBytes []byte
 	readOpt := func(path, what string, dst *[]byte) error {
 		if path == "" {
 			return nil
@@ -69,13 +71,29 @@ func runImageVerify(ctx context.Context, args []string, out, errOut io.Writer) e
 	}{
 		{*policy, "--policy", &o.Policy},
 		{*sigstoreConfig, "--sigstore-config", &o.SigstoreConfig},
-		{*authFile, "--auth-file", &o.AuthFile},
-		{*caFile, "--ca", &o.ExtraRootCAs},
+		{*authFile, "--auth-file", &authBytes},
+		{*caFile, "--ca", &caBytes},
 	} {
 		if err := readOpt(f.path, f.what, f.dst); err != nil {
 			return err
 		}
 	}
+	// The same registry client settings cocoond gives its puller.
+	ropts := registry.Options{Insecure: insecure}
+	if len(caBytes) > 0 {
+		ropts.Network.ExtraRootCAs = []string{string(caBytes)}
+		if _, err := registry.NewTransport(ropts.Network); err != nil {
+			return fmt.Errorf("--ca: %w", err)
+		}
+	}
+	if len(authBytes) > 0 {
+		af, err := registry.ParseAuthFile(authBytes)
+		if err != nil {
+			return fmt.Errorf("--auth-file: %w", err)
+		}
+		ropts.Keychain = af
+	}
+	o.Registry = registry.New(ropts)
 	if *kbsURL != "" {
 		k := kbsFlags{url: *kbsURL, cert: *kbsCert, tee: *tee, timeout: 60 * time.Second}
 		c, err := k.client()

@@ -57,11 +57,10 @@ func registryOptions(ctx context.Context, cfg Config, at *attestation) (registry
 		to.HTTPSProxy, to.HTTPProxy, to.NoProxy = deref(p.HTTPSProxy), deref(p.HTTPProxy), deref(p.NoProxy)
 	}
 	to.ExtraRootCAs = img.ExtraRootCertificates
-	t, err := registry.NewTransport(to)
-	if err != nil {
+	if _, err := registry.NewTransport(to); err != nil { // a bad certificate stops cocoond here
 		return o, fmt.Errorf("cdh.toml [image]: %w", err)
 	}
-	o.Transport = t
+	o.Network = to
 	rc := img.RegistryConfig
 	if u := deref(img.RegistryConfigurationURI); u != "" { // the URI wins over the inline table
 		b, err := fetchURI(ctx, at.resources(), u)

@@ -33,7 +33,7 @@ func TestRegistryCredentialsFromKBS(t *testing.T) {
 		t.Fatal(err)
 	}
 	kc, ok := o.Keychain.(*kbsKeychain)
-	if !ok || o.Transport == nil {
+	if !ok || o.Network.NoProxy != "127.0.0.1" {
 		t.Fatalf("options = %+v", o)
 	}
 	r, _ := name.NewRepository("127.0.0.1:5000/private/app")

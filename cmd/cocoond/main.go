@@ -190,7 +190,7 @@ func serve(ctx context.Context, cfg Config, features restapi.Features) error {
 		},
 		Metrics: pm,
 		Decrypt: dopts,
-		Policy:  imagePolicy(ctx, cfg, at, cfg.Attestation.ImageSecurityDir),
+		Policy:  imagePolicy(ctx, at, client, cfg.Attestation.ImageSecurityDir),
 	})
 	if err != nil {
 		return err

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"strings"
 	"sync"
 
 	"github.com/containerd/log"
@@ -12,30 +11,32 @@ import (
 
 	"github.com/cocoon-cc/cocoon/attest/config"
 	"github.com/cocoon-cc/cocoon/image/pull"
+	"github.com/cocoon-cc/cocoon/image/registry"
 	"github.com/cocoon-cc/cocoon/image/signature"
 )
 
 // imagePolicy returns the image security policy gate for the pipeline, or
 // nil when cdh.toml configures no policy (then nothing is verified, as
 // upstream, and cocoond warns once).
-func imagePolicy(ctx context.Context, cfg Config, at *attestation, workDir string) pull.Policy {
+func imagePolicy(ctx context.Context, at *attestation, reg *registry.Client, workDir string) pull.Policy {
 	img := at.imageConfig()
 	if img == nil || (deref(img.ImageSecurityPolicyURI) == "" && deref(img.ImageSecurityPolicy) == "") {
 		log.G(ctx).Warn("no image security policy configured (cdh.toml [image] image_security_policy_uri or image_security_policy): image signatures are not verified")
 		return nil
 	}
-	return &lazyPolicy{img: img, at: at, insecure: cfg.Registry.Insecure, workDir: workDir}
+	return &lazyPolicy{img: img, at: at, reg: reg, workDir: workDir}
 }
 
 // lazyPolicy fetches the policy, its keys, the sigstore configuration and
 // registry credentials on the first pull, as image-rs does, so that
 // cocoond starts even while the KBS is unreachable. A failed set-up is
-// retried on the next pull.
+// retried on the next pull. Signatures are fetched with the registry client
+// layers are pulled with (proxy, certificates, mirrors, credentials).
 type lazyPolicy struct {
-	img      *config.ImageConfig
-	at       *attestation
-	insecure []string
-	workDir  string
+	img     *config.ImageConfig
+	at      *attestation
+	reg     *registry.Client
+	workDir string
 
 	mu sync.Mutex
 	v  *signature.Verifier
@@ -56,7 +57,7 @@ func (l *lazyPolicy) verifier(ctx context.Context) (*signature.Verifier, error) 
 		return l.v, nil
 	}
 	getter := l.at.resources()
-	o := signature.Options{Resources: getter, Insecure: l.insecure, WorkDir: l.workDir}
+	o := signature.Options{Resources: getter, Registry: l.reg, WorkDir: l.workDir}
 	var err error
 	if u := deref(l.img.ImageSecurityPolicyURI); u != "" { // the URI wins over inline
 		if o.Policy, err = fetchURI(ctx, getter, u); err != nil {
@@ -72,12 +73,6 @@ func (l *lazyPolicy) verifier(ctx context.Context) (*signature.Verifier, error) 
 	} else if s := deref(l.img.SigstoreConfig); s != "" {
 		o.SigstoreConfig = []byte(s)
 	}
-	if u := deref(l.img.AuthenticatedRegistryCredentialsURI); u != "" {
-		if o.AuthFile, err = fetchURI(ctx, getter, u); err != nil {
-			return nil, fmt.Errorf("registry credentials %s: %w", u, err)
-		}
-	}
-	o.ExtraRootCAs = []byte(strings.Join(l.img.ExtraRootCertificates, "\n"))
 	if err := os.MkdirAll(l.workDir, 0o700); err != nil {
 		return nil, err
 	}

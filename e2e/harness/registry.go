@@ -2,6 +2,7 @@ package harness
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -377,6 +378,8 @@ type TamperProxy struct {
 	mu      sync.Mutex
 	replace map[string][]byte
 	served  map[string]int
+	endless map[string]bool
+	sent    map[string]int64
 	srv     *http.Server
 }
 
@@ -386,7 +389,8 @@ func (r *Registry) StartTamperProxy() (*TamperProxy, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &TamperProxy{Host: l.Addr().String(), replace: map[string][]byte{}, served: map[string]int{}}
+	p := &TamperProxy{Host: l.Addr().String(), replace: map[string][]byte{}, served: map[string]int{},
+		endless: map[string]bool{}, sent: map[string]int64{}}
 	upstream := "http://" + r.Host
 	p.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		if d, ok := blobDigestFromPath(req.URL.Path); ok {
@@ -395,7 +399,12 @@ func (r *Registry) StartTamperProxy() (*TamperProxy, error) {
 			if tampered {
 				p.served[d]++
 			}
+			endless := p.endless[d]
 			p.mu.Unlock()
+			if endless && req.Method == http.MethodGet {
+				p.serveEndless(w, req, upstream, d)
+				return
+			}
 			if tampered {
 				w.Header().Set("Docker-Content-Digest", d)
 				w.Header().Set("Content-Type", "application/octet-stream")
@@ -423,6 +432,60 @@ func (p *TamperProxy) Served(d string) int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.served[d]
+}
+
+// AppendEndless makes the proxy follow blob d with gzip members that never
+// end (on = false stops it), like a hostile registry feeding a gzip bomb.
+func (p *TamperProxy) AppendEndless(d string, on bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.endless[d] = on
+}
+
+// Sent reports how many bytes of blob d's endless responses the proxy
+// managed to write to its clients.
+func (p *TamperProxy) Sent(d string) int64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.sent[d]
+}
+
+func (p *TamperProxy) serveEndless(w http.ResponseWriter, req *http.Request, upstream, d string) {
+	out, err := http.NewRequestWithContext(req.Context(), http.MethodGet, upstream+req.URL.RequestURI(), nil)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadGateway)
+		return
+	}
+	out.Header = req.Header.Clone()
+	out.Header.Del("Range")
+	resp, err := http.DefaultTransport.RoundTrip(out)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadGateway)
+		return
+	}
+	blob, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK {
+		http.Error(w, fmt.Sprintf("upstream: %d %v", resp.StatusCode, err), http.StatusBadGateway)
+		return
+	}
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	zw.Write(make([]byte, 1<<20))
+	zw.Close()
+	member := buf.Bytes()
+	w.Header().Set("Docker-Content-Digest", d)
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.WriteHeader(http.StatusOK)
+	for chunk := blob; ; chunk = member {
+		n, err := w.Write(chunk)
+		p.mu.Lock()
+		p.sent[d] += int64(n)
+		p.mu.Unlock()
+		if err != nil {
+			return
+		}
+	}
 }
 
 func (p *TamperProxy) forward(w http.ResponseWriter, req *http.Request, upstream string) {

@@ -114,6 +114,37 @@ type Reader struct {
 	verified  bool
 	verifyErr error
 	closed    bool
+
+	maxUncompressed int64 // 0: unbounded
+}
+
+// ErrTooLarge marks a layer whose decompressed stream is longer than
+// SetMaxUncompressed allows.
+var ErrTooLarge = fmt.Errorf("decompressed layer too large: %w", errdefs.ErrResourceExhausted)
+
+// SetMaxUncompressed bounds the decompressed stream, tar padding and
+// anything after the end of the archive included: a longer stream (such
+// as a gzip bomb after the tar) fails with ErrTooLarge once n bytes have
+// been produced, instead of being drained. Call it before the first Read.
+func (r *Reader) SetMaxUncompressed(n int64) { r.maxUncompressed = n }
+
+// boundedReader fails once more than max bytes came from r.
+type boundedReader struct {
+	r      io.Reader
+	n, max int64
+	layer  digest.Digest
+}
+
+func (b *boundedReader) Read(p []byte) (int, error) {
+	if rest := b.max - b.n + 1; int64(len(p)) > rest {
+		p = p[:rest]
+	}
+	n, err := b.r.Read(p)
+	b.n += int64(n)
+	if b.n > b.max {
+		return n - 1, fmt.Errorf("layer %s: more than %d decompressed bytes: %w", b.layer, b.max, ErrTooLarge)
+	}
+	return n, err
 }
 
 func newHash(d digest.Digest) (hash.Hash, error) {
@@ -208,6 +239,9 @@ func (r *Reader) init() error {
 		r.decomp = zd
 	}
 	r.uncompressed.R = r.decomp
+	if r.maxUncompressed > 0 {
+		r.uncompressed.R = &boundedReader{r: r.decomp, max: r.maxUncompressed, layer: r.blobDigest}
+	}
 	return nil
 }
 

@@ -107,6 +107,7 @@ type Puller struct {
 }
 
 type job struct {
+	cancel  context.CancelFunc // stops the fetch when nobody wants it
 	done    chan struct{}
 	created time.Time
 	staged  *Staged
@@ -269,19 +270,21 @@ func (p *Puller) own(repo name.Repository, desc ocispec.Descriptor, diffID, chai
 // launch runs a job in the background under the concurrency bound. Called
 // with p.mu held (p.wg.Add must not race with Close's Wait).
 func (p *Puller) launch(repo name.Repository, desc ocispec.Descriptor, diffID, chainID digest.Digest) *job {
-	j := &job{done: make(chan struct{}), created: time.Now()}
+	ctx, cancel := context.WithCancel(p.ctx)
+	j := &job{cancel: cancel, done: make(chan struct{}), created: time.Now()}
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
 		defer close(j.done)
+		defer cancel()
 		select {
 		case p.sem <- struct{}{}:
-		case <-p.ctx.Done():
-			j.err = p.ctx.Err()
+		case <-ctx.Done():
+			j.err = ctx.Err()
 			return
 		}
 		defer func() { <-p.sem }()
-		j.staged, j.err = p.fetch(p.ctx, repo, desc, diffID, chainID)
+		j.staged, j.err = p.fetch(ctx, repo, desc, diffID, chainID)
 	}()
 	return j
 }
@@ -303,7 +306,10 @@ func (p *Puller) putBack(repo name.Repository, desc ocispec.Descriptor, j *job) 
 		p.jobs[key] = j
 		return
 	}
-	go func() { // a newer job exists: drop this one when it ends
+	// A newer job exists: nobody will take this one. Cancel it rather than
+	// let it download and unpack the rest of the layer, then drop it.
+	j.cancel()
+	go func() {
 		<-j.done
 		if j.staged != nil {
 			j.staged.Discard()
@@ -464,6 +470,7 @@ func (p *Puller) fetch(ctx context.Context, repo name.Repository, desc ocispec.D
 		return nil, fmt.Errorf("layer %s: %w", desc.Digest, err)
 	}
 	defer lr.Close()
+	lr.SetMaxUncompressed(maxTarSize(p.opts.Unpack))
 	stats, err := unpack.Extract(ctx, lr, dir, p.opts.Unpack)
 	if err != nil {
 		var entryErr *unpack.EntryError
@@ -553,7 +560,7 @@ func reasonOf(err error) string {
 		return "digest_mismatch"
 	case errors.As(err, &rm):
 		return "manifest_digest_mismatch"
-	case errors.Is(err, unpack.ErrLimitExceeded):
+	case errors.Is(err, unpack.ErrLimitExceeded), errors.Is(err, layer.ErrTooLarge):
 		return "limit_exceeded"
 	case errors.As(err, &ee):
 		return "unsafe_entry"
@@ -567,4 +574,23 @@ func reasonOf(err error) string {
 		return "unsupported"
 	}
 	return "fetch"
+}
+
+// tarOverheadPerEntry is what one tar entry adds to the stream besides its
+// file data: a header block, padding of the data to a block, and room for
+// a PAX or GNU long-name header.
+const tarOverheadPerEntry = 4 << 10
+
+// maxTarSize bounds a layer's decompressed stream by the unpack limits: the
+// file data they allow plus the tar overhead of the entries they allow, and
+// 1 MiB for the end-of-archive blocks and record padding.
+func maxTarSize(o unpack.Options) int64 {
+	total, entries := o.MaxTotalSize, int64(o.MaxEntries)
+	if total <= 0 {
+		total = unpack.DefaultMaxTotalSize
+	}
+	if entries <= 0 {
+		entries = unpack.DefaultMaxEntries
+	}
+	return total + entries*tarOverheadPerEntry + 1<<20
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,7 +18,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/cocoon-cc/cocoon/image/layer"
 	"github.com/cocoon-cc/cocoon/image/registry"
+	"github.com/cocoon-cc/cocoon/image/unpack"
 	"github.com/cocoon-cc/cocoon/internal/regtest"
 )
 
@@ -323,4 +326,126 @@ func TestConcurrentRequestsForOneLayer(t *testing.T) {
 		}
 		r.st.Discard()
 	}
+}
+
+// A registry that follows a layer blob with endless gzip members is cut at
+// the descriptor size: the layer fails with a size error, nothing is left
+// in staging, and the same layer pulls once the registry behaves.
+func TestEndlessBlobIsCut(t *testing.T) {
+	reg := regtest.Start(t)
+	p, staging := newPuller(t, reg)
+	ref, img := reg.Push(t, "a/endless", compression.GZip, true, layers(t, 1)...)
+	req := requests(t, ref, img)[0]
+	m, _ := img.Manifest()
+	size := m.Layers[0].Size
+	reg.Endless.Store(req.LayerDigest.Encoded())
+	_, err := p.Layer(context.Background(), req)
+	var se *registry.BlobSizeError
+	if !errors.As(err, &se) {
+		t.Fatalf("error = %v, want a blob size error", err)
+	}
+	t.Logf("descriptor size %d bytes; the hostile registry wrote %d bytes before the cut", size, reg.Sent.Load())
+	if e := entries(t, staging); len(e) != 0 {
+		t.Errorf("staging after the cut = %v", e)
+	}
+	reg.Endless.Store("")
+	st, err := p.Layer(context.Background(), req)
+	if err != nil {
+		t.Fatalf("pull after the registry behaves: %v", err)
+	}
+	st.Discard()
+}
+
+// A layer whose decompressed stream goes on after the tar (a gzip bomb in
+// the blob, digests intact) fails at the unpack limits instead of being
+// drained.
+func TestDecompressedStreamBoundedByUnpackLimits(t *testing.T) {
+	reg := regtest.Start(t)
+	opts := unpack.Options{MaxTotalSize: 1 << 20, MaxEntries: 4}
+	p, err := New(Options{
+		Registry:   registry.New(registry.Options{Insecure: []string{reg.Host}, Retries: 1, RetryBackoff: time.Millisecond}),
+		StagingDir: filepath.Join(t.TempDir(), "staging"),
+		Unpack:     opts,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	tarball := regtest.Tar(t, regtest.Entry{Name: "f", Body: "small"})
+	bomb := append(tarball, make([]byte, 64<<20)...)
+	ref, img := reg.Push(t, "a/bomb", compression.GZip, true, bomb)
+	_, err = p.Layer(context.Background(), requests(t, ref, img)[0])
+	if !errors.Is(err, layer.ErrTooLarge) {
+		t.Fatalf("error = %v, want layer.ErrTooLarge", err)
+	}
+	if max := maxTarSize(opts); max >= int64(len(bomb)) {
+		t.Fatalf("test layer (%d bytes) is within the bound %d", len(bomb), max)
+	}
+}
+
+// A fetch nobody waits for any more (its requester gave up and a newer job
+// for the same layer exists) is cancelled: its registry request ends
+// without the layer being sent.
+func TestAbandonedDuplicateJobIsCancelled(t *testing.T) {
+	reg := regtest.Start(t)
+	p, _ := newPuller(t, reg)
+	ref, img := reg.Push(t, "a/abandon", compression.GZip, true, layers(t, 1)...)
+	req := requests(t, ref, img)[0]
+
+	// Every GET of the layer blocks until its client goes away or the test
+	// releases it; each reports its outcome.
+	release := make(chan struct{})
+	arrived := make(chan struct{}, 8)
+	gone := make(chan struct{}, 8)
+	hook := func(w http.ResponseWriter, r *http.Request) bool {
+		if !strings.HasSuffix(r.URL.Path, req.LayerDigest.String()) {
+			return false
+		}
+		arrived <- struct{}{}
+		select {
+		case <-r.Context().Done():
+			gone <- struct{}{}
+			return true
+		case <-release:
+			return false
+		}
+	}
+	reg.Hook.Store(&hook)
+
+	// A and B want the layer at the same time: A takes the fetched job, B
+	// starts its own. A gives up (its job is kept for later), then B gives
+	// up too: B's job is a duplicate nobody can take.
+	ctxA, cancelA := context.WithCancel(context.Background())
+	ctxB, cancelB := context.WithCancel(context.Background())
+	errA := make(chan error, 1)
+	go func() { _, err := p.Layer(ctxA, req); errA <- err }()
+	<-arrived
+	errB := make(chan error, 1)
+	go func() { _, err := p.Layer(ctxB, req); errB <- err }()
+	<-arrived
+	cancelA()
+	if err := <-errA; !errors.Is(err, context.Canceled) {
+		t.Fatalf("A: %v", err)
+	}
+	cancelB()
+	if err := <-errB; !errors.Is(err, context.Canceled) {
+		t.Fatalf("B: %v", err)
+	}
+	// B's fetch is cancelled: its blob request ends with the layer unsent.
+	// (Before the fix it stayed open until the registry answered, and the
+	// layer was downloaded and unpacked for nobody.)
+	safety := time.NewTimer(60 * time.Second)
+	defer safety.Stop()
+	select {
+	case <-gone:
+	case <-safety.C:
+		t.Fatal("the abandoned fetch was not cancelled")
+	}
+	// A's job stays for a later request.
+	close(release)
+	st, err := p.Layer(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Discard()
 }

@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -45,8 +46,11 @@ type Options struct {
 	Insecure []string
 	// Keychain resolves credentials; nil means anonymous.
 	Keychain authn.Keychain
-	// Transport is the base HTTP transport; nil means a clone of
-	// http.DefaultTransport.
+	// Network is the proxy and extra root certificates for every request to
+	// a registry: layer and manifest fetches, and the signature verifier's
+	// (image/signature reads them from the Client).
+	Network TransportOptions
+	// Transport replaces the transport built from Network (tests).
 	Transport http.RoundTripper
 	// Retries is how many times a failed request or a cut stream is retried
 	// (default 5). Backoff doubles from RetryBackoff (default 200ms) up to 5s.
@@ -66,6 +70,8 @@ type Client struct {
 	opts     Options
 	insecure map[string]bool
 	base     http.RoundTripper
+	proxy    func(*http.Request) (*url.URL, error)
+	netErr   error // a bad Options.Network, reported by every request
 
 	mu         sync.Mutex
 	transports map[string]http.RoundTripper // per repository, with auth
@@ -88,14 +94,22 @@ func New(opts Options) *Client {
 	if opts.Keychain == nil {
 		opts.Keychain = anonymous{}
 	}
-	base := opts.Transport
-	if base == nil {
-		base = http.DefaultTransport.(*http.Transport).Clone()
-	}
 	c := &Client{
 		opts:       opts,
 		insecure:   map[string]bool{},
 		transports: map[string]http.RoundTripper{},
+	}
+	base := opts.Transport
+	if base == nil {
+		t, err := NewTransport(opts.Network)
+		if err != nil {
+			c.netErr = fmt.Errorf("registry transport: %w", err)
+			t = http.DefaultTransport.(*http.Transport).Clone()
+		}
+		base = t
+	}
+	if t, ok := base.(*http.Transport); ok {
+		c.proxy = t.Proxy
 	}
 	for _, h := range opts.Insecure {
 		c.insecure[h] = true
@@ -118,6 +132,28 @@ func New(opts Options) *Client {
 	c.base = &schemeGuard{next: base, insecure: c.insecure}
 	return c
 }
+
+// Network returns the proxy and trust settings requests are made with.
+func (c *Client) Network() TransportOptions { return c.opts.Network }
+
+// Proxy returns the proxy for a request to u (nil: direct), as the client's
+// own transport chooses it.
+func (c *Client) Proxy(u *url.URL) (*url.URL, error) {
+	if c.proxy == nil {
+		return nil, nil
+	}
+	return c.proxy(&http.Request{URL: u, Header: http.Header{}})
+}
+
+// Insecure reports whether host (host[:port]) is reached over plain HTTP.
+func (c *Client) Insecure(host string) bool { return c.insecure[host] }
+
+// Keychain returns the credentials source.
+func (c *Client) Keychain() authn.Keychain { return c.opts.Keychain }
+
+// BaseTransport returns the transport every request goes through (proxy,
+// trust roots, the plain-HTTP guard), without authentication.
+func (c *Client) BaseTransport() (http.RoundTripper, error) { return c.base, c.netErr }
 
 type anonymous struct{}
 
@@ -221,6 +257,9 @@ func (c *Client) scheme(repo name.Repository) string {
 }
 
 func (c *Client) transport(ctx context.Context, repo name.Repository) (http.RoundTripper, error) {
+	if c.netErr != nil {
+		return nil, c.netErr
+	}
 	key := repo.String()
 	c.mu.Lock()
 	rt, ok := c.transports[key]
@@ -503,6 +542,9 @@ func (c *Client) OpenBlob(ctx context.Context, repo name.Repository, desc ocispe
 	if err := desc.Digest.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid blob digest %q: %w: %w", desc.Digest, err, errdefs.ErrInvalidArgument)
 	}
+	if desc.Size < 0 {
+		return nil, fmt.Errorf("blob %s: negative size %d: %w", desc.Digest, desc.Size, errdefs.ErrInvalidArgument)
+	}
 	b := &blobReader{ctx: ctx, c: c, repo: repo, desc: desc}
 	if err := b.open(); err != nil {
 		return nil, err
@@ -547,9 +589,21 @@ func (b *blobReader) Read(p []byte) (int, error) {
 	if b.closed {
 		return 0, errors.New("read from closed blob stream")
 	}
+	if b.off > b.desc.Size {
+		return 0, &BlobSizeError{Digest: b.desc.Digest, Size: b.desc.Size}
+	}
+	// Never ask for more than one byte past the descriptor's size: a
+	// registry that sends more is cut there, and nothing it sends beyond
+	// is read (an endless stream costs size+1 bytes).
+	if rest := b.desc.Size - b.off + 1; int64(len(p)) > rest {
+		p = p[:rest]
+	}
 	for {
 		n, err := b.body.Read(p)
 		b.off += int64(n)
+		if b.off > b.desc.Size {
+			return n - 1, &BlobSizeError{Digest: b.desc.Digest, Size: b.desc.Size}
+		}
 		if err == nil || n > 0 {
 			if err == io.EOF && b.desc.Size > 0 && b.off < b.desc.Size {
 				err = nil // early EOF: resume on the next call
@@ -573,6 +627,19 @@ func (b *blobReader) Read(p []byte) (int, error) {
 		}
 	}
 }
+
+// BlobSizeError reports a registry that sent more bytes for a blob than its
+// descriptor's size.
+type BlobSizeError struct {
+	Digest digest.Digest
+	Size   int64
+}
+
+func (e *BlobSizeError) Error() string {
+	return fmt.Sprintf("blob %s: registry sent more than the descriptor's size of %d bytes", e.Digest, e.Size)
+}
+
+func (e *BlobSizeError) Unwrap() error { return errdefs.ErrFailedPrecondition }
 
 func (b *blobReader) resume(cause error) error {
 	if b.ctx.Err() != nil {

@@ -2,6 +2,7 @@ package registry
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
 	"crypto/rand"
 	"encoding/json"
@@ -36,6 +37,7 @@ type fakeRegistry struct {
 	noRange   bool
 	host      string
 	forbidden bool
+	endless   bool // after a blob, send gzip members until the client goes away
 }
 
 func (f *fakeRegistry) add(mt string, b []byte) digest.Digest {
@@ -79,7 +81,26 @@ func (f *fakeRegistry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// Abort the connection mid-body: the client sees an unexpected EOF.
 		panic(http.ErrAbortHandler)
 	}
+	if f.endless && strings.Contains(r.URL.Path, "/blobs/") {
+		w.Header().Del("Content-Length")
+		w.Write(body)
+		member := gzipMember(1 << 16)
+		for {
+			if _, err := w.Write(member); err != nil {
+				return
+			}
+		}
+	}
 	w.Write(body)
+}
+
+// gzipMember is one gzip member of n zero bytes.
+func gzipMember(n int) []byte {
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	zw.Write(make([]byte, n))
+	zw.Close()
+	return buf.Bytes()
 }
 
 func startFake(t *testing.T, f *fakeRegistry) *Client {
@@ -252,5 +273,80 @@ func TestPlainHTTPOnlyForInsecureRegistries(t *testing.T) {
 	_, err = c.Image(context.Background(), repo, md)
 	if err == nil || !strings.Contains(err.Error(), "not configured as insecure") {
 		t.Fatalf("error = %v, want a refusal of plain HTTP", err)
+	}
+}
+
+// countingConn counts the bytes read from a connection.
+type countingConn struct {
+	net.Conn
+	n *atomic.Int64
+}
+
+func (c countingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+// A registry that sends more than a blob's descriptor size (here: endless
+// gzip members after the real blob) is cut at the size: the read fails with
+// a size error and what was read from the socket stays within the size plus
+// one HTTP response's headers and buffer.
+func TestBlobCutAtDescriptorSize(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		endless bool
+		size    func(n int) int64
+	}{
+		{"endless gzip members after the blob", true, func(n int) int64 { return int64(n) }},
+		{"descriptor smaller than the blob", false, func(n int) int64 { return int64(n) / 2 }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFake()
+			f.endless = tc.endless
+			startFake(t, f)
+			var buf bytes.Buffer
+			zw := gzip.NewWriter(&buf)
+			zw.Write(randomBytes(t, 1<<20))
+			zw.Close()
+			layer := buf.Bytes()
+			ld := f.add(ocispec.MediaTypeImageLayerGzip, layer)
+			var read atomic.Int64
+			tr := http.DefaultTransport.(*http.Transport).Clone()
+			tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+				c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+				if err != nil {
+					return nil, err
+				}
+				return countingConn{Conn: c, n: &read}, nil
+			}
+			c := New(Options{Insecure: []string{f.host}, Transport: tr, Retries: 1, RetryBackoff: time.Millisecond})
+			repo, err := c.ParseRepository(f.host + "/coco/img")
+			if err != nil {
+				t.Fatal(err)
+			}
+			size := tc.size(len(layer))
+			const slack = 16 << 10 // response headers and the transport's read buffer
+			rc, err := c.OpenBlob(context.Background(), repo, ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayerGzip, Digest: ld, Size: size})
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Read no more than the size plus the slack: on a client without
+			// the cut, the endless case ends here with no error.
+			got, err := io.Copy(io.Discard, io.LimitReader(rc, size+slack))
+			rc.Close()
+			var se *BlobSizeError
+			if !errors.As(err, &se) || !errors.Is(err, errdefs.ErrFailedPrecondition) {
+				t.Fatalf("read = %d bytes, %v; want a BlobSizeError", got, err)
+			}
+			if got != size {
+				t.Errorf("returned %d bytes, want the descriptor's %d", got, size)
+			}
+
+			t.Logf("descriptor size %d, bytes read from the registry %d", size, read.Load())
+			if n := read.Load(); n > size+slack {
+				t.Fatalf("read %d bytes from the registry for a %d-byte blob", n, size)
+			}
+		})
 	}
 }

@@ -9,7 +9,6 @@ import (
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/sha512"
-	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
@@ -22,15 +21,11 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/opencontainers/go-digest"
-	"go.podman.io/image/v5/docker/reference"
-	"go.podman.io/image/v5/pkg/docker/config"
-	"go.podman.io/image/v5/types"
 )
 
 // Cosign v3 wire constants (see vectors/captured/cosign-v3-*.json).
@@ -199,31 +194,46 @@ func verifySignature(key crypto.PublicKey, msg, sig []byte) error {
 	}
 }
 
-// bundleFetcher finds cosign v3 bundles for an image in its registry.
-type bundleFetcher struct {
-	extraRoots []byte
-}
-
-// verify looks for a cosign v3 bundle of manifestDigest (referrers API, then
-// the `sha256-<hex>` tag fallback) that verifies with one of keys. It returns
-// "" when one does, otherwise the refusal reason. Registry errors other than
-// "not found" are returned as errors.
-func (f bundleFetcher) verify(ctx context.Context, sys *types.SystemContext, insecure bool, named reference.Named, manifestDigest digest.Digest, keys []crypto.PublicKey) (string, error) {
+// verifyBundles looks for a cosign v3 bundle of manifestDigest (referrers
+// API, then the `sha256-<hex>` tag fallback) that verifies with one of keys,
+// at each location the registry client pulls the image from (mirrors first).
+// It returns "" when one does, otherwise the refusal reason. When no
+// location could be asked (errors other than "not found"), the error is
+// returned.
+func (v *Verifier) verifyBundles(ctx context.Context, repos []name.Repository, manifestDigest digest.Digest, keys []crypto.PublicKey) (string, error) {
 	if len(keys) == 0 {
 		return "no key", nil
 	}
-	opts, err := f.remoteOptions(ctx, sys, insecure, named)
+	base, err := v.reg.BaseTransport()
 	if err != nil {
-		return "", err
+		return "", fmt.Errorf("image signature: %w", err)
 	}
-	var nameOpts []name.Option
-	if insecure {
-		nameOpts = append(nameOpts, name.Insecure)
+	opts := []remote.Option{
+		remote.WithContext(ctx),
+		remote.WithAuthFromKeychain(v.reg.Keychain()),
+		remote.WithTransport(base),
+		remote.WithUserAgent("cocoon"),
 	}
-	repo, err := name.NewRepository(named.Name(), nameOpts...)
-	if err != nil {
-		return "", fmt.Errorf("image signature: repository %s: %w", named.Name(), err)
+	var reasons []string
+	var errs []error
+	for _, repo := range repos {
+		reason, err := verifyBundlesAt(repo, manifestDigest, keys, opts)
+		switch {
+		case err != nil:
+			errs = append(errs, err)
+		case reason == "":
+			return "", nil
+		default:
+			reasons = append(reasons, reason)
+		}
 	}
+	if len(reasons) == 0 {
+		return "", errors.Join(errs...)
+	}
+	return strings.Join(reasons, "; "), nil
+}
+
+func verifyBundlesAt(repo name.Repository, manifestDigest digest.Digest, keys []crypto.PublicKey, opts []remote.Option) (string, error) {
 	var reasons []string
 	seen := map[v1.Hash]bool{}
 	try := func(idx v1.ImageIndex) (bool, error) {
@@ -277,7 +287,7 @@ func (f bundleFetcher) verify(ctx context.Context, sys *types.SystemContext, ins
 		return "", fmt.Errorf("image signature: read %s: %w", tag, err)
 	}
 	if len(reasons) == 0 {
-		return "no cosign v3 bundle found", nil
+		return "no cosign v3 bundle found in " + repo.String(), nil
 	}
 	return strings.Join(reasons, "; "), nil
 }
@@ -317,32 +327,6 @@ func fetchBundle(ref name.Digest, opts []remote.Option) ([]byte, error) {
 		return data, nil
 	}
 	return nil, fmt.Errorf("manifest %s has no sigstore bundle layer", ref)
-}
-
-func (f bundleFetcher) remoteOptions(ctx context.Context, sys *types.SystemContext, insecure bool, named reference.Named) ([]remote.Option, error) {
-	auth := authn.Anonymous
-	creds, err := config.GetCredentialsForRef(sys, named)
-	if err != nil {
-		return nil, fmt.Errorf("image signature: registry credentials for %s: %w", reference.Domain(named), err)
-	}
-	if creds.Username != "" || creds.IdentityToken != "" {
-		auth = authn.FromConfig(authn.AuthConfig{Username: creds.Username, Password: creds.Password, IdentityToken: creds.IdentityToken})
-	}
-	pool, err := x509.SystemCertPool()
-	if err != nil || pool == nil {
-		pool = x509.NewCertPool()
-	}
-	if len(f.extraRoots) > 0 && !pool.AppendCertsFromPEM(f.extraRoots) {
-		return nil, errors.New("image signature: extra root certificates: no PEM certificate")
-	}
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12, InsecureSkipVerify: insecure} //nolint:gosec // only for registries configured insecure
-	return []remote.Option{
-		remote.WithContext(ctx),
-		remote.WithAuth(auth),
-		remote.WithTransport(tr),
-		remote.WithUserAgent("cocoon"),
-	}, nil
 }
 
 func isNotFound(err error) bool {

@@ -15,6 +15,8 @@ import (
 	"sync"
 
 	"github.com/containerd/log"
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/opencontainers/go-digest"
 	"go.podman.io/image/v5/docker"
 	"go.podman.io/image/v5/docker/reference"
@@ -22,6 +24,8 @@ import (
 	podsig "go.podman.io/image/v5/signature"
 	"go.podman.io/image/v5/types"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/cocoon-cc/cocoon/image/registry"
 )
 
 // ResourceGetter fetches a confidential resource, e.g. through the KBS. It
@@ -41,12 +45,11 @@ type Options struct {
 	// SigstoreConfig is registries.d YAML (lookaside stores,
 	// use-sigstore-attachments). May be nil.
 	SigstoreConfig []byte
-	// Insecure lists plain-HTTP registries as host:port.
-	Insecure []string
-	// AuthFile is containers-auth.json / docker config.json. May be nil.
-	AuthFile []byte
-	// ExtraRootCAs is PEM, trusted for registry TLS besides the system roots.
-	ExtraRootCAs []byte
+	// Registry is the registry client layer pulls use. Signature, bundle
+	// and lookaside fetches go through its configuration: proxy, extra
+	// root certificates, mirrors and remapping, plain-HTTP registries and
+	// credentials. nil means an anonymous client with no configuration.
+	Registry *registry.Client
 	// WorkDir is a private directory for materialised public keys, the
 	// registries.d directory and the auth file. Required with a policy.
 	WorkDir string
@@ -58,9 +61,9 @@ type Verifier struct {
 	docker   map[string][]*requirement
 	warnings []string
 
-	sys      types.SystemContext // template; Check copies it
-	insecure map[string]bool
-	bundles  bundleFetcher
+	sys     types.SystemContext // template; Check copies it
+	reg     *registry.Client
+	workDir string
 
 	mu       sync.Mutex
 	verdicts map[string]*verdict
@@ -88,7 +91,10 @@ type requirement struct {
 // kbs:/// ones) and prepares the registry configuration. Warnings about the
 // policy are logged and available from Warnings.
 func New(ctx context.Context, o Options) (*Verifier, error) {
-	v := &Verifier{verdicts: map[string]*verdict{}, insecure: map[string]bool{}}
+	v := &Verifier{verdicts: map[string]*verdict{}, reg: o.Registry}
+	if v.reg == nil {
+		v.reg = registry.New(registry.Options{})
+	}
 	if len(strings.TrimSpace(string(o.Policy))) == 0 {
 		return v, nil
 	}
@@ -220,7 +226,17 @@ func (v *Verifier) evaluate(ctx context.Context, imageRef string, dgst digest.Di
 		return nil
 	}
 
-	sys := v.systemContext(reference.Domain(named))
+	// The locations layers are pulled from (mirrors, then the possibly
+	// remapped original) are where signatures are looked up too.
+	repos, err := v.reg.Repositories(named.String())
+	if err != nil {
+		return fmt.Errorf("image signature: %w", err)
+	}
+	sys, cleanup, err := v.systemContext(ctx, named, repos)
+	if err != nil {
+		return err
+	}
+	defer cleanup()
 	src, err := ref.NewImageSource(ctx, sys)
 	if err != nil {
 		return fmt.Errorf("image signature: open %s: %w", named, err)
@@ -237,7 +253,7 @@ func (v *Verifier) evaluate(ctx context.Context, imageRef string, dgst digest.Di
 			continue
 		}
 		if r.typ == typeSigstore {
-			v3reason, err := v.bundles.verify(ctx, sys, v.insecure[reference.Domain(named)], named, dgst, r.keys)
+			v3reason, err := v.verifyBundles(ctx, repos, dgst, r.keys)
 			if err != nil {
 				return err
 			}
@@ -485,45 +501,102 @@ func (v *Verifier) prepareSystemContext(o Options) error {
 	}
 	files := map[string][]byte{
 		filepath.Join(dir, "registries.d", "cocoon.yaml"): rd,
-		// go.podman.io/image/v5 needs an existing file; it must not read
-		// the host's /etc/containers/registries.conf.
-		filepath.Join(dir, "registries.conf"): {},
-		filepath.Join(dir, "auth.json"):       []byte(`{"auths":{}}`),
 	}
-	if len(o.AuthFile) > 0 {
-		files[filepath.Join(dir, "auth.json")] = o.AuthFile
-	}
-	if len(o.ExtraRootCAs) > 0 {
-		files[filepath.Join(dir, "certs", "extra-roots.crt")] = o.ExtraRootCAs
+	if pem := strings.Join(v.reg.Network().ExtraRootCAs, "\n"); pem != "" {
+		files[filepath.Join(dir, "certs", "extra-roots.crt")] = []byte(pem)
 	}
 	for p, b := range files {
 		if err := os.WriteFile(p, b, 0o600); err != nil {
 			return fmt.Errorf("image signature: write %s: %w", filepath.Base(p), err)
 		}
 	}
-	if err := os.MkdirAll(filepath.Join(dir, "registries.conf.d"), 0o700); err != nil {
-		return fmt.Errorf("image signature: create registries.conf.d: %w", err)
-	}
+	v.workDir = dir
 	v.sys = types.SystemContext{
-		RegistriesDirPath:           filepath.Join(dir, "registries.d"),
-		SystemRegistriesConfPath:    filepath.Join(dir, "registries.conf"),
-		SystemRegistriesConfDirPath: filepath.Join(dir, "registries.conf.d"),
-		AuthFilePath:                filepath.Join(dir, "auth.json"),
-		DockerCertPath:              filepath.Join(dir, "certs"),
-		DockerRegistryUserAgent:     "cocoon",
+		RegistriesDirPath:       filepath.Join(dir, "registries.d"),
+		DockerCertPath:          filepath.Join(dir, "certs"),
+		DockerRegistryUserAgent: "cocoon",
+		// The registry client's proxy, never the environment's.
+		DockerProxy: v.reg.Proxy,
 	}
-	for _, h := range o.Insecure {
-		v.insecure[h] = true
-	}
-	v.bundles = bundleFetcher{extraRoots: o.ExtraRootCAs}
 	return nil
 }
 
-// systemContext returns the SystemContext for a registry host.
-func (v *Verifier) systemContext(host string) *types.SystemContext {
-	sys := v.sys
-	if v.insecure[host] {
-		sys.DockerInsecureSkipTLSVerify = types.OptionalBoolTrue
+// systemContext returns the go.podman.io/image/v5 settings for one
+// evaluation of named: a registries.conf that sends named to exactly the
+// locations the registry client uses for it, and an auth file with the
+// client's credentials for each of them. cleanup removes both files.
+func (v *Verifier) systemContext(ctx context.Context, named reference.Named, repos []name.Repository) (*types.SystemContext, func(), error) {
+	dir, err := os.MkdirTemp(v.workDir, "eval-")
+	if err != nil {
+		return nil, nil, fmt.Errorf("image signature: %w", err)
 	}
-	return &sys
+	cleanup := func() { _ = os.RemoveAll(dir) }
+	conf, auth, err := v.registrySettings(ctx, named, repos)
+	if err == nil {
+		err = os.WriteFile(filepath.Join(dir, "registries.conf"), conf, 0o600)
+	}
+	if err == nil {
+		err = os.WriteFile(filepath.Join(dir, "auth.json"), auth, 0o600)
+	}
+	if err == nil {
+		err = os.Mkdir(filepath.Join(dir, "registries.conf.d"), 0o700)
+	}
+	if err != nil {
+		cleanup()
+		return nil, nil, fmt.Errorf("image signature: registry settings for %s: %w", named.Name(), err)
+	}
+	sys := v.sys
+	sys.SystemRegistriesConfPath = filepath.Join(dir, "registries.conf")
+	sys.SystemRegistriesConfDirPath = filepath.Join(dir, "registries.conf.d")
+	sys.AuthFilePath = filepath.Join(dir, "auth.json")
+	return &sys, cleanup, nil
+}
+
+// registrySettings renders the registry client's view of named as
+// registries.conf (one rule: mirrors, then the original location) and
+// containers-auth.json (credentials per location).
+func (v *Verifier) registrySettings(ctx context.Context, named reference.Named, repos []name.Repository) (conf, auth []byte, err error) {
+	type entry struct {
+		Auth          string `json:"auth,omitempty"`
+		IdentityToken string `json:"identitytoken,omitempty"`
+	}
+	auths := map[string]entry{}
+	var b strings.Builder
+	loc := func(r name.Repository) string {
+		host := r.RegistryStr()
+		if host == name.DefaultRegistry {
+			host = "docker.io"
+		}
+		return host + "/" + r.RepositoryStr()
+	}
+	for _, r := range repos {
+		a, err := authn.Resolve(ctx, v.reg.Keychain(), r)
+		if err != nil {
+			return nil, nil, fmt.Errorf("credentials for %s: %w", r, err)
+		}
+		cfg, err := authn.Authorization(ctx, a)
+		if err != nil {
+			return nil, nil, fmt.Errorf("credentials for %s: %w", r, err)
+		}
+		e := entry{IdentityToken: cfg.IdentityToken}
+		switch {
+		case cfg.Username != "" || cfg.Password != "":
+			e.Auth = base64.StdEncoding.EncodeToString([]byte(cfg.Username + ":" + cfg.Password))
+		case cfg.Auth != "":
+			e.Auth = cfg.Auth
+		}
+		if e != (entry{}) {
+			auths[loc(r)] = e
+		}
+	}
+	last := repos[len(repos)-1]
+	fmt.Fprintf(&b, "[[registry]]\nprefix = %q\nlocation = %q\ninsecure = %t\n", named.Name(), loc(last), v.reg.Insecure(last.RegistryStr()))
+	for _, m := range repos[:len(repos)-1] {
+		fmt.Fprintf(&b, "[[registry.mirror]]\nlocation = %q\ninsecure = %t\n", loc(m), v.reg.Insecure(m.RegistryStr()))
+	}
+	auth, err = json.Marshal(map[string]any{"auths": auths})
+	if err != nil {
+		return nil, nil, err
+	}
+	return []byte(b.String()), auth, nil
 }

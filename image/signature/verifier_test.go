@@ -27,6 +27,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
+
+	imgregistry "github.com/cocoon-cc/cocoon/image/registry"
 )
 
 type fakeResources map[string][]byte
@@ -160,6 +162,7 @@ type testRegistry struct {
 	host   string
 	repo   name.Repository
 	digest digest.Digest
+	opts   []remote.Option // to push to it (auth, TLS)
 }
 
 func startRegistry(t *testing.T, referrers bool) testRegistry {
@@ -210,7 +213,7 @@ func (r testRegistry) signV2(t *testing.T, k *ecdsa.PrivateKey, claimed digest.D
 		t.Fatal(err)
 	}
 	tag := r.repo.Tag(strings.Replace(r.digest.String(), ":", "-", 1) + ".sig")
-	if err := remote.Write(tag, img); err != nil {
+	if err := remote.Write(tag, img, r.opts...); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -225,7 +228,7 @@ func (r testRegistry) signV3(t *testing.T, k *ecdsa.PrivateKey, claimed digest.D
 	if err != nil {
 		t.Fatal(err)
 	}
-	subject, err := remote.Head(r.repo.Digest(r.digest.String()))
+	subject, err := remote.Head(r.repo.Digest(r.digest.String()), r.opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -234,7 +237,7 @@ func (r testRegistry) signV3(t *testing.T, k *ecdsa.PrivateKey, claimed digest.D
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := remote.Write(r.repo.Digest(d.String()), withSubject); err != nil {
+	if err := remote.Write(r.repo.Digest(d.String()), withSubject, r.opts...); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -270,7 +273,7 @@ func TestCheckAgainstRegistry(t *testing.T) {
 			v, err := New(context.Background(), Options{
 				Policy:    []byte(policy),
 				Resources: fakeResources{keyURI: goodPEM},
-				Insecure:  []string{r.host},
+				Registry:  imgregistry.New(imgregistry.Options{Insecure: []string{r.host}}),
 				WorkDir:   work,
 			})
 			if err != nil {
@@ -300,7 +303,7 @@ func TestVerdictCached(t *testing.T) {
 	r := startRegistry(t, false)
 	r.signV2(t, k, r.digest, r.host+"/coco/img")
 	srvPolicy := fmt.Sprintf(`{"default":[{"type":"sigstoreSigned","keyData":%q}],"transports":{}}`, pemKey)
-	v, err := New(context.Background(), Options{Policy: []byte(srvPolicy), Insecure: []string{r.host}, WorkDir: t.TempDir()})
+	v, err := New(context.Background(), Options{Policy: []byte(srvPolicy), Registry: imgregistry.New(imgregistry.Options{Insecure: []string{r.host}}), WorkDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,7 @@ package regtest
 import (
 	"archive/tar"
 	"bytes"
+	"compress/gzip"
 	"fmt"
 	"io"
 	"log"
@@ -69,9 +70,17 @@ func Tar(t testing.TB, entries ...Entry) []byte {
 // Registry is go-containerregistry's registry served on loopback, with a
 // hook to tamper with blob responses.
 type Registry struct {
-	Host    string
-	Tamper  atomic.Value // hex digest string: corrupt that blob's bytes
-	Gets    atomic.Int64 // blob GETs served
+	Host   string
+	Tamper atomic.Value // hex digest string: corrupt that blob's bytes
+	Gets   atomic.Int64 // blob GETs served
+	// Endless is a hex digest string: that blob is followed by gzip
+	// members until the client goes away. Sent counts the bytes of such
+	// responses the server managed to write.
+	Endless atomic.Value
+	Sent    atomic.Int64
+	// Hook, when set, sees blob GETs first; it returns true when it
+	// answered the request itself.
+	Hook    atomic.Pointer[func(http.ResponseWriter, *http.Request) bool]
 	handler http.Handler
 }
 
@@ -80,9 +89,17 @@ func Start(t testing.TB) *Registry {
 	t.Helper()
 	r := &Registry{handler: ggcrregistry.New(ggcrregistry.Logger(discardLogger()))}
 	r.Tamper.Store("")
+	r.Endless.Store("")
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		if strings.Contains(req.URL.Path, "/blobs/sha256:") && req.Method == http.MethodGet {
 			r.Gets.Add(1)
+			if h := r.Hook.Load(); h != nil && (*h)(w, req) {
+				return
+			}
+			if d := r.Endless.Load().(string); d != "" && strings.HasSuffix(req.URL.Path, d) {
+				r.serveEndless(w, req)
+				return
+			}
 			if d := r.Tamper.Load().(string); d != "" && strings.HasSuffix(req.URL.Path, d) {
 				rec := httptest.NewRecorder()
 				r.handler.ServeHTTP(rec, req)
@@ -109,6 +126,28 @@ func Start(t testing.TB) *Registry {
 	t.Cleanup(srv.Close)
 	r.Host = l.Addr().String()
 	return r
+}
+
+func (r *Registry) serveEndless(w http.ResponseWriter, req *http.Request) {
+	rec := httptest.NewRecorder()
+	r.handler.ServeHTTP(rec, req)
+	for k, v := range rec.Header() {
+		w.Header()[k] = v
+	}
+	w.Header().Del("Content-Length")
+	w.WriteHeader(rec.Code)
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	zw.Write(make([]byte, 1<<20))
+	zw.Close()
+	member := buf.Bytes()
+	for chunk := rec.Body.Bytes(); ; chunk = member {
+		n, err := w.Write(chunk)
+		r.Sent.Add(int64(n))
+		if err != nil {
+			return
+		}
+	}
 }
 
 // Push builds an image from layer tars and pushes it; it returns the
