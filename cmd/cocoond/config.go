@@ -110,6 +110,12 @@ type UnpackConfig struct {
 // SnapshotterConfig tunes the overlay bookkeeping.
 type SnapshotterConfig struct {
 	MountOptions []string `toml:"mount_options"`
+	// AllowUnlabelledLayers lets containerd fetch and apply an image layer
+	// whose Prepare lacks the CRI labels (ctr image pull --local, a
+	// containerd without enable_remote_snapshot_annotations) even though an
+	// image security policy is configured: such layers are not verified.
+	// Off by default: those Prepares are refused.
+	AllowUnlabelledLayers bool `toml:"allow_unlabelled_layers"`
 }
 
 func defaultConfig() Config {

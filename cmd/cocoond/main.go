@@ -178,6 +178,11 @@ func serve(ctx context.Context, cfg Config, features restapi.Features) error {
 	if err != nil {
 		return err
 	}
+	policy := imagePolicy(ctx, cfg, at, cfg.Attestation.ImageSecurityDir)
+	requireLabels := policy != nil && !cfg.Snapshotter.AllowUnlabelledLayers
+	if policy != nil && cfg.Snapshotter.AllowUnlabelledLayers {
+		log.G(ctx).Warn("snapshotter.allow_unlabelled_layers: image layers pulled without CRI labels are applied by containerd without the image security policy")
+	}
 	puller, err := pull.New(pull.Options{
 		Registry:      client,
 		StagingDir:    filepath.Join(storage, "staging"),
@@ -190,7 +195,7 @@ func serve(ctx context.Context, cfg Config, features restapi.Features) error {
 		},
 		Metrics: pm,
 		Decrypt: dopts,
-		Policy:  imagePolicy(ctx, cfg, at, cfg.Attestation.ImageSecurityDir),
+		Policy:  policy,
 	})
 	if err != nil {
 		return err
@@ -203,9 +208,10 @@ func serve(ctx context.Context, cfg Config, features restapi.Features) error {
 	}
 
 	sn, err := snapshotter.New(ctx, snapshotter.Options{
-		Root:         filepath.Join(storage, "snapshotter"),
-		Layers:       puller,
-		MountOptions: cfg.Snapshotter.MountOptions,
+		Root:          filepath.Join(storage, "snapshotter"),
+		Layers:        puller,
+		MountOptions:  cfg.Snapshotter.MountOptions,
+		RequireLabels: requireLabels,
 	})
 	if err != nil {
 		return err
