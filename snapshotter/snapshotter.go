@@ -27,12 +27,16 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/cocoon-cc/cocoon/image/pull"
+	"github.com/cocoon-cc/cocoon/image/registry"
 	"github.com/cocoon-cc/cocoon/snapshotter/label"
 )
 
 // LayerSource produces verified, unpacked layers (image/pull.Puller).
 type LayerSource interface {
 	Layer(ctx context.Context, req pull.Request) (*pull.Staged, error)
+	// Verify checks an image against the image security policy and returns
+	// its verified manifest and config, fetching no layer.
+	Verify(ctx context.Context, ref string, dgst digest.Digest) (*registry.Image, error)
 }
 
 // Options configure a Snapshotter.
@@ -56,6 +60,7 @@ type Snapshotter struct {
 	snapshots.Snapshotter // overlay bookkeeping
 	layers                LayerSource
 	requireLabels         bool
+	verdicts              *verdictStore
 
 	mu    sync.Mutex
 	locks map[string]*chainLock
@@ -81,7 +86,12 @@ func New(ctx context.Context, opts Options) (*Snapshotter, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open snapshot store under %s: %w", opts.Root, err)
 	}
-	s := &Snapshotter{Snapshotter: o, layers: opts.Layers, requireLabels: opts.RequireLabels, locks: map[string]*chainLock{}}
+	v, err := openVerdicts(opts.Root)
+	if err != nil {
+		o.Close()
+		return nil, err
+	}
+	s := &Snapshotter{Snapshotter: o, layers: opts.Layers, requireLabels: opts.RequireLabels, verdicts: v, locks: map[string]*chainLock{}}
 	if err := s.removeStaleStaging(ctx); err != nil {
 		o.Close()
 		return nil, err
@@ -138,6 +148,7 @@ func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...s
 	}
 	target, isLayer := imageLayerTarget(key, info.Labels)
 	if !isLayer {
+		s.warnForeignVerdicts(ctx, key, parent, info.Labels)
 		return s.Snapshotter.Prepare(ctx, key, parent, opts...)
 	}
 	req, missing := guestPullRequest(info.Labels)
@@ -238,7 +249,13 @@ func (s *Snapshotter) guestPull(ctx context.Context, key, parent, target string,
 	unlock := s.lock(target)
 	defer unlock()
 	if s.exists(ctx, target) {
-		log.G(ctx).Debug("layer already committed")
+		// Committed for another image (or another namespace): this image
+		// must pass the policy itself and, for a decrypted layer, name the
+		// encrypted blob it came from.
+		if err := s.reuse(ctx, target, req); err != nil {
+			return err
+		}
+		log.G(ctx).Debug("layer already committed; image accepted for it")
 		return alreadyExists
 	}
 	if parent != "" && !s.exists(ctx, parent) {
@@ -262,6 +279,9 @@ func (s *Snapshotter) guestPull(ctx context.Context, key, parent, target string,
 		return err
 	}
 	log.G(ctx).WithField("diff_id", staged.DiffID).Info("layer committed")
+	if err := s.recordLayer(ctx, req, target, staged.Layer); err != nil {
+		return err
+	}
 	return alreadyExists
 }
 

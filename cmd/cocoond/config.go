@@ -28,6 +28,7 @@ type Config struct {
 	Secrets     SecretsConfig     `toml:"secrets"`
 	Storage     StorageConfig     `toml:"storage"`
 	Decryption  DecryptionConfig  `toml:"decryption"`
+	NRI         NRIConfig         `toml:"nri"`
 }
 
 // DecryptionConfig holds local keys for encrypted layers. Layers wrapped for
@@ -125,6 +126,7 @@ func defaultConfig() Config {
 		LogLevel:  "info",
 		LogFormat: "text",
 		Registry:  RegistryConfig{MaxConcurrentDownloads: 3, Retries: 5},
+		NRI:       NRIConfig{SocketPath: "/var/run/nri/nri.sock", PluginIndex: "10"},
 		Attestation: AttestationConfig{
 			EventlogDir:      "/run/attestation-agent",
 			ImageSecurityDir: "/run/cocoon/image-security",
@@ -189,6 +191,9 @@ func (c *Config) validate() error {
 		if d, err := time.ParseDuration(c.Secrets.TTL); err != nil || d <= 0 {
 			return fmt.Errorf("secrets.ttl: %q is not a positive duration", c.Secrets.TTL)
 		}
+	}
+	if len(c.NRI.PluginIndex) != 2 || c.NRI.PluginIndex[0] < '0' || c.NRI.PluginIndex[0] > '9' || c.NRI.PluginIndex[1] < '0' || c.NRI.PluginIndex[1] > '9' {
+		return fmt.Errorf("nri.plugin_index: %q is not two digits", c.NRI.PluginIndex)
 	}
 	switch c.LogFormat {
 	case "text", "json":

@@ -217,6 +217,13 @@ func serve(ctx context.Context, cfg Config, features restapi.Features) error {
 		return err
 	}
 	defer sn.Close()
+	if cfg.NRI.Enable {
+		nctx, stopNRI := context.WithCancel(ctx)
+		nriDone := make(chan struct{})
+		go func() { runNRI(nctx, cfg.NRI, sn); close(nriDone) }()
+		defer func() { stopNRI(); <-nriDone }()
+		log.G(ctx).WithField("socket", cfg.NRI.SocketPath).Info("NRI plugin \"cocoon\" admits containers whose image passed the image security policy")
+	}
 
 	if err := os.MkdirAll(filepath.Dir(cfg.Address), 0o711); err != nil {
 		return fmt.Errorf("create socket directory: %w", err)

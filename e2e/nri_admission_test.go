@@ -1,0 +1,141 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cocoon-cc/cocoon/e2e/harness"
+)
+
+// TestNRIRefusesImageSharingAcceptedLayers: the image security policy
+// applies to every image, not to every layer fetched. Through containerd's
+// CRI plugin (crictl), a cosign-signed image is pulled and accepted; an
+// image with the same layers and another entrypoint (crane mutate), under a
+// reference whose policy is sigstoreSigned but which nobody signed, pulls
+// without cocoond seeing a layer Prepare (containerd's metadata store
+// answers them: the chain IDs exist). Creating its container must be
+// refused by cocoond's NRI plugin with the policy's message; the signed
+// image's container is created.
+func TestNRIRefusesImageSharingAcceptedLayers(t *testing.T) {
+	env := newEnv(t)
+	ctx := testContext(t, 10*time.Minute)
+	for _, tool := range []string{"cosign", "crictl"} {
+		if _, err := os.Stat(env.Tool(tool)); err != nil {
+			t.Fatalf("%s missing (run `make e2e-tools`): %v", tool, err)
+		}
+	}
+	reg, err := env.StartRegistry(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &signer{t: t, ctx: ctx, env: env, reg: reg, dir: env.Path("sign")}
+	if err := os.MkdirAll(s.dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	s.cosignKey("good")
+	pub, err := os.ReadFile(filepath.Join(s.dir, "good.pub"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	policy := fmt.Sprintf(`{"default":[{"type":"reject"}],"transports":{"docker":{
+		%q:[{"type":"sigstoreSigned","keyPath":"kbs:///default/cosign-key/1"}],
+		%q:[{"type":"insecureAcceptAnything"}]}}}`, reg.Host+"/coco", reg.Host+"/pause")
+	kbs, err := env.StartKBS(ctx, harness.KBSOptions{
+		Policy:    harness.AllowAllPolicy,
+		Resources: map[string][]byte{"default/cosign-key/1": pub, "default/image-policy/1": []byte(policy)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cdh := s.write("cdh.toml", fmt.Sprintf("[kbc]\nname = \"cc_kbc\"\nurl = %q\n\n[image]\nimage_security_policy_uri = \"kbs:///default/image-policy/1\"\n", kbs.URL))
+
+	// The pause image (accepted by the policy) and the signed image.
+	pause := pushPauseImage(t, ctx, env, reg)
+	signed, _ := pushTwoLayerImage(t, ctx, env, reg, "coco/signed", imageOptions{})
+	s.cosign("cosign", "good", signed)
+	// Same layers, another config, nobody signed it.
+	mutatedRef := reg.Ref("coco/mutated", "v1")
+	if _, err := reg.Crane(ctx, "mutate", "--insecure", signed.Ref, "--entrypoint", "/bin/echo,config-of-an-unsigned-image", "-t", mutatedRef); err != nil {
+		t.Fatal(err)
+	}
+	mutated, err := reg.Image(ctx, "coco/mutated", "v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(mutated.LayerDigests(), ",") != strings.Join(signed.LayerDigests(), ",") {
+		t.Fatalf("mutated image has layers %v, want the signed image's %v", mutated.LayerDigests(), signed.LayerDigests())
+	}
+
+	cd, err := env.StartCocoond(ctx, harness.CocoondOptions{
+		InsecureRegistries: []string{reg.Host},
+		Config:             "[nri]\nenable = true\nsocket_path = " + fmt.Sprintf("%q", filepath.Join(env.Path("containerd"), "nri.sock")) + "\n",
+		ExtraArgs:          []string{"--tee", "sample", "--cdh-config", cdh},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	frag, err := cd.ContainerdConfig(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctrd, err := env.StartContainerd(ctx, harness.ContainerdOptions{
+		Fragments: []string{frag},
+		CRI:       &harness.CRIOptions{SandboxImage: pause.Ref, PlainHTTP: []string{reg.Host}, NRIRequiredPlugins: []string{"cocoon"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ctrd.NRISocket() != filepath.Join(env.Path("containerd"), "nri.sock") {
+		t.Fatalf("NRI socket is %s", ctrd.NRISocket())
+	}
+	if err := cd.Proc.WaitLog(ctx, "NRI plugin registered with the runtime"); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, ref := range []string{signed.Ref, mutated.Ref} {
+		if out, err := ctrd.Crictl(ctx, "pull", ref); err != nil {
+			t.Fatalf("crictl pull %s: %v %s", ref, err, out)
+		}
+	}
+	podID, podConfig, err := ctrd.PodSandbox(ctx, "nri-"+randomToken(t)[:6])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ctrd.CreateContainer(ctx, podID, podConfig, "signed", signed.Ref); err != nil {
+		t.Fatalf("container of the signed image refused: %v", err)
+	}
+	_, err = ctrd.CreateContainer(ctx, podID, podConfig, "mutated", mutated.Ref)
+	if err == nil {
+		t.Fatal("container of an unsigned image sharing the signed image's layers was created: the policy was applied per layer, not per image")
+	}
+	for _, want := range []string{"cocoon: container image " + mutated.Ref + " refused", "Denied by policy"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("create error does not say %q: %v", want, err)
+		}
+	}
+	t.Logf("refused as expected: %v", err)
+}
+
+// pushPauseImage pushes busybox with a sleeping command as pause:v1, the
+// pods' sandbox image.
+func pushPauseImage(t *testing.T, ctx context.Context, env *harness.Env, reg *harness.Registry) *harness.Image {
+	t.Helper()
+	bb, err := harness.BusyboxLayer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := env.Path("pause.tar")
+	if err := bb.WriteFile(p, harness.Uncompressed); err != nil {
+		t.Fatal(err)
+	}
+	im, err := reg.Push(ctx, harness.ImageSpec{Repo: "pause", Tag: "v1", Layers: []string{p}, Cmd: []string{"/bin/sleep", "3600"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return im
+}
