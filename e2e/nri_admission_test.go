@@ -21,7 +21,22 @@ import (
 // answers them: the chain IDs exist). Creating its container must be
 // refused by cocoond's NRI plugin with the policy's message; the signed
 // image's container is created.
+//
+// Both CRI pull paths of containerd 2.x are covered: the transfer service
+// (labels from the proxy plugin's enable_remote_snapshot_annotations, the
+// default) and the local pull that disable_snapshot_annotations = false
+// selects (containerd warns it is incompatible with the transfer service).
 func TestNRIRefusesImageSharingAcceptedLayers(t *testing.T) {
+	for _, localPull := range []bool{false, true} {
+		name := "transfer-service"
+		if localPull {
+			name = "disable_snapshot_annotations=false"
+		}
+		t.Run(name, func(t *testing.T) { testNRIRefusesImageSharingAcceptedLayers(t, localPull) })
+	}
+}
+
+func testNRIRefusesImageSharingAcceptedLayers(t *testing.T, localPull bool) {
 	env := newEnv(t)
 	ctx := testContext(t, 10*time.Minute)
 	for _, tool := range []string{"cosign", "crictl"} {
@@ -82,6 +97,13 @@ func TestNRIRefusesImageSharingAcceptedLayers(t *testing.T) {
 	frag, err := cd.ContainerdConfig(ctx)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if localPull {
+		const images = "[plugins.\"io.containerd.cri.v1.images\"]\n  snapshotter = \"cocoon\"\n"
+		if !strings.Contains(frag, images) {
+			t.Fatalf("cocoonctl fragment lacks %q:\n%s", images, frag)
+		}
+		frag = strings.Replace(frag, images, images+"  disable_snapshot_annotations = false\n", 1)
 	}
 	ctrd, err := env.StartContainerd(ctx, harness.ContainerdOptions{
 		Fragments: []string{frag},

@@ -76,12 +76,9 @@ func writeContainerdConfig(w io.Writer, o containerdConfigOptions) error {
 `, o.Name, o.Address, o.Platform)
 		if o.RuntimeHandler == "" {
 			fmt.Fprintf(&b, `
-# CRI: pull and run every pod's images through cocoon, passing the cri.*
-# labels to the snapshotter (cocoond refuses unlabelled image layers when an
-# image security policy is configured, and its NRI plugin needs them).
+# CRI: pull and run every pod's images through cocoon.
 [plugins."io.containerd.cri.v1.images"]
   snapshotter = %[1]q
-  disable_snapshot_annotations = false
 `, o.Name)
 		} else {
 			fmt.Fprintf(&b, `
@@ -89,8 +86,6 @@ func writeContainerdConfig(w io.Writer, o containerdConfigOptions) error {
 # handler; older 2.x releases need the runtime_platforms entry as well).
 [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.%[2]s]
   snapshotter = %[1]q
-[plugins."io.containerd.cri.v1.images"]
-  disable_snapshot_annotations = false
 [plugins."io.containerd.cri.v1.images".runtime_platforms.%[2]s]
   snapshotter = %[1]q
 `, o.Name, o.RuntimeHandler)
