@@ -32,6 +32,7 @@ func verdictOf(ref string, im *registry.Image) ImageVerdict {
 	iv := ImageVerdict{Ref: ref, Manifest: im.ManifestDigest, Accepted: time.Now().UTC()}
 	for _, l := range im.Manifest.Layers {
 		iv.Layers = append(iv.Layers, l.Digest)
+		iv.Encrypted = append(iv.Encrypted, decrypt.IsEncrypted(l.MediaType))
 	}
 	iv.ChainIDs = identity.ChainIDs(append([]digest.Digest(nil), im.Config.RootFS.DiffIDs...))
 	return iv
@@ -76,10 +77,15 @@ func (s *Snapshotter) checkOrigins(iv ImageVerdict) error {
 		if !ok || !rec.Encrypted {
 			continue
 		}
-		if i >= len(iv.Layers) || iv.Layers[i] != rec.Blob {
-			named := digest.Digest("nothing")
+		// The same blob relabelled as a plain layer does not count: that
+		// image could be made without the key.
+		if i >= len(iv.Layers) || i >= len(iv.Encrypted) || iv.Layers[i] != rec.Blob || !iv.Encrypted[i] {
+			named := "nothing"
 			if i < len(iv.Layers) {
-				named = iv.Layers[i]
+				named = iv.Layers[i].String()
+				if i >= len(iv.Encrypted) || !iv.Encrypted[i] {
+					named += " as a plain layer"
+				}
 			}
 			return &OriginError{Ref: iv.Ref, Manifest: iv.Manifest, Index: i, ChainID: chain, Encrypted: rec.Blob, Named: named}
 		}
@@ -95,12 +101,12 @@ type OriginError struct {
 	Index     int
 	ChainID   digest.Digest
 	Encrypted digest.Digest // the blob the layer was decrypted from
-	Named     digest.Digest // what the image's manifest names there
+	Named     string        // what the image's manifest names there
 }
 
 func (e *OriginError) Error() string {
 	return fmt.Sprintf("image %s@%s: layer %d (chain %s) was decrypted from the encrypted blob %s, but this image names %s there; "+
-		"an image may use a decrypted layer only if it names the same encrypted blob: %v",
+		"an image may use a decrypted layer only if it names the same encrypted blob as an encrypted layer: %v",
 		e.Ref, e.Manifest, e.Index, e.ChainID, e.Encrypted, e.Named, errdefs.ErrPermissionDenied)
 }
 

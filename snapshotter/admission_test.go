@@ -86,7 +86,8 @@ func TestAdmitPerImage(t *testing.T) {
 
 	signed := fakeImage("signed", plainBlobs, ocispec.MediaTypeImageLayerGzip, diffs)
 	encrypted := fakeImage("encrypted", encBlobs, encMediaType, diffs)
-	relabelled := fakeImage("relabelled", plainBlobs, ocispec.MediaTypeImageLayerGzip, diffs)
+	// Made without the key: the encrypted blobs named as plain layers.
+	relabelled := fakeImage("relabelled", encBlobs, ocispec.MediaTypeImageLayerGzip, diffs)
 	src := &fakeSource{images: map[string]*registry.Image{
 		"r/signed:v1@" + signed.ManifestDigest.String():         signed,
 		"r/encrypted:v1@" + encrypted.ManifestDigest.String():   encrypted,
@@ -151,8 +152,13 @@ func TestAdmitPerImage(t *testing.T) {
 	// the key, it must not run on the decrypted rootfs.
 	err := sn2.Admit(ctx, "r/relabelled:v1", relabelled.ManifestDigest)
 	var oe *OriginError
-	if !errors.As(err, &oe) || !errdefs.IsPermissionDenied(err) || oe.Encrypted != encBlobs[0] || oe.Named != plainBlobs[0] {
+	if !errors.As(err, &oe) || !errdefs.IsPermissionDenied(err) || oe.Encrypted != encBlobs[0] || oe.Named != encBlobs[0].String()+" as a plain layer" {
 		t.Fatalf("relabelled image: Admit = %v, want an OriginError for layer 0", err)
+	}
+	// Plain blobs with the same diff IDs (the signed image's) do not
+	// name the encrypted blobs either.
+	if err := sn2.Admit(ctx, "r/signed:v1", signed.ManifestDigest); !errors.As(err, &oe) {
+		t.Fatalf("plain image on decrypted layers: Admit = %v, want an OriginError", err)
 	}
 
 	// The same through a layer Prepare that containerd does pass on (the
@@ -161,7 +167,7 @@ func TestAdmitPerImage(t *testing.T) {
 		label.TargetSnapshotRef: chain[0].String(),
 		label.CRIImageRef:       "r/relabelled:v1",
 		label.CRIManifestDigest: relabelled.ManifestDigest.String(),
-		label.CRILayerDigest:    plainBlobs[0].String(),
+		label.CRILayerDigest:    encBlobs[0].String(),
 	}
 	if _, err := sn2.Prepare(ctx, "ns/9/extract-1 "+chain[0].String(), "", snapshots.WithLabels(labels)); !errors.As(err, &oe) {
 		t.Fatalf("Prepare of a decrypted layer for a relabelled image = %v, want an OriginError", err)

@@ -23,8 +23,10 @@ type ImageVerdict struct {
 	Ref      string          `json:"ref"`
 	Manifest digest.Digest   `json:"manifest"`
 	Layers   []digest.Digest `json:"layers"`
-	ChainIDs []digest.Digest `json:"chain_ids"`
-	Accepted time.Time       `json:"accepted"`
+	// Encrypted marks the layers the manifest names as encrypted.
+	Encrypted []bool          `json:"encrypted_layers"`
+	ChainIDs  []digest.Digest `json:"chain_ids"`
+	Accepted  time.Time       `json:"accepted"`
 }
 
 // LayerRecord is what cocoond knows of a committed layer: the blob it was
