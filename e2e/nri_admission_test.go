@@ -2,8 +2,10 @@ package e2e
 
 import (
 	"context"
+	"crypto/rand"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -160,4 +162,115 @@ func pushPauseImage(t *testing.T, ctx context.Context, env *harness.Env, reg *ha
 		t.Fatal(err)
 	}
 	return im
+}
+
+// TestNRIRefusesImageRelabellingEncryptedLayers: an image made without the
+// key (an encrypted image's blobs relabelled as plain layers, its own
+// config and command, the same diff IDs) must not run on the rootfs that
+// cocoond decrypted for the encrypted image: containerd has the chain IDs,
+// so the pull succeeds without cocoond, and the NRI plugin refuses the
+// container because the image does not name the encrypted blobs as
+// encrypted layers. The encrypted image's own container is created.
+func TestNRIRefusesImageRelabellingEncryptedLayers(t *testing.T) {
+	env := newEnv(t)
+	ctx := testContext(t, 10*time.Minute)
+	if _, err := os.Stat(env.Tool("crictl")); err != nil {
+		t.Fatalf("crictl missing (run `make e2e-tools`): %v", err)
+	}
+	kek := make([]byte, 32)
+	if _, err := rand.Read(kek); err != nil {
+		t.Fatal(err)
+	}
+	kbs, err := env.StartKBS(ctx, harness.KBSOptions{Policy: harness.AllowAllPolicy, Resources: map[string][]byte{"default/image-kek/app": kek}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg, err := env.StartRegistry(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pause := pushPauseImage(t, ctx, env, reg)
+	plain, _ := pushTwoLayerImage(t, ctx, env, reg, "e2e/plain-app", imageOptions{})
+	cocoonctl, err := env.CocoonBinary("cocoonctl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	kekFile := env.Path("kek")
+	if err := os.WriteFile(kekFile, kek, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	encRef := reg.Ref("e2e/enc-app", "encrypted")
+	if out, err := exec.CommandContext(ctx, cocoonctl, "encrypt", "--insecure", "--kid", "kbs:///default/image-kek/app", "--key-file", kekFile, plain.Ref, encRef).CombinedOutput(); err != nil {
+		t.Fatalf("cocoonctl encrypt: %v: %s", err, out)
+	}
+	enc, err := reg.Image(ctx, "e2e/enc-app", "encrypted")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Without the key: same blobs named as plain gzip layers, another command.
+	fake, err := reg.PushWithConfig(ctx, enc, "relabelled", func(cfg map[string]any) error {
+		c, _ := cfg["config"].(map[string]any)
+		if c == nil {
+			c = map[string]any{}
+			cfg["config"] = c
+		}
+		c["Cmd"] = []any{"/bin/echo", "config-of-an-image-made-without-the-key"}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, l := range fake.Manifest.Layers {
+		if !strings.HasSuffix(l.MediaType, "+encrypted") {
+			t.Fatalf("layer %d of the encrypted image is %s", i, l.MediaType)
+		}
+		if fake, err = reg.SetLayerMediaType(ctx, fake, i, strings.TrimSuffix(l.MediaType, "+encrypted")); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	cd, err := env.StartCocoond(ctx, harness.CocoondOptions{
+		InsecureRegistries: []string{reg.Host},
+		Config:             fmt.Sprintf("[nri]\nenable = true\nsocket_path = %q\n", filepath.Join(env.Path("containerd"), "nri.sock")),
+		ExtraArgs:          []string{"--kbs-url", kbs.URL, "--tee", "sample"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	frag, err := cd.ContainerdConfig(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctrd, err := env.StartContainerd(ctx, harness.ContainerdOptions{
+		Fragments: []string{frag},
+		CRI:       &harness.CRIOptions{SandboxImage: pause.Ref, PlainHTTP: []string{reg.Host}, NRIRequiredPlugins: []string{"cocoon"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cd.Proc.WaitLog(ctx, "NRI plugin registered with the runtime"); err != nil {
+		t.Fatal(err)
+	}
+	for _, ref := range []string{enc.Ref, fake.Ref} {
+		if out, err := ctrd.Crictl(ctx, "pull", ref); err != nil {
+			t.Fatalf("crictl pull %s: %v %s", ref, err, out)
+		}
+	}
+	podID, podConfig, err := ctrd.PodSandbox(ctx, "enc-"+randomToken(t)[:6])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ctrd.CreateContainer(ctx, podID, podConfig, "encrypted", enc.Ref); err != nil {
+		t.Fatalf("container of the encrypted image refused: %v", err)
+	}
+	_, err = ctrd.CreateContainer(ctx, podID, podConfig, "relabelled", fake.Ref)
+	if err == nil {
+		t.Fatal("container of an image relabelling the encrypted blobs as plain layers was created on the decrypted rootfs")
+	}
+	for _, want := range []string{"cocoon: container image " + fake.Ref + " refused", "was decrypted from the encrypted blob", "as a plain layer"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("create error does not say %q: %v", want, err)
+		}
+	}
+	t.Logf("refused as expected: %v", err)
 }
