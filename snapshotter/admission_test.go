@@ -9,9 +9,12 @@ import (
 
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
 	"github.com/opencontainers/image-spec/identity"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/sirupsen/logrus"
+	logtest "github.com/sirupsen/logrus/hooks/test"
 
 	"github.com/cocoon-cc/cocoon/image/pull"
 	"github.com/cocoon-cc/cocoon/image/registry"
@@ -181,3 +184,58 @@ func TestAdmitPerImage(t *testing.T) {
 		t.Fatalf("Prepare of a committed layer for its own image = %v, want already exists", err)
 	}
 }
+
+// TestWarnForeignVerdicts: a container snapshot whose Prepare names an
+// image (CRI with snapshot annotations) on layers accepted only for other
+// images is logged as a warning; one without a name (ctr run) is logged
+// with the images accepted on its layers.
+func TestWarnForeignVerdicts(t *testing.T) {
+	ctx := context.Background()
+	diffs := []digest.Digest{digest.FromString("diff0")}
+	chain := identity.ChainIDs(append([]digest.Digest(nil), diffs...))
+	blobs := []digest.Digest{digest.FromString("plain0")}
+	signed := fakeImage("signed", blobs, ocispec.MediaTypeImageLayerGzip, diffs)
+	src := &fakeSource{images: map[string]*registry.Image{"r/signed:v1@" + signed.ManifestDigest.String(): signed}}
+	sn := openWith(t, t.TempDir(), src)
+	commitLayer(t, sn, chain[0].String(), "")
+	req := pull.Request{ImageRef: "r/signed:v1", ManifestDigest: signed.ManifestDigest, LayerDigest: blobs[0]}
+	if err := sn.recordLayer(ctx, req, chain[0].String(), signed.Manifest.Layers[0]); err != nil {
+		t.Fatal(err)
+	}
+	hook := logtest.NewLocal(log.L.Logger)
+	defer hook.Reset()
+	for _, tc := range []struct {
+		ref   string
+		level logrus.Level
+	}{
+		{"r/mutated:v1", logrus.WarnLevel},
+		{"", logrus.InfoLevel},
+		{"r/signed:v1", logrus.PanicLevel}, // nothing logged
+	} {
+		hook.Reset()
+		var opts []snapshots.Opt
+		if tc.ref != "" {
+			opts = append(opts, snapshots.WithLabels(map[string]string{label.CRIImageRef: tc.ref}))
+		}
+		if _, err := sn.Prepare(ctx, "k8s.io/5/ctr-"+randomSuffix(tc.ref), chain[0].String(), opts...); err != nil {
+			t.Fatal(err)
+		}
+		var got []*logrus.Entry
+		for _, e := range hook.AllEntries() {
+			if _, ok := e.Data["accepted_for"]; ok {
+				got = append(got, e)
+			}
+		}
+		if tc.level == logrus.PanicLevel {
+			if len(got) != 0 {
+				t.Errorf("image %q accepted on the layer: logged %q", tc.ref, got[0].Message)
+			}
+			continue
+		}
+		if len(got) != 1 || got[0].Level != tc.level {
+			t.Errorf("image %q: entries %v, want one at %s naming the accepted images", tc.ref, got, tc.level)
+		}
+	}
+}
+
+func randomSuffix(s string) string { return digest.FromString(s).Encoded()[:8] }
