@@ -72,6 +72,7 @@ func (c *Containerd) criConfig(o CRIOptions) (string, error) {
   socket_path = %[5]q
   plugin_path = %[6]q
   plugin_config_path = %[7]q
+  plugin_request_timeout = "30s"
 [plugins."io.containerd.nri.v1.nri".default_validator]
   enable = true
   required_plugins = %[8]s
