@@ -268,6 +268,8 @@ func TestGuestPullRefusesBadLayers(t *testing.T) {
 	}
 }
 
+// TestNoLabelsFallsBackToContainerdApply: without RequireLabels (no policy,
+// or allow_unlabelled_layers) containerd applies an unlabelled layer.
 func TestNoLabelsFallsBackToContainerdApply(t *testing.T) {
 	f := newFixture(t)
 	mounts, err := f.sn.Prepare(context.Background(), "extract-1 sha256:abc", "",
@@ -281,6 +283,75 @@ func TestNoLabelsFallsBackToContainerdApply(t *testing.T) {
 	if f.reg.Gets.Load() != 0 {
 		t.Error("fallback path fetched blobs")
 	}
+}
+
+// TestRequireLabelsRefusesUnlabelledLayers: with RequireLabels (a policy is
+// configured), an image-layer Prepare lacking any CRI label is refused with
+// an error naming the missing labels and the containerd setting, nothing is
+// created; a container's writable-layer Prepare still works.
+func TestRequireLabelsRefusesUnlabelledLayers(t *testing.T) {
+	f := newFixture(t)
+	f.close()
+	ctx := context.Background()
+	client := registry.New(registry.Options{Insecure: []string{f.reg.Host}, Retries: 1})
+	p, err := pull.New(pull.Options{Registry: client, StagingDir: filepath.Join(f.root, "staging")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sn, err := New(ctx, Options{Root: filepath.Join(f.root, "sn"), Layers: p, RequireLabels: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.sn, f.puller = sn, p
+
+	for _, tc := range []struct {
+		name    string
+		labels  map[string]string
+		missing []string
+	}{
+		{"no CRI labels", map[string]string{label.TargetSnapshotRef: "sha256:abc"},
+			[]string{label.CRIImageRef, label.CRIManifestDigest, label.CRILayerDigest}},
+		{"no manifest digest", map[string]string{label.TargetSnapshotRef: "sha256:abc",
+			label.CRIImageRef: f.reg.Host + "/x:v1", label.CRILayerDigest: "sha256:def"},
+			[]string{label.CRIManifestDigest}},
+		// Image.Unpack (ctr image pull --local): no labels at all, only
+		// the unpack key behind the metadata store's prefix.
+		{"client-side unpack", nil,
+			[]string{label.CRIImageRef, label.CRIManifestDigest, label.CRILayerDigest}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := sn.Prepare(ctx, "default/3/extract-1 sha256:abc", "", snapshots.WithLabels(tc.labels))
+			var ml *MissingLabelsError
+			if !errors.As(err, &ml) || !errdefs.IsFailedPrecondition(err) {
+				t.Fatalf("Prepare = %v, want a MissingLabelsError (failed precondition)", err)
+			}
+			for _, want := range append(tc.missing, "enable_remote_snapshot_annotations", "disable_snapshot_annotations = false", "allow_unlabelled_layers") {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error %q does not name %q", err, want)
+				}
+			}
+			if n := countAll(t, sn); n != 0 {
+				t.Errorf("%d snapshots exist after a refused Prepare", n)
+			}
+		})
+	}
+	// A container's writable layer (no snapshot.ref label) is not an image layer.
+	if _, err := sn.Prepare(ctx, "default/4/container-1", ""); err != nil {
+		t.Fatalf("writable-layer Prepare: %v", err)
+	}
+	if f.reg.Gets.Load() != 0 {
+		t.Error("refused Prepares fetched blobs")
+	}
+}
+
+func countAll(t *testing.T, sn snapshots.Snapshotter) int {
+	t.Helper()
+	n := 0
+	err := sn.Walk(context.Background(), func(context.Context, snapshots.Info) error { n++; return nil })
+	if err != nil && !errdefs.IsNotFound(err) { // NotFound: an empty store
+		t.Fatal(err)
+	}
+	return n
 }
 
 func TestRestartRemovesHalfCommittedStaging(t *testing.T) {

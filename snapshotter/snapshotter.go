@@ -27,12 +27,16 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/cocoon-cc/cocoon/image/pull"
+	"github.com/cocoon-cc/cocoon/image/registry"
 	"github.com/cocoon-cc/cocoon/snapshotter/label"
 )
 
 // LayerSource produces verified, unpacked layers (image/pull.Puller).
 type LayerSource interface {
 	Layer(ctx context.Context, req pull.Request) (*pull.Staged, error)
+	// Verify checks an image against the image security policy and returns
+	// its verified manifest and config, fetching no layer.
+	Verify(ctx context.Context, ref string, dgst digest.Digest) (*registry.Image, error)
 }
 
 // Options configure a Snapshotter.
@@ -44,12 +48,19 @@ type Options struct {
 	Layers LayerSource
 	// MountOptions are added to every overlay mount (e.g. redirect_dir=on).
 	MountOptions []string
+	// RequireLabels refuses an image-layer Prepare that lacks the CRI
+	// target labels instead of letting containerd fetch and apply the layer
+	// unverified. cocoond sets it when an image security policy is
+	// configured, unless allow_unlabelled_layers says otherwise.
+	RequireLabels bool
 }
 
 // Snapshotter implements containerd's snapshots.Snapshotter.
 type Snapshotter struct {
 	snapshots.Snapshotter // overlay bookkeeping
 	layers                LayerSource
+	requireLabels         bool
+	verdicts              *verdictStore
 
 	mu    sync.Mutex
 	locks map[string]*chainLock
@@ -75,7 +86,12 @@ func New(ctx context.Context, opts Options) (*Snapshotter, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open snapshot store under %s: %w", opts.Root, err)
 	}
-	s := &Snapshotter{Snapshotter: o, layers: opts.Layers, locks: map[string]*chainLock{}}
+	v, err := openVerdicts(opts.Root)
+	if err != nil {
+		o.Close()
+		return nil, err
+	}
+	s := &Snapshotter{Snapshotter: o, layers: opts.Layers, requireLabels: opts.RequireLabels, verdicts: v, locks: map[string]*chainLock{}}
 	if err := s.removeStaleStaging(ctx); err != nil {
 		o.Close()
 		return nil, err
@@ -118,7 +134,11 @@ func (s *Snapshotter) Cleanup(ctx context.Context) error {
 
 // Prepare creates an active snapshot, or, for an image layer carrying the
 // CRI target labels, pulls the layer itself and reports ErrAlreadyExists
-// once the target chain ID is committed.
+// once the target chain ID is committed. An image layer is a Prepare with
+// containerd.io/snapshot.ref or an unpack key "extract-<n> <chainID>"
+// (imageLayerTarget); a container's writable layer has neither and is
+// always prepared. An image layer without the CRI labels is refused
+// when RequireLabels is set.
 func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...snapshots.Opt) ([]mount.Mount, error) {
 	var info snapshots.Info
 	for _, o := range opts {
@@ -126,12 +146,18 @@ func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...s
 			return nil, err
 		}
 	}
-	target, isLayer := info.Labels[label.TargetSnapshotRef]
+	target, isLayer := imageLayerTarget(key, info.Labels)
 	if !isLayer {
+		s.warnForeignVerdicts(ctx, key, parent, info.Labels)
 		return s.Snapshotter.Prepare(ctx, key, parent, opts...)
 	}
-	req, ok := guestPullRequest(info.Labels)
-	if !ok || s.layers == nil {
+	req, missing := guestPullRequest(info.Labels)
+	if len(missing) > 0 && s.requireLabels {
+		log.G(ctx).WithField("key", key).WithField("target", target).WithField("missing", missing).
+			Warn("image layer without CRI target labels refused: the image security policy cannot be checked")
+		return nil, &MissingLabelsError{Target: target, Missing: missing}
+	}
+	if len(missing) > 0 || s.layers == nil {
 		log.G(ctx).WithField("key", key).WithField("target", target).
 			Info("image layer without CRI target labels: containerd fetches and applies it (normal pull path)")
 		return s.Snapshotter.Prepare(ctx, key, parent, opts...)
@@ -139,15 +165,57 @@ func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...s
 	return nil, s.guestPull(ctx, key, parent, target, req, info.Labels)
 }
 
-func guestPullRequest(l map[string]string) (pull.Request, bool) {
-	req := pull.Request{
+// imageLayerTarget tells an image-layer Prepare from a container's: the
+// unpacker (transfer service, CRI) labels it with the target chain ID, and
+// the client-side unpack (ctr image pull --local, Image.Unpack) names it
+// only by its key, snapshots.UnpackKeyFormat ("extract-<unique> <chainID>",
+// behind the metadata store's "<namespace>/<id>/" prefix). Container IDs
+// cannot contain a space, so a writable layer never matches.
+func imageLayerTarget(key string, labels map[string]string) (string, bool) {
+	if target, ok := labels[label.TargetSnapshotRef]; ok {
+		return target, true
+	}
+	base := key[strings.LastIndexByte(key, '/')+1:]
+	if !strings.HasPrefix(base, snapshots.UnpackKeyPrefix+"-") {
+		return "", false
+	}
+	_, chainID, ok := strings.Cut(base, " ")
+	return chainID, ok && chainID != ""
+}
+
+// guestPullRequest reads the CRI target labels; missing names those absent.
+func guestPullRequest(l map[string]string) (req pull.Request, missing []string) {
+	req = pull.Request{
 		ImageRef:       l[label.CRIImageRef],
 		ManifestDigest: digest.Digest(l[label.CRIManifestDigest]),
 		LayerDigest:    digest.Digest(l[label.CRILayerDigest]),
 		DiffID:         digest.Digest(l[label.DiffID]),
 	}
-	return req, req.ImageRef != "" && req.ManifestDigest != "" && req.LayerDigest != ""
+	for _, k := range []string{label.CRIImageRef, label.CRIManifestDigest, label.CRILayerDigest} {
+		if l[k] == "" {
+			missing = append(missing, k)
+		}
+	}
+	return req, missing
 }
+
+// MissingLabelsError refuses an image layer that containerd would fetch and
+// apply itself, unverified, because the Prepare lacks the labels that name
+// its image. It wraps errdefs.ErrFailedPrecondition.
+type MissingLabelsError struct {
+	Target  string   // chain ID containerd asked for
+	Missing []string // label keys absent from the Prepare
+}
+
+func (e *MissingLabelsError) Error() string {
+	return fmt.Sprintf("image layer %s: Prepare lacks the labels %s, so cocoond cannot check the image security policy "+
+		"and refuses to let containerd apply the layer unverified; pull through the transfer service with the cocoon proxy plugin's "+
+		"exports enable_remote_snapshot_annotations = \"true\" (plain `ctr image pull`, not --local), or through CRI with "+
+		"disable_snapshot_annotations = false; to allow unverified layers anyway set [snapshotter] allow_unlabelled_layers = true in cocoond.toml: %v",
+		e.Target, strings.Join(e.Missing, ", "), errdefs.ErrFailedPrecondition)
+}
+
+func (e *MissingLabelsError) Unwrap() error { return errdefs.ErrFailedPrecondition }
 
 func (s *Snapshotter) lock(chainID string) func() {
 	s.mu.Lock()
@@ -181,7 +249,13 @@ func (s *Snapshotter) guestPull(ctx context.Context, key, parent, target string,
 	unlock := s.lock(target)
 	defer unlock()
 	if s.exists(ctx, target) {
-		log.G(ctx).Debug("layer already committed")
+		// Committed for another image (or another namespace): this image
+		// must pass the policy itself and, for a decrypted layer, name the
+		// encrypted blob it came from.
+		if err := s.reuse(ctx, target, req); err != nil {
+			return err
+		}
+		log.G(ctx).Debug("layer already committed; image accepted for it")
 		return alreadyExists
 	}
 	if parent != "" && !s.exists(ctx, parent) {
@@ -205,6 +279,9 @@ func (s *Snapshotter) guestPull(ctx context.Context, key, parent, target string,
 		return err
 	}
 	log.G(ctx).WithField("diff_id", staged.DiffID).Info("layer committed")
+	if err := s.recordLayer(ctx, req, target, staged.Layer); err != nil {
+		return err
+	}
 	return alreadyExists
 }
 

@@ -28,6 +28,7 @@ type Config struct {
 	Secrets     SecretsConfig     `toml:"secrets"`
 	Storage     StorageConfig     `toml:"storage"`
 	Decryption  DecryptionConfig  `toml:"decryption"`
+	NRI         NRIConfig         `toml:"nri"`
 }
 
 // DecryptionConfig holds local keys for encrypted layers. Layers wrapped for
@@ -110,6 +111,12 @@ type UnpackConfig struct {
 // SnapshotterConfig tunes the overlay bookkeeping.
 type SnapshotterConfig struct {
 	MountOptions []string `toml:"mount_options"`
+	// AllowUnlabelledLayers lets containerd fetch and apply an image layer
+	// whose Prepare lacks the CRI labels (ctr image pull --local, a
+	// containerd without enable_remote_snapshot_annotations) even though an
+	// image security policy is configured: such layers are not verified.
+	// Off by default: those Prepares are refused.
+	AllowUnlabelledLayers bool `toml:"allow_unlabelled_layers"`
 }
 
 func defaultConfig() Config {
@@ -119,6 +126,7 @@ func defaultConfig() Config {
 		LogLevel:  "info",
 		LogFormat: "text",
 		Registry:  RegistryConfig{MaxConcurrentDownloads: 3, Retries: 5},
+		NRI:       NRIConfig{SocketPath: "/var/run/nri/nri.sock", PluginIndex: "10"},
 		Attestation: AttestationConfig{
 			EventlogDir:      "/run/attestation-agent",
 			ImageSecurityDir: "/run/cocoon/image-security",
@@ -183,6 +191,9 @@ func (c *Config) validate() error {
 		if d, err := time.ParseDuration(c.Secrets.TTL); err != nil || d <= 0 {
 			return fmt.Errorf("secrets.ttl: %q is not a positive duration", c.Secrets.TTL)
 		}
+	}
+	if len(c.NRI.PluginIndex) != 2 || c.NRI.PluginIndex[0] < '0' || c.NRI.PluginIndex[0] > '9' || c.NRI.PluginIndex[1] < '0' || c.NRI.PluginIndex[1] > '9' {
+		return fmt.Errorf("nri.plugin_index: %q is not two digits", c.NRI.PluginIndex)
 	}
 	switch c.LogFormat {
 	case "text", "json":

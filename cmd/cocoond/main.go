@@ -178,6 +178,11 @@ func serve(ctx context.Context, cfg Config, features restapi.Features) error {
 	if err != nil {
 		return err
 	}
+	policy := imagePolicy(ctx, at, client, cfg.Attestation.ImageSecurityDir)
+	requireLabels := policy != nil && !cfg.Snapshotter.AllowUnlabelledLayers
+	if policy != nil && cfg.Snapshotter.AllowUnlabelledLayers {
+		log.G(ctx).Warn("snapshotter.allow_unlabelled_layers: image layers pulled without CRI labels are applied by containerd without the image security policy")
+	}
 	puller, err := pull.New(pull.Options{
 		Registry:      client,
 		StagingDir:    filepath.Join(storage, "staging"),
@@ -190,7 +195,7 @@ func serve(ctx context.Context, cfg Config, features restapi.Features) error {
 		},
 		Metrics: pm,
 		Decrypt: dopts,
-		Policy:  imagePolicy(ctx, at, client, cfg.Attestation.ImageSecurityDir),
+		Policy:  policy,
 	})
 	if err != nil {
 		return err
@@ -203,14 +208,22 @@ func serve(ctx context.Context, cfg Config, features restapi.Features) error {
 	}
 
 	sn, err := snapshotter.New(ctx, snapshotter.Options{
-		Root:         filepath.Join(storage, "snapshotter"),
-		Layers:       puller,
-		MountOptions: cfg.Snapshotter.MountOptions,
+		Root:          filepath.Join(storage, "snapshotter"),
+		Layers:        puller,
+		MountOptions:  cfg.Snapshotter.MountOptions,
+		RequireLabels: requireLabels,
 	})
 	if err != nil {
 		return err
 	}
 	defer sn.Close()
+	if cfg.NRI.Enable {
+		nctx, stopNRI := context.WithCancel(ctx)
+		nriDone := make(chan struct{})
+		go func() { runNRI(nctx, cfg.NRI, sn); close(nriDone) }()
+		defer func() { stopNRI(); <-nriDone }()
+		log.G(ctx).WithField("socket", cfg.NRI.SocketPath).Info("NRI plugin \"cocoon\" admits containers whose image passed the image security policy")
+	}
 
 	if err := os.MkdirAll(filepath.Dir(cfg.Address), 0o711); err != nil {
 		return fmt.Errorf("create socket directory: %w", err)

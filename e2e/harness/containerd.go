@@ -36,6 +36,10 @@ type ContainerdOptions struct {
 	Fragments []string
 	// LogLevel is containerd's log level (default "info").
 	LogLevel string
+	// CRI enables the CRI plugin (for crictl) and NRI, with their sockets,
+	// state and registry configuration under the work directory; see
+	// criConfig.
+	CRI *CRIOptions
 }
 
 // StartContainerd writes a config.toml (version 3; root, state, socket all
@@ -56,12 +60,16 @@ func (e *Env) StartContainerd(ctx context.Context, o ContainerdOptions) (*Contai
 	}
 	c := &Containerd{Name: o.Name, Dir: dir, Address: filepath.Join(dir, "c.sock"), Config: filepath.Join(dir, "config.toml"), env: e}
 	var b strings.Builder
+	disabled := `# No CRI server (ctr only) and no NRI socket in /var/run.
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.nri.v1.nri"]`
+	if o.CRI != nil {
+		disabled = "# CRI and NRI enabled (criConfig below)."
+	}
 	fmt.Fprintf(&b, `# Written by the cocoon e2e harness.
 version = 3
 root = %q
 state = %q
-# No CRI server (ctr only) and no NRI socket in /var/run.
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.nri.v1.nri"]
+%s
 
 [grpc]
   address = %q
@@ -74,7 +82,14 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.nri.v1.nri"]
 
 [plugins."io.containerd.internal.v1.opt"]
   path = %q
-`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), c.Address, c.Address+".ttrpc", o.LogLevel, filepath.Join(dir, "opt"))
+`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), disabled, c.Address, c.Address+".ttrpc", o.LogLevel, filepath.Join(dir, "opt"))
+	if o.CRI != nil {
+		cfg, err := c.criConfig(*o.CRI)
+		if err != nil {
+			return nil, err
+		}
+		b.WriteString(cfg)
+	}
 	for _, f := range o.Fragments {
 		b.WriteString("\n")
 		b.WriteString(f)

@@ -147,6 +147,11 @@ func (p *Process) WaitSocket(ctx context.Context, path string) error {
 	})
 }
 
+// WaitLog waits until the process's log contains s.
+func (p *Process) WaitLog(ctx context.Context, s string) error {
+	return p.waitUntil(ctx, "logging "+strconv.Quote(s), func() bool { return strings.Contains(p.Log(), s) })
+}
+
 // WaitHTTP waits until GET url answers with status 200.
 func (p *Process) WaitHTTP(ctx context.Context, url string) error {
 	client := &http.Client{Timeout: 2 * time.Second}

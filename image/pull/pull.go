@@ -187,6 +187,14 @@ func (p *Puller) Close() error {
 	return nil
 }
 
+// Verify returns the verified manifest and config of (ref, manifest or
+// index digest) once the image security policy accepted the image, as a
+// pull would check it; nothing is fetched but the manifest and config
+// (cached like a pull's).
+func (p *Puller) Verify(ctx context.Context, ref string, dgst digest.Digest) (*registry.Image, error) {
+	return p.image(ctx, ref, dgst)
+}
+
 // Layer returns the verified, unpacked layer req names. The caller owns the
 // returned directory: it must rename it into place or Discard it.
 func (p *Puller) Layer(ctx context.Context, req Request) (*Staged, error) {

@@ -388,7 +388,7 @@ func TestPolicyUnknownFieldsIgnored(t *testing.T) {
 			v, err := New(context.Background(), Options{
 				Policy:    []byte(policy),
 				Resources: fakeResources{keyURI: goodPEM},
-				Insecure:  []string{r.host},
+				Registry:  imgregistry.New(imgregistry.Options{Insecure: []string{r.host}}),
 				WorkDir:   t.TempDir(),
 			})
 			if err != nil {

@@ -1,0 +1,190 @@
+package snapshotter
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	"github.com/opencontainers/go-digest"
+	"github.com/opencontainers/image-spec/identity"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/cocoon-cc/cocoon/image/decrypt"
+	"github.com/cocoon-cc/cocoon/image/pull"
+	"github.com/cocoon-cc/cocoon/image/registry"
+	"github.com/cocoon-cc/cocoon/snapshotter/label"
+)
+
+// Trust is decided per image, not per layer: containerd's metadata store
+// answers a layer Prepare itself when the chain ID is already committed in
+// its namespace, so an image whose layers all exist never reaches the
+// snapshotter. What cocoond can do is record, per committed layer, the
+// images the policy accepted on it and the blob it came from, and answer
+// an admission check (Admit, called by the NRI plugin on CreateContainer)
+// for the image a container is actually created from.
+
+// verdictOf builds the verdict of a verified, accepted image.
+func verdictOf(ref string, im *registry.Image) ImageVerdict {
+	iv := ImageVerdict{Ref: ref, Manifest: im.ManifestDigest, Accepted: time.Now().UTC()}
+	for _, l := range im.Manifest.Layers {
+		iv.Layers = append(iv.Layers, l.Digest)
+		iv.Encrypted = append(iv.Encrypted, decrypt.IsEncrypted(l.MediaType))
+	}
+	iv.ChainIDs = identity.ChainIDs(append([]digest.Digest(nil), im.Config.RootFS.DiffIDs...))
+	return iv
+}
+
+// recordLayer records that req's image was accepted and that target was
+// committed from blob.
+func (s *Snapshotter) recordLayer(ctx context.Context, req pull.Request, target string, blob ocispec.Descriptor) error {
+	im, err := s.layers.Verify(ctx, req.ImageRef, req.ManifestDigest)
+	if err != nil {
+		return fmt.Errorf("record verdict for %s: %w", req.ImageRef, err)
+	}
+	return s.verdicts.record(verdictOf(req.ImageRef, im), target, blob.Digest, decrypt.IsEncrypted(blob.MediaType))
+}
+
+// reuse admits an already committed layer for req's image: the image must
+// pass the policy, name the layer at the chain position containerd asked
+// for, and, if the layer was decrypted, name the same encrypted blob.
+func (s *Snapshotter) reuse(ctx context.Context, target string, req pull.Request) error {
+	im, err := s.layers.Verify(ctx, req.ImageRef, req.ManifestDigest)
+	if err != nil {
+		return fmt.Errorf("image %s@%s for committed layer %s: %w", req.ImageRef, req.ManifestDigest, target, err)
+	}
+	iv := verdictOf(req.ImageRef, im)
+	idx, ok := im.LayerIndex(req.LayerDigest)
+	if !ok || iv.ChainIDs[idx].String() != target {
+		return fmt.Errorf("layer %s is not layer %s of manifest %s: %w", req.LayerDigest, target, req.ManifestDigest, errdefs.ErrInvalidArgument)
+	}
+	if err := s.checkOrigins(iv); err != nil {
+		return err
+	}
+	return s.verdicts.record(iv, target, req.LayerDigest, decrypt.IsEncrypted(im.Manifest.Layers[idx].MediaType))
+}
+
+// checkOrigins refuses an image that runs on a layer decrypted from an
+// encrypted blob its manifest does not name at that position: an image
+// made without the key, relabelling the plain layers, must not inherit
+// the decrypted rootfs.
+func (s *Snapshotter) checkOrigins(iv ImageVerdict) error {
+	for i, chain := range iv.ChainIDs {
+		rec, ok := s.verdicts.layer(chain.String())
+		if !ok || !rec.Encrypted {
+			continue
+		}
+		// The same blob relabelled as a plain layer does not count: that
+		// image could be made without the key.
+		if i >= len(iv.Layers) || i >= len(iv.Encrypted) || iv.Layers[i] != rec.Blob || !iv.Encrypted[i] {
+			named := "nothing"
+			if i < len(iv.Layers) {
+				named = iv.Layers[i].String()
+				if i >= len(iv.Encrypted) || !iv.Encrypted[i] {
+					named += " as a plain layer"
+				}
+			}
+			return &OriginError{Ref: iv.Ref, Manifest: iv.Manifest, Index: i, ChainID: chain, Encrypted: rec.Blob, Named: named}
+		}
+	}
+	return nil
+}
+
+// OriginError: a layer was decrypted from an encrypted blob that the image
+// asking for it does not name. It wraps errdefs.ErrPermissionDenied.
+type OriginError struct {
+	Ref       string
+	Manifest  digest.Digest
+	Index     int
+	ChainID   digest.Digest
+	Encrypted digest.Digest // the blob the layer was decrypted from
+	Named     string        // what the image's manifest names there
+}
+
+func (e *OriginError) Error() string {
+	return fmt.Sprintf("image %s@%s: layer %d (chain %s) was decrypted from the encrypted blob %s, but this image names %s there; "+
+		"an image may use a decrypted layer only if it names the same encrypted blob as an encrypted layer: %v",
+		e.Ref, e.Manifest, e.Index, e.ChainID, e.Encrypted, e.Named, errdefs.ErrPermissionDenied)
+}
+
+func (e *OriginError) Unwrap() error { return errdefs.ErrPermissionDenied }
+
+// Admit decides whether a container may be created from the image (ref,
+// dgst), dgst being the manifest or index digest containerd's image store
+// holds for ref. An image pulled through cocoond has a recorded verdict;
+// any other (its layers all committed for other images, so containerd never
+// asked) is checked against the image security policy now, as image-rs
+// checks every pull. Either way it must name the encrypted blobs of the
+// decrypted layers it runs on.
+func (s *Snapshotter) Admit(ctx context.Context, ref string, dgst digest.Digest) error {
+	if ref == "" || dgst == "" {
+		return fmt.Errorf("container image identity incomplete (reference %q, digest %q): %w", ref, dgst, errdefs.ErrPermissionDenied)
+	}
+	if err := dgst.Validate(); err != nil {
+		return fmt.Errorf("container image digest %q: %w", dgst, errdefs.ErrInvalidArgument)
+	}
+	iv, ok := s.verdicts.image(ref, dgst)
+	if !ok {
+		if s.layers == nil {
+			return fmt.Errorf("image %s@%s has no verdict and guest pull is disabled: %w", ref, dgst, errdefs.ErrPermissionDenied)
+		}
+		im, err := s.layers.Verify(ctx, ref, dgst)
+		if err != nil {
+			return fmt.Errorf("image %s@%s: %w", ref, dgst, err)
+		}
+		iv = verdictOf(ref, im)
+		log.G(ctx).WithFields(log.Fields{"image": ref, "manifest": iv.Manifest}).
+			Info("image had no verdict (its layers were committed for other images); accepted by the image security policy now")
+	}
+	if err := s.checkOrigins(iv); err != nil {
+		return err
+	}
+	if !ok {
+		return s.verdicts.record(iv, "", "", false)
+	}
+	return nil
+}
+
+// warnForeignVerdicts logs when a container's writable layer is prepared
+// on a layer that was accepted only for other images. On the CRI path the
+// Prepare names the image (cri.image-ref); plain `ctr run` names none, so
+// only the images accepted on the layer can be logged.
+func (s *Snapshotter) warnForeignVerdicts(ctx context.Context, key, parent string, labels map[string]string) {
+	if parent == "" {
+		return
+	}
+	rec, ok := s.verdicts.layer(parent)
+	if !ok {
+		return
+	}
+	l := log.G(ctx).WithFields(log.Fields{"key": key, "parent": parent, "accepted_for": rec.imagesOn()})
+	ref := labels[label.CRIImageRef]
+	if ref == "" {
+		l.Info("container snapshot on guest-pulled layers; containerd does not say which image it runs, so the image security policy is enforced only by the NRI plugin")
+		return
+	}
+	for _, k := range rec.Images {
+		if strings.HasPrefix(k, ref+"@") {
+			return
+		}
+	}
+	l.WithField("image", ref).Warn("container snapshot for an image whose policy verdict was never recorded on these layers: they were accepted for other images")
+}
+
+// Remove removes a snapshot and forgets the layer record of a committed
+// one.
+func (s *Snapshotter) Remove(ctx context.Context, key string) error {
+	info, statErr := s.Snapshotter.Stat(ctx, key)
+	if err := s.Snapshotter.Remove(ctx, key); err != nil {
+		return err
+	}
+	if statErr == nil && info.Kind == snapshots.KindCommitted {
+		if err := s.verdicts.forget(key); err != nil {
+			log.G(ctx).WithError(err).WithField("key", key).Warn("forget layer verdicts")
+		}
+	}
+	return nil
+}
