@@ -2,8 +2,6 @@ package e2e
 
 import (
 	"crypto/rand"
-	"os"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -46,25 +44,8 @@ func TestEncryptedImage(t *testing.T) {
 	}
 	ctrd := startContainerdFor(t, ctx, env, cd)
 	plain, msg := pushTwoLayerImage(t, ctx, env, reg, "e2e/plain-app", imageOptions{})
-	cocoonctl, err := env.CocoonBinary("cocoonctl")
-	if err != nil {
-		t.Fatal(err)
-	}
-	kekFile := env.Path("kek")
-	if err := os.WriteFile(kekFile, kek, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	encrypt := func(kid, repo string) string {
-		t.Helper()
-		dst := reg.Ref(repo, "encrypted")
-		out, err := exec.CommandContext(ctx, cocoonctl, "encrypt", "--insecure", "--kid", kid, "--key-file", kekFile, plain.Ref, dst).CombinedOutput()
-		if err != nil {
-			t.Fatalf("cocoonctl encrypt: %v: %s", err, out)
-		}
-		return dst
-	}
-
-	ok := encrypt("kbs:///default/image-kek/app", "e2e/enc-app")
+	ok := reg.Ref("e2e/enc-app", "encrypted")
+	encryptImage(t, ctx, env, kek, "kbs:///default/image-kek/app", plain.Ref, ok)
 	if _, err := ctrd.Ctr(ctx, "image", "pull", "--plain-http", "--snapshotter", "cocoon", ok); err != nil {
 		t.Fatalf("pull of an encrypted image whose key the KBS holds: %v", err)
 	}
@@ -86,9 +67,7 @@ func TestEncryptedImage(t *testing.T) {
 			// A fresh plain image, so that no layer is already committed.
 			fresh, _ := pushTwoLayerImage(t, ctx, env, reg, "e2e/fresh-"+strings.ReplaceAll(tc.name, " ", "-"), imageOptions{})
 			dst := reg.Ref("e2e/enc-"+strings.ReplaceAll(tc.name, " ", "-"), "encrypted")
-			if out, err := exec.CommandContext(ctx, cocoonctl, "encrypt", "--insecure", "--kid", tc.kid, "--key-file", kekFile, fresh.Ref, dst).CombinedOutput(); err != nil {
-				t.Fatalf("cocoonctl encrypt: %v: %s", err, out)
-			}
+			encryptImage(t, ctx, env, kek, tc.kid, fresh.Ref, dst)
 			_, err := ctrd.Ctr(ctx, "image", "pull", "--plain-http", "--snapshotter", "cocoon", dst)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("pull error = %v, want one containing %q", err, tc.want)

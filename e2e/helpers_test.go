@@ -5,6 +5,8 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"os"
+	"os/exec"
 	"path"
 	"path/filepath"
 	"slices"
@@ -195,4 +197,22 @@ func ctrReason(err error) string {
 		}
 	}
 	return err.Error()
+}
+
+// encryptImage runs `cocoonctl encrypt` with the key-encryption key kek
+// (written to a 0600 file in the test's work directory), wrapping the layer
+// keys of src for kid, and pushes the result as dst.
+func encryptImage(t *testing.T, ctx context.Context, env *harness.Env, kek []byte, kid, src, dst string) {
+	t.Helper()
+	cocoonctl, err := env.CocoonBinary("cocoonctl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	kekFile := env.Path("kek")
+	if err := os.WriteFile(kekFile, kek, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.CommandContext(ctx, cocoonctl, "encrypt", "--insecure", "--kid", kid, "--key-file", kekFile, src, dst).CombinedOutput(); err != nil {
+		t.Fatalf("cocoonctl encrypt: %v: %s", err, out)
+	}
 }

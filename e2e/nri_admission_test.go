@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -191,18 +190,8 @@ func TestNRIRefusesImageRelabellingEncryptedLayers(t *testing.T) {
 	}
 	pause := pushPauseImage(t, ctx, env, reg)
 	plain, _ := pushTwoLayerImage(t, ctx, env, reg, "e2e/plain-app", imageOptions{})
-	cocoonctl, err := env.CocoonBinary("cocoonctl")
-	if err != nil {
-		t.Fatal(err)
-	}
-	kekFile := env.Path("kek")
-	if err := os.WriteFile(kekFile, kek, 0o600); err != nil {
-		t.Fatal(err)
-	}
 	encRef := reg.Ref("e2e/enc-app", "encrypted")
-	if out, err := exec.CommandContext(ctx, cocoonctl, "encrypt", "--insecure", "--kid", "kbs:///default/image-kek/app", "--key-file", kekFile, plain.Ref, encRef).CombinedOutput(); err != nil {
-		t.Fatalf("cocoonctl encrypt: %v: %s", err, out)
-	}
+	encryptImage(t, ctx, env, kek, "kbs:///default/image-kek/app", plain.Ref, encRef)
 	enc, err := reg.Image(ctx, "e2e/enc-app", "encrypted")
 	if err != nil {
 		t.Fatal(err)
