@@ -1,4 +1,4 @@
-package snapshotter
+package snapshotter_test
 
 import (
 	"archive/tar"
@@ -21,11 +21,13 @@ import (
 	"github.com/cocoon-cc/cocoon/image/pull"
 	"github.com/cocoon-cc/cocoon/image/registry"
 	"github.com/cocoon-cc/cocoon/internal/regtest"
+	"github.com/cocoon-cc/cocoon/snapshotter"
 	"github.com/cocoon-cc/cocoon/snapshotter/label"
+	"github.com/cocoon-cc/cocoon/snapshotter/pullsource"
 )
 
 type fixture struct {
-	sn     *Snapshotter
+	sn     *snapshotter.Snapshotter
 	puller *pull.Puller
 	root   string
 	reg    *regtest.Registry
@@ -51,7 +53,7 @@ func (f *fixture) open(t *testing.T) {
 	if _, err := p.CleanStaging(ctx); err != nil {
 		t.Fatal(err)
 	}
-	sn, err := New(ctx, Options{Root: filepath.Join(f.root, "sn"), Layers: p})
+	sn, err := snapshotter.New(ctx, snapshotter.Options{Root: filepath.Join(f.root, "sn"), Layers: pullsource.New(p)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -298,7 +300,7 @@ func TestRequireLabelsRefusesUnlabelledLayers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sn, err := New(ctx, Options{Root: filepath.Join(f.root, "sn"), Layers: p, RequireLabels: true})
+	sn, err := snapshotter.New(ctx, snapshotter.Options{Root: filepath.Join(f.root, "sn"), Layers: pullsource.New(p), RequireLabels: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -321,7 +323,7 @@ func TestRequireLabelsRefusesUnlabelledLayers(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := sn.Prepare(ctx, "default/3/extract-1 sha256:abc", "", snapshots.WithLabels(tc.labels))
-			var ml *MissingLabelsError
+			var ml *snapshotter.MissingLabelsError
 			if !errors.As(err, &ml) || !errdefs.IsFailedPrecondition(err) {
 				t.Fatalf("Prepare = %v, want a MissingLabelsError (failed precondition)", err)
 			}
