@@ -77,7 +77,8 @@ func (e *StatusError) Unwrap() error {
 }
 
 // Client attests to one KBS and fetches resources from it. It is safe for
-// concurrent use; handshakes are serialised.
+// concurrent use: callers that need a token while none is valid share one
+// handshake (see Token).
 type Client struct {
 	base     string // URL + PathPrefix
 	attester attest.Attester
@@ -89,7 +90,20 @@ type Client struct {
 	mu         sync.Mutex
 	token      string
 	times      TokenTimes
-	handshakes int // completed handshakes, for tests and metrics
+	flight     *handshakeFlight // the handshake in progress, if any
+	handshakes int              // completed handshakes, for tests and metrics
+}
+
+// handshakeFlight is one handshake (with its retries) shared by the
+// callers waiting for it. It runs under its own context, cancelled when
+// the last waiter gives up.
+type handshakeFlight struct {
+	done    chan struct{}
+	cancel  context.CancelFunc
+	waiters int   // guarded by Client.mu
+	failed  error // the last failed attempt, guarded by Client.mu
+	token   string
+	err     error // token and err are set before done is closed
 }
 
 var _ ResourceGetter = (*Client)(nil)
@@ -147,21 +161,55 @@ func NewClient(cfg Config) (*Client, error) {
 	return c, nil
 }
 
-// Token returns a valid attestation token, running an RCAR handshake when
-// none is cached or the cached one has expired.
+// Token returns a valid attestation token: the cached one while it is
+// valid (no network), else the result of an RCAR handshake. Concurrent
+// callers share one handshake. A caller whose ctx ends stops waiting at
+// once and gets ctx's error; the handshake goes on for the others and is
+// cancelled only when no caller waits for it any more.
 func (c *Client) Token(ctx context.Context) (string, error) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.tokenLocked(ctx)
+	if c.token != "" && c.times.ValidAt(c.now()) {
+		tok := c.token
+		c.mu.Unlock()
+		return tok, nil
+	}
+	f := c.flight
+	if f == nil {
+		// Detached from this caller's cancellation (the flight's own
+		// cancel stops it), keeping its values (logger).
+		hctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		f = &handshakeFlight{done: make(chan struct{}), cancel: cancel}
+		c.flight = f
+		go c.fly(hctx, f)
+	}
+	f.waiters++
+	c.mu.Unlock()
+
+	select {
+	case <-f.done:
+		return f.token, f.err
+	case <-ctx.Done():
+		c.mu.Lock()
+		if f.waiters--; f.waiters == 0 {
+			f.cancel()
+			if c.flight == f {
+				c.flight = nil // the next caller starts afresh
+			}
+		}
+		failed := f.failed
+		c.mu.Unlock()
+		if failed != nil { // waiting for a retry: say why
+			return "", fmt.Errorf("RCAR handshake: %w (then %w)", failed, ctx.Err())
+		}
+		return "", fmt.Errorf("RCAR handshake with %s: %w", c.base, ctx.Err())
+	}
 }
 
 // TokenAndKey returns a valid token and the PEM of the TEE private key the
 // KBS encrypts to (the {"token","tee_keypair"} of AA's GetToken). The
 // caller owns both secrets.
 func (c *Client) TokenAndKey(ctx context.Context) (string, []byte, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	tok, err := c.tokenLocked(ctx)
+	tok, err := c.Token(ctx)
 	if err != nil {
 		return "", nil, err
 	}
@@ -179,29 +227,47 @@ func (c *Client) Handshakes() int {
 	return c.handshakes
 }
 
-func (c *Client) tokenLocked(ctx context.Context) (string, error) {
-	if c.token != "" && c.times.ValidAt(c.now()) {
-		return c.token, nil
+// fly runs the flight's handshake, caches the token it got and wakes the
+// waiters.
+func (c *Client) fly(ctx context.Context, f *handshakeFlight) {
+	defer f.cancel()
+	tok, times, err := c.attestWithRetries(ctx, f)
+	c.mu.Lock()
+	if err == nil {
+		c.token, c.times = tok, times
+		c.handshakes++
 	}
-	c.token = ""
+	if c.flight == f {
+		c.flight = nil
+	}
+	f.token, f.err = tok, err
+	c.mu.Unlock()
+	close(f.done)
+}
+
+func (c *Client) attestWithRetries(ctx context.Context, f *handshakeFlight) (string, TokenTimes, error) {
 	var err error
 	for attempt := 1; attempt <= handshakeAttempts; attempt++ {
-		if err = c.handshake(ctx); err == nil {
-			return c.token, nil
+		tok, times, herr := c.handshake(ctx)
+		if err = herr; err == nil {
+			return tok, times, nil
 		}
 		if !transient(err) || ctx.Err() != nil || attempt == handshakeAttempts {
 			break
 		}
+		c.mu.Lock()
+		f.failed = err
+		c.mu.Unlock()
 		log.G(ctx).WithError(err).WithField("attempt", attempt).Warn("kbs: RCAR handshake failed, retrying")
 		t := time.NewTimer(handshakeRetryDelay)
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return "", fmt.Errorf("RCAR handshake: %w (then %w)", err, ctx.Err())
+			return "", TokenTimes{}, fmt.Errorf("RCAR handshake: %w (then %w)", err, ctx.Err())
 		case <-t.C:
 		}
 	}
-	return "", fmt.Errorf("RCAR handshake with %s: %w", c.base, err)
+	return "", TokenTimes{}, fmt.Errorf("RCAR handshake with %s: %w", c.base, err)
 }
 
 // transient reports whether a failed handshake may succeed if repeated:
@@ -225,33 +291,34 @@ func (c *Client) invalidate(tok string) {
 	c.mu.Unlock()
 }
 
-func (c *Client) handshake(ctx context.Context) error {
+// handshake runs one RCAR handshake (auth, attest) and returns the token.
+func (c *Client) handshake(ctx context.Context) (string, TokenTimes, error) {
 	tee := c.attester.TEE()
 	algs, err := json.Marshal(map[string][]HashAlgorithm{SupportedHashAlgorithmsKey: SupportedHashAlgorithms})
 	if err != nil {
-		return fmt.Errorf("auth: encode extra-params: %w", err)
+		return "", TokenTimes{}, fmt.Errorf("auth: encode extra-params: %w", err)
 	}
 	body, err := c.post(ctx, "auth", "/auth", Request{Version: ProtocolVersion, TEE: tee, ExtraParams: algs})
 	if err != nil {
-		return err
+		return "", TokenTimes{}, err
 	}
 	ch, err := ParseChallenge(body)
 	if err != nil {
-		return fmt.Errorf("auth: %w", err)
+		return "", TokenTimes{}, fmt.Errorf("auth: %w", err)
 	}
 	alg, err := ch.SelectedHashAlgorithm()
 	if err != nil {
-		return fmt.Errorf("auth: %w", err)
+		return "", TokenTimes{}, fmt.Errorf("auth: %w", err)
 	}
 	pub := c.key.PublicJWK()
 	const additionalEvidence = "" // cocoon attests no additional devices
 	rd, err := ReportData(alg, pub, ch.Nonce, additionalEvidence)
 	if err != nil {
-		return fmt.Errorf("attest: compute report data: %w", err)
+		return "", TokenTimes{}, fmt.Errorf("attest: compute report data: %w", err)
 	}
 	ev, err := c.attester.Evidence(ctx, rd)
 	if err != nil {
-		return fmt.Errorf("attest: %s evidence: %w", tee, err)
+		return "", TokenTimes{}, fmt.Errorf("attest: %s evidence: %w", tee, err)
 	}
 	att := Attestation{
 		InitData:    c.initData,
@@ -260,20 +327,18 @@ func (c *Client) handshake(ctx context.Context) error {
 	}
 	body, err = c.post(ctx, "attest", "/attest", att)
 	if err != nil {
-		return err
+		return "", TokenTimes{}, err
 	}
 	var ar AttestationResponse
 	if err := json.Unmarshal(body, &ar); err != nil || ar.Token == "" {
-		return fmt.Errorf("attest: decode response: no token (%v)", err)
+		return "", TokenTimes{}, fmt.Errorf("attest: decode response: no token (%v)", err)
 	}
 	times, err := ParseTokenTimes(ar.Token)
 	if err != nil {
-		return fmt.Errorf("attest: %w", err)
+		return "", TokenTimes{}, fmt.Errorf("attest: %w", err)
 	}
-	c.token, c.times = ar.Token, times
-	c.handshakes++
 	log.G(ctx).WithFields(log.Fields{"tee": tee, "kbs": c.base, "hash": alg, "expires": times.Expiry}).Debug("kbs: RCAR handshake complete")
-	return nil
+	return ar.Token, times, nil
 }
 
 func (c *Client) post(ctx context.Context, step, path string, msg any) ([]byte, error) {
