@@ -172,6 +172,9 @@ func TestGuestPull(t *testing.T) {
 			if info.Kind != snapshots.KindCommitted || info.Parent != chain[0].String() || info.Labels[label.GuestPulled] == "" {
 				t.Fatalf("committed snapshot info = %+v", info)
 			}
+			if _, ok := info.Labels[label.OverlayUpperdir]; ok {
+				t.Fatalf("the upperdir label, cocoond's own business, reached a client: %+v", info)
+			}
 			root := f.rootfs(t, "container", chain[1])
 			for path, want := range map[string]string{
 				"hello":          "hello from layer 2\n",
