@@ -104,3 +104,14 @@ func TestMountsUnderUnescapes(t *testing.T) {
 		t.Errorf("MountsUnder(%s) = %q, want [%q]", dir, got, mp)
 	}
 }
+
+func TestProcStatusBytes(t *testing.T) {
+	// VmRSS is reported in kB (1024 bytes).
+	rss, err := ProcStatusBytes(os.Getpid(), "VmRSS")
+	if err != nil || rss <= 0 || rss%1024 != 0 {
+		t.Errorf("VmRSS = %d, %v; want a positive multiple of 1024", rss, err)
+	}
+	if _, err := ProcStatusBytes(os.Getpid(), "NoSuchField"); err == nil {
+		t.Error("a missing field was read")
+	}
+}

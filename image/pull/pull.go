@@ -21,6 +21,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
+	"github.com/docker/go-units"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/opencontainers/go-digest"
 	"github.com/opencontainers/image-spec/identity"
@@ -518,7 +519,7 @@ func rate(n int64, d time.Duration) string {
 	if d <= 0 {
 		return "n/a"
 	}
-	return fmt.Sprintf("%.1f MB/s", float64(n)/d.Seconds()/1e6)
+	return units.HumanSize(float64(n)/d.Seconds()) + "/s"
 }
 
 // reasonOf classifies an error for the failure metric.
