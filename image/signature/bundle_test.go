@@ -17,6 +17,7 @@ import (
 	"testing"
 
 	"github.com/opencontainers/go-digest"
+	"github.com/secure-systems-lab/go-securesystemslib/dsse"
 )
 
 // capturedDigest is the image cosign v3.1.3 signed in
@@ -50,7 +51,7 @@ func newECKey(t testing.TB) (*ecdsa.PrivateKey, []byte) {
 // makeBundle builds a cosign-v3-shaped bundle over statement, signed by k.
 func makeBundle(t testing.TB, k *ecdsa.PrivateKey, payloadType string, statement []byte) []byte {
 	t.Helper()
-	sum := sha256.Sum256(dssePAE(payloadType, statement))
+	sum := sha256.Sum256(dsse.PAE(payloadType, statement))
 	sig, err := ecdsa.SignASN1(rand.Reader, k, sum[:])
 	if err != nil {
 		t.Fatal(err)
