@@ -123,17 +123,23 @@ func TestVerifyBundle(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := verifyBundle(tt.bundle, tt.keys, tt.digest)
-			if tt.wantErr == "" {
-				if err != nil {
-					t.Fatalf("verifyBundle: %v", err)
-				}
-				return
-			}
-			if err == nil || !strings.Contains(err.Error(), tt.wantErr) || !errors.Is(err, errBundle) {
-				t.Fatalf("verifyBundle error = %v, want errBundle containing %q", err, tt.wantErr)
-			}
+			checkVerifyBundle(t, verifyBundle(tt.bundle, tt.keys, tt.digest), tt.wantErr)
 		})
+	}
+}
+
+// checkVerifyBundle fails t unless err is nil (wantErr "") or wraps
+// errBundle and contains wantErr.
+func checkVerifyBundle(t *testing.T, err error, wantErr string) {
+	t.Helper()
+	if wantErr == "" {
+		if err != nil {
+			t.Fatalf("verifyBundle: %v", err)
+		}
+		return
+	}
+	if err == nil || !strings.Contains(err.Error(), wantErr) || !errors.Is(err, errBundle) {
+		t.Fatalf("verifyBundle error = %v, want errBundle containing %q", err, wantErr)
 	}
 }
 
