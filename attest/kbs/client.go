@@ -20,19 +20,25 @@ import (
 	"github.com/containerd/log"
 
 	"github.com/cocoon-cc/cocoon/attest"
+	"github.com/cocoon-cc/cocoon/internal/retry"
 )
 
 // Client retry policy, as guest-components: a resource fetch that gets 401
-// re-attests and retries, 3 attempts in all; an RCAR handshake that fails
-// for a transient reason (transport error, 5xx) is retried 5 times, 1 s
-// apart. A handshake the KBS rejects with 401 is not retried: the verdict
-// would not change.
+// re-attests and retries at once, 3 attempts in all; an RCAR handshake that
+// fails for a transient reason (transport error, 5xx) is retried 5 times,
+// 1 s apart. A handshake the KBS rejects with 401 is not retried: the
+// verdict would not change.
 const (
 	resourceAttempts    = 3
 	handshakeAttempts   = 5
 	handshakeRetryDelay = time.Second
 	defaultHTTPTimeout  = 60 * time.Second
 	maxResponseSize     = 64 << 20
+)
+
+var (
+	handshakeRetry = retry.Policy{Attempts: handshakeAttempts, Base: handshakeRetryDelay, Max: handshakeRetryDelay, Retryable: transient}
+	resourceRetry  = retry.Policy{Attempts: resourceAttempts, Retryable: resourceUnauthorized}
 )
 
 // Config configures a Client.
@@ -245,29 +251,24 @@ func (c *Client) fly(ctx context.Context, f *handshakeFlight) {
 	close(f.done)
 }
 
-func (c *Client) attestWithRetries(ctx context.Context, f *handshakeFlight) (string, TokenTimes, error) {
-	var err error
-	for attempt := 1; attempt <= handshakeAttempts; attempt++ {
-		tok, times, herr := c.handshake(ctx)
-		if err = herr; err == nil {
-			return tok, times, nil
-		}
-		if !transient(err) || ctx.Err() != nil || attempt == handshakeAttempts {
-			break
+func (c *Client) attestWithRetries(ctx context.Context, f *handshakeFlight) (tok string, times TokenTimes, err error) {
+	err = handshakeRetry.Do(ctx, func(attempt int) error {
+		var herr error
+		if tok, times, herr = c.handshake(ctx); herr == nil {
+			return nil
 		}
 		c.mu.Lock()
-		f.failed = err
+		f.failed = herr
 		c.mu.Unlock()
-		log.G(ctx).WithError(err).WithField("attempt", attempt).Warn("kbs: RCAR handshake failed, retrying")
-		t := time.NewTimer(handshakeRetryDelay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return "", TokenTimes{}, fmt.Errorf("RCAR handshake: %w (then %w)", err, ctx.Err())
-		case <-t.C:
+		if attempt < handshakeAttempts && transient(herr) && ctx.Err() == nil {
+			log.G(ctx).WithError(herr).WithField("attempt", attempt).Warn("kbs: RCAR handshake failed, retrying")
 		}
+		return herr
+	})
+	if err != nil {
+		return "", TokenTimes{}, fmt.Errorf("RCAR handshake with %s: %w", c.base, err)
 	}
-	return "", TokenTimes{}, fmt.Errorf("RCAR handshake with %s: %w", c.base, err)
+	return tok, times, nil
 }
 
 // transient reports whether a failed handshake may succeed if repeated:
@@ -388,33 +389,39 @@ func (c *Client) GetResource(ctx context.Context, uri string) ([]byte, error) {
 		return nil, err
 	}
 	target := c.base + "/" + ru.RequestPath()
-	var lastErr error
-	for attempt := 1; attempt <= resourceAttempts; attempt++ {
+	var body []byte
+	err = resourceRetry.Do(ctx, func(attempt int) error {
 		tok, err := c.Token(ctx)
 		if err != nil {
-			return nil, fmt.Errorf("get resource %s: %w", ru, err)
+			return err
 		}
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
 		if err != nil {
-			return nil, fmt.Errorf("get resource %s: %w", ru, err)
+			return err
 		}
 		req.Header.Set("Authorization", "Bearer "+tok)
-		body, err := c.do("get resource", req)
-		var se *StatusError
-		if errors.As(err, &se) && se.Status == http.StatusUnauthorized {
+		if body, err = c.do("get resource", req); resourceUnauthorized(err) {
 			log.G(ctx).WithField("resource", ru.String()).WithField("attempt", attempt).WithError(err).Warn("kbs: resource request unauthorized, re-attesting")
 			c.invalidate(tok)
-			lastErr = err
-			continue
 		}
-		if err != nil {
-			return nil, fmt.Errorf("get resource %s: %w", ru, err)
-		}
-		pt, err := c.key.DecryptResponse(body)
-		if err != nil {
-			return nil, fmt.Errorf("get resource %s: %w", ru, err)
-		}
-		return pt, nil
+		return err
+	})
+	if resourceUnauthorized(err) {
+		return nil, fmt.Errorf("get resource %s: unauthorized after %d attempts: %w", ru, resourceAttempts, err)
 	}
-	return nil, fmt.Errorf("get resource %s: unauthorized after %d attempts: %w", ru, resourceAttempts, lastErr)
+	if err != nil {
+		return nil, fmt.Errorf("get resource %s: %w", ru, err)
+	}
+	pt, err := c.key.DecryptResponse(body)
+	if err != nil {
+		return nil, fmt.Errorf("get resource %s: %w", ru, err)
+	}
+	return pt, nil
+}
+
+// resourceUnauthorized reports a 401 answer to a resource request (not to
+// the handshake): the token expired or was revoked, so re-attest.
+func resourceUnauthorized(err error) bool {
+	var se *StatusError
+	return errors.As(err, &se) && se.Step == "get resource" && se.Status == http.StatusUnauthorized
 }

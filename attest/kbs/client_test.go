@@ -24,6 +24,7 @@ type fakeKBS struct {
 	hold     chan struct{} // nil: answer at once; else /attest waits for it
 	fail5xx  int           // this many /auth requests answer 503 first
 	lifetime time.Duration // token validity from issue
+	reject   bool          // /attest answers 401 (a verdict)
 
 	mu        sync.Mutex
 	auths     int
@@ -46,6 +47,9 @@ func (k *fakeKBS) RoundTrip(r *http.Request) (*http.Response, error) {
 		return reply(http.StatusOK, `{"nonce":"bm9uY2U","extra-params":""}`)
 	case "attest":
 		k.attests = append(k.attests, r.Context())
+		if k.reject {
+			return reply(http.StatusUnauthorized, `{"type":"https://github.com/confidential-containers/kbs/errors/AttestationFailed","detail":"no"}`)
+		}
 		if k.hold != nil {
 			k.mu.Unlock()
 			select {
@@ -62,7 +66,7 @@ func (k *fakeKBS) RoundTrip(r *http.Request) (*http.Response, error) {
 		return reply(http.StatusOK, `{"token":"`+tok+`"}`)
 	}
 	k.resources++
-	return reply(http.StatusNotFound, "")
+	return reply(http.StatusUnauthorized, "")
 }
 
 func (k *fakeKBS) counts() (auths, attests int) {
@@ -231,6 +235,35 @@ func TestTokenRetriesTransientFailures(t *testing.T) {
 		}
 		if auths, _ := k.counts(); auths != handshakeAttempts {
 			t.Fatalf("%d auth requests, want %d", auths, handshakeAttempts)
+		}
+	})
+}
+
+// TestGetResourceReattestsOn401: a resource answered 401 re-attests and
+// retries, resourceAttempts in all; a handshake the KBS rejects is not
+// retried.
+func TestGetResourceReattestsOn401(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		k := &fakeKBS{}
+		c := newFakeClient(t, k)
+		_, err := c.GetResource(t.Context(), "kbs:///r/t/x")
+		var se *StatusError
+		if !errors.As(err, &se) || se.Step != "get resource" || se.Status != http.StatusUnauthorized ||
+			!strings.Contains(err.Error(), fmt.Sprintf("unauthorized after %d attempts", resourceAttempts)) {
+			t.Fatalf("GetResource = %v, want unauthorized after %d attempts", err, resourceAttempts)
+		}
+		if _, attests := k.counts(); attests != resourceAttempts || k.resources != resourceAttempts || c.Handshakes() != resourceAttempts {
+			t.Fatalf("%d handshakes (%d attest requests) for %d resource requests, want %d of each", c.Handshakes(), attests, k.resources, resourceAttempts)
+		}
+
+		k = &fakeKBS{reject: true}
+		c = newFakeClient(t, k)
+		_, err = c.GetResource(t.Context(), "kbs:///r/t/x")
+		if !errors.As(err, &se) || se.Step != "attest" || se.Status != http.StatusUnauthorized {
+			t.Fatalf("GetResource with a rejected handshake = %v, want the attest step's 401", err)
+		}
+		if auths, attests := k.counts(); auths != 1 || attests != 1 || k.resources != 0 {
+			t.Fatalf("a rejected handshake was retried: %d auth, %d attest, %d resource requests", auths, attests, k.resources)
 		}
 	})
 }
