@@ -11,7 +11,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
+	"sync"
 )
 
 // TEE names, spelled as upstream kbs-types serialises them on the wire.
@@ -41,6 +43,53 @@ type RuntimeMeasurer interface {
 	// ExtendRuntimeMeasurement extends register (a PCR index as upstream
 	// names it; TDX maps it to an RTMR) with digest.
 	ExtendRuntimeMeasurement(ctx context.Context, register int, digest []byte) error
+}
+
+// InitDataBinder is implemented by attesters whose platform binds an
+// init-data digest to hardware, checked or done at start-up as upstream AA
+// does (TDX MR_CONFIG_ID, SNP HOST_DATA, vTPM PCR8). A mismatch is
+// initdata.ErrInconsistent.
+type InitDataBinder interface {
+	BindInitData(ctx context.Context, digest []byte) error
+}
+
+// Platform is what a TEE package tells the rest of cocoon about its TEE
+// besides evidence, for code that has only the TEE's name (a verifier, a
+// CLI flag). Each TEE package registers one (RegisterPlatform, from its
+// init); it implements the optional interfaces that such code looks up:
+// initdata.Binding (the register init-data is bound into), eventlog.Platform
+// (how runtime measurements are recorded). Adding a TEE touches its own
+// package only.
+type Platform interface {
+	TEE() string
+}
+
+var platforms struct {
+	sync.RWMutex
+	byName map[string]Platform
+}
+
+// RegisterPlatform records p under its TEE name and under aliases (other
+// upstream names of the same platform). It panics when a name is taken.
+func RegisterPlatform(p Platform, aliases ...string) {
+	platforms.Lock()
+	defer platforms.Unlock()
+	if platforms.byName == nil {
+		platforms.byName = map[string]Platform{}
+	}
+	for _, name := range append([]string{p.TEE()}, aliases...) {
+		if _, dup := platforms.byName[name]; dup {
+			panic(fmt.Sprintf("attest: platform %q registered twice", name))
+		}
+		platforms.byName[name] = p
+	}
+}
+
+// LookupPlatform returns the platform registered under name, or nil.
+func LookupPlatform(name string) Platform {
+	platforms.RLock()
+	defer platforms.RUnlock()
+	return platforms.byName[name]
 }
 
 // Claims are the verified facts a verifier extracts from evidence; they go

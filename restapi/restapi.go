@@ -21,6 +21,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/containerd/log"
+
+	"github.com/cocoon-cc/cocoon/attest/agent"
 )
 
 // Features selects the routes served, as Kata's agent.guest_components_rest_api.
@@ -44,16 +46,7 @@ func ParseFeatures(s string) (Features, error) {
 func (f Features) attestation() bool { return f == FeatureAttestation || f == FeatureAll }
 func (f Features) resource() bool    { return f == FeatureResource || f == FeatureAll }
 
-// MeasurementResult is the outcome of a runtime measurement request.
-type MeasurementResult int
-
-const (
-	MeasurementOK MeasurementResult = iota
-	MeasurementNotSupported
-	MeasurementNotEnabled
-)
-
-// AttestationAgent is what /aa and /info need.
+// AttestationAgent is what /aa and /info need (attest/agent.Agent).
 type AttestationAgent interface {
 	TEE() string
 	AdditionalTEEs() []string
@@ -64,8 +57,10 @@ type AttestationAgent interface {
 	// Token returns the token response body for token_type ("kbs" or
 	// "coco_as"); unknown or unconfigured types are errors.
 	Token(ctx context.Context, tokenType string) ([]byte, error)
-	ExtendRuntimeMeasurement(ctx context.Context, domain, operation, content string, register *uint64) (MeasurementResult, error)
+	ExtendRuntimeMeasurement(ctx context.Context, domain, operation, content string, register *uint64) (agent.MeasurementResult, error)
 }
+
+var _ AttestationAgent = (*agent.Agent)(nil)
 
 // ResourceGetter fetches kbs:/// resources (the CDH side).
 type ResourceGetter interface {
@@ -386,11 +381,11 @@ func (h *Handler) aael(w http.ResponseWriter, r *http.Request) {
 	}
 	var out string
 	switch res {
-	case MeasurementOK:
+	case agent.MeasurementOK:
 		out = `{"success":"true"}`
-	case MeasurementNotSupported:
+	case agent.MeasurementNotSupported:
 		out = `{"success":"false","message": "The platform does not support runtime measurement"}`
-	case MeasurementNotEnabled:
+	case agent.MeasurementNotEnabled:
 		out = `{"success":"false","message": "Attestation Agent does not enable eventlog recording"}`
 	default:
 		out = `{"success":"false","message": "Unknown runtime measurement result"}`

@@ -8,6 +8,8 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"github.com/cocoon-cc/cocoon/attest/agent"
 )
 
 // recordingAgent is a test double of the AttestationAgent seam that records
@@ -15,7 +17,7 @@ import (
 type recordingAgent struct {
 	runtimeData []byte
 	aael        []string
-	result      MeasurementResult
+	result      agent.MeasurementResult
 }
 
 func (a *recordingAgent) TEE() string              { return "sample" }
@@ -37,7 +39,7 @@ func (a *recordingAgent) Token(_ context.Context, tt string) ([]byte, error) {
 	}
 	return []byte(`{"token":"t","tee_keypair":"k"}`), nil
 }
-func (a *recordingAgent) ExtendRuntimeMeasurement(_ context.Context, d, o, c string, _ *uint64) (MeasurementResult, error) {
+func (a *recordingAgent) ExtendRuntimeMeasurement(_ context.Context, d, o, c string, _ *uint64) (agent.MeasurementResult, error) {
 	if strings.Contains(c, "\n") {
 		return 0, errors.New("content contains newline")
 	}
@@ -151,10 +153,10 @@ func TestRuntimeDataDecoding(t *testing.T) {
 }
 
 func TestAAELResults(t *testing.T) {
-	for res, want := range map[MeasurementResult]string{
-		MeasurementNotSupported: `{"success":"false","message": "The platform does not support runtime measurement"}`,
-		MeasurementNotEnabled:   `{"success":"false","message": "Attestation Agent does not enable eventlog recording"}`,
-		MeasurementResult(9):    `{"success":"false","message": "Unknown runtime measurement result"}`,
+	for res, want := range map[agent.MeasurementResult]string{
+		agent.MeasurementNotSupported: `{"success":"false","message": "The platform does not support runtime measurement"}`,
+		agent.MeasurementNotEnabled:   `{"success":"false","message": "Attestation Agent does not enable eventlog recording"}`,
+		agent.MeasurementResult(9):    `{"success":"false","message": "Unknown runtime measurement result"}`,
 	} {
 		h := New(Options{Features: FeatureAll, Agent: &recordingAgent{result: res}})
 		if code, body := do(h, "POST", "/aa/aael", `{"domain":"d","operation":"o","content":"c"}`, local); code != 200 || body != want {

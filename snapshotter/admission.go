@@ -11,11 +11,7 @@ import (
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
 	"github.com/opencontainers/image-spec/identity"
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/cocoon-cc/cocoon/image/decrypt"
-	"github.com/cocoon-cc/cocoon/image/pull"
-	"github.com/cocoon-cc/cocoon/image/registry"
 	"github.com/cocoon-cc/cocoon/snapshotter/label"
 )
 
@@ -28,43 +24,43 @@ import (
 // for the image a container is actually created from.
 
 // verdictOf builds the verdict of a verified, accepted image.
-func verdictOf(ref string, im *registry.Image) ImageVerdict {
-	iv := ImageVerdict{Ref: ref, Manifest: im.ManifestDigest, Accepted: time.Now().UTC()}
-	for _, l := range im.Manifest.Layers {
+func verdictOf(ref string, im *VerifiedImage) ImageVerdict {
+	iv := ImageVerdict{Ref: ref, Manifest: im.Manifest, Accepted: time.Now().UTC()}
+	for _, l := range im.Layers {
 		iv.Layers = append(iv.Layers, l.Digest)
-		iv.Encrypted = append(iv.Encrypted, decrypt.IsEncrypted(l.MediaType))
+		iv.Encrypted = append(iv.Encrypted, l.Encrypted)
 	}
-	iv.ChainIDs = identity.ChainIDs(append([]digest.Digest(nil), im.Config.RootFS.DiffIDs...))
+	iv.ChainIDs = identity.ChainIDs(append([]digest.Digest(nil), im.DiffIDs...))
 	return iv
 }
 
 // recordLayer records that req's image was accepted and that target was
-// committed from blob.
-func (s *Snapshotter) recordLayer(ctx context.Context, req pull.Request, target string, blob ocispec.Descriptor) error {
+// committed from the staged layer's blob.
+func (s *Snapshotter) recordLayer(ctx context.Context, req LayerRequest, target string, staged *StagedLayer) error {
 	im, err := s.layers.Verify(ctx, req.ImageRef, req.ManifestDigest)
 	if err != nil {
 		return fmt.Errorf("record verdict for %s: %w", req.ImageRef, err)
 	}
-	return s.verdicts.record(verdictOf(req.ImageRef, im), target, blob.Digest, decrypt.IsEncrypted(blob.MediaType))
+	return s.verdicts.record(verdictOf(req.ImageRef, im), target, staged.Blob, staged.Encrypted)
 }
 
 // reuse admits an already committed layer for req's image: the image must
 // pass the policy, name the layer at the chain position containerd asked
 // for, and, if the layer was decrypted, name the same encrypted blob.
-func (s *Snapshotter) reuse(ctx context.Context, target string, req pull.Request) error {
+func (s *Snapshotter) reuse(ctx context.Context, target string, req LayerRequest) error {
 	im, err := s.layers.Verify(ctx, req.ImageRef, req.ManifestDigest)
 	if err != nil {
 		return fmt.Errorf("image %s@%s for committed layer %s: %w", req.ImageRef, req.ManifestDigest, target, err)
 	}
 	iv := verdictOf(req.ImageRef, im)
-	idx, ok := im.LayerIndex(req.LayerDigest)
+	idx, ok := im.layerIndex(req.LayerDigest)
 	if !ok || iv.ChainIDs[idx].String() != target {
 		return fmt.Errorf("layer %s is not layer %s of manifest %s: %w", req.LayerDigest, target, req.ManifestDigest, errdefs.ErrInvalidArgument)
 	}
 	if err := s.checkOrigins(iv); err != nil {
 		return err
 	}
-	return s.verdicts.record(iv, target, req.LayerDigest, decrypt.IsEncrypted(im.Manifest.Layers[idx].MediaType))
+	return s.verdicts.record(iv, target, req.LayerDigest, im.Layers[idx].Encrypted)
 }
 
 // checkOrigins refuses an image that runs on a layer decrypted from an

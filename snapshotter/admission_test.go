@@ -12,27 +12,24 @@ import (
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
 	"github.com/opencontainers/image-spec/identity"
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/sirupsen/logrus"
 	logtest "github.com/sirupsen/logrus/hooks/test"
 
-	"github.com/cocoon-cc/cocoon/image/pull"
-	"github.com/cocoon-cc/cocoon/image/registry"
 	"github.com/cocoon-cc/cocoon/snapshotter/label"
 )
 
 // fakeSource answers Verify from a table (the image security policy and
 // the registry); Layer is never expected.
 type fakeSource struct {
-	images   map[string]*registry.Image // "ref@digest"
+	images   map[string]*VerifiedImage // "ref@digest"
 	verifies int
 }
 
-func (f *fakeSource) Layer(context.Context, pull.Request) (*pull.Staged, error) {
+func (f *fakeSource) Layer(context.Context, LayerRequest) (*StagedLayer, error) {
 	return nil, errors.New("unexpected layer pull")
 }
 
-func (f *fakeSource) Verify(_ context.Context, ref string, dgst digest.Digest) (*registry.Image, error) {
+func (f *fakeSource) Verify(_ context.Context, ref string, dgst digest.Digest) (*VerifiedImage, error) {
 	f.verifies++
 	if im, ok := f.images[ref+"@"+dgst.String()]; ok {
 		return im, nil
@@ -41,14 +38,18 @@ func (f *fakeSource) Verify(_ context.Context, ref string, dgst digest.Digest) (
 }
 
 // fakeImage is an image whose layer i has blob digest blobs[i] and diff ID
-// diffs[i].
-func fakeImage(manifest string, blobs []digest.Digest, mediaType string, diffs []digest.Digest) *registry.Image {
-	im := &registry.Image{ManifestDigest: digest.FromString(manifest)}
+// diffs[i], every blob encrypted or none.
+func fakeImage(manifest string, blobs []digest.Digest, encrypted bool, diffs []digest.Digest) *VerifiedImage {
+	im := &VerifiedImage{Manifest: digest.FromString(manifest), DiffIDs: diffs}
 	for _, b := range blobs {
-		im.Manifest.Layers = append(im.Manifest.Layers, ocispec.Descriptor{MediaType: mediaType, Digest: b})
+		im.Layers = append(im.Layers, ImageLayer{Digest: b, Encrypted: encrypted})
 	}
-	im.Config.RootFS.DiffIDs = diffs
 	return im
+}
+
+// staged is what a guest pull of layer i of im would have committed.
+func staged(im *VerifiedImage, i int) *StagedLayer {
+	return &StagedLayer{Blob: im.Layers[i].Digest, Encrypted: im.Layers[i].Encrypted}
 }
 
 func openWith(t *testing.T, root string, src LayerSource) *Snapshotter {
@@ -73,8 +74,6 @@ func commitLayer(t *testing.T, sn *Snapshotter, chainID, parent string) {
 	}
 }
 
-const encMediaType = "application/vnd.oci.image.layer.v1.tar+gzip+encrypted"
-
 // TestAdmitPerImage: a container is admitted only for an image the policy
 // accepted itself, not for one that merely shares committed layers; the
 // verdict is kept across restarts; an image may not run on layers
@@ -87,14 +86,14 @@ func TestAdmitPerImage(t *testing.T) {
 	plainBlobs := []digest.Digest{digest.FromString("plain0"), digest.FromString("plain1")}
 	encBlobs := []digest.Digest{digest.FromString("enc0"), digest.FromString("enc1")}
 
-	signed := fakeImage("signed", plainBlobs, ocispec.MediaTypeImageLayerGzip, diffs)
-	encrypted := fakeImage("encrypted", encBlobs, encMediaType, diffs)
+	signed := fakeImage("signed", plainBlobs, false, diffs)
+	encrypted := fakeImage("encrypted", encBlobs, true, diffs)
 	// Made without the key: the encrypted blobs named as plain layers.
-	relabelled := fakeImage("relabelled", encBlobs, ocispec.MediaTypeImageLayerGzip, diffs)
-	src := &fakeSource{images: map[string]*registry.Image{
-		"r/signed:v1@" + signed.ManifestDigest.String():         signed,
-		"r/encrypted:v1@" + encrypted.ManifestDigest.String():   encrypted,
-		"r/relabelled:v1@" + relabelled.ManifestDigest.String(): relabelled,
+	relabelled := fakeImage("relabelled", encBlobs, false, diffs)
+	src := &fakeSource{images: map[string]*VerifiedImage{
+		"r/signed:v1@" + signed.Manifest.String():         signed,
+		"r/encrypted:v1@" + encrypted.Manifest.String():   encrypted,
+		"r/relabelled:v1@" + relabelled.Manifest.String(): relabelled,
 	}}
 	sn := openWith(t, filepath.Join(root, "sn"), src)
 
@@ -102,13 +101,13 @@ func TestAdmitPerImage(t *testing.T) {
 	commitLayer(t, sn, chain[0].String(), "")
 	commitLayer(t, sn, chain[1].String(), chain[0].String())
 	for i := range chain {
-		req := pull.Request{ImageRef: "r/signed:v1", ManifestDigest: signed.ManifestDigest, LayerDigest: plainBlobs[i]}
-		if err := sn.recordLayer(ctx, req, chain[i].String(), signed.Manifest.Layers[i]); err != nil {
+		req := LayerRequest{ImageRef: "r/signed:v1", ManifestDigest: signed.Manifest, LayerDigest: plainBlobs[i]}
+		if err := sn.recordLayer(ctx, req, chain[i].String(), staged(signed, i)); err != nil {
 			t.Fatal(err)
 		}
 	}
 	src.verifies = 0
-	if err := sn.Admit(ctx, "r/signed:v1", signed.ManifestDigest); err != nil {
+	if err := sn.Admit(ctx, "r/signed:v1", signed.Manifest); err != nil {
 		t.Fatalf("signed image: %v", err)
 	}
 	if src.verifies != 0 {
@@ -123,7 +122,7 @@ func TestAdmitPerImage(t *testing.T) {
 	if err := sn.Admit(ctx, "r/signed:v1", mutated); !errdefs.IsPermissionDenied(err) {
 		t.Fatalf("signed reference, other digest: Admit = %v, want permission denied", err)
 	}
-	for _, bad := range [][2]string{{"", signed.ManifestDigest.String()}, {"r/signed:v1", ""}, {"r/signed:v1", "sha256:zz"}} {
+	for _, bad := range [][2]string{{"", signed.Manifest.String()}, {"r/signed:v1", ""}, {"r/signed:v1", "sha256:zz"}} {
 		if err := sn.Admit(ctx, bad[0], digest.Digest(bad[1])); err == nil {
 			t.Errorf("Admit(%q, %q) accepted", bad[0], bad[1])
 		}
@@ -133,7 +132,7 @@ func TestAdmitPerImage(t *testing.T) {
 	sn.Close()
 	src.verifies = 0
 	sn = openWith(t, filepath.Join(root, "sn"), src)
-	if err := sn.Admit(ctx, "r/signed:v1", signed.ManifestDigest); err != nil || src.verifies != 0 {
+	if err := sn.Admit(ctx, "r/signed:v1", signed.Manifest); err != nil || src.verifies != 0 {
 		t.Fatalf("after restart: Admit = %v with %d verifies, want the recorded verdict", err, src.verifies)
 	}
 
@@ -143,24 +142,24 @@ func TestAdmitPerImage(t *testing.T) {
 	commitLayer(t, sn2, chain[0].String(), "")
 	commitLayer(t, sn2, chain[1].String(), chain[0].String())
 	for i := range chain {
-		req := pull.Request{ImageRef: "r/encrypted:v1", ManifestDigest: encrypted.ManifestDigest, LayerDigest: encBlobs[i]}
-		if err := sn2.recordLayer(ctx, req, chain[i].String(), encrypted.Manifest.Layers[i]); err != nil {
+		req := LayerRequest{ImageRef: "r/encrypted:v1", ManifestDigest: encrypted.Manifest, LayerDigest: encBlobs[i]}
+		if err := sn2.recordLayer(ctx, req, chain[i].String(), staged(encrypted, i)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := sn2.Admit(ctx, "r/encrypted:v1", encrypted.ManifestDigest); err != nil {
+	if err := sn2.Admit(ctx, "r/encrypted:v1", encrypted.Manifest); err != nil {
 		t.Fatalf("encrypted image: %v", err)
 	}
 	// Accepted by the policy, same diff IDs, but plain blobs: made without
 	// the key, it must not run on the decrypted rootfs.
-	err := sn2.Admit(ctx, "r/relabelled:v1", relabelled.ManifestDigest)
+	err := sn2.Admit(ctx, "r/relabelled:v1", relabelled.Manifest)
 	var oe *OriginError
 	if !errors.As(err, &oe) || !errdefs.IsPermissionDenied(err) || oe.Encrypted != encBlobs[0] || oe.Named != encBlobs[0].String()+" as a plain layer" {
 		t.Fatalf("relabelled image: Admit = %v, want an OriginError for layer 0", err)
 	}
 	// Plain blobs with the same diff IDs (the signed image's) do not
 	// name the encrypted blobs either.
-	if err := sn2.Admit(ctx, "r/signed:v1", signed.ManifestDigest); !errors.As(err, &oe) {
+	if err := sn2.Admit(ctx, "r/signed:v1", signed.Manifest); !errors.As(err, &oe) {
 		t.Fatalf("plain image on decrypted layers: Admit = %v, want an OriginError", err)
 	}
 
@@ -169,7 +168,7 @@ func TestAdmitPerImage(t *testing.T) {
 	labels := map[string]string{
 		label.TargetSnapshotRef: chain[0].String(),
 		label.CRIImageRef:       "r/relabelled:v1",
-		label.CRIManifestDigest: relabelled.ManifestDigest.String(),
+		label.CRIManifestDigest: relabelled.Manifest.String(),
 		label.CRILayerDigest:    encBlobs[0].String(),
 	}
 	if _, err := sn2.Prepare(ctx, "ns/9/extract-1 "+chain[0].String(), "", snapshots.WithLabels(labels)); !errors.As(err, &oe) {
@@ -179,7 +178,7 @@ func TestAdmitPerImage(t *testing.T) {
 	if _, err := sn2.Prepare(ctx, "ns/9/extract-2 "+chain[0].String(), "", snapshots.WithLabels(labels)); !errdefs.IsPermissionDenied(err) {
 		t.Fatalf("Prepare of a committed layer for an image the policy refuses = %v, want permission denied", err)
 	}
-	labels[label.CRIImageRef], labels[label.CRIManifestDigest], labels[label.CRILayerDigest] = "r/encrypted:v1", encrypted.ManifestDigest.String(), encBlobs[0].String()
+	labels[label.CRIImageRef], labels[label.CRIManifestDigest], labels[label.CRILayerDigest] = "r/encrypted:v1", encrypted.Manifest.String(), encBlobs[0].String()
 	if _, err := sn2.Prepare(ctx, "ns/9/extract-3 "+chain[0].String(), "", snapshots.WithLabels(labels)); !errdefs.IsAlreadyExists(err) {
 		t.Fatalf("Prepare of a committed layer for its own image = %v, want already exists", err)
 	}
@@ -194,12 +193,12 @@ func TestWarnForeignVerdicts(t *testing.T) {
 	diffs := []digest.Digest{digest.FromString("diff0")}
 	chain := identity.ChainIDs(append([]digest.Digest(nil), diffs...))
 	blobs := []digest.Digest{digest.FromString("plain0")}
-	signed := fakeImage("signed", blobs, ocispec.MediaTypeImageLayerGzip, diffs)
-	src := &fakeSource{images: map[string]*registry.Image{"r/signed:v1@" + signed.ManifestDigest.String(): signed}}
+	signed := fakeImage("signed", blobs, false, diffs)
+	src := &fakeSource{images: map[string]*VerifiedImage{"r/signed:v1@" + signed.Manifest.String(): signed}}
 	sn := openWith(t, t.TempDir(), src)
 	commitLayer(t, sn, chain[0].String(), "")
-	req := pull.Request{ImageRef: "r/signed:v1", ManifestDigest: signed.ManifestDigest, LayerDigest: blobs[0]}
-	if err := sn.recordLayer(ctx, req, chain[0].String(), signed.Manifest.Layers[0]); err != nil {
+	req := LayerRequest{ImageRef: "r/signed:v1", ManifestDigest: signed.Manifest, LayerDigest: blobs[0]}
+	if err := sn.recordLayer(ctx, req, chain[0].String(), staged(signed, 0)); err != nil {
 		t.Fatal(err)
 	}
 	hook := logtest.NewLocal(log.L.Logger)

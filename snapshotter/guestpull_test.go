@@ -1,4 +1,4 @@
-package snapshotter
+package snapshotter_test
 
 import (
 	"archive/tar"
@@ -21,11 +21,13 @@ import (
 	"github.com/cocoon-cc/cocoon/image/pull"
 	"github.com/cocoon-cc/cocoon/image/registry"
 	"github.com/cocoon-cc/cocoon/internal/regtest"
+	"github.com/cocoon-cc/cocoon/snapshotter"
 	"github.com/cocoon-cc/cocoon/snapshotter/label"
+	"github.com/cocoon-cc/cocoon/snapshotter/pullsource"
 )
 
 type fixture struct {
-	sn     *Snapshotter
+	sn     *snapshotter.Snapshotter
 	puller *pull.Puller
 	root   string
 	reg    *regtest.Registry
@@ -51,7 +53,7 @@ func (f *fixture) open(t *testing.T) {
 	if _, err := p.CleanStaging(ctx); err != nil {
 		t.Fatal(err)
 	}
-	sn, err := New(ctx, Options{Root: filepath.Join(f.root, "sn"), Layers: p})
+	sn, err := snapshotter.New(ctx, snapshotter.Options{Root: filepath.Join(f.root, "sn"), Layers: pullsource.New(p)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,6 +171,9 @@ func TestGuestPull(t *testing.T) {
 			}
 			if info.Kind != snapshots.KindCommitted || info.Parent != chain[0].String() || info.Labels[label.GuestPulled] == "" {
 				t.Fatalf("committed snapshot info = %+v", info)
+			}
+			if _, ok := info.Labels[label.OverlayUpperdir]; ok {
+				t.Fatalf("the upperdir label, cocoond's own business, reached a client: %+v", info)
 			}
 			root := f.rootfs(t, "container", chain[1])
 			for path, want := range map[string]string{
@@ -298,7 +303,7 @@ func TestRequireLabelsRefusesUnlabelledLayers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sn, err := New(ctx, Options{Root: filepath.Join(f.root, "sn"), Layers: p, RequireLabels: true})
+	sn, err := snapshotter.New(ctx, snapshotter.Options{Root: filepath.Join(f.root, "sn"), Layers: pullsource.New(p), RequireLabels: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -321,7 +326,7 @@ func TestRequireLabelsRefusesUnlabelledLayers(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := sn.Prepare(ctx, "default/3/extract-1 sha256:abc", "", snapshots.WithLabels(tc.labels))
-			var ml *MissingLabelsError
+			var ml *snapshotter.MissingLabelsError
 			if !errors.As(err, &ml) || !errdefs.IsFailedPrecondition(err) {
 				t.Fatalf("Prepare = %v, want a MissingLabelsError (failed precondition)", err)
 			}

@@ -7,8 +7,9 @@
 // applies the blob.
 //
 // The snapshotter does not know image formats: it asks the image pipeline
-// (image/pull) for a verified staged layer and commits it by rename. It must
-// never commit a layer that has not passed every check.
+// (a LayerSource; image/pull through snapshotter/pullsource) for a verified
+// staged layer and commits it by rename. It must never commit a layer that
+// has not passed every check.
 package snapshotter
 
 import (
@@ -26,18 +27,8 @@ import (
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
 
-	"github.com/cocoon-cc/cocoon/image/pull"
-	"github.com/cocoon-cc/cocoon/image/registry"
 	"github.com/cocoon-cc/cocoon/snapshotter/label"
 )
-
-// LayerSource produces verified, unpacked layers (image/pull.Puller).
-type LayerSource interface {
-	Layer(ctx context.Context, req pull.Request) (*pull.Staged, error)
-	// Verify checks an image against the image security policy and returns
-	// its verified manifest and config, fetching no layer.
-	Verify(ctx context.Context, ref string, dgst digest.Digest) (*registry.Image, error)
-}
 
 // Options configure a Snapshotter.
 type Options struct {
@@ -78,7 +69,9 @@ func New(ctx context.Context, opts Options) (*Snapshotter, error) {
 	if opts.Root == "" {
 		return nil, errors.New("snapshotter: no root directory")
 	}
-	var oopts []overlay.Opt
+	// The upperdir label tells commitStaged where a staging snapshot's
+	// upper directory is, without reading it out of mount options.
+	oopts := []overlay.Opt{overlay.WithUpperdirLabel}
 	if len(opts.MountOptions) > 0 {
 		oopts = append(oopts, overlay.WithMountOptions(opts.MountOptions))
 	}
@@ -184,8 +177,8 @@ func imageLayerTarget(key string, labels map[string]string) (string, bool) {
 }
 
 // guestPullRequest reads the CRI target labels; missing names those absent.
-func guestPullRequest(l map[string]string) (req pull.Request, missing []string) {
-	req = pull.Request{
+func guestPullRequest(l map[string]string) (req LayerRequest, missing []string) {
+	req = LayerRequest{
 		ImageRef:       l[label.CRIImageRef],
 		ManifestDigest: digest.Digest(l[label.CRIManifestDigest]),
 		LayerDigest:    digest.Digest(l[label.CRILayerDigest]),
@@ -242,7 +235,7 @@ func (s *Snapshotter) exists(ctx context.Context, name string) bool {
 	return err == nil
 }
 
-func (s *Snapshotter) guestPull(ctx context.Context, key, parent, target string, req pull.Request, labels map[string]string) error {
+func (s *Snapshotter) guestPull(ctx context.Context, key, parent, target string, req LayerRequest, labels map[string]string) error {
 	ctx = log.WithLogger(ctx, log.G(ctx).WithField("target", target).WithField("layer", req.LayerDigest))
 	alreadyExists := fmt.Errorf("target snapshot %q: %w", target, errdefs.ErrAlreadyExists)
 
@@ -279,7 +272,7 @@ func (s *Snapshotter) guestPull(ctx context.Context, key, parent, target string,
 		return err
 	}
 	log.G(ctx).WithField("diff_id", staged.DiffID).Info("layer committed")
-	if err := s.recordLayer(ctx, req, target, staged.Layer); err != nil {
+	if err := s.recordLayer(ctx, req, target, staged); err != nil {
 		return err
 	}
 	return alreadyExists
@@ -289,14 +282,13 @@ func (s *Snapshotter) guestPull(ctx context.Context, key, parent, target string,
 // snapshot target: an active snapshot (marked as staging, so a crash leaves
 // something start-up recognises) gets the staged directory renamed over its
 // empty upper directory, then is committed in one metadata transaction.
-func (s *Snapshotter) commitStaged(ctx context.Context, key, parent, target string, staged *pull.Staged, labels map[string]string) (retErr error) {
+func (s *Snapshotter) commitStaged(ctx context.Context, key, parent, target string, staged *StagedLayer, labels map[string]string) (retErr error) {
 	active := make(map[string]string, len(labels)+1)
 	for k, v := range labels {
 		active[k] = v
 	}
 	active[label.Staging] = "true"
-	mounts, err := s.Snapshotter.Prepare(ctx, key, parent, snapshots.WithLabels(active))
-	if err != nil {
+	if _, err := s.Snapshotter.Prepare(ctx, key, parent, snapshots.WithLabels(active)); err != nil {
 		return fmt.Errorf("prepare staging snapshot %q: %w", key, err)
 	}
 	defer func() {
@@ -306,7 +298,7 @@ func (s *Snapshotter) commitStaged(ctx context.Context, key, parent, target stri
 			}
 		}
 	}()
-	upper, err := upperDir(mounts)
+	upper, err := s.upperDir(ctx, key)
 	if err != nil {
 		return err
 	}
@@ -321,29 +313,54 @@ func (s *Snapshotter) commitStaged(ctx context.Context, key, parent, target stri
 	for k, v := range labels {
 		committed[k] = v
 	}
-	committed[label.GuestPulled] = staged.Layer.Digest.String()
+	committed[label.GuestPulled] = staged.Blob.String()
 	if err := s.Snapshotter.Commit(ctx, target, key, snapshots.WithLabels(committed)); err != nil {
-		return fmt.Errorf("commit layer %s as %q: %w", staged.Layer.Digest, target, err)
+		return fmt.Errorf("commit layer %s as %q: %w", staged.Blob, target, err)
 	}
 	return nil
 }
 
-// upperDir finds the writable directory of an active snapshot from its
-// mounts: the bind source for a first layer, upperdir= for overlay.
-func upperDir(mounts []mount.Mount) (string, error) {
-	if len(mounts) != 1 {
-		return "", fmt.Errorf("unexpected mounts for a staging snapshot: %d", len(mounts))
+// Stat, Update and Walk answer as the overlay snapshotter does, without the
+// upperdir label it adds for commitStaged: that path is cocoond's business,
+// not its clients'.
+
+// Stat returns the information of a snapshot.
+func (s *Snapshotter) Stat(ctx context.Context, key string) (snapshots.Info, error) {
+	info, err := s.Snapshotter.Stat(ctx, key)
+	return withoutUpperdir(info), err
+}
+
+// Update updates the labels of a snapshot.
+func (s *Snapshotter) Update(ctx context.Context, info snapshots.Info, fieldpaths ...string) (snapshots.Info, error) {
+	info, err := s.Snapshotter.Update(ctx, info, fieldpaths...)
+	return withoutUpperdir(info), err
+}
+
+// Walk calls fn for every snapshot that matches the filters.
+func (s *Snapshotter) Walk(ctx context.Context, fn snapshots.WalkFunc, filters ...string) error {
+	return s.Snapshotter.Walk(ctx, func(ctx context.Context, info snapshots.Info) error {
+		return fn(ctx, withoutUpperdir(info))
+	}, filters...)
+}
+
+func withoutUpperdir(info snapshots.Info) snapshots.Info {
+	delete(info.Labels, label.OverlayUpperdir)
+	if len(info.Labels) == 0 {
+		info.Labels = nil
 	}
-	m := mounts[0]
-	switch m.Type {
-	case "bind":
-		return m.Source, nil
-	case "overlay":
-		for _, o := range m.Options {
-			if v, ok := strings.CutPrefix(o, "upperdir="); ok {
-				return v, nil
-			}
-		}
+	return info
+}
+
+// upperDir returns the upper directory of an active snapshot, from the
+// label the overlay snapshotter adds to its Info.
+func (s *Snapshotter) upperDir(ctx context.Context, key string) (string, error) {
+	info, err := s.Snapshotter.Stat(ctx, key)
+	if err != nil {
+		return "", fmt.Errorf("stat staging snapshot %q: %w", key, err)
 	}
-	return "", fmt.Errorf("no upper directory in %s mount of a staging snapshot", m.Type)
+	upper := info.Labels[label.OverlayUpperdir]
+	if upper == "" {
+		return "", fmt.Errorf("staging snapshot %q has no %s label", key, label.OverlayUpperdir)
+	}
+	return upper, nil
 }

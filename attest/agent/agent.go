@@ -20,7 +20,6 @@ import (
 
 	"github.com/cocoon-cc/cocoon/attest"
 	"github.com/cocoon-cc/cocoon/attest/kbs"
-	"github.com/cocoon-cc/cocoon/restapi"
 )
 
 // EventLog records runtime measurements (attest/eventlog.Log).
@@ -41,10 +40,18 @@ type Options struct {
 	HTTPClient *http.Client
 }
 
-// Agent implements restapi.AttestationAgent.
+// Agent is the Attestation Agent service; transports (restapi) call it.
 type Agent struct{ o Options }
 
-var _ restapi.AttestationAgent = (*Agent)(nil)
+// MeasurementResult is the outcome of a runtime measurement request, as
+// upstream AA distinguishes it (the REST shim maps each to its body).
+type MeasurementResult int
+
+const (
+	MeasurementOK MeasurementResult = iota
+	MeasurementNotSupported
+	MeasurementNotEnabled
+)
 
 // New returns an Agent.
 func New(o Options) (*Agent, error) {
@@ -144,12 +151,12 @@ func (a *Agent) cocoASToken(ctx context.Context) ([]byte, error) {
 }
 
 // ExtendRuntimeMeasurement records an AAEL event and extends the register.
-func (a *Agent) ExtendRuntimeMeasurement(ctx context.Context, domain, operation, content string, register *uint64) (restapi.MeasurementResult, error) {
+func (a *Agent) ExtendRuntimeMeasurement(ctx context.Context, domain, operation, content string, register *uint64) (MeasurementResult, error) {
 	if a.o.EventLog == nil {
-		return restapi.MeasurementNotEnabled, nil
+		return MeasurementNotEnabled, nil
 	}
 	if _, ok := a.o.Attester.(attest.RuntimeMeasurer); !ok {
-		return restapi.MeasurementNotSupported, nil
+		return MeasurementNotSupported, nil
 	}
 	var reg *int
 	if register != nil {
@@ -161,9 +168,9 @@ func (a *Agent) ExtendRuntimeMeasurement(ctx context.Context, domain, operation,
 	}
 	if err := a.o.EventLog.Extend(ctx, domain, operation, content, reg); err != nil {
 		if errors.Is(err, attest.ErrNotSupported) {
-			return restapi.MeasurementNotSupported, nil
+			return MeasurementNotSupported, nil
 		}
 		return 0, err
 	}
-	return restapi.MeasurementOK, nil
+	return MeasurementOK, nil
 }

@@ -16,7 +16,6 @@ import (
 	"github.com/cocoon-cc/cocoon/attest/kbs"
 	"github.com/cocoon-cc/cocoon/attest/kbs/server"
 	"github.com/cocoon-cc/cocoon/attest/sample"
-	"github.com/cocoon-cc/cocoon/restapi"
 )
 
 const allowAll = "package policy\nimport rego.v1\ndefault allow := false\nallow if { data.plugin == \"resource\" }\n"
@@ -157,16 +156,16 @@ func (measuringAttester) ExtendRuntimeMeasurement(context.Context, int, []byte) 
 func TestRuntimeMeasurementResults(t *testing.T) {
 	ctx := context.Background()
 	a, _ := New(Options{Attester: sample.NewAttester()})
-	if res, err := a.ExtendRuntimeMeasurement(ctx, "d", "o", "c", nil); err != nil || res != restapi.MeasurementNotEnabled {
+	if res, err := a.ExtendRuntimeMeasurement(ctx, "d", "o", "c", nil); err != nil || res != MeasurementNotEnabled {
 		t.Errorf("no event log: %v %v", res, err)
 	}
 	l := &recordingLog{}
 	a, _ = New(Options{Attester: sample.NewAttester(), EventLog: l})
-	if res, err := a.ExtendRuntimeMeasurement(ctx, "d", "o", "c", nil); err != nil || res != restapi.MeasurementNotSupported {
+	if res, err := a.ExtendRuntimeMeasurement(ctx, "d", "o", "c", nil); err != nil || res != MeasurementNotSupported {
 		t.Errorf("sample attester: %v %v", res, err)
 	}
 	a, _ = New(Options{Attester: measuringAttester{sample.NewAttester()}, EventLog: l})
-	if res, err := a.ExtendRuntimeMeasurement(ctx, "d", "o", "c", nil); err != nil || res != restapi.MeasurementOK {
+	if res, err := a.ExtendRuntimeMeasurement(ctx, "d", "o", "c", nil); err != nil || res != MeasurementOK {
 		t.Errorf("measuring attester: %v %v", res, err)
 	}
 	if len(l.texts) != 1 || l.texts[0] != "d o c" {

@@ -80,15 +80,27 @@ func (a Alg) sum(parts ...[]byte) ([]byte, error) {
 	return h.Sum(nil), nil
 }
 
-// AlgForTEE is the platform CCEL hash upstream measures AAEL entries with:
-// SHA-384 on TDX, SHA-256 on vTPM platforms. Other TEEs have no runtime
-// measurement.
+// Platform is implemented by the attest.Platform of a TEE with runtime
+// measurement registers.
+type Platform interface {
+	// EventLogAlg is the platform's CCEL hash, which AAEL entries are
+	// measured with.
+	EventLogAlg() Alg
+	// EventLogMRIndex is the MR index a record of PCR pcr (>= 0) carries.
+	EventLogMRIndex(pcr int) (uint32, error)
+}
+
+func platform(tee string) (Platform, bool) {
+	p, ok := attest.LookupPlatform(tee).(Platform)
+	return p, ok
+}
+
+// AlgForTEE is the platform CCEL hash upstream measures AAEL entries with
+// (the TEE's registered Platform says: SHA-384 on TDX, SHA-256 on vTPM
+// platforms). Other TEEs have no runtime measurement.
 func AlgForTEE(tee string) (Alg, error) {
-	switch tee {
-	case attest.TEETDX:
-		return SHA384, nil
-	case attest.TEETPM, "az-snp-vtpm", "az-tdx-vtpm":
-		return SHA256, nil
+	if p, ok := platform(tee); ok {
+		return p.EventLogAlg(), nil
 	}
 	return 0, fmt.Errorf("eventlog: TEE %q has no runtime measurement: %w", tee, attest.ErrNotSupported)
 }
@@ -186,25 +198,18 @@ func (e Entry) Record(mrIndex uint32, alg Alg) (record, digest []byte, err error
 	return record, digest, nil
 }
 
-// MRIndex is the record MR index for a PCR on a TEE: the CC measurement
-// register on TDX (1,7→1; 2–6→2; 8–15→3; others →4), the PCR itself on
-// vTPM platforms.
+// MRIndex is the record MR index for a PCR on a TEE, as its registered
+// Platform maps it (the CC measurement register on TDX: 1,7→1; 2–6→2;
+// 8–15→3; others →4); the PCR itself on vTPM platforms and any TEE that
+// does not say.
 func MRIndex(tee string, pcr int) (uint32, error) {
 	if pcr < 0 {
 		return 0, fmt.Errorf("eventlog: register %d is not a PCR index", pcr)
 	}
-	if tee != attest.TEETDX {
-		return uint32(pcr), nil
+	if p, ok := platform(tee); ok {
+		return p.EventLogMRIndex(pcr)
 	}
-	switch {
-	case pcr == 1 || pcr == 7:
-		return 1, nil
-	case pcr >= 2 && pcr <= 6:
-		return 2, nil
-	case pcr >= 8 && pcr <= 15:
-		return 3, nil
-	}
-	return 4, nil
+	return uint32(pcr), nil
 }
 
 // specIDHeader is the fixed EV_NO_ACTION record upstream puts in front of

@@ -1,7 +1,6 @@
 package initdata
 
 import (
-	"crypto/sha256"
 	"crypto/subtle"
 	"errors"
 	"fmt"
@@ -26,38 +25,29 @@ var ErrInconsistent = errors.New("The initdata supplied by the parameter is inco
 // sample attester); upstream only logs this.
 var ErrUnsupportedTEE = errors.New("initdata: binding is not supported on this TEE")
 
-// regularize zero-pads digest at the end or truncates it to n bytes.
-func regularize(digest []byte, n int) []byte {
-	out := make([]byte, n)
-	copy(out, digest)
-	return out
+// Binding is implemented by the attest.Platform of a TEE that binds
+// init-data.
+type Binding interface {
+	// InitDataRegister returns the value the TEE's init-data field holds
+	// when digest (not empty) is bound.
+	InitDataRegister(digest []byte) ([]byte, error)
 }
 
 // ExpectedRegister returns the value the TEE's init-data field holds when
-// digest is bound: tdx MR_CONFIG_ID (48 bytes), snp HOST_DATA (32 bytes),
-// tpm (and upstream's az-snp-vtpm, az-tdx-vtpm) PCR8 after one extend from
-// zero, sha256(zeros(32) || digest), which needs a 32-byte (sha256) digest.
+// digest is bound, as the TEE's registered platform (attest.LookupPlatform)
+// says: tdx MR_CONFIG_ID (48 bytes), snp HOST_DATA (32 bytes), tpm (and
+// upstream's az-snp-vtpm, az-tdx-vtpm) PCR8 after one extend from zero,
+// sha256(zeros(32) || digest), which needs a 32-byte (sha256) digest. A TEE
+// whose platform does not implement Binding is ErrUnsupportedTEE.
 func ExpectedRegister(tee string, digest []byte) ([]byte, error) {
 	if len(digest) == 0 {
 		return nil, errors.New("initdata: empty digest")
 	}
-	switch tee {
-	case attest.TEETDX:
-		return regularize(digest, MRConfigIDSize), nil
-	case attest.TEESNP:
-		return regularize(digest, HostDataSize), nil
-	case attest.TEETPM, "az-snp-vtpm", "az-tdx-vtpm":
-		if len(digest) != sha256.Size {
-			return nil, fmt.Errorf("initdata: tpm binds into the SHA-256 PCR bank, digest must be 32 bytes (algorithm sha256), got %d", len(digest))
-		}
-		var pcr [sha256.Size]byte
-		h := sha256.New()
-		h.Write(pcr[:])
-		h.Write(digest)
-		return h.Sum(nil), nil
-	default:
+	b, ok := attest.LookupPlatform(tee).(Binding)
+	if !ok {
 		return nil, fmt.Errorf("%w: %q", ErrUnsupportedTEE, tee)
 	}
+	return b.InitDataRegister(digest)
 }
 
 // Check compares the platform's field (MR_CONFIG_ID, HOST_DATA, or the PCR8

@@ -147,7 +147,7 @@ func TestCheckMismatch(t *testing.T) {
 		tee      string
 		register []byte
 	}{
-		{"tdx flipped", "tdx", func() []byte { r := regularize(d, 48); r[47] ^= 1; return r }()},
+		{"tdx flipped", "tdx", func() []byte { r := make([]byte, 48); copy(r, d); r[47] ^= 1; return r }()},
 		{"tdx short", "tdx", d},
 		{"snp other", "snp", bytes.Repeat([]byte{2}, 32)},
 		{"tpm raw digest is not the PCR value", "tpm", d},

@@ -20,19 +20,25 @@ import (
 	"github.com/containerd/log"
 
 	"github.com/cocoon-cc/cocoon/attest"
+	"github.com/cocoon-cc/cocoon/internal/retry"
 )
 
 // Client retry policy, as guest-components: a resource fetch that gets 401
-// re-attests and retries, 3 attempts in all; an RCAR handshake that fails
-// for a transient reason (transport error, 5xx) is retried 5 times, 1 s
-// apart. A handshake the KBS rejects with 401 is not retried: the verdict
-// would not change.
+// re-attests and retries at once, 3 attempts in all; an RCAR handshake that
+// fails for a transient reason (transport error, 5xx) is retried 5 times,
+// 1 s apart. A handshake the KBS rejects with 401 is not retried: the
+// verdict would not change.
 const (
 	resourceAttempts    = 3
 	handshakeAttempts   = 5
 	handshakeRetryDelay = time.Second
 	defaultHTTPTimeout  = 60 * time.Second
 	maxResponseSize     = 64 << 20
+)
+
+var (
+	handshakeRetry = retry.Policy{Attempts: handshakeAttempts, Base: handshakeRetryDelay, Max: handshakeRetryDelay, Retryable: transient}
+	resourceRetry  = retry.Policy{Attempts: resourceAttempts, Retryable: resourceUnauthorized}
 )
 
 // Config configures a Client.
@@ -77,7 +83,8 @@ func (e *StatusError) Unwrap() error {
 }
 
 // Client attests to one KBS and fetches resources from it. It is safe for
-// concurrent use; handshakes are serialised.
+// concurrent use: callers that need a token while none is valid share one
+// handshake (see Token).
 type Client struct {
 	base     string // URL + PathPrefix
 	attester attest.Attester
@@ -89,7 +96,20 @@ type Client struct {
 	mu         sync.Mutex
 	token      string
 	times      TokenTimes
-	handshakes int // completed handshakes, for tests and metrics
+	flight     *handshakeFlight // the handshake in progress, if any
+	handshakes int              // completed handshakes, for tests and metrics
+}
+
+// handshakeFlight is one handshake (with its retries) shared by the
+// callers waiting for it. It runs under its own context, cancelled when
+// the last waiter gives up.
+type handshakeFlight struct {
+	done    chan struct{}
+	cancel  context.CancelFunc
+	waiters int   // guarded by Client.mu
+	failed  error // the last failed attempt, guarded by Client.mu
+	token   string
+	err     error // token and err are set before done is closed
 }
 
 var _ ResourceGetter = (*Client)(nil)
@@ -147,21 +167,55 @@ func NewClient(cfg Config) (*Client, error) {
 	return c, nil
 }
 
-// Token returns a valid attestation token, running an RCAR handshake when
-// none is cached or the cached one has expired.
+// Token returns a valid attestation token: the cached one while it is
+// valid (no network), else the result of an RCAR handshake. Concurrent
+// callers share one handshake. A caller whose ctx ends stops waiting at
+// once and gets ctx's error; the handshake goes on for the others and is
+// cancelled only when no caller waits for it any more.
 func (c *Client) Token(ctx context.Context) (string, error) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.tokenLocked(ctx)
+	if c.token != "" && c.times.ValidAt(c.now()) {
+		tok := c.token
+		c.mu.Unlock()
+		return tok, nil
+	}
+	f := c.flight
+	if f == nil {
+		// Detached from this caller's cancellation (the flight's own
+		// cancel stops it), keeping its values (logger).
+		hctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		f = &handshakeFlight{done: make(chan struct{}), cancel: cancel}
+		c.flight = f
+		go c.fly(hctx, f)
+	}
+	f.waiters++
+	c.mu.Unlock()
+
+	select {
+	case <-f.done:
+		return f.token, f.err
+	case <-ctx.Done():
+		c.mu.Lock()
+		if f.waiters--; f.waiters == 0 {
+			f.cancel()
+			if c.flight == f {
+				c.flight = nil // the next caller starts afresh
+			}
+		}
+		failed := f.failed
+		c.mu.Unlock()
+		if failed != nil { // waiting for a retry: say why
+			return "", fmt.Errorf("RCAR handshake: %w (then %w)", failed, ctx.Err())
+		}
+		return "", fmt.Errorf("RCAR handshake with %s: %w", c.base, ctx.Err())
+	}
 }
 
 // TokenAndKey returns a valid token and the PEM of the TEE private key the
 // KBS encrypts to (the {"token","tee_keypair"} of AA's GetToken). The
 // caller owns both secrets.
 func (c *Client) TokenAndKey(ctx context.Context) (string, []byte, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	tok, err := c.tokenLocked(ctx)
+	tok, err := c.Token(ctx)
 	if err != nil {
 		return "", nil, err
 	}
@@ -179,29 +233,42 @@ func (c *Client) Handshakes() int {
 	return c.handshakes
 }
 
-func (c *Client) tokenLocked(ctx context.Context) (string, error) {
-	if c.token != "" && c.times.ValidAt(c.now()) {
-		return c.token, nil
+// fly runs the flight's handshake, caches the token it got and wakes the
+// waiters.
+func (c *Client) fly(ctx context.Context, f *handshakeFlight) {
+	defer f.cancel()
+	tok, times, err := c.attestWithRetries(ctx, f)
+	c.mu.Lock()
+	if err == nil {
+		c.token, c.times = tok, times
+		c.handshakes++
 	}
-	c.token = ""
-	var err error
-	for attempt := 1; attempt <= handshakeAttempts; attempt++ {
-		if err = c.handshake(ctx); err == nil {
-			return c.token, nil
-		}
-		if !transient(err) || ctx.Err() != nil || attempt == handshakeAttempts {
-			break
-		}
-		log.G(ctx).WithError(err).WithField("attempt", attempt).Warn("kbs: RCAR handshake failed, retrying")
-		t := time.NewTimer(handshakeRetryDelay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return "", fmt.Errorf("RCAR handshake: %w (then %w)", err, ctx.Err())
-		case <-t.C:
-		}
+	if c.flight == f {
+		c.flight = nil
 	}
-	return "", fmt.Errorf("RCAR handshake with %s: %w", c.base, err)
+	f.token, f.err = tok, err
+	c.mu.Unlock()
+	close(f.done)
+}
+
+func (c *Client) attestWithRetries(ctx context.Context, f *handshakeFlight) (tok string, times TokenTimes, err error) {
+	err = handshakeRetry.Do(ctx, func(attempt int) error {
+		var herr error
+		if tok, times, herr = c.handshake(ctx); herr == nil {
+			return nil
+		}
+		c.mu.Lock()
+		f.failed = herr
+		c.mu.Unlock()
+		if attempt < handshakeAttempts && transient(herr) && ctx.Err() == nil {
+			log.G(ctx).WithError(herr).WithField("attempt", attempt).Warn("kbs: RCAR handshake failed, retrying")
+		}
+		return herr
+	})
+	if err != nil {
+		return "", TokenTimes{}, fmt.Errorf("RCAR handshake with %s: %w", c.base, err)
+	}
+	return tok, times, nil
 }
 
 // transient reports whether a failed handshake may succeed if repeated:
@@ -225,33 +292,34 @@ func (c *Client) invalidate(tok string) {
 	c.mu.Unlock()
 }
 
-func (c *Client) handshake(ctx context.Context) error {
+// handshake runs one RCAR handshake (auth, attest) and returns the token.
+func (c *Client) handshake(ctx context.Context) (string, TokenTimes, error) {
 	tee := c.attester.TEE()
 	algs, err := json.Marshal(map[string][]HashAlgorithm{SupportedHashAlgorithmsKey: SupportedHashAlgorithms})
 	if err != nil {
-		return fmt.Errorf("auth: encode extra-params: %w", err)
+		return "", TokenTimes{}, fmt.Errorf("auth: encode extra-params: %w", err)
 	}
 	body, err := c.post(ctx, "auth", "/auth", Request{Version: ProtocolVersion, TEE: tee, ExtraParams: algs})
 	if err != nil {
-		return err
+		return "", TokenTimes{}, err
 	}
 	ch, err := ParseChallenge(body)
 	if err != nil {
-		return fmt.Errorf("auth: %w", err)
+		return "", TokenTimes{}, fmt.Errorf("auth: %w", err)
 	}
 	alg, err := ch.SelectedHashAlgorithm()
 	if err != nil {
-		return fmt.Errorf("auth: %w", err)
+		return "", TokenTimes{}, fmt.Errorf("auth: %w", err)
 	}
 	pub := c.key.PublicJWK()
 	const additionalEvidence = "" // cocoon attests no additional devices
 	rd, err := ReportData(alg, pub, ch.Nonce, additionalEvidence)
 	if err != nil {
-		return fmt.Errorf("attest: compute report data: %w", err)
+		return "", TokenTimes{}, fmt.Errorf("attest: compute report data: %w", err)
 	}
 	ev, err := c.attester.Evidence(ctx, rd)
 	if err != nil {
-		return fmt.Errorf("attest: %s evidence: %w", tee, err)
+		return "", TokenTimes{}, fmt.Errorf("attest: %s evidence: %w", tee, err)
 	}
 	att := Attestation{
 		InitData:    c.initData,
@@ -260,20 +328,18 @@ func (c *Client) handshake(ctx context.Context) error {
 	}
 	body, err = c.post(ctx, "attest", "/attest", att)
 	if err != nil {
-		return err
+		return "", TokenTimes{}, err
 	}
 	var ar AttestationResponse
 	if err := json.Unmarshal(body, &ar); err != nil || ar.Token == "" {
-		return fmt.Errorf("attest: decode response: no token (%v)", err)
+		return "", TokenTimes{}, fmt.Errorf("attest: decode response: no token (%v)", err)
 	}
 	times, err := ParseTokenTimes(ar.Token)
 	if err != nil {
-		return fmt.Errorf("attest: %w", err)
+		return "", TokenTimes{}, fmt.Errorf("attest: %w", err)
 	}
-	c.token, c.times = ar.Token, times
-	c.handshakes++
 	log.G(ctx).WithFields(log.Fields{"tee": tee, "kbs": c.base, "hash": alg, "expires": times.Expiry}).Debug("kbs: RCAR handshake complete")
-	return nil
+	return ar.Token, times, nil
 }
 
 func (c *Client) post(ctx context.Context, step, path string, msg any) ([]byte, error) {
@@ -323,33 +389,39 @@ func (c *Client) GetResource(ctx context.Context, uri string) ([]byte, error) {
 		return nil, err
 	}
 	target := c.base + "/" + ru.RequestPath()
-	var lastErr error
-	for attempt := 1; attempt <= resourceAttempts; attempt++ {
+	var body []byte
+	err = resourceRetry.Do(ctx, func(attempt int) error {
 		tok, err := c.Token(ctx)
 		if err != nil {
-			return nil, fmt.Errorf("get resource %s: %w", ru, err)
+			return err
 		}
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
 		if err != nil {
-			return nil, fmt.Errorf("get resource %s: %w", ru, err)
+			return err
 		}
 		req.Header.Set("Authorization", "Bearer "+tok)
-		body, err := c.do("get resource", req)
-		var se *StatusError
-		if errors.As(err, &se) && se.Status == http.StatusUnauthorized {
+		if body, err = c.do("get resource", req); resourceUnauthorized(err) {
 			log.G(ctx).WithField("resource", ru.String()).WithField("attempt", attempt).WithError(err).Warn("kbs: resource request unauthorized, re-attesting")
 			c.invalidate(tok)
-			lastErr = err
-			continue
 		}
-		if err != nil {
-			return nil, fmt.Errorf("get resource %s: %w", ru, err)
-		}
-		pt, err := c.key.DecryptResponse(body)
-		if err != nil {
-			return nil, fmt.Errorf("get resource %s: %w", ru, err)
-		}
-		return pt, nil
+		return err
+	})
+	if resourceUnauthorized(err) {
+		return nil, fmt.Errorf("get resource %s: unauthorized after %d attempts: %w", ru, resourceAttempts, err)
 	}
-	return nil, fmt.Errorf("get resource %s: unauthorized after %d attempts: %w", ru, resourceAttempts, lastErr)
+	if err != nil {
+		return nil, fmt.Errorf("get resource %s: %w", ru, err)
+	}
+	pt, err := c.key.DecryptResponse(body)
+	if err != nil {
+		return nil, fmt.Errorf("get resource %s: %w", ru, err)
+	}
+	return pt, nil
+}
+
+// resourceUnauthorized reports a 401 answer to a resource request (not to
+// the handshake): the token expired or was revoked, so re-attest.
+func resourceUnauthorized(err error) bool {
+	var se *StatusError
+	return errors.As(err, &se) && se.Step == "get resource" && se.Status == http.StatusUnauthorized
 }

@@ -30,6 +30,15 @@ type Attester struct{}
 // NewAttester returns the sample attester (always available).
 func NewAttester() *Attester { return &Attester{} }
 
+func init() { attest.RegisterPlatform(Platform{}) }
+
+// Platform is the sample TEE's attest.Platform: it binds no init-data and
+// has no runtime measurement register.
+type Platform struct{}
+
+// TEE returns "sample".
+func (Platform) TEE() string { return attest.TEESample }
+
 // TEE implements attest.Attester.
 func (*Attester) TEE() string { return attest.TEESample }
 

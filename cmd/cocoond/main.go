@@ -32,6 +32,7 @@ import (
 	"github.com/cocoon-cc/cocoon/image/unpack"
 	"github.com/cocoon-cc/cocoon/restapi"
 	"github.com/cocoon-cc/cocoon/snapshotter"
+	"github.com/cocoon-cc/cocoon/snapshotter/pullsource"
 )
 
 type stringList []string
@@ -209,7 +210,7 @@ func serve(ctx context.Context, cfg Config, features restapi.Features) error {
 
 	sn, err := snapshotter.New(ctx, snapshotter.Options{
 		Root:          filepath.Join(storage, "snapshotter"),
-		Layers:        puller,
+		Layers:        pullsource.New(puller),
 		MountOptions:  cfg.Snapshotter.MountOptions,
 		RequireLabels: requireLabels,
 	})

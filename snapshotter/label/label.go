@@ -22,6 +22,11 @@ const (
 	CRIManifestDigest = "containerd.io/snapshot/cri.manifest-digest"
 	CRIImageLayers    = "containerd.io/snapshot/cri.image-layers"
 
+	// OverlayUpperdir is the label containerd's overlay snapshotter adds,
+	// when opened WithUpperdirLabel, to the Info of every snapshot: the path
+	// of its upper directory (as stargz and nydus read it).
+	OverlayUpperdir = "containerd.io/snapshot/overlay.upperdir"
+
 	// Staging marks an active snapshot cocoon created to commit a guest-pulled
 	// layer. One left behind by a crash is removed at start.
 	Staging = "cocoon.io/staging"
