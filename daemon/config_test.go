@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"os"
@@ -17,7 +17,7 @@ func writeConfig(t *testing.T, body string) string {
 }
 
 func TestShippedConfigLoads(t *testing.T) {
-	cfg, warnings, err := loadConfig(filepath.Join("..", "..", "contrib", "cocoond.toml"))
+	cfg, warnings, err := Load(filepath.Join("..", "contrib", "cocoond.toml"))
 	if err != nil || len(warnings) > 0 {
 		t.Fatalf("contrib/cocoond.toml: %v %v", err, warnings)
 	}
@@ -35,7 +35,7 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 		"log_format = \"xml\"\n":                     "log_format",
 		"root = 3\n":                                 "root",
 	} {
-		_, _, err := loadConfig(writeConfig(t, body))
+		_, _, err := Load(writeConfig(t, body))
 		if err == nil || !strings.Contains(err.Error(), key) {
 			t.Errorf("%q: error = %v, want one naming %s", body, err, key)
 		}
@@ -43,7 +43,7 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 }
 
 func TestConfigUnknownKeysWarn(t *testing.T) {
-	_, warnings, err := loadConfig(writeConfig(t, "colour = \"blue\"\n[registry]\nmirrors = []\n"))
+	_, warnings, err := Load(writeConfig(t, "colour = \"blue\"\n[registry]\nmirrors = []\n"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"bufio"
@@ -20,7 +20,8 @@ type StorageConfig struct {
 	// Volume is a block device or file holding only ciphertext; empty keeps
 	// the storage directly under root.
 	Volume string `toml:"volume"`
-	// Size of a file backing, e.g. "20G" (a block device uses its size).
+	// Size of a file backing, e.g. "20G" (a block device uses its size); a
+	// go-units size as unpack's (flagutil.ParseSize).
 	Size string `toml:"size"`
 	// Engine: auto, dmcrypt or userspace.
 	Engine string `toml:"engine"`
