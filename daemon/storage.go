@@ -5,13 +5,14 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
-	"time"
 
 	"github.com/containerd/log"
+
+	"github.com/cocoon-cc/cocoon/cryptvol"
+	"github.com/cocoon-cc/cocoon/cryptvol/detached"
+	"github.com/cocoon-cc/cocoon/internal/flagutil"
 )
 
 // StorageConfig puts cocoond's image storage (snapshots and staging) on an
@@ -29,11 +30,13 @@ type StorageConfig struct {
 
 // storageDir returns where snapshots and staging live. With a storage
 // volume, it is the volume's mount point under root: an ephemeral LUKS2
-// volume (random key, header in memory) served by a detached cocoonctl
-// engine process, so that it outlives a cocoond restart. On restart the
-// mounted volume is found and reused (restored); after a reboot the key is
-// gone and a fresh volume is made. `cocoonctl volume destroy ROOT/storage`
-// tears it down once cocoond and its containers are stopped.
+// volume (random key, header in memory) served by a detached engine process
+// (cryptvol/detached, a re-execution of this binary), so that it outlives a
+// cocoond restart. On restart the mounted volume is found and reused
+// (restored); after a reboot the key is gone and a fresh volume is made.
+// `cocoonctl volume destroy ROOT/storage` tears it down once cocoond and its
+// containers are stopped. Cancelling ctx (cocoond's SIGTERM) while the
+// volume is being created sends the engine process SIGTERM.
 func storageDir(ctx context.Context, root string, cfg StorageConfig) (string, error) {
 	if cfg.Volume == "" {
 		return root, nil
@@ -47,46 +50,27 @@ func storageDir(ctx context.Context, root string, cfg StorageConfig) (string, er
 		log.G(ctx).WithFields(log.Fields{"mount": mnt, "volume": cfg.Volume}).Info("encrypted storage volume restored (still mounted from the previous run)")
 		return mnt, nil
 	}
-	cocoonctl, err := siblingBinary("cocoonctl")
-	if err != nil {
-		return "", err
-	}
-	args := []string{"volume", "create", "--backing", cfg.Volume, "--mount", mnt}
+	var size int64
 	if cfg.Size != "" {
-		args = append(args, "--size", cfg.Size)
+		if size, err = flagutil.ParseSize(cfg.Size); err != nil {
+			return "", fmt.Errorf("storage.size: %w", err)
+		}
 	}
-	if cfg.Engine != "" {
-		args = append(args, "--engine", cfg.Engine)
+	engine := cfg.Engine
+	if engine == "" {
+		engine = cryptvol.EngineAuto
 	}
 	if err := os.MkdirAll(mnt, 0o700); err != nil {
 		return "", err
 	}
-	// On cancellation (cocoond's SIGTERM) cocoonctl gets SIGTERM, not
-	// SIGKILL, so it can stop the engine process it started.
-	cmd := exec.CommandContext(ctx, cocoonctl, args...)
-	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
-	cmd.WaitDelay = 30 * time.Second
-	out, err := cmd.CombinedOutput()
+	s, err := detached.Start(ctx, detached.Request{
+		Op: detached.OpCreate, Backing: cfg.Volume, Size: size, MountDir: mnt, Engine: engine, StateDir: detached.DefaultStateDir,
+	}, nil)
 	if err != nil {
-		return "", fmt.Errorf("create encrypted storage volume on %s: %w: %s", cfg.Volume, err, strings.TrimSpace(string(out)))
+		return "", fmt.Errorf("create encrypted storage volume on %s: %w", cfg.Volume, err)
 	}
-	log.G(ctx).WithFields(log.Fields{"mount": mnt, "volume": cfg.Volume}).Info("image storage on an encrypted volume (random key and LUKS2 header in memory only)")
+	log.G(ctx).WithFields(log.Fields{"mount": mnt, "volume": cfg.Volume, "engine_pid": s.PID, "engine_log": s.Log}).Info("image storage on an encrypted volume (random key and LUKS2 header in memory only)")
 	return mnt, nil
-}
-
-// siblingBinary finds a cocoon binary installed next to cocoond, else on PATH.
-func siblingBinary(name string) (string, error) {
-	if self, err := os.Executable(); err == nil {
-		p := filepath.Join(filepath.Dir(self), name)
-		if _, err := os.Stat(p); err == nil {
-			return p, nil
-		}
-	}
-	p, err := exec.LookPath(name)
-	if err != nil {
-		return "", fmt.Errorf("%s (needed for the storage volume) is neither next to cocoond nor on PATH", name)
-	}
-	return p, nil
 }
 
 // isMountPoint reports whether dir is a mount point (per mountinfo).

@@ -17,6 +17,7 @@ import (
 
 	"github.com/containerd/log"
 
+	"github.com/cocoon-cc/cocoon/cryptvol/detached"
 	"github.com/cocoon-cc/cocoon/daemon"
 	"github.com/cocoon-cc/cocoon/internal/flagutil"
 )
@@ -25,6 +26,7 @@ import (
 var version = "dev"
 
 func main() {
+	detached.RunEngineIfRequested() // the storage volume's engine process
 	if err := run(os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "cocoond:", err)
 		os.Exit(1)
