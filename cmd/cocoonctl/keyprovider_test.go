@@ -7,24 +7,78 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/containers/ocicrypt"
 	ocicryptconfig "github.com/containers/ocicrypt/config"
 	keyproviderconfig "github.com/containers/ocicrypt/config/keyprovider-config"
 	"github.com/containers/ocicrypt/keywrap/keyprovider"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/cocoon-cc/cocoon/attest"
+	"github.com/cocoon-cc/cocoon/attest/kbs"
+	"github.com/cocoon-cc/cocoon/attest/kbs/server"
 	"github.com/cocoon-cc/cocoon/attest/sample"
 	"github.com/cocoon-cc/cocoon/image/decrypt"
 )
+
+// encTestKBS starts a development KBS holding kek at default/image-kek/1
+// and returns its URL and a client using the sample attester.
+func encTestKBS(t *testing.T, kek []byte) (string, *kbs.Client) {
+	t.Helper()
+	dir := t.TempDir()
+	p := filepath.Join(dir, "default", "image-kek", "1")
+	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, kek, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	srv, err := server.New(server.Options{Repository: dir, Policy: server.AllowAllPolicy, Verifiers: []attest.Verifier{sample.NewVerifier()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(srv)
+	t.Cleanup(func() { ts.Close(); srv.Close() })
+	c, err := kbs.NewClient(kbs.Config{URL: ts.URL, Attester: sample.NewAttester(), HTTPTimeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ts.URL, c
+}
+
+// randomTar is an uncompressed layer blob (a tar archive of random files).
+func randomTar(t *testing.T) []byte {
+	t.Helper()
+	l, err := random.Layer(60<<10, types.OCIUncompressedLayer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := l.Uncompressed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// packetKeyOrder is the JSON key order of coco_keyprovider's annotation packet.
+var packetKeyOrder = regexp.MustCompile(`^\{"kid":"[^"]+","wrapped_data":"[A-Za-z0-9+/=]+","iv":"[A-Za-z0-9+/=]{16}","wrap_type":"A256GCM"\}$`)
 
 const kpPLBCO = `{"symkey":"MGXBeFJBl9jBFC+uaL62I4AB33asYz3WzYthKqbSfgA=","digest":"sha256:2e6cce81210ff9fcf4b092cbb319895821d0a3d9fd9c54a509366179a7018012","cipheroptions":{"nonce":"vnWpM/fZ4y5R+4MM9YFQ3A=="}}`
 
@@ -270,7 +324,7 @@ func TestKeyProviderWithOcicrypt(t *testing.T) {
 	})
 
 	const kid = "kbs:///default/image-kek/1"
-	blob := encTestTar(t, 3)
+	blob := randomTar(t)
 	desc := ocispec.Descriptor{MediaType: "application/vnd.oci.image.layer.v1.tar", Digest: digest.FromBytes(blob), Size: int64(len(blob))}
 
 	// ocicrypt encrypts, wrapping through `cocoonctl keyprovider` keywrap.
