@@ -97,6 +97,39 @@ func kpRun(t *testing.T, args []string, stdin string) ([]byte, error) {
 	return out.Bytes(), err
 }
 
+// checkKeyUnwrap unwraps annotation through the key provider, with the
+// request and reply in the byte encoding enc, and expects kpPLBCO back.
+func checkKeyUnwrap(t *testing.T, kekFile, enc string, wrapped []byte) {
+	t.Helper()
+	annotation := `"` + base64.StdEncoding.EncodeToString(wrapped) + `"`
+	if enc == "array" {
+		annotation = kpIntArray(wrapped)
+	}
+	out, err := kpRun(t, []string{"--key-file", kekFile, "--byte-encoding", enc},
+		`{"op":"keyunwrap","keywrapparams":{"ec":null,"optsdata":null},"keyunwrapparams":{"dc":{"Parameters":{}},"annotation":`+annotation+`}}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var unwrapReply struct {
+		R struct {
+			OptsData json.RawMessage `json:"optsdata"`
+		} `json:"keyunwrapresults"`
+	}
+	if err := json.Unmarshal(out, &unwrapReply); err != nil {
+		t.Fatalf("reply %s: %v", out, err)
+	}
+	var got flexBytes
+	if err := json.Unmarshal(unwrapReply.R.OptsData, &got); err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != kpPLBCO {
+		t.Fatalf("%s: optsdata %s", enc, got)
+	}
+	if isArray := bytes.HasPrefix(unwrapReply.R.OptsData, []byte("[")); isArray != (enc == "array") {
+		t.Fatalf("reply encoding %s for --byte-encoding %s", unwrapReply.R.OptsData, enc)
+	}
+}
+
 func TestKeyProviderWrapUnwrap(t *testing.T) {
 	_, kekFile := encTestKEK(t)
 	const kid = "kbs:///default/image-kek/1"
@@ -134,33 +167,7 @@ func TestKeyProviderWrapUnwrap(t *testing.T) {
 				t.Fatalf("annotation %s", wrapReply.R.Annotation)
 			}
 			for _, enc := range []string{"base64", "array"} {
-				annotation := `"` + base64.StdEncoding.EncodeToString(wrapReply.R.Annotation) + `"`
-				if enc == "array" {
-					annotation = kpIntArray(wrapReply.R.Annotation)
-				}
-				out, err = kpRun(t, []string{"--key-file", kekFile, "--byte-encoding", enc},
-					`{"op":"keyunwrap","keywrapparams":{"ec":null,"optsdata":null},"keyunwrapparams":{"dc":{"Parameters":{}},"annotation":`+annotation+`}}`)
-				if err != nil {
-					t.Fatal(err)
-				}
-				var unwrapReply struct {
-					R struct {
-						OptsData json.RawMessage `json:"optsdata"`
-					} `json:"keyunwrapresults"`
-				}
-				if err := json.Unmarshal(out, &unwrapReply); err != nil {
-					t.Fatalf("reply %s: %v", out, err)
-				}
-				var got flexBytes
-				if err := json.Unmarshal(unwrapReply.R.OptsData, &got); err != nil {
-					t.Fatal(err)
-				}
-				if string(got) != kpPLBCO {
-					t.Fatalf("%s: optsdata %s", enc, got)
-				}
-				if isArray := bytes.HasPrefix(unwrapReply.R.OptsData, []byte("[")); isArray != (enc == "array") {
-					t.Fatalf("reply encoding %s for --byte-encoding %s", unwrapReply.R.OptsData, enc)
-				}
+				checkKeyUnwrap(t, kekFile, enc, wrapReply.R.Annotation)
 			}
 		})
 	}
@@ -285,16 +292,10 @@ var registerKeyProviderOnce sync.Once
 // ocicrypt as a library: wrap with the KEK file, unwrap through the KBS
 // after sample attestation. It also checks that layers encrypted by
 // image/decrypt and by ocicrypt decrypt with the other side.
-func TestKeyProviderWithOcicrypt(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds cocoonctl")
-	}
-	saved := newAttester
-	t.Cleanup(func() { newAttester = saved })
-	newAttester = func(string) (attest.Attester, error) { return sample.NewAttester(), nil }
-
-	kek, kekFile := encTestKEK(t)
-	kbsURL, client := encTestKBS(t, kek)
+// useCocoonctlKeyProvider builds cocoonctl and registers it with ocicrypt
+// as the attestation-agent key provider, talking to the KBS at kbsURL.
+func useCocoonctlKeyProvider(t *testing.T, kbsURL string) {
+	t.Helper()
 	bin := filepath.Join(t.TempDir(), "cocoonctl")
 	build := exec.Command("go", "build", "-tags", "containers_image_openpgp", "-o", bin, ".")
 	if out, err := build.CombinedOutput(); err != nil {
@@ -322,12 +323,19 @@ func TestKeyProviderWithOcicrypt(t *testing.T) {
 			ocicrypt.RegisterKeyWrapper("provider."+p, keyprovider.NewKeyWrapper(p, attrs))
 		}
 	})
+}
 
-	const kid = "kbs:///default/image-kek/1"
-	blob := randomTar(t)
-	desc := ocispec.Descriptor{MediaType: "application/vnd.oci.image.layer.v1.tar", Digest: digest.FromBytes(blob), Size: int64(len(blob))}
+// encryptedLayer is a layer blob's ciphertext and its descriptor.
+type encryptedLayer struct {
+	name string
+	ct   []byte
+	desc ocispec.Descriptor
+}
 
-	// ocicrypt encrypts, wrapping through `cocoonctl keyprovider` keywrap.
+// ocicryptEncrypt encrypts blob with ocicrypt, wrapping through `cocoonctl
+// keyprovider` keywrap.
+func ocicryptEncrypt(t *testing.T, blob []byte, desc ocispec.Descriptor, kid, kekFile string) encryptedLayer {
+	t.Helper()
 	cc, err := ocicryptconfig.EncryptWithKeyProvider([][]byte{[]byte("attestation-agent:keyid=" + kid + "::keypath=" + kekFile)})
 	if err != nil {
 		t.Fatal(err)
@@ -347,9 +355,13 @@ func TestKeyProviderWithOcicrypt(t *testing.T) {
 	if len(ann) != 2 || ann[decrypt.AnnotationAttestationAgent] == "" || ann[decrypt.AnnotationPubOpts] == "" {
 		t.Fatalf("annotations %v", ann)
 	}
-	ocicryptDesc := ocispec.Descriptor{MediaType: desc.MediaType + "+encrypted", Digest: digest.FromBytes(ct), Size: int64(len(ct)), Annotations: ann}
+	return encryptedLayer{"encrypted by ocicrypt", ct, ocispec.Descriptor{MediaType: desc.MediaType + "+encrypted", Digest: digest.FromBytes(ct), Size: int64(len(ct)), Annotations: ann}}
+}
 
-	// Our own layer encryption, as `cocoonctl encrypt` does it.
+// ourEncrypt encrypts blob with our own layer encryption, as `cocoonctl
+// encrypt` does it.
+func ourEncrypt(t *testing.T, blob []byte, desc ocispec.Descriptor, kid string, kek []byte) encryptedLayer {
+	t.Helper()
 	e, err := decrypt.NewEncrypter(bytes.NewReader(blob), desc.Digest)
 	if err != nil {
 		t.Fatal(err)
@@ -362,17 +374,31 @@ func TestKeyProviderWithOcicrypt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ourDesc := ocispec.Descriptor{MediaType: desc.MediaType + "+encrypted", Digest: digest.FromBytes(ourCT), Size: int64(len(ourCT)), Annotations: ourAnn}
+	return encryptedLayer{"encrypted by image/decrypt", ourCT, ocispec.Descriptor{MediaType: desc.MediaType + "+encrypted", Digest: digest.FromBytes(ourCT), Size: int64(len(ourCT)), Annotations: ourAnn}}
+}
+
+func TestKeyProviderWithOcicrypt(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds cocoonctl")
+	}
+	saved := newAttester
+	t.Cleanup(func() { newAttester = saved })
+	newAttester = func(string) (attest.Attester, error) { return sample.NewAttester(), nil }
+
+	kek, kekFile := encTestKEK(t)
+	kbsURL, client := encTestKBS(t, kek)
+	useCocoonctlKeyProvider(t, kbsURL)
+
+	const kid = "kbs:///default/image-kek/1"
+	blob := randomTar(t)
+	desc := ocispec.Descriptor{MediaType: "application/vnd.oci.image.layer.v1.tar", Digest: digest.FromBytes(blob), Size: int64(len(blob))}
+	layers := []encryptedLayer{ocicryptEncrypt(t, blob, desc, kid, kekFile), ourEncrypt(t, blob, desc, kid, kek)}
 
 	dc, err := ocicryptconfig.DecryptWithKeyProvider([][]byte{[]byte("attestation-agent")})
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, l := range []struct {
-		name string
-		ct   []byte
-		desc ocispec.Descriptor
-	}{{"encrypted by ocicrypt", ct, ocicryptDesc}, {"encrypted by image/decrypt", ourCT, ourDesc}} {
+	for _, l := range layers {
 		t.Run(l.name+"/ocicrypt decrypts via cocoonctl keyunwrap", func(t *testing.T) {
 			// ocicrypt v1.3.2 returns an empty digest here (its blockcipher
 			// drops it), so only the bytes are compared.

@@ -261,4 +261,3 @@ func TestSplitLayoutRef(t *testing.T) {
 		}
 	}
 }
-

@@ -25,6 +25,21 @@ func (s *StringList) String() string {
 // Set appends v.
 func (s *StringList) Set(v string) error { *s = append(*s, v); return nil }
 
+// Pairs splits each KEY=VALUE item of a StringList into a map; both sides
+// must be non-empty and a later KEY wins. form names the syntax in errors,
+// e.g. "KID=FILE".
+func Pairs(items []string, form string) (map[string]string, error) {
+	m := make(map[string]string, len(items))
+	for _, it := range items {
+		k, v, ok := strings.Cut(it, "=")
+		if !ok || k == "" || v == "" {
+			return nil, fmt.Errorf("%q: want %s", it, form)
+		}
+		m[k] = v
+	}
+	return m, nil
+}
+
 // SizeSyntax describes what ParseSize accepts, for flag usage strings.
 const SizeSyntax = "bytes, or a number with K, M, G, T or P, powers of 1024, optionally followed by B, iB or i"
 

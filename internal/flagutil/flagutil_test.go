@@ -3,6 +3,7 @@ package flagutil
 import (
 	"flag"
 	"io"
+	"strings"
 	"testing"
 )
 
@@ -65,5 +66,17 @@ func TestFlags(t *testing.T) {
 	}
 	if err := fs.Parse([]string{"-size", "lots"}); err == nil {
 		t.Error("accepted -size lots")
+	}
+}
+
+func TestPairs(t *testing.T) {
+	m, err := Pairs([]string{"a=1", "b=x=y", "a=2"}, "K=V")
+	if err != nil || len(m) != 2 || m["a"] != "2" || m["b"] != "x=y" {
+		t.Fatalf("Pairs = %v, %v", m, err)
+	}
+	for _, bad := range []string{"nofile", "=v", "k="} {
+		if _, err := Pairs([]string{bad}, "KID=FILE"); err == nil || !strings.Contains(err.Error(), "KID=FILE") {
+			t.Errorf("Pairs(%q) error = %v", bad, err)
+		}
 	}
 }
