@@ -34,6 +34,7 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 		"[unpack]\nmax_entry_size = \"lots\"\n":      "unpack.max_entry_size",
 		"log_format = \"xml\"\n":                     "log_format",
 		"root = 3\n":                                 "root",
+		"[storage]\nsize = \"20 parsecs\"\n":         "storage.size",
 	} {
 		_, _, err := Load(writeConfig(t, body))
 		if err == nil || !strings.Contains(err.Error(), key) {
@@ -49,5 +50,17 @@ func TestConfigUnknownKeysWarn(t *testing.T) {
 	}
 	if len(warnings) != 2 || !strings.Contains(warnings[0]+warnings[1], "colour") || !strings.Contains(warnings[0]+warnings[1], "registry.mirrors") {
 		t.Errorf("warnings = %q", warnings)
+	}
+}
+
+// TestConfigSizes: sizes read as go-units reads them, with the forms
+// cocoonctl volume create --size always took.
+func TestConfigSizes(t *testing.T) {
+	cfg, _, err := Load(writeConfig(t, "[unpack]\nmax_entry_size = \"1Gi\"\nmax_total_size = \"1.5G\"\n[storage]\nsize = \"20G\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s, _ := cfg.Unpack.sizes(); s.entry != 1<<30 || s.total != 3<<29 {
+		t.Errorf("sizes %+v", s)
 	}
 }
