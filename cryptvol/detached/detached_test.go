@@ -1,4 +1,4 @@
-package detached
+package detached_test
 
 import (
 	"bytes"
@@ -6,131 +6,57 @@ import (
 	"crypto/rand"
 	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/moby/sys/mountinfo"
-
-	"github.com/cocoon-cc/cocoon/cryptvol/loop"
+	"github.com/cocoon-cc/cocoon/cryptvol/detached"
+	"github.com/cocoon-cc/cocoon/cryptvol/detached/detachedtest"
 	"github.com/cocoon-cc/cocoon/cryptvol/luks2"
 )
 
 // TestMain lets the test binary be the engine process Start re-executes.
 func TestMain(m *testing.M) {
-	RunEngineIfRequested()
+	detached.RunEngineIfRequested()
 	os.Exit(m.Run())
 }
 
-func requireVolumeRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (FUSE, loop devices, mount)")
-	}
-	for _, p := range []string{"/dev/fuse", "/dev/loop-control"} {
-		if _, err := os.Stat(p); err != nil {
-			t.Skipf("needs %s", p)
-		}
-	}
-	if _, err := exec.LookPath("mkfs.ext4"); err != nil {
-		t.Skip("needs mkfs.ext4 (scripts/cryptvol-deps.sh)")
-	}
-}
-
-type volEnv struct {
-	dir, state, runtime, mount string
-}
-
-func newVolEnv(t *testing.T) *volEnv {
-	dir := t.TempDir()
-	e := &volEnv{dir: dir, state: filepath.Join(dir, "state"), runtime: filepath.Join(dir, "run"), mount: filepath.Join(dir, "mnt")}
-	// Whatever happens, stop engine processes and unmount.
-	t.Cleanup(func() {
-		if st, err := e.readState(); err == nil && ProcessAlive(st.PID, st.StartTime) {
-			Stop(context.Background(), e.state, e.mount, false, time.Minute)
-		}
-		if st, err := e.readState(); err == nil && ProcessAlive(st.PID, st.StartTime) {
-			p, _ := os.FindProcess(st.PID)
-			p.Kill()
-		}
-	})
-	return e
-}
-
-func (e *volEnv) readState() (*State, error) {
-	_, p, _, err := StatePaths(e.state, e.mount)
-	if err != nil {
-		return nil, err
-	}
-	return ReadState(p)
-}
-
-func (e *volEnv) request(op string) Request {
-	return Request{Op: op, MountDir: e.mount, Engine: "userspace", RuntimeDir: e.runtime, StateDir: e.state}
-}
-
-func mounted(t *testing.T, dir string) bool {
-	mounts, err := mountinfo.GetMounts(mountinfo.SingleEntryFilter(dir))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(mounts) > 0
-}
-
-// assertReleased checks the engine process is gone and no mount, loop
-// device, FUSE mount or state file is left.
-func (e *volEnv) assertReleased(t *testing.T, st *State) {
-	t.Helper()
-	if ProcessAlive(st.PID, st.StartTime) {
-		t.Errorf("engine process %d still running", st.PID)
-	}
-	if mounted(t, e.mount) {
-		t.Errorf("%s still mounted", e.mount)
-	}
-	if st.BlockDevice != "" {
-		if bf, ok := loop.BackingFile(st.BlockDevice); ok && strings.HasPrefix(bf, e.runtime) {
-			t.Errorf("loop device %s still attached to %s", st.BlockDevice, bf)
-		}
-	}
-	if entries, _ := os.ReadDir(e.runtime); len(entries) != 0 {
-		t.Errorf("engine FUSE mounts left: %v", entries)
-	}
-	if _, err := e.readState(); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("state file left: %v", err)
-	}
+// request asks for a volume on e's directories, served by the userspace
+// engine.
+func request(e *detachedtest.Env, op string) detached.Request {
+	return detached.Request{Op: op, MountDir: e.Mount, Engine: "userspace", RuntimeDir: e.Runtime, StateDir: e.State}
 }
 
 // TestCrashCleanup kills the engine process and checks Stop still
 // releases the mount and the loop device.
 func TestCrashCleanup(t *testing.T) {
-	requireVolumeRoot(t)
+	detachedtest.RequireRoot(t)
 	ctx := context.Background()
-	e := newVolEnv(t)
-	backing := filepath.Join(e.dir, "scratch.img")
-	req := e.request(OpCreate)
+	e := detachedtest.NewEnv(t)
+	backing := filepath.Join(e.Dir, "scratch.img")
+	req := request(e, detached.OpCreate)
 	req.Backing, req.Size = backing, 32<<20
-	if _, err := Start(ctx, req, nil); err != nil {
+	if _, err := detached.Start(ctx, req, nil); err != nil {
 		t.Fatal(err)
 	}
-	st, err := e.readState()
+	st, err := e.ReadState()
 	if err != nil {
 		t.Fatal(err)
 	}
 	p, _ := os.FindProcess(st.PID)
 	p.Kill()
-	for deadline := time.Now().Add(10 * time.Second); ProcessAlive(st.PID, st.StartTime); {
+	for deadline := time.Now().Add(10 * time.Second); detached.ProcessAlive(st.PID, st.StartTime); {
 		if time.Now().After(deadline) {
 			t.Fatal("engine process survived SIGKILL")
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	if err := Stop(ctx, e.state, e.mount, true, time.Minute); err != nil {
+	if err := detached.Stop(ctx, e.State, e.Mount, true, time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	e.assertReleased(t, st)
+	e.AssertReleased(t, st)
 	if _, err := os.Stat(backing); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("backing file left: %v", err)
 	}
@@ -162,16 +88,16 @@ func slowHeader(t *testing.T, path string) {
 // the maximum PBKDF2 cost stops the derivation: Start returns the
 // cancellation, and the engine process exits.
 func TestStartCancelled(t *testing.T) {
-	e := newVolEnv(t)
-	req := e.request(OpOpen)
-	req.Header, req.Device = filepath.Join(e.dir, "hdr"), filepath.Join(e.dir, "data.img")
+	e := detachedtest.NewEnv(t)
+	req := request(e, detached.OpOpen)
+	req.Header, req.Device = filepath.Join(e.Dir, "hdr"), filepath.Join(e.Dir, "data.img")
 	slowHeader(t, req.Header)
 	os.WriteFile(req.Device, nil, 0o600)
 	os.Truncate(req.Device, 32<<20)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		_, err := Start(ctx, req, []byte("pass"))
+		_, err := detached.Start(ctx, req, []byte("pass"))
 		done <- err
 	}()
 	time.Sleep(200 * time.Millisecond) // let the engine start deriving (either way the result is the same)
@@ -185,7 +111,7 @@ func TestStartCancelled(t *testing.T) {
 		killChildren(t)
 		t.Fatal("Start did not return after cancellation")
 	}
-	if _, err := e.readState(); !errors.Is(err, os.ErrNotExist) {
+	if _, err := e.ReadState(); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("state file after a cancelled open: %v", err)
 	}
 }
