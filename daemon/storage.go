@@ -15,7 +15,10 @@ import (
 )
 
 // StorageConfig puts cocoond's image storage (snapshots and staging) on an
-// encrypted scratch volume on host disk instead of guest memory.
+// encrypted scratch volume on host disk instead of guest memory. The volume
+// is served by a re-execution of the running binary, so a binary that runs
+// the daemon with a Volume calls detached.RunEngineIfRequested first thing
+// in main (cocoond does).
 type StorageConfig struct {
 	// Volume is a block device or file holding only ciphertext; empty keeps
 	// the storage directly under root.
