@@ -38,6 +38,7 @@ import (
 	"github.com/cocoon-cc/cocoon/attest/snp"
 	"github.com/cocoon-cc/cocoon/attest/tdx"
 	"github.com/cocoon-cc/cocoon/attest/tpm"
+	"github.com/cocoon-cc/cocoon/internal/flagutil"
 )
 
 func main() {
@@ -53,19 +54,13 @@ func main() {
 	}
 }
 
-// multiFlag collects a repeatable flag.
-type multiFlag []string
-
-func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
-func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
-
 type config struct {
 	listen, repository, policyFile, adminKeyFile string
 	insecureAdmin                                bool
 	tokenKeyFile, certFile, keyFile, logLevel    string
 	tokenLifetime, sessionTimeout                time.Duration
 	maxSessions                                  int
-	snpRoots, tpmAKs, tpmAAELPCRs                multiFlag
+	snpRoots, tpmAKs, tpmAAELPCRs                flagutil.StringList
 	tdxRoots                                     string
 	snpNoFetch, tdxCollateral                    bool
 }
@@ -175,7 +170,17 @@ func readTokenKey(path string) (*ecdsa.PrivateKey, error) {
 // present (the default policy still denies sample evidence).
 func verifiers(c *config) ([]attest.Verifier, error) {
 	vs := []attest.Verifier{sample.NewVerifier()}
+	for _, build := range []func(*config) (attest.Verifier, error){tdxVerifier, snpVerifier, tpmVerifier} {
+		v, err := build(c)
+		if err != nil {
+			return nil, err
+		}
+		vs = append(vs, v)
+	}
+	return vs, nil
+}
 
+func tdxVerifier(c *config) (attest.Verifier, error) {
 	tdxOpts := tdx.VerifierOptions{GetCollateral: c.tdxCollateral}
 	if c.tdxRoots != "" {
 		b, err := os.ReadFile(c.tdxRoots)
@@ -192,8 +197,10 @@ func verifiers(c *config) ([]attest.Verifier, error) {
 	if err != nil {
 		return nil, fmt.Errorf("TDX verifier: %w", err)
 	}
-	vs = append(vs, xv)
+	return xv, nil
+}
 
+func snpVerifier(c *config) (attest.Verifier, error) {
 	snpOpts := snp.VerifierOptions{DisableCertFetching: c.snpNoFetch}
 	for _, spec := range c.snpRoots {
 		product, file, ok := strings.Cut(spec, "=")
@@ -213,8 +220,10 @@ func verifiers(c *config) ([]attest.Verifier, error) {
 	if err != nil {
 		return nil, fmt.Errorf("SNP verifier: %w", err)
 	}
-	vs = append(vs, sv)
+	return sv, nil
+}
 
+func tpmVerifier(c *config) (attest.Verifier, error) {
 	var aks []crypto.PublicKey
 	for _, file := range c.tpmAKs {
 		keys, err := readPublicKeys(file)
@@ -235,8 +244,7 @@ func verifiers(c *config) ([]attest.Verifier, error) {
 	if err != nil {
 		return nil, fmt.Errorf("TPM verifier: %w", err)
 	}
-	vs = append(vs, tv)
-	return vs, nil
+	return tv, nil
 }
 
 func readPublicKeys(path string) ([]crypto.PublicKey, error) {
@@ -306,9 +314,15 @@ func run(ctx context.Context, args []string, ready func(addr string)) error {
 	if ready != nil {
 		ready(ln.Addr().String())
 	}
+	return serveUntilDone(ctx, hs, ln, c)
+}
+
+// serveUntilDone serves (TLS when a certificate is configured) until ctx
+// ends, then shuts down gracefully.
+func serveUntilDone(ctx context.Context, hs *http.Server, ln net.Listener, c *config) error {
 	errc := make(chan error, 1)
 	go func() {
-		if scheme == "https" {
+		if c.certFile != "" {
 			errc <- hs.ServeTLS(ln, c.certFile, c.keyFile)
 		} else {
 			errc <- hs.Serve(ln)

@@ -43,7 +43,8 @@ func runContainerdConfig(_ context.Context, args []string) error {
 	return writeContainerdConfig(os.Stdout, o)
 }
 
-func writeContainerdConfig(w io.Writer, o containerdConfigOptions) error {
+// validate checks the options that end up inside the TOML.
+func (o containerdConfigOptions) validate() error {
 	if o.Address == "" || !strings.HasPrefix(o.Address, "/") {
 		return fmt.Errorf("--address must be an absolute socket path, got %q: %w", o.Address, errUsage)
 	}
@@ -55,10 +56,29 @@ func writeContainerdConfig(w io.Writer, o containerdConfigOptions) error {
 			return fmt.Errorf("--runtime-handler %q: only letters, digits, '-' and '_' are allowed: %w", o.RuntimeHandler, errUsage)
 		}
 	}
+	return nil
+}
+
+func writeContainerdConfig(w io.Writer, o containerdConfigOptions) error {
+	if err := o.validate(); err != nil {
+		return err
+	}
 	var b strings.Builder
 	switch o.Version {
 	case "2", "2.x", "2.0", "2.1", "2.2", "2.3", "2.4":
-		fmt.Fprintf(&b, `# cocoon for containerd 2.x (config version = 3): merge into /etc/containerd/config.toml.
+		writeContainerd2(&b, o)
+	case "1.7":
+		writeContainerd17(&b, o)
+	default:
+		return fmt.Errorf("--containerd-version %q: want 2 or 1.7: %w", o.Version, errUsage)
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// writeContainerd2 writes the fragment for containerd 2.x (config version 3).
+func writeContainerd2(b *strings.Builder, o containerdConfigOptions) {
+	fmt.Fprintf(b, `# cocoon for containerd 2.x (config version = 3): merge into /etc/containerd/config.toml.
 # The proxy plugin exports enable_remote_snapshot_annotations so that the
 # transfer service (ctr image pull, and CRI on containerd >= 2.1) passes the
 # cri.* labels cocoond needs to pull layers itself.
@@ -74,14 +94,14 @@ func writeContainerdConfig(w io.Writer, o containerdConfigOptions) error {
   platform = %[3]q
   snapshotter = %[1]q
 `, o.Name, o.Address, o.Platform)
-		if o.RuntimeHandler == "" {
-			fmt.Fprintf(&b, `
+	if o.RuntimeHandler == "" {
+		fmt.Fprintf(b, `
 # CRI: pull and run every pod's images through cocoon.
 [plugins."io.containerd.cri.v1.images"]
   snapshotter = %[1]q
 `, o.Name)
-		} else {
-			fmt.Fprintf(&b, `
+	} else {
+		fmt.Fprintf(b, `
 # CRI: only pods of runtime handler %[2]q use cocoon (pods must name the
 # handler; older 2.x releases need the runtime_platforms entry as well).
 [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.%[2]s]
@@ -89,9 +109,12 @@ func writeContainerdConfig(w io.Writer, o containerdConfigOptions) error {
 [plugins."io.containerd.cri.v1.images".runtime_platforms.%[2]s]
   snapshotter = %[1]q
 `, o.Name, o.RuntimeHandler)
-		}
-	case "1.7":
-		fmt.Fprintf(&b, `# cocoon for containerd 1.7 (config version = 2): merge into /etc/containerd/config.toml.
+	}
+}
+
+// writeContainerd17 writes the fragment for containerd 1.7 (config version 2).
+func writeContainerd17(b *strings.Builder, o containerdConfigOptions) {
+	fmt.Fprintf(b, `# cocoon for containerd 1.7 (config version = 2): merge into /etc/containerd/config.toml.
 [proxy_plugins.%[1]s]
   type = "snapshot"
   address = %[2]q
@@ -102,20 +125,15 @@ func writeContainerdConfig(w io.Writer, o containerdConfigOptions) error {
   disable_snapshot_annotations = false
   discard_unpacked_layers = false
 `, o.Name, o.Address)
-		if o.RuntimeHandler == "" {
-			fmt.Fprintf(&b, "  snapshotter = %q\n", o.Name)
-		} else {
-			fmt.Fprintf(&b, `
+	if o.RuntimeHandler == "" {
+		fmt.Fprintf(b, "  snapshotter = %q\n", o.Name)
+	} else {
+		fmt.Fprintf(b, `
 # Only pods of runtime handler %[2]q use cocoon; pods must carry the
 # annotation io.containerd.cri.runtime-handler: %[2]s so that PullImage
 # uses it too.
 [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.%[2]s]
   snapshotter = %[1]q
 `, o.Name, o.RuntimeHandler)
-		}
-	default:
-		return fmt.Errorf("--containerd-version %q: want 2 or 1.7: %w", o.Version, errUsage)
 	}
-	_, err := io.WriteString(w, b.String())
-	return err
 }

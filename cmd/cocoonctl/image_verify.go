@@ -13,6 +13,7 @@ import (
 
 	"github.com/cocoon-cc/cocoon/image/registry"
 	"github.com/cocoon-cc/cocoon/image/signature"
+	"github.com/cocoon-cc/cocoon/internal/flagutil"
 )
 
 func init() {
@@ -25,82 +26,47 @@ func init() {
 	})
 }
 
-// stringList is a repeatable string flag.
-type stringList []string
+// imageVerifyFlags are image verify's options.
+type imageVerifyFlags struct {
+	policy, sigstoreConfig, authFile, caFile *string
+	insecure                                 flagutil.StringList
+	kbs                                      kbsFlags
+}
 
-func (s *stringList) String() string     { return strings.Join(*s, ",") }
-func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
-
-func runImageVerify(ctx context.Context, args []string, out, errOut io.Writer) error {
+func parseImageVerifyFlags(args []string) (*imageVerifyFlags, string, digest.Digest, error) {
 	fs := newFlags("image verify")
-	policy := fs.String("policy", "", "containers-policy.json `file` (required)")
-	sigstoreConfig := fs.String("sigstore-config", "", "registries.d-style sigstore config YAML `file`")
-	authFile := fs.String("auth-file", "", "registry auth `file` (containers-auth.json / docker config.json)")
-	caFile := fs.String("ca", "", "extra trusted root `PEM` for registries")
-	var insecure stringList
-	fs.Var(&insecure, "insecure-registry", "plain-HTTP registry `host:port` (repeatable)")
-	kbsURL := fs.String("kbs-url", "", "KBS base `URL` for kbs:/// key paths in the policy")
-	kbsCert := fs.String("kbs-cert", "", "extra trusted root `PEM` for an HTTPS KBS")
-	tee := fs.String("tee", "", "force the attester for the KBS: sample, tdx, snp or tpm (default: detect)")
-	if err := fs.Parse(args); err != nil {
-		return err
+	f := &imageVerifyFlags{
+		policy:         fs.String("policy", "", "containers-policy.json `file` (required)"),
+		sigstoreConfig: fs.String("sigstore-config", "", "registries.d-style sigstore config YAML `file`"),
+		authFile:       fs.String("auth-file", "", "registry auth `file` (containers-auth.json / docker config.json)"),
+		caFile:         fs.String("ca", "", "extra trusted root `PEM` for registries"),
+		kbs:            kbsFlags{timeout: 60 * time.Second},
 	}
-	if fs.NArg() != 1 || *policy == "" {
-		return fmt.Errorf("want --policy FILE and exactly one REF@DIGEST: %w", errUsage)
+	fs.Var(&f.insecure, "insecure-registry", "plain-HTTP registry `host:port` (repeatable)")
+	fs.StringVar(&f.kbs.url, "kbs-url", "", "KBS base `URL` for kbs:/// key paths in the policy")
+	fs.StringVar(&f.kbs.cert, "kbs-cert", "", "extra trusted root `PEM` for an HTTPS KBS")
+	fs.StringVar(&f.kbs.tee, "tee", "", "force the attester for the KBS: sample, tdx, snp or tpm (default: detect)")
+	if err := fs.Parse(args); err != nil {
+		return nil, "", "", err
+	}
+	if fs.NArg() != 1 || *f.policy == "" {
+		return nil, "", "", fmt.Errorf("want --policy FILE and exactly one REF@DIGEST: %w", errUsage)
 	}
 	ref, dgst, err := splitRefDigest(fs.Arg(0))
 	if err != nil {
-		return fmt.Errorf("%w: %w", err, errUsage)
+		return nil, "", "", fmt.Errorf("%w: %w", err, errUsage)
 	}
-	var o signature.Options
-	var authBytes, caBytes []byte
-	readOpt := func(path, what string, dst *[]byte) error {
-		if path == "" {
-			return nil
-		}
-		b, err := os.ReadFile(path)
-		if err != nil {
-			return fmt.Errorf("read %s: %w", what, err)
-		}
-		*dst = b
-		return nil
+	return f, ref, dgst, nil
+}
+
+func runImageVerify(ctx context.Context, args []string, out, errOut io.Writer) error {
+	f, ref, dgst, err := parseImageVerifyFlags(args)
+	if err != nil {
+		return err
 	}
-	for _, f := range []struct {
-		path, what string
-		dst        *[]byte
-	}{
-		{*policy, "--policy", &o.Policy},
-		{*sigstoreConfig, "--sigstore-config", &o.SigstoreConfig},
-		{*authFile, "--auth-file", &authBytes},
-		{*caFile, "--ca", &caBytes},
-	} {
-		if err := readOpt(f.path, f.what, f.dst); err != nil {
-			return err
-		}
-	}
-	// The same registry client settings cocoond gives its puller.
-	ropts := registry.Options{Insecure: insecure}
-	if len(caBytes) > 0 {
-		ropts.Network.ExtraRootCAs = []string{string(caBytes)}
-		if _, err := registry.NewTransport(ropts.Network); err != nil {
-			return fmt.Errorf("--ca: %w", err)
-		}
-	}
-	if len(authBytes) > 0 {
-		af, err := registry.ParseAuthFile(authBytes)
-		if err != nil {
-			return fmt.Errorf("--auth-file: %w", err)
-		}
-		ropts.Keychain = af
-	}
-	o.Registry = registry.New(ropts)
-	if *kbsURL != "" {
-		k := kbsFlags{url: *kbsURL, cert: *kbsCert, tee: *tee, timeout: 60 * time.Second}
-		c, err := k.client()
-		if err != nil {
-			return err
-		}
-		o.Resources = c
+	o, err := f.options()
+	if err != nil {
+		return err
 	}
 	work, err := os.MkdirTemp("", "cocoonctl-image-verify-")
 	if err != nil {
@@ -128,6 +94,63 @@ func runImageVerify(ctx context.Context, args []string, out, errOut io.Writer) e
 	default:
 		return err
 	}
+}
+
+// readOptionalFile reads path ("" reads nothing).
+func readOptionalFile(path, what string) ([]byte, error) {
+	if path == "" {
+		return nil, nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", what, err)
+	}
+	return b, nil
+}
+
+// options reads the files named and builds the verifier's options with the
+// same registry client settings cocoond gives its puller.
+func (f *imageVerifyFlags) options() (signature.Options, error) {
+	var o signature.Options
+	var authBytes, caBytes []byte
+	for _, r := range []struct {
+		path, what string
+		dst        *[]byte
+	}{
+		{*f.policy, "--policy", &o.Policy},
+		{*f.sigstoreConfig, "--sigstore-config", &o.SigstoreConfig},
+		{*f.authFile, "--auth-file", &authBytes},
+		{*f.caFile, "--ca", &caBytes},
+	} {
+		b, err := readOptionalFile(r.path, r.what)
+		if err != nil {
+			return o, err
+		}
+		*r.dst = b
+	}
+	ropts := registry.Options{Insecure: f.insecure}
+	if len(caBytes) > 0 {
+		ropts.Network.ExtraRootCAs = []string{string(caBytes)}
+		if _, err := registry.NewTransport(ropts.Network); err != nil {
+			return o, fmt.Errorf("--ca: %w", err)
+		}
+	}
+	if len(authBytes) > 0 {
+		af, err := registry.ParseAuthFile(authBytes)
+		if err != nil {
+			return o, fmt.Errorf("--auth-file: %w", err)
+		}
+		ropts.Keychain = af
+	}
+	o.Registry = registry.New(ropts)
+	if f.kbs.url != "" {
+		c, err := f.kbs.client()
+		if err != nil {
+			return o, err
+		}
+		o.Resources = c
+	}
+	return o, nil
 }
 
 // splitRefDigest splits REF@DIGEST. A reference without a tag keeps its

@@ -7,24 +7,78 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/containers/ocicrypt"
 	ocicryptconfig "github.com/containers/ocicrypt/config"
 	keyproviderconfig "github.com/containers/ocicrypt/config/keyprovider-config"
 	"github.com/containers/ocicrypt/keywrap/keyprovider"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/cocoon-cc/cocoon/attest"
+	"github.com/cocoon-cc/cocoon/attest/kbs"
+	"github.com/cocoon-cc/cocoon/attest/kbs/server"
 	"github.com/cocoon-cc/cocoon/attest/sample"
 	"github.com/cocoon-cc/cocoon/image/decrypt"
 )
+
+// encTestKBS starts a development KBS holding kek at default/image-kek/1
+// and returns its URL and a client using the sample attester.
+func encTestKBS(t *testing.T, kek []byte) (string, *kbs.Client) {
+	t.Helper()
+	dir := t.TempDir()
+	p := filepath.Join(dir, "default", "image-kek", "1")
+	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, kek, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	srv, err := server.New(server.Options{Repository: dir, Policy: server.AllowAllPolicy, Verifiers: []attest.Verifier{sample.NewVerifier()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(srv)
+	t.Cleanup(func() { ts.Close(); srv.Close() })
+	c, err := kbs.NewClient(kbs.Config{URL: ts.URL, Attester: sample.NewAttester(), HTTPTimeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ts.URL, c
+}
+
+// randomTar is an uncompressed layer blob (a tar archive of random files).
+func randomTar(t *testing.T) []byte {
+	t.Helper()
+	l, err := random.Layer(60<<10, types.OCIUncompressedLayer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := l.Uncompressed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// packetKeyOrder is the JSON key order of coco_keyprovider's annotation packet.
+var packetKeyOrder = regexp.MustCompile(`^\{"kid":"[^"]+","wrapped_data":"[A-Za-z0-9+/=]+","iv":"[A-Za-z0-9+/=]{16}","wrap_type":"A256GCM"\}$`)
 
 const kpPLBCO = `{"symkey":"MGXBeFJBl9jBFC+uaL62I4AB33asYz3WzYthKqbSfgA=","digest":"sha256:2e6cce81210ff9fcf4b092cbb319895821d0a3d9fd9c54a509366179a7018012","cipheroptions":{"nonce":"vnWpM/fZ4y5R+4MM9YFQ3A=="}}`
 
@@ -41,6 +95,39 @@ func kpRun(t *testing.T, args []string, stdin string) ([]byte, error) {
 	var out bytes.Buffer
 	err := runKeyProvider(context.Background(), args, strings.NewReader(stdin), &out)
 	return out.Bytes(), err
+}
+
+// checkKeyUnwrap unwraps annotation through the key provider, with the
+// request and reply in the byte encoding enc, and expects kpPLBCO back.
+func checkKeyUnwrap(t *testing.T, kekFile, enc string, wrapped []byte) {
+	t.Helper()
+	annotation := `"` + base64.StdEncoding.EncodeToString(wrapped) + `"`
+	if enc == "array" {
+		annotation = kpIntArray(wrapped)
+	}
+	out, err := kpRun(t, []string{"--key-file", kekFile, "--byte-encoding", enc},
+		`{"op":"keyunwrap","keywrapparams":{"ec":null,"optsdata":null},"keyunwrapparams":{"dc":{"Parameters":{}},"annotation":`+annotation+`}}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var unwrapReply struct {
+		R struct {
+			OptsData json.RawMessage `json:"optsdata"`
+		} `json:"keyunwrapresults"`
+	}
+	if err := json.Unmarshal(out, &unwrapReply); err != nil {
+		t.Fatalf("reply %s: %v", out, err)
+	}
+	var got flexBytes
+	if err := json.Unmarshal(unwrapReply.R.OptsData, &got); err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != kpPLBCO {
+		t.Fatalf("%s: optsdata %s", enc, got)
+	}
+	if isArray := bytes.HasPrefix(unwrapReply.R.OptsData, []byte("[")); isArray != (enc == "array") {
+		t.Fatalf("reply encoding %s for --byte-encoding %s", unwrapReply.R.OptsData, enc)
+	}
 }
 
 func TestKeyProviderWrapUnwrap(t *testing.T) {
@@ -80,33 +167,7 @@ func TestKeyProviderWrapUnwrap(t *testing.T) {
 				t.Fatalf("annotation %s", wrapReply.R.Annotation)
 			}
 			for _, enc := range []string{"base64", "array"} {
-				annotation := `"` + base64.StdEncoding.EncodeToString(wrapReply.R.Annotation) + `"`
-				if enc == "array" {
-					annotation = kpIntArray(wrapReply.R.Annotation)
-				}
-				out, err = kpRun(t, []string{"--key-file", kekFile, "--byte-encoding", enc},
-					`{"op":"keyunwrap","keywrapparams":{"ec":null,"optsdata":null},"keyunwrapparams":{"dc":{"Parameters":{}},"annotation":`+annotation+`}}`)
-				if err != nil {
-					t.Fatal(err)
-				}
-				var unwrapReply struct {
-					R struct {
-						OptsData json.RawMessage `json:"optsdata"`
-					} `json:"keyunwrapresults"`
-				}
-				if err := json.Unmarshal(out, &unwrapReply); err != nil {
-					t.Fatalf("reply %s: %v", out, err)
-				}
-				var got flexBytes
-				if err := json.Unmarshal(unwrapReply.R.OptsData, &got); err != nil {
-					t.Fatal(err)
-				}
-				if string(got) != kpPLBCO {
-					t.Fatalf("%s: optsdata %s", enc, got)
-				}
-				if isArray := bytes.HasPrefix(unwrapReply.R.OptsData, []byte("[")); isArray != (enc == "array") {
-					t.Fatalf("reply encoding %s for --byte-encoding %s", unwrapReply.R.OptsData, enc)
-				}
+				checkKeyUnwrap(t, kekFile, enc, wrapReply.R.Annotation)
 			}
 		})
 	}
@@ -231,16 +292,10 @@ var registerKeyProviderOnce sync.Once
 // ocicrypt as a library: wrap with the KEK file, unwrap through the KBS
 // after sample attestation. It also checks that layers encrypted by
 // image/decrypt and by ocicrypt decrypt with the other side.
-func TestKeyProviderWithOcicrypt(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds cocoonctl")
-	}
-	saved := newAttester
-	t.Cleanup(func() { newAttester = saved })
-	newAttester = func(string) (attest.Attester, error) { return sample.NewAttester(), nil }
-
-	kek, kekFile := encTestKEK(t)
-	kbsURL, client := encTestKBS(t, kek)
+// useCocoonctlKeyProvider builds cocoonctl and registers it with ocicrypt
+// as the attestation-agent key provider, talking to the KBS at kbsURL.
+func useCocoonctlKeyProvider(t *testing.T, kbsURL string) {
+	t.Helper()
 	bin := filepath.Join(t.TempDir(), "cocoonctl")
 	build := exec.Command("go", "build", "-tags", "containers_image_openpgp", "-o", bin, ".")
 	if out, err := build.CombinedOutput(); err != nil {
@@ -268,12 +323,19 @@ func TestKeyProviderWithOcicrypt(t *testing.T) {
 			ocicrypt.RegisterKeyWrapper("provider."+p, keyprovider.NewKeyWrapper(p, attrs))
 		}
 	})
+}
 
-	const kid = "kbs:///default/image-kek/1"
-	blob := encTestTar(t, 3)
-	desc := ocispec.Descriptor{MediaType: "application/vnd.oci.image.layer.v1.tar", Digest: digest.FromBytes(blob), Size: int64(len(blob))}
+// encryptedLayer is a layer blob's ciphertext and its descriptor.
+type encryptedLayer struct {
+	name string
+	ct   []byte
+	desc ocispec.Descriptor
+}
 
-	// ocicrypt encrypts, wrapping through `cocoonctl keyprovider` keywrap.
+// ocicryptEncrypt encrypts blob with ocicrypt, wrapping through `cocoonctl
+// keyprovider` keywrap.
+func ocicryptEncrypt(t *testing.T, blob []byte, desc ocispec.Descriptor, kid, kekFile string) encryptedLayer {
+	t.Helper()
 	cc, err := ocicryptconfig.EncryptWithKeyProvider([][]byte{[]byte("attestation-agent:keyid=" + kid + "::keypath=" + kekFile)})
 	if err != nil {
 		t.Fatal(err)
@@ -293,9 +355,13 @@ func TestKeyProviderWithOcicrypt(t *testing.T) {
 	if len(ann) != 2 || ann[decrypt.AnnotationAttestationAgent] == "" || ann[decrypt.AnnotationPubOpts] == "" {
 		t.Fatalf("annotations %v", ann)
 	}
-	ocicryptDesc := ocispec.Descriptor{MediaType: desc.MediaType + "+encrypted", Digest: digest.FromBytes(ct), Size: int64(len(ct)), Annotations: ann}
+	return encryptedLayer{"encrypted by ocicrypt", ct, ocispec.Descriptor{MediaType: desc.MediaType + "+encrypted", Digest: digest.FromBytes(ct), Size: int64(len(ct)), Annotations: ann}}
+}
 
-	// Our own layer encryption, as `cocoonctl encrypt` does it.
+// ourEncrypt encrypts blob with our own layer encryption, as `cocoonctl
+// encrypt` does it.
+func ourEncrypt(t *testing.T, blob []byte, desc ocispec.Descriptor, kid string, kek []byte) encryptedLayer {
+	t.Helper()
 	e, err := decrypt.NewEncrypter(bytes.NewReader(blob), desc.Digest)
 	if err != nil {
 		t.Fatal(err)
@@ -308,17 +374,31 @@ func TestKeyProviderWithOcicrypt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ourDesc := ocispec.Descriptor{MediaType: desc.MediaType + "+encrypted", Digest: digest.FromBytes(ourCT), Size: int64(len(ourCT)), Annotations: ourAnn}
+	return encryptedLayer{"encrypted by image/decrypt", ourCT, ocispec.Descriptor{MediaType: desc.MediaType + "+encrypted", Digest: digest.FromBytes(ourCT), Size: int64(len(ourCT)), Annotations: ourAnn}}
+}
+
+func TestKeyProviderWithOcicrypt(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds cocoonctl")
+	}
+	saved := newAttester
+	t.Cleanup(func() { newAttester = saved })
+	newAttester = func(string) (attest.Attester, error) { return sample.NewAttester(), nil }
+
+	kek, kekFile := encTestKEK(t)
+	kbsURL, client := encTestKBS(t, kek)
+	useCocoonctlKeyProvider(t, kbsURL)
+
+	const kid = "kbs:///default/image-kek/1"
+	blob := randomTar(t)
+	desc := ocispec.Descriptor{MediaType: "application/vnd.oci.image.layer.v1.tar", Digest: digest.FromBytes(blob), Size: int64(len(blob))}
+	layers := []encryptedLayer{ocicryptEncrypt(t, blob, desc, kid, kekFile), ourEncrypt(t, blob, desc, kid, kek)}
 
 	dc, err := ocicryptconfig.DecryptWithKeyProvider([][]byte{[]byte("attestation-agent")})
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, l := range []struct {
-		name string
-		ct   []byte
-		desc ocispec.Descriptor
-	}{{"encrypted by ocicrypt", ct, ocicryptDesc}, {"encrypted by image/decrypt", ourCT, ourDesc}} {
+	for _, l := range layers {
 		t.Run(l.name+"/ocicrypt decrypts via cocoonctl keyunwrap", func(t *testing.T) {
 			// ocicrypt v1.3.2 returns an empty digest here (its blockcipher
 			// drops it), so only the bytes are compared.

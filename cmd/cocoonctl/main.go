@@ -17,6 +17,8 @@ import (
 	"sort"
 	"strings"
 	"syscall"
+
+	"github.com/cocoon-cc/cocoon/cryptvol/detached"
 )
 
 // command is one cocoonctl subcommand.
@@ -60,6 +62,7 @@ func usage() {
 }
 
 func main() {
+	detached.RunEngineIfRequested() // volume open/create's engine process
 	c, rest, ok := lookup(os.Args[1:])
 	if !ok {
 		usage()

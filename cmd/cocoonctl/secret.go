@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -11,6 +10,7 @@ import (
 	"time"
 
 	"github.com/cocoon-cc/cocoon/attest/kbs"
+	"github.com/cocoon-cc/cocoon/internal/flagutil"
 	"github.com/cocoon-cc/cocoon/secretsfs/sealed"
 )
 
@@ -109,17 +109,8 @@ func runSecretSealEnvelope(_ context.Context, args []string, stdin io.Reader, ou
 	if *keyID == "" || *kekPath == "" {
 		return fmt.Errorf("--key-id and --kek-path are required: %w", errUsage)
 	}
-	switch *provider {
-	case sealed.ProviderKBS:
-		if _, err := kbs.ParseResourceURI(*keyID); err != nil {
-			return fmt.Errorf("--key-id for the kbs provider: %w", err)
-		}
-	case sealed.ProviderLocal:
-		if strings.ContainsAny(*keyID, `/\`) || *keyID == "." || *keyID == ".." {
-			return fmt.Errorf("--key-id for the local provider must be a file name: %w", errUsage)
-		}
-	default:
-		return fmt.Errorf("--provider %q: want kbs or local: %w", *provider, errUsage)
+	if err := checkEnvelopeKeyID(*provider, *keyID); err != nil {
+		return err
 	}
 	if sf.kid == "" || sf.jwkPath == "" {
 		return fmt.Errorf("--signing-kid and --signing-jwk-path are required: %w", errUsage)
@@ -134,19 +125,11 @@ func runSecretSealEnvelope(_ context.Context, args []string, stdin io.Reader, ou
 		return fmt.Errorf("--kek-path %s: %w", *kekPath, err)
 	}
 	defer clear(kek)
-	var pt []byte
-	if *ptPath == "-" {
-		pt, err = io.ReadAll(io.LimitReader(stdin, sealed.MaxSize+1))
-	} else {
-		pt, err = os.ReadFile(*ptPath)
-	}
+	pt, err := readPlaintext(*ptPath, stdin)
 	if err != nil {
-		return fmt.Errorf("read plaintext: %w", err)
+		return err
 	}
 	defer clear(pt)
-	if len(pt) > sealed.MaxSize {
-		return fmt.Errorf("plaintext exceeds %d bytes", sealed.MaxSize)
-	}
 	env, err := sealed.SealEnvelope(pt, kek, *provider, *keyID)
 	if err != nil {
 		return err
@@ -154,18 +137,41 @@ func runSecretSealEnvelope(_ context.Context, args []string, stdin io.Reader, ou
 	return sf.sign(&sealed.Secret{Version: sealed.Version, Envelope: env}, out)
 }
 
-// credentialFlags collects repeated --credential KID=FILE.
-type credentialFlags map[string]string
-
-func (c credentialFlags) String() string { return "" }
-
-func (c credentialFlags) Set(v string) error {
-	kid, file, ok := strings.Cut(v, "=")
-	if !ok || kid == "" || file == "" {
-		return errors.New("want KID=FILE")
+// checkEnvelopeKeyID checks --key-id fits the provider that resolves it.
+func checkEnvelopeKeyID(provider, keyID string) error {
+	switch provider {
+	case sealed.ProviderKBS:
+		if _, err := kbs.ParseResourceURI(keyID); err != nil {
+			return fmt.Errorf("--key-id for the kbs provider: %w", err)
+		}
+	case sealed.ProviderLocal:
+		if strings.ContainsAny(keyID, `/\`) || keyID == "." || keyID == ".." {
+			return fmt.Errorf("--key-id for the local provider must be a file name: %w", errUsage)
+		}
+	default:
+		return fmt.Errorf("--provider %q: want kbs or local: %w", provider, errUsage)
 	}
-	c[kid] = file
 	return nil
+}
+
+// readPlaintext reads the secret value from path ("-": stdin), bounded by
+// the sealed secret size limit.
+func readPlaintext(path string, stdin io.Reader) ([]byte, error) {
+	var pt []byte
+	var err error
+	if path == "-" {
+		pt, err = io.ReadAll(io.LimitReader(stdin, sealed.MaxSize+1))
+	} else {
+		pt, err = os.ReadFile(path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read plaintext: %w", err)
+	}
+	if len(pt) > sealed.MaxSize {
+		clear(pt)
+		return nil, fmt.Errorf("plaintext exceeds %d bytes", sealed.MaxSize)
+	}
+	return pt, nil
 }
 
 func runSecretUnseal(ctx context.Context, args []string, stdin io.Reader, out io.Writer) error {
@@ -177,8 +183,8 @@ func runSecretUnseal(ctx context.Context, args []string, stdin io.Reader, out io
 	fs.StringVar(&k.keyAlg, "tee-key-algorithm", kbs.DefaultKeyAlgorithm, "TEE key: ECDH-ES+A256KW-P256, ECDH-ES+A256KW-P521 or RSA-OAEP-256")
 	fs.StringVar(&k.initData, "initdata", "", "init-data TOML `file` sent with the attestation")
 	fs.DurationVar(&k.timeout, "timeout", 60*time.Second, "HTTP timeout")
-	creds := credentialFlags{}
-	fs.Var(creds, "credential", "local verification key for a kid that is not a resource URI, `KID=FILE` (public JWK; repeatable)")
+	var credList flagutil.StringList
+	fs.Var(&credList, "credential", "local verification key for a kid that is not a resource URI, `KID=FILE` (public JWK; repeatable)")
 	keyDir := fs.String("key-dir", "", "resolve other local kids as files in `dir` (upstream: "+sealed.DefaultKeyDir+")")
 	localKeys := fs.String("local-key-dir", "", "`dir` of key-encryption keys for the local envelope provider")
 	skip := fs.Bool("skip-verification", false, "accept unsigned secrets and skip signature checks (cdh.toml skip_sealed_secret_verification)")
@@ -187,6 +193,10 @@ func runSecretUnseal(ctx context.Context, args []string, stdin io.Reader, out io
 	}
 	if fs.NArg() != 1 {
 		return fmt.Errorf("want exactly one sealed secret (or - for stdin): %w", errUsage)
+	}
+	creds, err := flagutil.Pairs(credList, "KID=FILE")
+	if err != nil {
+		return fmt.Errorf("--credential %w: %w", err, errUsage)
 	}
 	in := []byte(fs.Arg(0))
 	if fs.Arg(0) == "-" {

@@ -54,94 +54,113 @@ func privateJWK(t *testing.T, k *ecdsa.PrivateKey) []byte {
 	return b
 }
 
-func TestSecretCommands(t *testing.T) {
+// secretFixture is a development KBS holding a signing key, a vault value
+// and a KEK, the matching local files, and secrets sealed with them.
+type secretFixture struct {
+	kbsURL                                         string
+	signerJWK, forgerJWK, localCred, kekFile, keys string
+	ptFile                                         string
+	vault, envKBS, envLocal, forged, unknownKid    string
+	legacy                                         string
+}
+
+const secretSigningKid = "kbs:///default/signing-key/sealed-secret"
+
+func newSecretFixture(t *testing.T) *secretFixture {
+	t.Helper()
 	saved := newAttester
 	t.Cleanup(func() { newAttester = saved })
 	newAttester = func(string) (attest.Attester, error) { return sample.NewAttester(), nil }
-
 	repo := t.TempDir()
 	srv, err := server.New(server.Options{Repository: repo, Policy: server.AllowAllPolicy, Verifiers: []attest.Verifier{sample.NewVerifier()}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer srv.Close()
 	ts := httptest.NewServer(srv)
-	defer ts.Close()
-	ctx := context.Background()
-
+	t.Cleanup(func() { ts.Close(); srv.Close() })
 	dir := t.TempDir()
-	signer, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
+	f := &secretFixture{kbsURL: ts.URL, signerJWK: filepath.Join(dir, "signer.jwk"), forgerJWK: filepath.Join(dir, "forger.jwk"),
+		localCred: filepath.Join(dir, "local-signer.pub.jwk"), kekFile: filepath.Join(dir, "kek.b64"),
+		keys: filepath.Join(dir, "keys"), ptFile: filepath.Join(dir, "pt")}
+	for _, p := range []string{f.signerJWK, f.forgerJWK} {
+		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		writeTestFile(t, p, privateJWK(t, k))
+		if p == f.signerJWK {
+			pubJWK, err := sealed.PublicJWK(&k.PublicKey, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			writeTestFile(t, filepath.Join(repo, "default", "signing-key", "sealed-secret"), pubJWK)
+			writeTestFile(t, f.localCred, pubJWK)
+		}
 	}
-	forger, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	signerJWK := filepath.Join(dir, "signer.jwk")
-	forgerJWK := filepath.Join(dir, "forger.jwk")
-	writeTestFile(t, signerJWK, privateJWK(t, signer))
-	writeTestFile(t, forgerJWK, privateJWK(t, forger))
-	pubJWK, err := sealed.PublicJWK(&signer.PublicKey, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	writeTestFile(t, filepath.Join(repo, "default", "signing-key", "sealed-secret"), pubJWK)
-	localCred := filepath.Join(dir, "local-signer.pub.jwk")
-	writeTestFile(t, localCred, pubJWK)
 	writeTestFile(t, filepath.Join(repo, "default", "sealed-secret", "test"), []byte("vault value"))
 	kek := make([]byte, 32)
 	if _, err := rand.Read(kek); err != nil {
 		t.Fatal(err)
 	}
 	writeTestFile(t, filepath.Join(repo, "default", "kek", "1"), kek)
-	kekFile := filepath.Join(dir, "kek.b64")
-	writeTestFile(t, kekFile, []byte(base64.StdEncoding.EncodeToString(kek)+"\n"))
-	localKeys := filepath.Join(dir, "keys")
-	writeTestFile(t, filepath.Join(localKeys, "kek-local"), kek)
-	ptFile := filepath.Join(dir, "pt")
-	writeTestFile(t, ptFile, []byte("envelope value"))
+	writeTestFile(t, f.kekFile, []byte(base64.StdEncoding.EncodeToString(kek)+"\n"))
+	writeTestFile(t, filepath.Join(f.keys, "kek-local"), kek)
+	writeTestFile(t, f.ptFile, []byte("envelope value"))
+	f.sealAll(t)
+	return f
+}
 
-	const kid = "kbs:///default/signing-key/sealed-secret"
-	seal := func(t *testing.T, run func(*bytes.Buffer) error) string {
-		t.Helper()
-		var out bytes.Buffer
-		if err := run(&out); err != nil {
-			t.Fatal(err)
-		}
-		s := strings.TrimSpace(out.String())
-		if !strings.HasPrefix(s, "sealed.") || strings.Count(s, ".") != 3 {
-			t.Fatalf("output %q is not a sealed secret", s)
-		}
-		return s
+// seal runs a seal command and checks its output is a sealed secret.
+func seal(t *testing.T, run func(*bytes.Buffer) error) string {
+	t.Helper()
+	var out bytes.Buffer
+	if err := run(&out); err != nil {
+		t.Fatal(err)
 	}
-	vault := seal(t, func(out *bytes.Buffer) error {
-		return runSecretSealVault(ctx, []string{"--resource-uri", "kbs:///default/sealed-secret/test", "--signing-kid", kid, "--signing-jwk-path", signerJWK}, out)
+	s := strings.TrimSpace(out.String())
+	if !strings.HasPrefix(s, "sealed.") || strings.Count(s, ".") != 3 {
+		t.Fatalf("output %q is not a sealed secret", s)
+	}
+	return s
+}
+
+func (f *secretFixture) sealAll(t *testing.T) {
+	t.Helper()
+	ctx := context.Background()
+	vault := func(kid, jwk string) func(*bytes.Buffer) error {
+		return func(out *bytes.Buffer) error {
+			return runSecretSealVault(ctx, []string{"--resource-uri", "kbs:///default/sealed-secret/test", "--signing-kid", kid, "--signing-jwk-path", jwk}, out)
+		}
+	}
+	f.vault = seal(t, vault(secretSigningKid, f.signerJWK))
+	f.envKBS = seal(t, func(out *bytes.Buffer) error {
+		return runSecretSealEnvelope(ctx, []string{"--key-id", "kbs:///default/kek/1", "--kek-path", f.kekFile, "--plaintext-path", f.ptFile, "--signing-kid", secretSigningKid, "--signing-jwk-path", f.signerJWK}, nil, out)
 	})
+	f.envLocal = seal(t, func(out *bytes.Buffer) error {
+		return runSecretSealEnvelope(ctx, []string{"--provider", "local", "--key-id", "kek-local", "--kek-path", f.kekFile, "--signing-kid", "local-signer", "--signing-jwk-path", f.signerJWK}, strings.NewReader("from stdin"), out)
+	})
+	f.forged = seal(t, vault(secretSigningKid, f.forgerJWK))
+	f.unknownKid = seal(t, vault("kbs:///default/signing-key/missing", f.signerJWK))
+	f.legacy = "sealed.fakejwsheader." + strings.Split(f.vault, ".")[2] + ".fakesignature"
+}
+
+func TestSecretSealShapes(t *testing.T) {
+	f := newSecretFixture(t)
 	// Upstream's exact header and payload shapes.
-	parts := strings.Split(strings.TrimPrefix(vault, "sealed."), ".")
+	parts := strings.Split(strings.TrimPrefix(f.vault, "sealed."), ".")
 	hdr, _ := base64.RawURLEncoding.DecodeString(parts[0])
 	payload, _ := base64.RawURLEncoding.DecodeString(parts[1])
-	if string(hdr) != `{"b64":true,"alg":"ES256","kid":"`+kid+`"}` {
+	if string(hdr) != `{"b64":true,"alg":"ES256","kid":"`+secretSigningKid+`"}` {
 		t.Fatalf("header %s", hdr)
 	}
 	if string(payload) != `{"version":"0.1.0","type":"vault","name":"kbs:///default/sealed-secret/test","provider":"kbs","provider_settings":{},"annotations":{}}` {
 		t.Fatalf("payload %s", payload)
 	}
-	envKBS := seal(t, func(out *bytes.Buffer) error {
-		return runSecretSealEnvelope(ctx, []string{"--key-id", "kbs:///default/kek/1", "--kek-path", kekFile, "--plaintext-path", ptFile, "--signing-kid", kid, "--signing-jwk-path", signerJWK}, nil, out)
-	})
-	envLocal := seal(t, func(out *bytes.Buffer) error {
-		return runSecretSealEnvelope(ctx, []string{"--provider", "local", "--key-id", "kek-local", "--kek-path", kekFile, "--signing-kid", "local-signer", "--signing-jwk-path", signerJWK}, strings.NewReader("from stdin"), out)
-	})
-	forged := seal(t, func(out *bytes.Buffer) error {
-		return runSecretSealVault(ctx, []string{"--resource-uri", "kbs:///default/sealed-secret/test", "--signing-kid", kid, "--signing-jwk-path", forgerJWK}, out)
-	})
-	unknownKid := seal(t, func(out *bytes.Buffer) error {
-		return runSecretSealVault(ctx, []string{"--resource-uri", "kbs:///default/sealed-secret/test", "--signing-kid", "kbs:///default/signing-key/missing", "--signing-jwk-path", signerJWK}, out)
-	})
-	legacy := "sealed.fakejwsheader." + parts[1] + ".fakesignature"
+}
 
+func TestSecretUnseal(t *testing.T) {
+	f := newSecretFixture(t)
+	url := f.kbsURL
 	for _, tc := range []struct {
 		name  string
 		args  []string
@@ -149,20 +168,20 @@ func TestSecretCommands(t *testing.T) {
 		want  string
 		err   string
 	}{
-		{name: "vault", args: []string{"--kbs-url", ts.URL, vault}, want: "vault value"},
-		{name: "vault from stdin", args: []string{"--kbs-url", ts.URL, "-"}, stdin: vault + "\n", want: "vault value"},
-		{name: "envelope kbs", args: []string{"--kbs-url", ts.URL, envKBS}, want: "envelope value"},
-		{name: "envelope local, local credential", args: []string{"--credential", "local-signer=" + localCred, "--local-key-dir", localKeys, envLocal}, want: "from stdin"},
-		{name: "forged signature", args: []string{"--kbs-url", ts.URL, forged}, err: "sealed secret signature: ES256 signature does not verify"},
-		{name: "unknown kid", args: []string{"--kbs-url", ts.URL, unknownKid}, err: "sealed secret kid fetch: kid kbs:///default/signing-key/missing"},
-		{name: "unknown local kid", args: []string{envLocal}, err: `sealed secret kid fetch: kid "local-signer": unknown kid`},
-		{name: "no kbs", args: []string{vault}, err: "no KBS configured"},
-		{name: "legacy refused", args: []string{"--kbs-url", ts.URL, legacy}, err: "unsigned (legacy) sealed secret refused"},
-		{name: "legacy skip", args: []string{"--kbs-url", ts.URL, "--skip-verification", legacy}, want: "vault value"},
+		{name: "vault", args: []string{"--kbs-url", url, f.vault}, want: "vault value"},
+		{name: "vault from stdin", args: []string{"--kbs-url", url, "-"}, stdin: f.vault + "\n", want: "vault value"},
+		{name: "envelope kbs", args: []string{"--kbs-url", url, f.envKBS}, want: "envelope value"},
+		{name: "envelope local, local credential", args: []string{"--credential", "local-signer=" + f.localCred, "--local-key-dir", f.keys, f.envLocal}, want: "from stdin"},
+		{name: "forged signature", args: []string{"--kbs-url", url, f.forged}, err: "sealed secret signature: ES256 signature does not verify"},
+		{name: "unknown kid", args: []string{"--kbs-url", url, f.unknownKid}, err: "sealed secret kid fetch: kid kbs:///default/signing-key/missing"},
+		{name: "unknown local kid", args: []string{f.envLocal}, err: `sealed secret kid fetch: kid "local-signer": unknown kid`},
+		{name: "no kbs", args: []string{f.vault}, err: "no KBS configured"},
+		{name: "legacy refused", args: []string{"--kbs-url", url, f.legacy}, err: "unsigned (legacy) sealed secret refused"},
+		{name: "legacy skip", args: []string{"--kbs-url", url, "--skip-verification", f.legacy}, want: "vault value"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var out bytes.Buffer
-			err := runSecretUnseal(ctx, tc.args, strings.NewReader(tc.stdin), &out)
+			err := runSecretUnseal(context.Background(), tc.args, strings.NewReader(tc.stdin), &out)
 			if tc.err != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.err) {
 					t.Fatalf("err = %v, want %q", err, tc.err)
@@ -180,7 +199,12 @@ func TestSecretCommands(t *testing.T) {
 			}
 		})
 	}
+}
 
+func TestSecretUsageErrors(t *testing.T) {
+	f := newSecretFixture(t)
+	ctx := context.Background()
+	kid, signerJWK, kekFile := secretSigningKid, f.signerJWK, f.kekFile
 	for _, tc := range []struct {
 		name string
 		run  func() error
@@ -199,7 +223,7 @@ func TestSecretCommands(t *testing.T) {
 		}},
 		{"unseal no argument", func() error { return runSecretUnseal(ctx, nil, nil, &bytes.Buffer{}) }},
 		{"unseal bad credential", func() error {
-			return runSecretUnseal(ctx, []string{"--credential", "nofile", vault}, nil, &bytes.Buffer{})
+			return runSecretUnseal(ctx, []string{"--credential", "nofile", f.vault}, nil, &bytes.Buffer{})
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -209,7 +233,7 @@ func TestSecretCommands(t *testing.T) {
 		})
 	}
 	// A public JWK cannot sign.
-	if err := runSecretSealVault(ctx, []string{"--resource-uri", "kbs:///a/b/c", "--signing-kid", kid, "--signing-jwk-path", localCred}, &bytes.Buffer{}); err == nil || !strings.Contains(err.Error(), "private") {
+	if err := runSecretSealVault(ctx, []string{"--resource-uri", "kbs:///a/b/c", "--signing-kid", kid, "--signing-jwk-path", f.localCred}, &bytes.Buffer{}); err == nil || !strings.Contains(err.Error(), "private") {
 		t.Fatalf("public JWK accepted for signing: %v", err)
 	}
 }

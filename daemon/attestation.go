@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"bytes"
@@ -56,36 +56,67 @@ func newAttestation(ctx context.Context, cfg AttestationConfig) (*attestation, e
 	}
 	at := &attestation{attester: a}
 	log.G(ctx).WithField("tee", a.TEE()).Info("attester selected")
-
-	var aaText, cdhText, policyText string
 	if cfg.InitData != "" {
-		raw, err := os.ReadFile(cfg.InitData)
-		if err != nil {
-			return nil, fmt.Errorf("init-data: %w", err)
+		if err := at.loadInitData(ctx, cfg.InitData); err != nil {
+			return nil, err
 		}
-		if bytes.HasPrefix(raw, []byte(initdata.DeviceMagic)) {
-			// Kata's block-device form (the file is the device or its image).
-			if raw, err = initdata.DecodeDevice(bytes.NewReader(raw)); err != nil {
-				return nil, fmt.Errorf("init-data device %s: %w", cfg.InitData, err)
-			}
-		}
-		if at.initData, err = initdata.Parse(raw); err != nil {
-			return nil, fmt.Errorf("init-data %s: %w", cfg.InitData, err)
-		}
-		switch err := agent.BindInitData(ctx, a, at.initData.Digest()); {
-		case errors.Is(err, initdata.ErrUnsupportedTEE):
-			log.G(ctx).WithField("tee", a.TEE()).Warn("init-data is not bound to hardware on this TEE (as upstream, only logged)")
-		case err != nil:
-			return nil, err // upstream's message for a mismatch
-		default:
-			log.G(ctx).WithFields(log.Fields{"tee": a.TEE(), "algorithm": at.initData.Algorithm}).Info("init-data digest bound to the TEE")
-		}
-		aaText = at.initData.Data[initdata.KeyAAConfig]
-		cdhText = at.initData.Data[initdata.KeyCDHConfig]
-		policyText = at.initData.Data[initdata.KeyPolicy]
 	}
+	if err := at.loadConfigs(ctx, cfg); err != nil {
+		return nil, err
+	}
+	if err := at.kbsClients(cfg); err != nil {
+		return nil, err
+	}
+	if at.aa.EventlogConfig.EnableEventlog {
+		if err := at.openEventLog(ctx, cfg.EventlogDir); err != nil {
+			return nil, err
+		}
+	}
+	return at, nil
+}
 
+// loadInitData reads init-data (TOML, or Kata's block-device form) and
+// binds its digest to the TEE: a mismatch refuses to start.
+func (at *attestation) loadInitData(ctx context.Context, path string) error {
+	a := at.attester
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("init-data: %w", err)
+	}
+	if bytes.HasPrefix(raw, []byte(initdata.DeviceMagic)) {
+		// Kata's block-device form (the file is the device or its image).
+		if raw, err = initdata.DecodeDevice(bytes.NewReader(raw)); err != nil {
+			return fmt.Errorf("init-data device %s: %w", path, err)
+		}
+	}
+	if at.initData, err = initdata.Parse(raw); err != nil {
+		return fmt.Errorf("init-data %s: %w", path, err)
+	}
+	switch err := agent.BindInitData(ctx, a, at.initData.Digest()); {
+	case errors.Is(err, initdata.ErrUnsupportedTEE):
+		log.G(ctx).WithField("tee", a.TEE()).Warn("init-data is not bound to hardware on this TEE (as upstream, only logged)")
+	case err != nil:
+		return err // upstream's message for a mismatch
+	default:
+		log.G(ctx).WithFields(log.Fields{"tee": a.TEE(), "algorithm": at.initData.Algorithm}).Info("init-data digest bound to the TEE")
+	}
+	return nil
+}
+
+// initDataText is one of init-data's documents ("" without init-data).
+func (at *attestation) initDataText(key string) string {
+	if at.initData == nil {
+		return ""
+	}
+	return at.initData.Data[key]
+}
+
+// loadConfigs reads aa.toml and cdh.toml (files given, else init-data's)
+// and compiles init-data's agent policy.
+func (at *attestation) loadConfigs(ctx context.Context, cfg AttestationConfig) error {
+	aaText, cdhText := at.initDataText(initdata.KeyAAConfig), at.initDataText(initdata.KeyCDHConfig)
 	var warnings []string
+	var err error
 	switch {
 	case cfg.AAConfig != "":
 		at.aa, warnings, err = config.LoadAA(cfg.AAConfig)
@@ -95,32 +126,35 @@ func newAttestation(ctx context.Context, cfg AttestationConfig) (*attestation, e
 		at.aa = config.DefaultAA()
 	}
 	if err != nil {
-		return nil, fmt.Errorf("aa.toml: %w", err)
+		return fmt.Errorf("aa.toml: %w", err)
 	}
+	var w []string
 	switch {
 	case cfg.CDHConfig != "":
-		var w []string
 		at.cdh, w, err = config.LoadCDH(cfg.CDHConfig)
-		warnings = append(warnings, w...)
 	case cdhText != "":
-		var w []string
 		at.cdh, w, err = config.ParseCDH([]byte(cdhText), config.TOML)
-		warnings = append(warnings, w...)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("cdh.toml: %w", err)
+		return fmt.Errorf("cdh.toml: %w", err)
 	}
-	for _, w := range warnings {
+	for _, w := range append(warnings, w...) {
 		log.G(ctx).Warn(w)
 	}
-	if policyText != "" {
+	if policyText := at.initDataText(initdata.KeyPolicy); policyText != "" {
 		if at.policy, err = agentpolicy.New(policyText); err != nil {
-			return nil, fmt.Errorf("init-data policy.rego: %w", err)
+			return fmt.Errorf("init-data policy.rego: %w", err)
 		}
 		log.G(ctx).Info("agent policy from init-data compiled")
 	}
+	return nil
+}
 
-	// The Attestation Agent's KBS: aa.toml, else cocoond's kbs_url.
+// kbsClients sets up the Attestation Agent's KBS (aa.toml, else cocoond's
+// kbs_url) and the Confidential Data Hub's resource client (cdh.toml
+// [kbc], else the AA's).
+func (at *attestation) kbsClients(cfg AttestationConfig) error {
+	a := at.attester
 	var initTOML []byte
 	if at.initData != nil {
 		initTOML = at.initData.Raw
@@ -133,16 +167,15 @@ func newAttestation(ctx context.Context, cfg AttestationConfig) (*attestation, e
 	} else if cfg.KBSURL != "" {
 		at.kbsCfg = &kbs.Config{URL: cfg.KBSURL, TEEKeyAlgorithm: cfg.TEEKeyAlgorithm, Attester: a, InitDataTOML: initTOML}
 		if cfg.KBSCertFile != "" {
+			var err error
 			if at.kbsCfg.CertPEM, err = os.ReadFile(cfg.KBSCertFile); err != nil {
-				return nil, fmt.Errorf("attestation.kbs_cert_file: %w", err)
+				return fmt.Errorf("attestation.kbs_cert_file: %w", err)
 			}
 		}
 	}
 	if at.aa.TokenConfigs.CoCoAS != nil {
 		at.cocoAS = at.aa.TokenConfigs.CoCoAS.URL
 	}
-
-	// The Confidential Data Hub's KBS: cdh.toml [kbc], else the AA's.
 	resCfg := at.kbsCfg
 	if at.cdh != nil && at.cdh.KBC.URL != "" {
 		resCfg = &kbs.Config{URL: at.cdh.KBC.URL, Attester: a, InitDataTOML: initTOML}
@@ -151,35 +184,41 @@ func newAttestation(ctx context.Context, cfg AttestationConfig) (*attestation, e
 		}
 	}
 	if resCfg != nil {
+		var err error
 		if at.kbs, err = kbs.NewClient(*resCfg); err != nil {
-			return nil, fmt.Errorf("kbs client: %w", err)
+			return fmt.Errorf("kbs client: %w", err)
 		}
 	}
+	return nil
+}
 
-	if at.aa.EventlogConfig.EnableEventlog {
-		m, ok := a.(attest.RuntimeMeasurer)
-		alg, algErr := eventlog.AlgForTEE(a.TEE())
-		if !ok || algErr != nil {
-			log.G(ctx).WithField("tee", a.TEE()).Warn("aa.toml enables the event log, but this TEE has no runtime measurement register")
-		} else {
-			initPCR := int(at.aa.EventlogConfig.InitPCR)
-			if a.TEE() == attest.TEETPM && initPCR >= 17 && initPCR <= 22 {
-				// PCRs 17-22 are DRTM PCRs: only locality 4 may extend them,
-				// so a guest's TPM refuses. Upstream's default (17) cannot work
-				// on a vTPM; use the first PCR any locality may extend.
-				log.G(ctx).WithField("init_pcr", initPCR).Warn("aa.toml init_pcr is a DRTM PCR a guest cannot extend on a TPM; using PCR 23")
-				initPCR = 23
-			}
-			if at.eventLog, err = eventlog.Open(ctx, cfg.EventlogDir, alg, initPCR, m); err != nil {
-				return nil, err
-			}
-			if filepath.Join(cfg.EventlogDir, aaelFile) != at.eventLog.Path() {
-				return nil, fmt.Errorf("event log at %s, but the attester reads %s", at.eventLog.Path(), filepath.Join(cfg.EventlogDir, aaelFile))
-			}
-			log.G(ctx).WithFields(log.Fields{"path": at.eventLog.Path(), "init_pcr": initPCR}).Info("AAEL event log enabled")
-		}
+// openEventLog opens (and recovers) the AAEL event log aa.toml enables,
+// when the TEE has a runtime measurement register.
+func (at *attestation) openEventLog(ctx context.Context, dir string) error {
+	a := at.attester
+	m, ok := a.(attest.RuntimeMeasurer)
+	alg, algErr := eventlog.AlgForTEE(a.TEE())
+	if !ok || algErr != nil {
+		log.G(ctx).WithField("tee", a.TEE()).Warn("aa.toml enables the event log, but this TEE has no runtime measurement register")
+		return nil
 	}
-	return at, nil
+	initPCR := int(at.aa.EventlogConfig.InitPCR)
+	if a.TEE() == attest.TEETPM && initPCR >= 17 && initPCR <= 22 {
+		// PCRs 17-22 are DRTM PCRs: only locality 4 may extend them, so a
+		// guest's TPM refuses. Upstream's default (17) cannot work on a
+		// vTPM; use the first PCR any locality may extend.
+		log.G(ctx).WithField("init_pcr", initPCR).Warn("aa.toml init_pcr is a DRTM PCR a guest cannot extend on a TPM; using PCR 23")
+		initPCR = 23
+	}
+	var err error
+	if at.eventLog, err = eventlog.Open(ctx, dir, alg, initPCR, m); err != nil {
+		return err
+	}
+	if filepath.Join(dir, aaelFile) != at.eventLog.Path() {
+		return fmt.Errorf("event log at %s, but the attester reads %s", at.eventLog.Path(), filepath.Join(dir, aaelFile))
+	}
+	log.G(ctx).WithFields(log.Fields{"path": at.eventLog.Path(), "init_pcr": initPCR}).Info("AAEL event log enabled")
+	return nil
 }
 
 // agent returns the Attestation Agent service the REST shim serves.

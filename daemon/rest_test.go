@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -174,14 +174,14 @@ func TestRestFeaturesPrecedence(t *testing.T) {
 		{"", "/nonexistent", "all", restapi.FeatureAll},
 		{"", "/nonexistent", "", restapi.FeatureResource},
 	} {
-		got, _, err := restFeatures(tc.flag, tc.cmdline, tc.config)
+		got, _, err := RESTFeatures(tc.flag, tc.cmdline, tc.config)
 		if err != nil || got != tc.want {
 			t.Errorf("%+v: %v %v", tc, got, err)
 		}
 	}
 	bad := filepath.Join(t.TempDir(), "cmdline")
 	os.WriteFile(bad, []byte("agent.guest_components_rest_api=none"), 0o644)
-	if _, src, err := restFeatures("", bad, ""); err == nil || src != "kernel command line" {
+	if _, src, err := RESTFeatures("", bad, ""); err == nil || src != "kernel command line" {
 		t.Errorf("invalid cmdline value accepted: %v", err)
 	}
 }

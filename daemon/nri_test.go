@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -55,13 +55,13 @@ func TestNRICreateContainer(t *testing.T) {
 }
 
 func TestNRIConfig(t *testing.T) {
-	c := defaultConfig()
-	if err := c.validate(); err != nil {
+	c := Default()
+	if err := c.Validate(); err != nil {
 		t.Fatal(err)
 	}
 	for _, idx := range []string{"", "1", "1a", "100"} {
 		c.NRI.PluginIndex = idx
-		if err := c.validate(); err == nil || !strings.Contains(err.Error(), "nri.plugin_index") {
+		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "nri.plugin_index") {
 			t.Errorf("plugin_index %q: %v", idx, err)
 		}
 	}

@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -28,7 +28,7 @@ func TestRegistryCredentialsFromKBS(t *testing.T) {
 		t.Fatal(err)
 	}
 	at := &attestation{cdh: cdh, kbs: client}
-	o, err := registryOptions(context.Background(), defaultConfig(), at)
+	o, err := registryOptions(context.Background(), Default(), at)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,7 +72,7 @@ func TestRegistryConfigurationURI(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	o, err := registryOptions(context.Background(), defaultConfig(), &attestation{cdh: cdh})
+	o, err := registryOptions(context.Background(), Default(), &attestation{cdh: cdh})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"os"
@@ -17,7 +17,7 @@ func writeConfig(t *testing.T, body string) string {
 }
 
 func TestShippedConfigLoads(t *testing.T) {
-	cfg, warnings, err := loadConfig(filepath.Join("..", "..", "contrib", "cocoond.toml"))
+	cfg, warnings, err := Load(filepath.Join("..", "contrib", "cocoond.toml"))
 	if err != nil || len(warnings) > 0 {
 		t.Fatalf("contrib/cocoond.toml: %v %v", err, warnings)
 	}
@@ -34,8 +34,9 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 		"[unpack]\nmax_entry_size = \"lots\"\n":      "unpack.max_entry_size",
 		"log_format = \"xml\"\n":                     "log_format",
 		"root = 3\n":                                 "root",
+		"[storage]\nsize = \"20 parsecs\"\n":         "storage.size",
 	} {
-		_, _, err := loadConfig(writeConfig(t, body))
+		_, _, err := Load(writeConfig(t, body))
 		if err == nil || !strings.Contains(err.Error(), key) {
 			t.Errorf("%q: error = %v, want one naming %s", body, err, key)
 		}
@@ -43,11 +44,23 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 }
 
 func TestConfigUnknownKeysWarn(t *testing.T) {
-	_, warnings, err := loadConfig(writeConfig(t, "colour = \"blue\"\n[registry]\nmirrors = []\n"))
+	_, warnings, err := Load(writeConfig(t, "colour = \"blue\"\n[registry]\nmirrors = []\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(warnings) != 2 || !strings.Contains(warnings[0]+warnings[1], "colour") || !strings.Contains(warnings[0]+warnings[1], "registry.mirrors") {
 		t.Errorf("warnings = %q", warnings)
+	}
+}
+
+// TestConfigSizes: sizes read as go-units reads them, with the forms
+// cocoonctl volume create --size always took.
+func TestConfigSizes(t *testing.T) {
+	cfg, _, err := Load(writeConfig(t, "[unpack]\nmax_entry_size = \"1Gi\"\nmax_total_size = \"1.5G\"\n[storage]\nsize = \"20G\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s, _ := cfg.Unpack.sizes(); s.entry != 1<<30 || s.total != 3<<29 {
+		t.Errorf("sizes %+v", s)
 	}
 }

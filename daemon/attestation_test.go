@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -35,7 +35,7 @@ const okPolicy = "package agent_policy\n\ndefault CreateContainerRequest := true
 
 func serveConfig(t *testing.T) Config {
 	dir := t.TempDir()
-	cfg := defaultConfig()
+	cfg := Default()
 	cfg.Root = filepath.Join(dir, "root")
 	cfg.Address = filepath.Join(dir, "cocoon.sock")
 	cfg.Attestation.EventlogDir = filepath.Join(dir, "eventlog")
@@ -169,4 +169,11 @@ func TestInitDataBlockDeviceForm(t *testing.T) {
 	if err := serveOnce(t, cfg); err != nil {
 		t.Fatalf("block-device init-data: %v", err)
 	}
+}
+
+// serve runs the daemon with the REST features given, as cocoond does
+// after resolving them.
+func serve(ctx context.Context, cfg Config, features restapi.Features) error {
+	cfg.REST.Features = string(features)
+	return Serve(ctx, cfg)
 }

@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"fmt"
@@ -7,7 +7,8 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
-	"github.com/docker/go-units"
+
+	"github.com/cocoon-cc/cocoon/internal/flagutil"
 )
 
 // Config is cocoond's own TOML configuration. Upstream formats (aa.toml,
@@ -29,6 +30,9 @@ type Config struct {
 	Storage     StorageConfig     `toml:"storage"`
 	Decryption  DecryptionConfig  `toml:"decryption"`
 	NRI         NRIConfig         `toml:"nri"`
+
+	// Version is what the REST API's /info reports (not read from TOML).
+	Version string `toml:"-"`
 }
 
 // DecryptionConfig holds local keys for encrypted layers. Layers wrapped for
@@ -102,7 +106,9 @@ type RegistryConfig struct {
 
 // UnpackConfig bounds what a layer may contain.
 type UnpackConfig struct {
-	AllowDevices bool   `toml:"allow_devices"`
+	AllowDevices bool `toml:"allow_devices"`
+	// Sizes are go-units sizes (flagutil.ParseSize): "8GiB", "512M", "1G";
+	// units are powers of 1024.
 	MaxEntrySize string `toml:"max_entry_size"` // e.g. "8GiB"
 	MaxTotalSize string `toml:"max_total_size"`
 	MaxEntries   int    `toml:"max_entries"`
@@ -119,8 +125,10 @@ type SnapshotterConfig struct {
 	AllowUnlabelledLayers bool `toml:"allow_unlabelled_layers"`
 }
 
-func defaultConfig() Config {
+// Default is the configuration cocoond runs with when no file names a key.
+func Default() Config {
 	return Config{
+		Version:   "dev",
 		Root:      "/var/lib/cocoon",
 		Address:   "/run/cocoon/cocoon.sock",
 		LogLevel:  "info",
@@ -134,10 +142,10 @@ func defaultConfig() Config {
 	}
 }
 
-// loadConfig reads path over the defaults. Unknown keys are returned as
+// Load reads path over the defaults ("" is the defaults). Unknown keys are returned as
 // warnings; invalid values are errors naming the key.
-func loadConfig(path string) (Config, []string, error) {
-	cfg := defaultConfig()
+func Load(path string) (Config, []string, error) {
+	cfg := Default()
 	if path == "" {
 		return cfg, nil, nil
 	}
@@ -153,10 +161,11 @@ func loadConfig(path string) (Config, []string, error) {
 	for _, k := range md.Undecoded() {
 		warnings = append(warnings, fmt.Sprintf("%s: unknown key %q ignored", path, k.String()))
 	}
-	return cfg, warnings, cfg.validate()
+	return cfg, warnings, cfg.Validate()
 }
 
-func (c *Config) validate() error {
+// Validate checks every value; an error names the TOML key at fault.
+func (c *Config) Validate() error {
 	if c.Root == "" {
 		return fmt.Errorf("root: must not be empty")
 	}
@@ -176,6 +185,11 @@ func (c *Config) validate() error {
 	}
 	if _, err := c.Unpack.sizes(); err != nil {
 		return err
+	}
+	if c.Storage.Size != "" {
+		if _, err := flagutil.ParseSize(c.Storage.Size); err != nil {
+			return fmt.Errorf("storage.size: %w", err)
+		}
 	}
 	switch c.Attestation.TEE {
 	case "", "sample", "tdx", "snp", "tpm":
@@ -209,12 +223,12 @@ func (u UnpackConfig) sizes() (unpackSizes, error) {
 	var s unpackSizes
 	var err error
 	if u.MaxEntrySize != "" {
-		if s.entry, err = units.RAMInBytes(u.MaxEntrySize); err != nil || s.entry <= 0 {
+		if s.entry, err = flagutil.ParseSize(u.MaxEntrySize); err != nil {
 			return s, fmt.Errorf("unpack.max_entry_size: invalid size %q", u.MaxEntrySize)
 		}
 	}
 	if u.MaxTotalSize != "" {
-		if s.total, err = units.RAMInBytes(u.MaxTotalSize); err != nil || s.total <= 0 {
+		if s.total, err = flagutil.ParseSize(u.MaxTotalSize); err != nil {
 			return s, fmt.Errorf("unpack.max_total_size: invalid size %q", u.MaxTotalSize)
 		}
 	}
