@@ -28,7 +28,7 @@ import (
 	"github.com/opencontainers/go-digest"
 )
 
-// Cosign v3 wire constants (see vectors/captured/cosign-v3-*.json).
+// Cosign v3 wire constants (see testdata/cosign-v3-*.json).
 const (
 	bundleMediaTypePrefix = "application/vnd.dev.sigstore.bundle"
 	inTotoPayloadType     = "application/vnd.in-toto+json"
