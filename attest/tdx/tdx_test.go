@@ -197,7 +197,9 @@ func TestTrusteeClaims(t *testing.T) {
 	}
 	gotJSON, _ := json.Marshal(got)
 	var gotMap map[string]any
-	json.Unmarshal(gotJSON, &gotMap)
+	if err := json.Unmarshal(gotJSON, &gotMap); err != nil {
+		t.Fatal(err)
+	}
 	for _, k := range []string{"quote", "td_attributes", "report_data", "init_data"} {
 		if !reflect.DeepEqual(gotMap[k], expected[k]) {
 			t.Errorf("claim %s:\n got %v\nwant %v", k, gotMap[k], expected[k])

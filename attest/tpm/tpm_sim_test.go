@@ -156,12 +156,16 @@ func TestEvidenceJSONShape(t *testing.T) {
 		t.Fatalf("pcrs = %s (%v), want 24 hex SHA-256 values", q["pcrs"], err)
 	}
 	var msg string
-	json.Unmarshal(q["message"], &msg)
+	if err := json.Unmarshal(q["message"], &msg); err != nil {
+		t.Fatal(err)
+	}
 	if !strings.HasPrefix(msg, "/1RDR4AY") { // TPM_GENERATED_VALUE, TPM_ST_ATTEST_QUOTE
 		t.Errorf("message %q is not a base64 TPMS_ATTEST quote", msg)
 	}
 	var sig string
-	json.Unmarshal(q["signature"], &sig)
+	if err := json.Unmarshal(q["signature"], &sig); err != nil {
+		t.Fatal(err)
+	}
 	if !strings.HasPrefix(sig, "ABQACw") { // TPM_ALG_RSASSA, TPM_ALG_SHA256
 		t.Errorf("signature %q is not a base64 RSASSA-SHA256 TPMT_SIGNATURE", sig)
 	}

@@ -86,7 +86,9 @@ func encTestTar(t *testing.T, files int) []byte {
 		if err := tw.WriteHeader(&tar.Header{Name: fmt.Sprintf("dir/f%d", i), Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(data))}); err != nil {
 			t.Fatal(err)
 		}
-		tw.Write(data)
+		if _, err := tw.Write(data); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if err := tw.Close(); err != nil {
 		t.Fatal(err)
@@ -253,7 +255,9 @@ func TestEncryptCommand(t *testing.T) {
 func TestEncryptCommandRejects(t *testing.T) {
 	_, kekFile := encTestKEK(t)
 	short := filepath.Join(t.TempDir(), "short")
-	os.WriteFile(short, []byte("0123456789abcdef"), 0o600)
+	if err := os.WriteFile(short, []byte("0123456789abcdef"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	srcDir, _ := encTestLayout(t)
 	src := "oci:" + srcDir + ":v1"
 	dst := "oci:" + filepath.Join(t.TempDir(), "out")

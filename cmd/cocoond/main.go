@@ -288,7 +288,9 @@ func serve(ctx context.Context, cfg Config, features restapi.Features) error {
 	hs.Shutdown()
 	if metricsSrv != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		metricsSrv.Shutdown(sctx)
+		if err := metricsSrv.Shutdown(sctx); err != nil {
+			log.G(ctx).WithError(err).Warn("metrics server shutdown")
+		}
 		cancel()
 	}
 	stopped := make(chan struct{})

@@ -69,6 +69,8 @@ func startREST(ctx context.Context, address string, features restapi.Features, a
 	return func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		srv.Shutdown(sctx)
+		if err := srv.Shutdown(sctx); err != nil {
+			log.G(ctx).WithError(err).Warn("rest api server shutdown")
+		}
 	}, nil
 }
