@@ -1,7 +1,6 @@
 package cryptvol
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"os"
@@ -11,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/containerd/log"
+	"github.com/moby/sys/mountinfo"
 	"github.com/sirupsen/logrus"
 )
 
@@ -55,20 +55,12 @@ func testCtx(t testing.TB) context.Context {
 // isMounted reports whether dir is a mount point in this namespace.
 func isMounted(t testing.TB, dir string) bool {
 	t.Helper()
-	f, err := os.Open("/proc/self/mountinfo")
+	abs, _ := filepath.Abs(dir)
+	mounts, err := mountinfo.GetMounts(mountinfo.SingleEntryFilter(abs))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	abs, _ := filepath.Abs(dir)
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		fields := strings.Fields(s.Text())
-		if len(fields) > 4 && fields[4] == abs {
-			return true
-		}
-	}
-	return false
+	return len(mounts) > 0
 }
 
 // loopsBackedBy lists loop devices whose backing file is under prefix.

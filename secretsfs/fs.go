@@ -252,7 +252,7 @@ func (f *FS) Unmount() error {
 		}
 		close(f.stopSweep)
 		<-f.swept
-		f.cache.purge()
+		f.cache.Purge()
 		for _, s := range f.sources {
 			_ = s.root.Close()
 		}
@@ -276,7 +276,7 @@ func (f *FS) sweepLoop(every time.Duration) {
 		case <-f.stopSweep:
 			return
 		case <-t.C:
-			f.cache.sweep()
+			f.cache.Sweep()
 		}
 	}
 }

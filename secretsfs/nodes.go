@@ -376,7 +376,7 @@ func (n *srcFile) attr(ctx context.Context) (*content, syscall.Errno) {
 		return c, errno
 	}
 	c.size = unknownSize
-	if size, ok := n.fsys.cache.size(sealedKey(c.sealed)); ok {
+	if size, ok := cachedSize(n.fsys.cache, sealedKey(c.sealed)); ok {
 		c.size = size
 	}
 	return c, 0
@@ -392,7 +392,7 @@ func (n *srcFile) resolve(ctx context.Context) (*content, syscall.Errno) {
 	}
 	s, mtime := c.sealed, c.mtime
 	path := n.displayPath()
-	pt, err := n.fsys.cache.get(ctx, sealedKey(s), func(ctx context.Context) ([]byte, error) {
+	pt, err := n.fsys.cache.Get(ctx, sealedKey(s), func(ctx context.Context) ([]byte, error) {
 		if n.fsys.unsealer == nil {
 			err := errors.New("no unsealer configured")
 			log.G(ctx).WithError(err).WithField("path", path).Warn("secretsfs: unseal failed")
@@ -550,7 +550,7 @@ func (n *kbsFile) cacheKey() string { return "kbs\x00" + n.uri }
 // it is in the cache, else 0.
 func (n *kbsFile) attr() *content {
 	c := &content{size: unknownSize, mtime: n.fsys.mtime}
-	if size, ok := n.fsys.cache.size(n.cacheKey()); ok {
+	if size, ok := cachedSize(n.fsys.cache, n.cacheKey()); ok {
 		c.size = size
 	}
 	return c
@@ -558,7 +558,7 @@ func (n *kbsFile) attr() *content {
 
 func (n *kbsFile) resolve(ctx context.Context) (*content, syscall.Errno) {
 	ctx = n.fsys.opCtx(ctx)
-	b, err := n.fsys.cache.get(ctx, n.cacheKey(), func(ctx context.Context) ([]byte, error) {
+	b, err := n.fsys.cache.Get(ctx, n.cacheKey(), func(ctx context.Context) ([]byte, error) {
 		b, err := n.fsys.resources.GetResource(ctx, n.uri)
 		if err == nil && len(b) > maxValueSize {
 			clear(b)

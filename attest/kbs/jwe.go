@@ -41,10 +41,16 @@ const (
 // A256GCM content encryption, the CEK wrapped with ECDH-ES+A256KW (fresh
 // ephemeral key on the client's curve) or RSA-OAEP-256.
 //
-// The protected header is written by hand as compact JSON with alg, enc,
-// then the remaining members in sorted order (epk as crv, kty, x, y): the
-// upstream Rust client rebuilds the header in that order before using it as
-// AAD, so any other order fails to decrypt there.
+// The protected header is written by hand, not by go-jose, because its
+// bytes are an interop requirement: the Rust client (guest-components
+// kbs_protocol via kbs-types) decodes it into ProtectedHeader and uses
+// ProtectedHeader::generate_aad, which re-serialises it as compact JSON with
+// alg, enc, then the other members through a serde_json Map (keys sorted at
+// every level, so epk is crv, kty, x, y), instead of the bytes received.
+// go-jose writes epk in JWK member order (kty, crv, x, y), which that client
+// fails to decrypt. TestEncryptDecryptRoundTrip rebuilds the AAD the Rust
+// way; TestKbsTypesResponseVector checks that rebuild against kbs-types'
+// own vector; TestGoJoseHeaderBreaksRustAAD shows go-jose's header differs.
 func EncryptResponse(pub TEEPubKey, plaintext []byte) ([]byte, error) {
 	key, err := pub.PublicKey()
 	if err != nil {

@@ -3,10 +3,13 @@ package kbs
 import (
 	"bytes"
 	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/sha512"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"math/big"
 	"os"
 	"strings"
 	"testing"
@@ -409,6 +412,150 @@ func TestParseTokenTimes(t *testing.T) {
 			}
 			if err == nil && tt.ValidAt(now) != tc.valid {
 				t.Fatalf("ValidAt = %v", !tc.valid)
+			}
+		})
+	}
+}
+
+// TestGoJoseHeaderBreaksRustAAD is why EncryptResponse writes its protected
+// header by hand: the header go-jose writes for the same JWE is not the one
+// the Rust client rebuilds as AAD, so that client could not decrypt it.
+func TestGoJoseHeaderBreaksRustAAD(t *testing.T) {
+	k, err := GenerateTEEKey(KeyAlgorithmP256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	enc, err := jose.NewEncrypter(jose.A256GCM, jose.Recipient{Algorithm: jose.ECDH_ES_A256KW, Key: &k.ec.PublicKey}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj, err := enc.Encrypt([]byte("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r Response
+	if err := json.Unmarshal([]byte(obj.FullSerialize()), &r); err != nil {
+		t.Fatal(err)
+	}
+	h, err := base64.RawURLEncoding.DecodeString(r.Protected)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := rustAAD(t, string(h)); got == r.Protected {
+		t.Fatalf("go-jose header %s now survives the Rust rebuild; EncryptResponse could use go-jose", h)
+	}
+	// Ours does (the same check as TestEncryptDecryptRoundTrip).
+	ours, err := EncryptResponse(k.PublicJWK(), []byte("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = json.Unmarshal(ours, &r)
+	if rustAAD(t, protectedJSON(t, ours)) != r.Protected {
+		t.Fatal("our header does not survive the Rust rebuild")
+	}
+}
+
+// TestPublicJWKWireBytes: the tee-pubkey go-jose encodes is byte for byte
+// the kbs-types JWK (members in kbs-types order, EC coordinates padded to
+// the curve size, RSA n and e minimal big-endian).
+func TestPublicJWKWireBytes(t *testing.T) {
+	b64 := base64.RawURLEncoding.EncodeToString
+	for _, alg := range []string{KeyAlgorithmP256, KeyAlgorithmP521, KeyAlgorithmRSAOAEP} {
+		t.Run(alg, func(t *testing.T) {
+			k, err := GenerateTEEKey(alg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var want string
+			if k.rsa != nil {
+				e := big.NewInt(int64(k.rsa.E)).Bytes()
+				want = `{"kty":"RSA","alg":"RSA-OAEP-256","n":"` + b64(k.rsa.N.Bytes()) + `","e":"` + b64(e) + `"}`
+			} else {
+				pt, err := k.ec.PublicKey.Bytes()
+				if err != nil {
+					t.Fatal(err)
+				}
+				size, crv := (len(pt)-1)/2, "P-256"
+				if alg == KeyAlgorithmP521 {
+					crv = "P-521"
+				}
+				want = `{"kty":"EC","crv":"` + crv + `","alg":"ECDH-ES+A256KW","x":"` + b64(pt[1:1+size]) + `","y":"` + b64(pt[1+size:]) + `"}`
+			}
+			got, err := json.Marshal(k.PublicJWK())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(got) != want {
+				t.Fatalf("tee-pubkey\n got %s\nwant %s", got, want)
+			}
+		})
+	}
+}
+
+// TestTEEPubKeyDecoding covers what moving JWK decoding to go-jose could
+// change: extra members, other key types and curves, and RSA sizes beyond
+// go-jose's own 4096-bit cap.
+func TestTEEPubKeyDecoding(t *testing.T) {
+	k, _ := GenerateTEEKey(KeyAlgorithmP256)
+	good, _ := json.Marshal(k.PublicJWK())
+	var m map[string]any
+	_ = json.Unmarshal(good, &m)
+	with := func(extra map[string]any) []byte {
+		c := map[string]any{}
+		for a, b := range m {
+			c[a] = b
+		}
+		for a, b := range extra {
+			if b == nil {
+				delete(c, a)
+			} else {
+				c[a] = b
+			}
+		}
+		b, _ := json.Marshal(c)
+		return b
+	}
+	p384, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	p384JWK, _ := json.Marshal(jose.JSONWebKey{Key: &p384.PublicKey, Algorithm: jweAlgECDHESA256KW})
+	// A modulus of n bits: odd, top bit set. Only its size is checked.
+	modulus := func(bits int) string {
+		n := make([]byte, (bits+7)/8)
+		_, _ = rand.Read(n)
+		n[0] |= 0x80
+		n[len(n)-1] |= 1
+		return base64.RawURLEncoding.EncodeToString(n)
+	}
+	rsaJWK := func(n string) []byte {
+		return []byte(`{"kty":"RSA","alg":"RSA-OAEP-256","n":"` + n + `","e":"AQAB"}`)
+	}
+	tests := []struct {
+		name string
+		in   []byte
+		ok   bool
+	}{
+		{"p256", good, true},
+		{"extra members", with(map[string]any{"kid": "k1", "use": "enc", "ext": true, "key_ops": []string{"wrapKey"}}), true},
+		{"private member d is not read", with(map[string]any{"d": "AAAA"}), true},
+		{"oct", with(map[string]any{"kty": "oct", "k": "AAAA"}), false},
+		{"OKP", []byte(`{"kty":"OKP","crv":"X25519","alg":"ECDH-ES+A256KW","x":"hSDwCYkwp1R0i33ctD73Wg2_Og0mOBr066SpjqqbTmo"}`), false},
+		{"P-384", p384JWK, false},
+		{"missing y", with(map[string]any{"y": nil}), false},
+		{"padded base64", with(map[string]any{"x": m["x"].(string) + "="}), false},
+		{"EC with RSA members", with(map[string]any{"n": "AQAB"}), false},
+		{"rsa 6144 bits", rsaJWK(modulus(6144)), true},
+		{"rsa 8192 bits", rsaJWK(modulus(8192)), true},
+		{"rsa 8200 bits", rsaJWK(modulus(8200)), false},
+		{"rsa 1024 bits", rsaJWK(modulus(1024)), false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var pk TEEPubKey
+			err := json.Unmarshal(tc.in, &pk)
+			if err == nil {
+				err = pk.Validate()
+			}
+			if (err == nil) != tc.ok {
+				t.Fatalf("%s: err = %v, want ok=%v", tc.in, err, tc.ok)
 			}
 		})
 	}

@@ -1,17 +1,19 @@
 package kbs
 
 import (
-	"crypto/ecdh"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"math/big"
+
+	jose "github.com/go-jose/go-jose/v4"
 )
 
 // TEE key algorithms, spelled as aa.toml's tee_key_algorithm.
@@ -30,15 +32,14 @@ const (
 	curveP521             = "P-521"
 	ktyEC                 = "EC"
 	ktyRSA                = "RSA"
-	p256CoordinateLength  = 32
-	p521CoordinateLength  = 66
 	maxRSAModulusEncoded  = maxRSAKeyBits / 8
 	maxRSAExponentEncoded = 8
 )
 
 // TEEPubKey is the tee-pubkey JWK of kbs-types. Members are declared in
 // the order kbs-types serialises them (kty first, then the variant's
-// fields); coordinates are fixed length, unpadded base64url.
+// fields), which is also the order go-jose writes them in; coordinates are
+// fixed length, unpadded base64url.
 type TEEPubKey struct {
 	Kty string `json:"kty"`
 	Crv string `json:"crv,omitempty"`
@@ -57,6 +58,9 @@ func (k TEEPubKey) Validate() error {
 }
 
 // PublicKey returns the key as *ecdh.PublicKey (EC) or *rsa.PublicKey.
+// The kbs-types variant (kty, alg, crv and which members are present) is
+// checked here; EC key material is decoded by go-jose (fixed-length
+// coordinates, point on the curve).
 func (k TEEPubKey) PublicKey() (any, error) {
 	switch k.Kty {
 	case ktyEC:
@@ -66,30 +70,22 @@ func (k TEEPubKey) PublicKey() (any, error) {
 		if k.N != "" || k.E != "" {
 			return nil, errors.New("EC key carries RSA members")
 		}
-		var curve ecdh.Curve
-		var size int
-		switch k.Crv {
-		case curveP256:
-			curve, size = ecdh.P256(), p256CoordinateLength
-		case curveP521:
-			curve, size = ecdh.P521(), p521CoordinateLength
-		default:
+		if k.Crv != curveP256 && k.Crv != curveP521 {
 			return nil, fmt.Errorf("unsupported curve %q", k.Crv)
 		}
-		x, err := decodeFixed(k.X, size)
+		b, err := json.Marshal(k)
 		if err != nil {
-			return nil, fmt.Errorf("x coordinate: %w", err)
+			return nil, err
 		}
-		y, err := decodeFixed(k.Y, size)
-		if err != nil {
-			return nil, fmt.Errorf("y coordinate: %w", err)
+		var jwk jose.JSONWebKey
+		if err := jwk.UnmarshalJSON(b); err != nil {
+			return nil, fmt.Errorf("%s key: %w", k.Crv, err)
 		}
-		point := append(append([]byte{4}, x...), y...)
-		pub, err := curve.NewPublicKey(point)
-		if err != nil {
-			return nil, fmt.Errorf("point not on %s: %w", k.Crv, err)
+		pub, ok := jwk.Key.(*ecdsa.PublicKey)
+		if !ok {
+			return nil, fmt.Errorf("%s key decodes to %T", k.Crv, jwk.Key)
 		}
-		return pub, nil
+		return pub.ECDH()
 	case ktyRSA:
 		if k.Alg != jweAlgRSAOAEP256 {
 			return nil, fmt.Errorf("RSA key with alg %q, want %s", k.Alg, jweAlgRSAOAEP256)
@@ -97,22 +93,7 @@ func (k TEEPubKey) PublicKey() (any, error) {
 		if k.Crv != "" || k.X != "" || k.Y != "" {
 			return nil, errors.New("RSA key carries EC members")
 		}
-		n, err := base64.RawURLEncoding.DecodeString(k.N)
-		if err != nil || len(n) == 0 || len(n) > maxRSAModulusEncoded {
-			return nil, fmt.Errorf("bad modulus n (%d bytes): %v", len(n), err)
-		}
-		e, err := base64.RawURLEncoding.DecodeString(k.E)
-		if err != nil || len(e) == 0 || len(e) > maxRSAExponentEncoded {
-			return nil, fmt.Errorf("bad exponent e: %v", err)
-		}
-		pub := &rsa.PublicKey{N: new(big.Int).SetBytes(n), E: int(new(big.Int).SetBytes(e).Int64())}
-		if bits := pub.N.BitLen(); bits < minRSAKeyBits {
-			return nil, fmt.Errorf("RSA modulus of %d bits is below %d", bits, minRSAKeyBits)
-		}
-		if pub.E < 3 || pub.E%2 == 0 {
-			return nil, fmt.Errorf("bad RSA exponent %d", pub.E)
-		}
-		return pub, nil
+		return k.rsaPublicKey()
 	case "":
 		return nil, errors.New("missing kty")
 	default:
@@ -120,15 +101,28 @@ func (k TEEPubKey) PublicKey() (any, error) {
 	}
 }
 
-func decodeFixed(s string, size int) ([]byte, error) {
-	b, err := base64.RawURLEncoding.DecodeString(s)
-	if err != nil {
-		return nil, fmt.Errorf("not unpadded base64url: %w", err)
+// rsaPublicKey decodes n and e itself rather than through go-jose: go-jose
+// refuses moduli above its package-wide MaxRSAModulusBits (4096), while
+// kbs-types clients may send keys up to 8192 bits (Trustee's rsa crate
+// accepts them), and raising that global would loosen every other go-jose
+// user in the process.
+func (k TEEPubKey) rsaPublicKey() (*rsa.PublicKey, error) {
+	n, err := base64.RawURLEncoding.DecodeString(k.N)
+	if err != nil || len(n) == 0 || len(n) > maxRSAModulusEncoded {
+		return nil, fmt.Errorf("bad modulus n (%d bytes): %v", len(n), err)
 	}
-	if len(b) != size {
-		return nil, fmt.Errorf("%d bytes, want %d", len(b), size)
+	e, err := base64.RawURLEncoding.DecodeString(k.E)
+	if err != nil || len(e) == 0 || len(e) > maxRSAExponentEncoded {
+		return nil, fmt.Errorf("bad exponent e: %v", err)
 	}
-	return b, nil
+	pub := &rsa.PublicKey{N: new(big.Int).SetBytes(n), E: int(new(big.Int).SetBytes(e).Int64())}
+	if bits := pub.N.BitLen(); bits < minRSAKeyBits {
+		return nil, fmt.Errorf("RSA modulus of %d bits is below %d", bits, minRSAKeyBits)
+	}
+	if pub.E < 3 || pub.E%2 == 0 {
+		return nil, fmt.Errorf("bad RSA exponent %d", pub.E)
+	}
+	return pub, nil
 }
 
 // TEEKey is the ephemeral key pair whose public half travels in
@@ -203,32 +197,25 @@ func ParseTEEKeyPEM(b []byte) (*TEEKey, error) {
 // Algorithm returns the aa.toml name of the key's algorithm.
 func (k *TEEKey) Algorithm() string { return k.algorithm }
 
-// PublicJWK returns the tee-pubkey sent in runtime-data.
+// PublicJWK returns the tee-pubkey sent in runtime-data, encoded by
+// go-jose (EC coordinates padded to the curve size, RSA n and e minimal).
 func (k *TEEKey) PublicJWK() TEEPubKey {
+	var jwk jose.JSONWebKey
 	if k.rsa != nil {
-		return TEEPubKey{
-			Kty: ktyRSA,
-			Alg: jweAlgRSAOAEP256,
-			N:   base64.RawURLEncoding.EncodeToString(k.rsa.N.Bytes()),
-			E:   base64.RawURLEncoding.EncodeToString(big.NewInt(int64(k.rsa.E)).Bytes()),
-		}
+		jwk = jose.JSONWebKey{Key: &k.rsa.PublicKey, Algorithm: jweAlgRSAOAEP256}
+	} else {
+		jwk = jose.JSONWebKey{Key: &k.ec.PublicKey, Algorithm: jweAlgECDHESA256KW}
 	}
-	size, crv := p256CoordinateLength, curveP256
-	if k.ec.Curve == elliptic.P521() {
-		size, crv = p521CoordinateLength, curveP521
+	var pub TEEPubKey
+	b, err := jwk.MarshalJSON()
+	if err == nil {
+		err = json.Unmarshal(b, &pub)
 	}
-	pub, err := k.ec.PublicKey.Bytes() // 0x04 || X || Y, fixed length
 	if err != nil {
 		// Unreachable: the key was generated or parsed on a supported curve.
 		panic(fmt.Sprintf("kbs: encode TEE public key: %v", err))
 	}
-	return TEEPubKey{
-		Kty: ktyEC,
-		Crv: crv,
-		Alg: jweAlgECDHESA256KW,
-		X:   base64.RawURLEncoding.EncodeToString(pub[1 : 1+size]),
-		Y:   base64.RawURLEncoding.EncodeToString(pub[1+size:]),
-	}
+	return pub
 }
 
 // PrivatePEM returns the private key as guest-components' tee_keypair PEM:

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moby/sys/mountinfo"
+
 	"github.com/cocoon-cc/cocoon/cryptvol/loop"
 	"github.com/cocoon-cc/cocoon/cryptvol/luks2"
 )
@@ -78,16 +80,11 @@ func (e *volEnv) engineArgs() []string {
 }
 
 func mounted(t *testing.T, dir string) bool {
-	b, err := os.ReadFile("/proc/self/mountinfo")
+	mounts, err := mountinfo.GetMounts(mountinfo.SingleEntryFilter(dir))
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(l); len(f) > 4 && f[4] == dir {
-			return true
-		}
-	}
-	return false
+	return len(mounts) > 0
 }
 
 // assertReleased checks the engine process is gone and no mount, loop

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -80,8 +81,37 @@ func TestChainIDs(t *testing.T) {
 	}
 }
 
-func TestUnescapeMountPath(t *testing.T) {
-	if got := unescapeMountPath(`/tmp/a\040b\134c`); got != `/tmp/a b\c` {
-		t.Errorf("unescapeMountPath = %q", got)
+// TestMountsUnderUnescapes checks that a mount point mountinfo escapes
+// (\040 for a space, \134 for a backslash) is listed by its real path.
+func TestMountsUnderUnescapes(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip(ErrNotRoot)
+	}
+	dir := t.TempDir()
+	mp := filepath.Join(dir, `a b\c`)
+	if err := os.Mkdir(mp, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount("tmpfs", mp, "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatalf("mount tmpfs: %v", err)
+	}
+	t.Cleanup(func() { _ = syscall.Unmount(mp, syscall.MNT_DETACH) })
+	got, err := MountsUnder(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0] != mp {
+		t.Errorf("MountsUnder(%s) = %q, want [%q]", dir, got, mp)
+	}
+}
+
+func TestProcStatusBytes(t *testing.T) {
+	// VmRSS is reported in kB (1024 bytes).
+	rss, err := ProcStatusBytes(os.Getpid(), "VmRSS")
+	if err != nil || rss <= 0 || rss%1024 != 0 {
+		t.Errorf("VmRSS = %d, %v; want a positive multiple of 1024", rss, err)
+	}
+	if _, err := ProcStatusBytes(os.Getpid(), "NoSuchField"); err == nil {
+		t.Error("a missing field was read")
 	}
 }

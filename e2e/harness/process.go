@@ -15,6 +15,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/docker/go-units"
 )
 
 // Process is a daemon started by the harness as a direct child. Its output
@@ -213,11 +215,12 @@ func ProcStatusBytes(pid int, field string) (int64, error) {
 		if len(fields) != 2 || fields[1] != "kB" {
 			return 0, fmt.Errorf("/proc/%d/status: unexpected %s line %q", pid, field, sc.Text())
 		}
-		kb, err := strconv.ParseInt(fields[0], 10, 64)
+		// The kernel's "kB" is 1024 bytes, as units.RAMInBytes reads it.
+		n, err := units.RAMInBytes(fields[0] + fields[1])
 		if err != nil {
 			return 0, fmt.Errorf("/proc/%d/status %s: %w", pid, field, err)
 		}
-		return kb * 1024, nil
+		return n, nil
 	}
 	if err := sc.Err(); err != nil {
 		return 0, err

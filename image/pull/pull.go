@@ -21,6 +21,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
+	"github.com/docker/go-units"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/opencontainers/go-digest"
 	"github.com/opencontainers/image-spec/identity"
@@ -30,6 +31,7 @@ import (
 	"github.com/cocoon-cc/cocoon/image/layer"
 	"github.com/cocoon-cc/cocoon/image/registry"
 	"github.com/cocoon-cc/cocoon/image/unpack"
+	"github.com/cocoon-cc/cocoon/internal/ttlcache"
 )
 
 // Options configure a Puller.
@@ -101,9 +103,10 @@ type Puller struct {
 	stop context.CancelFunc
 	wg   sync.WaitGroup
 
-	mu     sync.Mutex
-	jobs   map[string]*job        // repo@layerDigest -> job
-	images map[string]*imageEntry // repo@manifestDigest -> image
+	mu   sync.Mutex
+	jobs map[string]*job // repo@layerDigest -> job
+
+	images *ttlcache.Cache[string, *registry.Image] // ref@manifestDigest -> image or policy refusal
 }
 
 type job struct {
@@ -112,14 +115,6 @@ type job struct {
 	created time.Time
 	staged  *Staged
 	err     error
-}
-
-type imageEntry struct {
-	done    chan struct{}
-	fetched time.Time
-	im      *registry.Image
-	err     error
-	verdict bool // err is the image policy's refusal
 }
 
 // New returns a Puller; Close stops its background work.
@@ -144,12 +139,17 @@ func New(opts Options) (*Puller, error) {
 	}
 	ctx, stop := context.WithCancel(context.Background())
 	p := &Puller{
-		opts:   opts,
-		sem:    make(chan struct{}, opts.MaxConcurrent),
-		ctx:    ctx,
-		stop:   stop,
-		jobs:   map[string]*job{},
-		images: map[string]*imageEntry{},
+		opts: opts,
+		sem:  make(chan struct{}, opts.MaxConcurrent),
+		ctx:  ctx,
+		stop: stop,
+		jobs: map[string]*job{},
+		images: ttlcache.New[string](ttlcache.Options[*registry.Image]{Lifetime: func(_ *registry.Image, err error) time.Duration {
+			if err == nil || isVerdict(err) {
+				return opts.ImageCacheTTL
+			}
+			return 0 // a failed fetch is retried by the next request
+		}}),
 	}
 	p.wg.Add(1)
 	go p.janitor()
@@ -365,15 +365,7 @@ func (p *Puller) expire(now time.Time) {
 		}
 		delete(p.jobs, k)
 	}
-	for k, e := range p.images {
-		select {
-		case <-e.done:
-			if now.Sub(e.fetched) > p.opts.ImageCacheTTL || e.err != nil {
-				delete(p.images, k)
-			}
-		default:
-		}
-	}
+	p.images.Sweep()
 }
 
 // image returns the verified manifest and config, fetched once per TTL from
@@ -382,55 +374,37 @@ func (p *Puller) expire(now time.Time) {
 // cached with it. Fetch failures are retried by the next request; a policy
 // refusal is a verdict and stays until the entry expires.
 func (p *Puller) image(ctx context.Context, ref string, dgst digest.Digest) (*registry.Image, error) {
-	key := ref + "@" + dgst.String()
-	p.mu.Lock()
-	e, ok := p.images[key]
-	if ok {
-		select {
-		case <-e.done:
-			if e.err != nil && !e.verdict {
-				ok = false // retry failures that are not a policy verdict
-			}
-		default:
-		}
-	}
-	if !ok {
-		e = &imageEntry{done: make(chan struct{})}
-		p.images[key] = e
-		p.mu.Unlock()
-		e.im, e.verdict, e.err = p.resolve(ctx, ref, dgst)
-		e.fetched = time.Now()
-		close(e.done)
-		return e.im, e.err
-	}
-	p.mu.Unlock()
-	select {
-	case <-e.done:
-		return e.im, e.err
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
+	return p.images.Get(ctx, ref+"@"+dgst.String(), func(ctx context.Context) (*registry.Image, error) {
+		return p.resolve(ctx, ref, dgst)
+	})
 }
 
-func (p *Puller) resolve(ctx context.Context, ref string, dgst digest.Digest) (*registry.Image, bool, error) {
+// isVerdict reports whether err is the image policy's refusal (cached like
+// an accepted image), not a failure to evaluate it.
+func isVerdict(err error) bool {
+	var pr *policyRefusal
+	return errors.As(err, &pr) && errdefs.IsPermissionDenied(pr.err)
+}
+
+func (p *Puller) resolve(ctx context.Context, ref string, dgst digest.Digest) (*registry.Image, error) {
 	repos, err := p.opts.Registry.Repositories(ref)
 	if err != nil {
-		return nil, false, err
+		return nil, err
 	}
 	im, err := p.opts.Registry.ImageFrom(ctx, repos, dgst)
 	if err != nil {
-		return nil, false, err
+		return nil, err
 	}
 	p.opts.Metrics.image()
 	log.G(ctx).WithFields(log.Fields{"image": im.Repository.String(), "manifest": im.ManifestDigest, "layers": len(im.Manifest.Layers)}).Info("manifest and config verified")
 	if p.opts.Policy != nil {
 		if err := p.opts.Policy.Check(ctx, ref, dgst); err != nil {
 			log.G(ctx).WithError(err).WithField("image", ref).Warn("image refused by the image security policy; nothing will be fetched or committed")
-			return nil, errdefs.IsPermissionDenied(err), &policyRefusal{err}
+			return nil, &policyRefusal{err}
 		}
 		log.G(ctx).WithFields(log.Fields{"image": ref, "manifest": dgst}).Info("image accepted by the image security policy")
 	}
-	return im, false, nil
+	return im, nil
 }
 
 // fetch downloads, unpacks and verifies one layer into a new staging dir.
@@ -551,7 +525,7 @@ func rate(n int64, d time.Duration) string {
 	if d <= 0 {
 		return "n/a"
 	}
-	return fmt.Sprintf("%.1f MB/s", float64(n)/d.Seconds()/1e6)
+	return units.HumanSize(float64(n)/d.Seconds()) + "/s"
 }
 
 // reasonOf classifies an error for the failure metric.

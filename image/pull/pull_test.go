@@ -457,3 +457,19 @@ func discard(t testing.TB, st *Staged) {
 		t.Error(err)
 	}
 }
+
+func TestRate(t *testing.T) {
+	for _, tc := range []struct {
+		n    int64
+		d    time.Duration
+		want string
+	}{
+		{12_345_678, time.Second, "12.35MB/s"},
+		{3_000_000, 2 * time.Second, "1.5MB/s"},
+		{1, 0, "n/a"},
+	} {
+		if got := rate(tc.n, tc.d); got != tc.want {
+			t.Errorf("rate(%d, %v) = %q, want %q", tc.n, tc.d, got, tc.want)
+		}
+	}
+}

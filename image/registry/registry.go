@@ -28,6 +28,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/cocoon-cc/cocoon/internal/retry"
 )
 
 // Media types of manifests this client understands.
@@ -39,6 +41,9 @@ const (
 // maxManifestSize bounds manifest and index documents (the distribution spec
 // recommends registries accept at least 4 MiB).
 const maxManifestSize = 4 << 20
+
+// maxRetryDelay caps the wait between two attempts of a request.
+const maxRetryDelay = 5 * time.Second
 
 // Options configure a Client.
 type Options struct {
@@ -53,7 +58,8 @@ type Options struct {
 	// Transport replaces the transport built from Network (tests).
 	Transport http.RoundTripper
 	// Retries is how many times a failed request or a cut stream is retried
-	// (default 5). Backoff doubles from RetryBackoff (default 200ms) up to 5s.
+	// (default 5). Backoff doubles from RetryBackoff (default 200ms) up to 5s,
+	// with full jitter.
 	Retries      int
 	RetryBackoff time.Duration
 	// Platform selects the manifest of an index (default: this host's).
@@ -271,43 +277,18 @@ func (c *Client) transport(ctx context.Context, repo name.Repository) (http.Roun
 	if err != nil {
 		return nil, fmt.Errorf("resolve credentials for %s: %w", repo, err)
 	}
-	var lastErr error
-	for try := 0; try <= c.opts.Retries; try++ {
-		if try > 0 {
-			if err := c.sleep(ctx, try); err != nil {
-				return nil, err
-			}
-		}
-		rt, lastErr = transport.NewWithContext(ctx, repo.Registry, auth, c.base, []string{repo.Scope(transport.PullScope)})
-		if lastErr == nil {
-			break
-		}
-		if !retryable(lastErr) {
-			break
-		}
-	}
-	if lastErr != nil {
-		return nil, fmt.Errorf("connect to registry %s: %w", repo.RegistryStr(), lastErr)
+	err = c.retry().Do(ctx, func(int) error {
+		var err error
+		rt, err = transport.NewWithContext(ctx, repo.Registry, auth, c.base, []string{repo.Scope(transport.PullScope)})
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("connect to registry %s: %w", repo.RegistryStr(), err)
 	}
 	c.mu.Lock()
 	c.transports[key] = rt
 	c.mu.Unlock()
 	return rt, nil
-}
-
-func (c *Client) sleep(ctx context.Context, try int) error {
-	d := c.opts.RetryBackoff << (try - 1)
-	if d > 5*time.Second || d <= 0 {
-		d = 5 * time.Second
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }
 
 // StatusError is a registry response with an unexpected HTTP status.
@@ -333,6 +314,17 @@ func (e *StatusError) Unwrap() error {
 		return errdefs.ErrPermissionDenied
 	}
 	return nil
+}
+
+// retry is how a request, a connection or a cut stream is retried.
+func (c *Client) retry() retry.Policy {
+	return retry.Policy{
+		Attempts:  c.opts.Retries + 1,
+		Base:      c.opts.RetryBackoff,
+		Max:       maxRetryDelay,
+		Jitter:    retry.FullJitter,
+		Retryable: retryable,
+	}
 }
 
 func retryable(err error) bool {
@@ -361,42 +353,36 @@ func (c *Client) get(ctx context.Context, repo name.Repository, path string, hdr
 		return nil, err
 	}
 	u := fmt.Sprintf("%s://%s/v2/%s/%s", c.scheme(repo), repo.RegistryStr(), repo.RepositoryStr(), path)
-	var lastErr error
-	for try := 0; try <= c.opts.Retries; try++ {
-		if try > 0 {
-			if err := c.sleep(ctx, try); err != nil {
-				return nil, err
-			}
-		}
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, err
+	}
+	for k, v := range hdr {
+		req.Header[k] = v
+	}
+	var resp *http.Response
+	err = c.retry().Do(ctx, func(int) error {
+		r, err := (&http.Client{Transport: rt}).Do(req.Clone(ctx))
 		if err != nil {
-			return nil, err
-		}
-		for k, v := range hdr {
-			req.Header[k] = v
-		}
-		resp, err := (&http.Client{Transport: rt}).Do(req)
-		if err != nil {
-			lastErr = err
-			if !retryable(err) {
-				break
+			if retryable(err) {
+				log.G(ctx).WithError(err).WithField("url", u).Debug("registry request failed, retrying")
 			}
-			log.G(ctx).WithError(err).WithField("url", u).Debug("registry request failed, retrying")
-			continue
+			return err
 		}
 		for _, s := range ok {
-			if resp.StatusCode == s {
-				return resp, nil
+			if r.StatusCode == s {
+				resp = r
+				return nil
 			}
 		}
-		body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		resp.Body.Close()
-		lastErr = &StatusError{URL: u, Status: resp.StatusCode, Body: strings.TrimSpace(string(body))}
-		if !retryable(lastErr) {
-			break
-		}
+		body, _ := io.ReadAll(io.LimitReader(r.Body, 512))
+		r.Body.Close()
+		return &StatusError{URL: u, Status: r.StatusCode, Body: strings.TrimSpace(string(body))}
+	})
+	if err != nil {
+		return nil, err
 	}
-	return nil, lastErr
+	return resp, nil
 }
 
 // fetchVerified fetches a small document (manifest or blob) by digest and
@@ -545,7 +531,7 @@ func (c *Client) OpenBlob(ctx context.Context, repo name.Repository, desc ocispe
 	if desc.Size < 0 {
 		return nil, fmt.Errorf("blob %s: negative size %d: %w", desc.Digest, desc.Size, errdefs.ErrInvalidArgument)
 	}
-	b := &blobReader{ctx: ctx, c: c, repo: repo, desc: desc}
+	b := &blobReader{ctx: ctx, c: c, repo: repo, desc: desc, backoff: c.retry().Backoff()}
 	if err := b.open(); err != nil {
 		return nil, err
 	}
@@ -553,14 +539,14 @@ func (c *Client) OpenBlob(ctx context.Context, repo name.Repository, desc ocispe
 }
 
 type blobReader struct {
-	ctx    context.Context
-	c      *Client
-	repo   name.Repository
-	desc   ocispec.Descriptor
-	body   io.ReadCloser
-	off    int64
-	cuts   int
-	closed bool
+	ctx     context.Context
+	c       *Client
+	repo    name.Repository
+	desc    ocispec.Descriptor
+	body    io.ReadCloser
+	off     int64
+	backoff *retry.Backoff // the waits between resumptions of the stream
+	closed  bool
 }
 
 func (b *blobReader) path() string { return "blobs/" + b.desc.Digest.String() }
@@ -645,12 +631,12 @@ func (b *blobReader) resume(cause error) error {
 	if b.ctx.Err() != nil {
 		return b.ctx.Err()
 	}
-	b.cuts++
-	if b.cuts > b.c.opts.Retries {
-		return fmt.Errorf("fetch blob %s from %s: stream cut %d times, last at byte %d: %w", b.desc.Digest, b.repo, b.cuts, b.off, cause)
+	d, ok := b.backoff.Next()
+	if !ok {
+		return fmt.Errorf("fetch blob %s from %s: stream cut %d times, last at byte %d: %w", b.desc.Digest, b.repo, b.backoff.Retries()+1, b.off, cause)
 	}
 	log.G(b.ctx).WithError(cause).WithField("digest", b.desc.Digest).WithField("offset", b.off).Warn("blob stream cut, resuming with a range request")
-	if err := b.c.sleep(b.ctx, b.cuts); err != nil {
+	if err := retry.Sleep(b.ctx, d); err != nil {
 		return err
 	}
 	return b.open()

@@ -1,24 +1,18 @@
 package signature
 
 import (
-	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/rsa"
-	"crypto/sha256"
-	"crypto/sha512"
 	"crypto/x509"
-	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"net/http"
-	"strconv"
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -26,6 +20,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/opencontainers/go-digest"
+	"github.com/secure-systems-lab/go-securesystemslib/dsse"
+	sigstoresig "github.com/sigstore/sigstore/pkg/signature"
+	sigstoredsse "github.com/sigstore/sigstore/pkg/signature/dsse"
 )
 
 // Cosign v3 wire constants (see testdata/cosign-v3-*.json).
@@ -40,17 +37,11 @@ const (
 // errBundle is wrapped by every cosign v3 bundle verification failure.
 var errBundle = errors.New("cosign v3 bundle not verified")
 
-// sigstoreBundle is the part of a sigstore bundle (v0.3) that is checked.
+// sigstoreBundle is the part of a sigstore bundle (v0.3) that is checked;
+// the envelope is go-securesystemslib's DSSE type.
 type sigstoreBundle struct {
-	MediaType    string `json:"mediaType"`
-	DSSEEnvelope *struct {
-		Payload     string `json:"payload"`
-		PayloadType string `json:"payloadType"`
-		Signatures  []struct {
-			Sig   string `json:"sig"`
-			KeyID string `json:"keyid"`
-		} `json:"signatures"`
-	} `json:"dsseEnvelope"`
+	MediaType    string         `json:"mediaType"`
+	DSSEEnvelope *dsse.Envelope `json:"dsseEnvelope"`
 }
 
 // inTotoStatement is an in-toto statement (v1 or v0.1).
@@ -81,29 +72,9 @@ func verifyBundle(data []byte, keys []crypto.PublicKey, manifestDigest digest.Di
 	if env.PayloadType != inTotoPayloadType {
 		return fmt.Errorf("%w: payload type %q is not in-toto", errBundle, env.PayloadType)
 	}
-	payload, err := decodeBase64(env.Payload)
+	payload, err := verifyEnvelope(env, keys)
 	if err != nil {
-		return fmt.Errorf("%w: payload: %w", errBundle, err)
-	}
-	pae := dssePAE(env.PayloadType, payload)
-	verified := false
-	for _, s := range env.Signatures {
-		sig, err := decodeBase64(s.Sig)
-		if err != nil {
-			continue
-		}
-		for _, k := range keys {
-			if verifySignature(k, pae, sig) == nil {
-				verified = true
-				break
-			}
-		}
-		if verified {
-			break
-		}
-	}
-	if !verified {
-		return fmt.Errorf("%w: no signature verifies with the policy key", errBundle)
+		return fmt.Errorf("%w: %w", errBundle, err)
 	}
 	// Only signed bytes are interpreted from here on.
 	var st inTotoStatement
@@ -122,27 +93,6 @@ func verifyBundle(data []byte, keys []crypto.PublicKey, manifestDigest digest.Di
 		}
 	}
 	return fmt.Errorf("%w: statement subject does not name manifest %s", errBundle, manifestDigest)
-}
-
-// dssePAE is the DSSE v1 pre-authentication encoding, what is signed.
-func dssePAE(payloadType string, payload []byte) []byte {
-	var buf bytes.Buffer
-	buf.WriteString("DSSEv1 ")
-	buf.WriteString(strconv.Itoa(len(payloadType)))
-	buf.WriteByte(' ')
-	buf.WriteString(payloadType)
-	buf.WriteByte(' ')
-	buf.WriteString(strconv.Itoa(len(payload)))
-	buf.WriteByte(' ')
-	buf.Write(payload)
-	return buf.Bytes()
-}
-
-func decodeBase64(s string) ([]byte, error) {
-	if b, err := base64.StdEncoding.DecodeString(s); err == nil {
-		return b, nil
-	}
-	return base64.RawURLEncoding.DecodeString(strings.TrimRight(s, "="))
 }
 
 // parsePublicKey parses a PEM (PKIX) public key: ECDSA, RSA or ed25519, the
@@ -164,34 +114,40 @@ func parsePublicKey(pemBytes []byte) (crypto.PublicKey, error) {
 	}
 }
 
-func verifySignature(key crypto.PublicKey, msg, sig []byte) error {
-	switch k := key.(type) {
-	case *ecdsa.PublicKey:
-		var h hash.Hash
-		switch k.Curve.Params().BitSize {
-		case 384:
-			h = sha512.New384()
-		case 521:
-			h = sha512.New()
-		default:
-			h = sha256.New()
+// verifyEnvelope returns the payload of env when one of its signatures
+// verifies with one of keys. PAE and the signature check are the libraries':
+// go-securesystemslib's DSSE envelope verifier over sigstore verifiers
+// chosen per key as cosign v3 chooses them when it signs a bundle with a key
+// (signature.LoadDefaultVerifier: ECDSA P-256/384/521 with SHA-256/384/512,
+// RSA 2048/3072/4096 PKCS#1 v1.5 with SHA-256, ed25519).
+//
+// Each signature is checked as an envelope of its own, so that, as before,
+// any one good signature carries the envelope: the library's verifier gives
+// up on the whole envelope at the first signature that is not base64. Key
+// IDs are dropped: they are hints, and the policy's keys are what is trusted.
+func verifyEnvelope(env *dsse.Envelope, keys []crypto.PublicKey) ([]byte, error) {
+	verifiers := make([]dsse.Verifier, 0, len(keys))
+	for _, k := range keys {
+		v, err := sigstoresig.LoadDefaultVerifier(k)
+		if err != nil {
+			continue // a key type cosign cannot sign bundles with
 		}
-		h.Write(msg)
-		if !ecdsa.VerifyASN1(k, h.Sum(nil), sig) {
-			return errors.New("ECDSA signature does not verify")
-		}
-		return nil
-	case *rsa.PublicKey:
-		sum := sha256.Sum256(msg)
-		return rsa.VerifyPKCS1v15(k, crypto.SHA256, sum[:], sig)
-	case ed25519.PublicKey:
-		if !ed25519.Verify(k, msg, sig) {
-			return errors.New("ed25519 signature does not verify")
-		}
-		return nil
-	default:
-		return fmt.Errorf("unsupported public key type %T", key)
+		verifiers = append(verifiers, &sigstoredsse.VerifierAdapter{SignatureVerifier: v, Pub: k})
 	}
+	if len(verifiers) > 0 {
+		ev, err := dsse.NewEnvelopeVerifier(verifiers...)
+		if err != nil {
+			return nil, err
+		}
+		for _, s := range env.Signatures {
+			one := dsse.Envelope{PayloadType: env.PayloadType, Payload: env.Payload, Signatures: []dsse.Signature{{Sig: s.Sig}}}
+			// Local keys only: the context carries no deadline worth having.
+			if _, payload, err := ev.VerifyAndDecode(context.Background(), &one); err == nil {
+				return payload, nil
+			}
+		}
+	}
+	return nil, errors.New("no signature verifies with the policy key")
 }
 
 // verifyBundles looks for a cosign v3 bundle of manifestDigest (referrers

@@ -17,6 +17,7 @@ import (
 	"testing"
 
 	"github.com/opencontainers/go-digest"
+	"github.com/secure-systems-lab/go-securesystemslib/dsse"
 )
 
 // capturedDigest is the image cosign v3.1.3 signed in
@@ -49,7 +50,7 @@ func newECKey(t testing.TB) (*ecdsa.PrivateKey, []byte) {
 // makeBundle builds a cosign-v3-shaped bundle over statement, signed by k.
 func makeBundle(t testing.TB, k *ecdsa.PrivateKey, payloadType string, statement []byte) []byte {
 	t.Helper()
-	sum := sha256.Sum256(dssePAE(payloadType, statement))
+	sum := sha256.Sum256(dsse.PAE(payloadType, statement))
 	sig, err := ecdsa.SignASN1(rand.Reader, k, sum[:])
 	if err != nil {
 		t.Fatal(err)
@@ -121,17 +122,23 @@ func TestVerifyBundle(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := verifyBundle(tt.bundle, tt.keys, tt.digest)
-			if tt.wantErr == "" {
-				if err != nil {
-					t.Fatalf("verifyBundle: %v", err)
-				}
-				return
-			}
-			if err == nil || !strings.Contains(err.Error(), tt.wantErr) || !errors.Is(err, errBundle) {
-				t.Fatalf("verifyBundle error = %v, want errBundle containing %q", err, tt.wantErr)
-			}
+			checkVerifyBundle(t, verifyBundle(tt.bundle, tt.keys, tt.digest), tt.wantErr)
 		})
+	}
+}
+
+// checkVerifyBundle fails t unless err is nil (wantErr "") or wraps
+// errBundle and contains wantErr.
+func checkVerifyBundle(t *testing.T, err error, wantErr string) {
+	t.Helper()
+	if wantErr == "" {
+		if err != nil {
+			t.Fatalf("verifyBundle: %v", err)
+		}
+		return
+	}
+	if err == nil || !strings.Contains(err.Error(), wantErr) || !errors.Is(err, errBundle) {
+		t.Fatalf("verifyBundle error = %v, want errBundle containing %q", err, wantErr)
 	}
 }
 

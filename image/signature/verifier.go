@@ -12,7 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
+	"time"
 
 	"github.com/containerd/log"
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -26,6 +26,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/cocoon-cc/cocoon/image/registry"
+	"github.com/cocoon-cc/cocoon/internal/ttlcache"
 )
 
 // ResourceGetter fetches a confidential resource, e.g. through the KBS. It
@@ -65,17 +66,23 @@ type Verifier struct {
 	reg     *registry.Client
 	workDir string
 
-	mu       sync.Mutex
-	verdicts map[string]*verdict
+	// verdicts holds each final verdict, nil (allowed) or a *RejectedError,
+	// per (reference, digest): one evaluation at a time per key, bounded
+	// (finished verdicts are forgotten when full and recomputed on demand).
+	verdicts *ttlcache.Cache[string, struct{}]
 }
 
 // maxVerdicts bounds the verdict cache.
 const maxVerdicts = 4096
 
-// verdict is one cached (or in-flight) evaluation.
-type verdict struct {
-	done chan struct{}
-	err  error // nil (allowed) or *RejectedError
+// verdictLifetime keeps final verdicts until evicted and nothing else: a
+// failure to evaluate (network, context) is not a verdict.
+func verdictLifetime(_ struct{}, err error) time.Duration {
+	var rej *RejectedError
+	if err != nil && (!errors.As(err, &rej) || rej.transient) {
+		return 0
+	}
+	return ttlcache.Forever
 }
 
 // requirement is one evaluated rule: its type and, for signature rules, the
@@ -91,7 +98,10 @@ type requirement struct {
 // kbs:/// ones) and prepares the registry configuration. Warnings about the
 // policy are logged and available from Warnings.
 func New(ctx context.Context, o Options) (*Verifier, error) {
-	v := &Verifier{verdicts: map[string]*verdict{}, reg: o.Registry}
+	v := &Verifier{reg: o.Registry, verdicts: ttlcache.New[string](ttlcache.Options[struct{}]{
+		Lifetime:   verdictLifetime,
+		MaxEntries: maxVerdicts,
+	})}
 	if v.reg == nil {
 		v.reg = registry.New(registry.Options{})
 	}
@@ -149,41 +159,9 @@ func (v *Verifier) Check(ctx context.Context, imageRef string, manifestDigest di
 		return fmt.Errorf("image signature: manifest digest %q: %w", manifestDigest, err)
 	}
 	key := imageRef + "\x00" + manifestDigest.String()
-	v.mu.Lock()
-	if vd, ok := v.verdicts[key]; ok {
-		v.mu.Unlock()
-		select {
-		case <-vd.done:
-			return vd.err
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-	if len(v.verdicts) >= maxVerdicts {
-		// Bounded memory: forget finished verdicts (they are recomputed
-		// on demand), keep the in-flight ones.
-		for k, old := range v.verdicts {
-			select {
-			case <-old.done:
-				delete(v.verdicts, k)
-			default:
-			}
-		}
-	}
-	vd := &verdict{done: make(chan struct{})}
-	v.verdicts[key] = vd
-	v.mu.Unlock()
-
-	err := v.evaluate(ctx, imageRef, manifestDigest)
-	var rej *RejectedError
-	if err != nil && (!errors.As(err, &rej) || rej.transient) {
-		// Not a final verdict (network, context): do not cache.
-		v.mu.Lock()
-		delete(v.verdicts, key)
-		v.mu.Unlock()
-	}
-	vd.err = err
-	close(vd.done)
+	_, err := v.verdicts.Get(ctx, key, func(ctx context.Context) (struct{}, error) {
+		return struct{}{}, v.evaluate(ctx, imageRef, manifestDigest)
+	})
 	return err
 }
 

@@ -334,10 +334,7 @@ func TestVerdictCached(t *testing.T) {
 	if errors.As(err, &rej) && !rej.transient {
 		t.Fatalf("registry down gave a final verdict: %v", rej.Reason)
 	}
-	v.mu.Lock()
-	_, cached := v.verdicts[ref+"\x00"+third.String()]
-	v.mu.Unlock()
-	if cached {
+	if _, cached := v.verdicts.Peek(ref + "\x00" + third.String()); cached {
 		t.Fatal("a failed evaluation was cached")
 	}
 }

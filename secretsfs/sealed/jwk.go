@@ -1,59 +1,31 @@
 package sealed
 
 import (
-	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
-	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
+
+	jose "github.com/go-jose/go-jose/v4"
 )
 
-// jwk is the subset of an EC JWK (RFC 7518 section 6.2) a signing key uses.
-type jwk struct {
-	Kty string `json:"kty"`
-	Crv string `json:"crv"`
-	X   string `json:"x"`
-	Y   string `json:"y"`
-	D   string `json:"d,omitempty"`
-	Kid string `json:"kid,omitempty"`
-	Use string `json:"use,omitempty"`
-	Alg string `json:"alg,omitempty"`
-}
-
-const p256Size = 32
-
-func decodeCoord(name, s string) ([]byte, error) {
-	b, err := base64.RawURLEncoding.DecodeString(s)
-	if err != nil {
-		return nil, fmt.Errorf("JWK %s: %w", name, err)
+// parseJWK decodes a P-256 EC JWK with go-jose, which checks the
+// coordinate and d lengths and that the point is on the curve. Members
+// other than the key's are ignored, as upstream's jose_jwk does.
+func parseJWK(b []byte) (*jose.JSONWebKey, *ecdsa.PublicKey, error) {
+	var k jose.JSONWebKey
+	if err := k.UnmarshalJSON(b); err != nil {
+		return nil, nil, fmt.Errorf("key must be a P256 JWK (kty EC, crv P-256): %w", err)
 	}
-	if len(b) != p256Size {
-		return nil, fmt.Errorf("JWK %s is %d bytes, want %d", name, len(b), p256Size)
+	var pub *ecdsa.PublicKey
+	switch key := k.Key.(type) {
+	case *ecdsa.PublicKey:
+		pub = key
+	case *ecdsa.PrivateKey:
+		pub = &key.PublicKey
 	}
-	return b, nil
-}
-
-func parseJWK(b []byte) (*jwk, *ecdsa.PublicKey, error) {
-	var k jwk
-	if err := json.Unmarshal(b, &k); err != nil {
-		return nil, nil, fmt.Errorf("decode JWK: %w", err)
-	}
-	if k.Kty != "EC" || k.Crv != "P-256" {
-		return nil, nil, fmt.Errorf("key must be P256 (kty EC, crv P-256), got kty %q crv %q", k.Kty, k.Crv)
-	}
-	x, err := decodeCoord("x", k.X)
-	if err != nil {
-		return nil, nil, err
-	}
-	y, err := decodeCoord("y", k.Y)
-	if err != nil {
-		return nil, nil, err
-	}
-	pub, err := ecdsa.ParseUncompressedPublicKey(elliptic.P256(), append(append([]byte{4}, x...), y...))
-	if err != nil {
-		return nil, nil, fmt.Errorf("JWK point: %w", err)
+	if pub == nil || pub.Curve != elliptic.P256() {
+		return nil, nil, fmt.Errorf("key must be P256 (kty EC, crv P-256), got a %T", k.Key)
 	}
 	return &k, pub, nil
 }
@@ -66,47 +38,35 @@ func ParsePublicJWK(b []byte) (*ecdsa.PublicKey, error) {
 }
 
 // ParsePrivateJWK reads a P-256 EC private JWK ("d" present) and checks
-// that d matches the public point.
+// that d matches the public point (go-jose does not).
 func ParsePrivateJWK(b []byte) (*ecdsa.PrivateKey, error) {
 	k, pub, err := parseJWK(b)
 	if err != nil {
 		return nil, err
 	}
-	if k.D == "" {
+	priv, ok := k.Key.(*ecdsa.PrivateKey)
+	if !ok {
 		return nil, errors.New("JWK has no private part (d)")
 	}
-	d, err := decodeCoord("d", k.D)
-	if err != nil {
-		return nil, err
-	}
-	priv, err := ecdsa.ParseRawPrivateKey(elliptic.P256(), d)
+	d, err := priv.Bytes()
 	if err != nil {
 		return nil, fmt.Errorf("JWK d: %w", err)
 	}
-	got, err := priv.PublicKey.Bytes()
+	derived, err := ecdsa.ParseRawPrivateKey(elliptic.P256(), d)
 	if err != nil {
 		return nil, fmt.Errorf("JWK d: %w", err)
 	}
-	want, err := pub.Bytes()
-	if err != nil {
-		return nil, fmt.Errorf("JWK point: %w", err)
-	}
-	if !bytes.Equal(got, want) {
+	if !derived.PublicKey.Equal(pub) {
 		return nil, errors.New("JWK d does not match x and y")
 	}
-	return priv, nil
+	return derived, nil
 }
 
-// PublicJWK encodes pub as a P-256 EC JWK, the form to store as the kid
-// resource.
+// PublicJWK encodes pub as a P-256 EC JWK (use "sig", alg ES256), the form
+// to store as the kid resource.
 func PublicJWK(pub *ecdsa.PublicKey, kid string) ([]byte, error) {
-	b, err := pub.Bytes()
-	if err != nil || len(b) != 1+2*p256Size {
-		return nil, fmt.Errorf("encode public key: not a P-256 point (%v)", err)
+	if pub == nil || pub.Curve != elliptic.P256() {
+		return nil, errors.New("encode public key: not a P-256 key")
 	}
-	return json.Marshal(jwk{
-		Kty: "EC", Crv: "P-256", Alg: AlgES256, Use: "sig", Kid: kid,
-		X: base64.RawURLEncoding.EncodeToString(b[1 : 1+p256Size]),
-		Y: base64.RawURLEncoding.EncodeToString(b[1+p256Size:]),
-	})
+	return jose.JSONWebKey{Key: pub, KeyID: kid, Algorithm: AlgES256, Use: "sig"}.MarshalJSON()
 }

@@ -173,6 +173,15 @@ func (j *JWS) Verify(pub *ecdsa.PublicKey) error {
 
 // Sign serialises s and signs it with key under kid, producing the string
 // upstream's secret CLI produces: header {"b64":true,"alg":"ES256","kid":kid}.
+//
+// The JWS is assembled by hand, not by go-jose, because its bytes are an
+// interop requirement: a secret sealed here must be the one guest-components'
+// Secret::to_signed_base64_string seals (jose_jws Protected serialised by
+// serde: b64, alg, kid in that order, no "crit"), so that cocoon and the
+// upstream tooling produce and compare the same sealed strings. go-jose
+// writes protected members sorted (alg, b64, kid) and pairs b64 with
+// "crit":["b64"] (RFC 7797). TestKataVectorsDecode re-seals kata's real
+// sealed secrets and checks header and payload byte for byte.
 func Sign(s *Secret, key *ecdsa.PrivateKey, kid string) (string, error) {
 	if kid == "" {
 		return "", partErr(PartHeader, "empty kid")

@@ -5,14 +5,12 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/sha256"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math/big"
-	"strings"
 	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
 
 	"github.com/cocoon-cc/cocoon/attest"
 	"github.com/cocoon-cc/cocoon/attest/kbs"
@@ -27,11 +25,16 @@ const (
 	annotatedKey = "ear.veraison.annotated-evidence"
 )
 
-// tokenSigner issues and verifies the ES256 EAR tokens of this KBS.
+// tokenSigner issues and verifies the ES256 EAR tokens of this KBS. The
+// JWS is made and checked by go-jose; the protected header embeds the
+// signer's public JWK (with "alg":"ES256"), as Trustee's EAR broker does.
 type tokenSigner struct {
 	key    *ecdsa.PrivateKey
-	header string // base64url of the JOSE header, with the signer's jwk
+	signer jose.Signer
 }
+
+// tokenAlgorithms are the only JWS algorithms verify accepts.
+var tokenAlgorithms = []jose.SignatureAlgorithm{jose.ES256}
 
 func newTokenSigner(key *ecdsa.PrivateKey) (*tokenSigner, error) {
 	if key == nil {
@@ -43,23 +46,13 @@ func newTokenSigner(key *ecdsa.PrivateKey) (*tokenSigner, error) {
 	if key.Curve != elliptic.P256() {
 		return nil, errors.New("token signing key must be P-256 (ES256)")
 	}
-	pub, err := key.PublicKey.Bytes()
+	signer, err := jose.NewSigner(
+		jose.SigningKey{Algorithm: jose.ES256, Key: jose.JSONWebKey{Key: key, Algorithm: string(jose.ES256)}},
+		(&jose.SignerOptions{EmbedJWK: true}).WithType("JWT"))
 	if err != nil {
-		return nil, fmt.Errorf("encode token signing key: %w", err)
+		return nil, fmt.Errorf("token signer: %w", err)
 	}
-	h, err := json.Marshal(map[string]any{
-		"alg": "ES256",
-		"typ": "JWT",
-		"jwk": map[string]string{
-			"kty": "EC", "crv": "P-256", "alg": "ES256",
-			"x": base64.RawURLEncoding.EncodeToString(pub[1:33]),
-			"y": base64.RawURLEncoding.EncodeToString(pub[33:]),
-		},
-	})
-	if err != nil {
-		return nil, err
-	}
-	return &tokenSigner{key: key, header: base64.RawURLEncoding.EncodeToString(h)}, nil
+	return &tokenSigner{key: key, signer: signer}, nil
 }
 
 func (t *tokenSigner) sign(claims map[string]any) (string, error) {
@@ -67,50 +60,31 @@ func (t *tokenSigner) sign(claims map[string]any) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("encode token claims: %w", err)
 	}
-	input := t.header + "." + base64.RawURLEncoding.EncodeToString(payload)
-	digest := sha256.Sum256([]byte(input))
-	r, s, err := ecdsa.Sign(rand.Reader, t.key, digest[:])
+	jws, err := t.signer.Sign(payload)
 	if err != nil {
 		return "", fmt.Errorf("sign token: %w", err)
 	}
-	sig := make([]byte, 64)
-	r.FillBytes(sig[:32])
-	s.FillBytes(sig[32:])
-	return input + "." + base64.RawURLEncoding.EncodeToString(sig), nil
+	return jws.CompactSerialize()
 }
 
 // verify checks the signature against this KBS's key and the validity
-// window, and returns the claims (numbers kept exact).
+// window, and returns the claims (numbers kept exact). Only ES256 is
+// accepted (alg "none" and every other algorithm fail to parse), and
+// go-jose refuses critical header extensions it does not implement.
 func (t *tokenSigner) verify(token string, now time.Time) (map[string]any, error) {
-	parts := strings.Split(token, ".")
-	if len(parts) != 3 {
-		return nil, errors.New("token is not a compact JWS")
-	}
-	hb, err := base64.RawURLEncoding.DecodeString(parts[0])
+	jws, err := jose.ParseSignedCompact(token, tokenAlgorithms)
 	if err != nil {
-		return nil, fmt.Errorf("decode token header: %w", err)
+		return nil, fmt.Errorf("parse token: %w", err)
 	}
-	var hdr struct {
-		Alg string `json:"alg"`
-	}
-	if err := json.Unmarshal(hb, &hdr); err != nil {
-		return nil, fmt.Errorf("decode token header: %w", err)
-	}
-	if hdr.Alg != "ES256" {
-		return nil, fmt.Errorf("token alg %q, want ES256", hdr.Alg)
-	}
-	sig, err := base64.RawURLEncoding.DecodeString(parts[2])
-	if err != nil || len(sig) != 64 {
-		return nil, errors.New("token signature is not 64 bytes of base64url")
-	}
-	digest := sha256.Sum256([]byte(parts[0] + "." + parts[1]))
-	r, s := new(big.Int).SetBytes(sig[:32]), new(big.Int).SetBytes(sig[32:])
-	if !ecdsa.Verify(&t.key.PublicKey, digest[:], r, s) {
-		return nil, errors.New("token signature does not verify with this KBS's key")
-	}
-	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
+	payload, err := jws.Verify(&t.key.PublicKey)
 	if err != nil {
-		return nil, fmt.Errorf("decode token claims: %w", err)
+		return nil, fmt.Errorf("token signature does not verify with this KBS's key: %w", err)
+	}
+	// go-jose verifies over the decoded header and payload re-encoded, so
+	// a token spelled differently (non-canonical base64, line breaks) would
+	// pass; accept only the exact form this KBS issues.
+	if canonical, err := jws.CompactSerialize(); err != nil || canonical != token {
+		return nil, errors.New("token is not in canonical compact form")
 	}
 	dec := json.NewDecoder(bytes.NewReader(payload))
 	dec.UseNumber()

@@ -33,6 +33,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/docker/go-units"
+
 	"github.com/cocoon-cc/cocoon/e2e/harness"
 )
 
@@ -469,12 +471,12 @@ func mib(n int64) string {
 	if n == 0 {
 		return "-"
 	}
-	return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	return units.BytesSize(float64(n))
 }
 
 func printReport(w io.Writer, rep *Report) {
-	fmt.Fprintf(w, "\nguest pull: %s, %d layers, %.0f MB compressed (%s), %.0f MB payload; registry on loopback; %d CPUs\n\n",
-		rep.Image.Ref, rep.Image.Layers, float64(rep.Image.CompressedBytes)/1e6, rep.Image.Compression, float64(rep.Image.PayloadBytes)/1e6, rep.Machine.CPUs)
+	fmt.Fprintf(w, "\nguest pull: %s, %d layers, %s compressed (%s), %s payload; registry on loopback; %d CPUs\n\n",
+		rep.Image.Ref, rep.Image.Layers, units.HumanSize(float64(rep.Image.CompressedBytes)), rep.Image.Compression, units.HumanSize(float64(rep.Image.PayloadBytes)), rep.Machine.CPUs)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "run\tmode\tpull (s)\tcocoond peak RSS (sampled)\tcocoond VmHWM\tcontainerd peak RSS\tlayer blobs in content store\t")
 	for _, r := range rep.Runs {

@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/docker/go-units"
+
 	"github.com/cocoon-cc/cocoon/e2e/harness"
 )
 
@@ -394,7 +396,7 @@ func pushDemoImage(ctx context.Context, env *harness.Env, reg *harness.Registry)
 	return reg.Push(ctx, harness.ImageSpec{Repo: "demo/hello", Tag: "v1", Layers: []string{base, top}, Cmd: []string{"/bin/cat", "/hello.txt"}})
 }
 
-func mb(n int64) string { return fmt.Sprintf("%.1f MB", float64(n)/1e6) }
+func mb(n int64) string { return units.HumanSize(float64(n)) }
 
 func token() string {
 	b := make([]byte, 4)
