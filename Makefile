@@ -10,7 +10,7 @@ export COCOON_E2E_BIN := $(E2EBIN)
 
 BINARIES := cocoond cocoonctl cocoon-kbs
 
-.PHONY: all build test unit vet test-deps e2e-tools e2e demo bench fuzz clean
+.PHONY: all build test unit vet lint test-deps e2e-tools e2e demo bench fuzz clean
 
 all: build
 
@@ -24,16 +24,21 @@ vet:
 	$(GO) vet ./...
 	cd e2e && GOFLAGS= $(GO) vet ./...
 
+# golangci-lint (version pinned in the script, built into bin/tools/) on
+# both modules; configuration in .golangci.yml.
+lint:
+	./scripts/lint.sh
+
 test-deps:
 	./scripts/test-deps.sh
 
 unit: test-deps
 	$(GO) test -count=1 -timeout 20m ./...
 
-# Everything CI checks: formatting, vet, unit + root tests (snapshotter
-# conformance suite included), and the end-to-end suite against real
-# containerd, runc and a registry on loopback.
-test: vet build unit e2e
+# Everything CI checks: formatting, vet, lint, unit + root tests
+# (snapshotter conformance suite included), and the end-to-end suite against
+# real containerd, runc and a registry on loopback.
+test: vet lint build unit e2e
 
 e2e-tools:
 	./scripts/e2e-tools.sh

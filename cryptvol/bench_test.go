@@ -73,16 +73,26 @@ func plainExt4(b *testing.B, dir string, size int64) string {
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(func() { d.Detach(ctx, 10*time.Second) })
+	b.Cleanup(func() {
+		if err := d.Detach(ctx, 10*time.Second); err != nil {
+			b.Error(err)
+		}
+	})
 	if err := mkfsExt4(ctx, d.Path()); err != nil {
 		b.Fatal(err)
 	}
 	mnt := filepath.Join(dir, "plain")
-	os.MkdirAll(mnt, 0o755)
+	if err := os.MkdirAll(mnt, 0o755); err != nil {
+		b.Fatal(err)
+	}
 	if err := unix.Mount(d.Path(), mnt, "ext4", 0, ""); err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(func() { unmount(ctx, mnt) })
+	b.Cleanup(func() {
+		if err := unmount(ctx, mnt); err != nil {
+			b.Error(err)
+		}
+	})
 	return mnt
 }
 

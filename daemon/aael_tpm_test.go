@@ -35,7 +35,9 @@ func TestAAELThroughDaemonWithTPM(t *testing.T) {
 		t.Fatalf("/aa/token = %d %s", code, body)
 	}
 	var tok struct{ Token string }
-	json.Unmarshal([]byte(body), &tok)
+	if err := json.Unmarshal([]byte(body), &tok); err != nil {
+		t.Fatal(err)
+	}
 	parts := strings.Split(tok.Token, ".")
 	if len(parts) != 3 {
 		t.Fatalf("token = %q", tok.Token)

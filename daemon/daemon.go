@@ -308,7 +308,9 @@ func (d *Daemon) stopServing(ctx context.Context) {
 	d.health.Shutdown()
 	if d.metricsSrv != nil {
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		d.metricsSrv.Shutdown(sctx)
+		if err := d.metricsSrv.Shutdown(sctx); err != nil {
+			log.G(ctx).WithError(err).Warn("metrics server shutdown")
+		}
 		cancel()
 	}
 	stopped := make(chan struct{})

@@ -16,8 +16,12 @@ import (
 func TestRegistryCredentialsFromKBS(t *testing.T) {
 	url := startKBSOnly(t)
 	repo := kbsRepos[url]
-	os.MkdirAll(filepath.Join(repo, "default", "credential"), 0o700)
-	os.WriteFile(filepath.Join(repo, "default", "credential", "auth"), []byte(`{"auths":{"127.0.0.1:5000":{"auth":"dXNlcjpwYXNz"}}}`), 0o600)
+	if err := os.MkdirAll(filepath.Join(repo, "default", "credential"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(repo, "default", "credential", "auth"), []byte(`{"auths":{"127.0.0.1:5000":{"auth":"dXNlcjpwYXNz"}}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	client, err := kbs.NewClient(kbs.Config{URL: url, Attester: sample.NewAttester()})
 	if err != nil {
 		t.Fatal(err)
@@ -53,7 +57,9 @@ func TestRegistryCredentialsFromKBS(t *testing.T) {
 
 func TestFetchURIForms(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "policy.json")
-	os.WriteFile(p, []byte("{}"), 0o600)
+	if err := os.WriteFile(p, []byte("{}"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	if b, err := fetchURI(context.Background(), noKBS{}, "file://"+p); err != nil || string(b) != "{}" {
 		t.Errorf("file:// = %q, %v", b, err)
 	}
@@ -67,7 +73,9 @@ func TestFetchURIForms(t *testing.T) {
 
 func TestRegistryConfigurationURI(t *testing.T) {
 	conf := filepath.Join(t.TempDir(), "registries.conf")
-	os.WriteFile(conf, []byte("[[registry]]\nprefix = \"quay.io/mirrored\"\n[[registry.mirror]]\nlocation = \"127.0.0.1:5000/quay\"\ninsecure = true\n"), 0o600)
+	if err := os.WriteFile(conf, []byte("[[registry]]\nprefix = \"quay.io/mirrored\"\n[[registry.mirror]]\nlocation = \"127.0.0.1:5000/quay\"\ninsecure = true\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	cdh, _, err := config.ParseCDH([]byte("[kbc]\nname = \"cc_kbc\"\n[image]\nregistry_configuration_uri = \"file://"+conf+"\"\n[image.registry_config]\n[[image.registry_config.registry]]\nprefix = \"inline.example\"\nblocked = true\n"), config.TOML)
 	if err != nil {
 		t.Fatal(err)

@@ -45,7 +45,7 @@ type lazyPolicy struct {
 func (l *lazyPolicy) Check(ctx context.Context, imageRef string, manifestDigest digest.Digest) error {
 	v, err := l.verifier(ctx)
 	if err != nil {
-		return fmt.Errorf("Image Client error: %w", err)
+		return fmt.Errorf("Image Client error: %w", err) //nolint:staticcheck // upstream's message, which clients match
 	}
 	return v.Check(ctx, imageRef, manifestDigest)
 }

@@ -75,7 +75,9 @@ func (d *Daemon) startREST(ctx context.Context) error {
 	d.onClose(func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		srv.Shutdown(sctx)
+		if err := srv.Shutdown(sctx); err != nil {
+			log.G(ctx).WithError(err).Warn("rest api server shutdown")
+		}
 		<-done
 	})
 	return nil

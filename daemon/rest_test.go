@@ -126,7 +126,9 @@ func TestRESTAgainstRunningDaemon(t *testing.T) {
 	}
 	code, body = get(t, "GET", base+"/aa/evidence?runtime_data="+base64.RawURLEncoding.EncodeToString([]byte("nonce!"))+"&encoding=base64", "")
 	var ev struct{ SVN, ReportData string }
-	json.Unmarshal([]byte(strings.ReplaceAll(body, "report_data", "ReportData")), &ev)
+	if err := json.Unmarshal([]byte(strings.ReplaceAll(body, "report_data", "ReportData")), &ev); err != nil {
+		t.Fatal(err)
+	}
 	if rd, _ := base64.StdEncoding.DecodeString(ev.ReportData); code != 200 || string(rd) != "nonce!" {
 		t.Errorf("/aa/evidence = %d %s", code, body)
 	}
@@ -139,8 +141,12 @@ func TestRESTAgainstRunningDaemon(t *testing.T) {
 		t.Errorf("/cdh/resource = %d %q", code, body)
 	}
 	// A resource written into the running KBS is served (no restart).
-	os.MkdirAll(filepath.Join(repo, "default", "key"), 0o700)
-	os.WriteFile(filepath.Join(repo, "default", "key", "2"), []byte("new"), 0o600)
+	if err := os.MkdirAll(filepath.Join(repo, "default", "key"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(repo, "default", "key", "2"), []byte("new"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	if code, body = get(t, "GET", base+"/cdh/resource/default/key/2", ""); code != 200 || body != "new" {
 		t.Errorf("new resource = %d %q", code, body)
 	}
@@ -164,7 +170,9 @@ func TestRESTFeatureGateOnDaemon(t *testing.T) {
 
 func TestRestFeaturesPrecedence(t *testing.T) {
 	cmdline := filepath.Join(t.TempDir(), "cmdline")
-	os.WriteFile(cmdline, []byte("console=hvc0 agent.guest_components_rest_api=attestation quiet\n"), 0o644)
+	if err := os.WriteFile(cmdline, []byte("console=hvc0 agent.guest_components_rest_api=attestation quiet\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		flag, cmdline, config string
 		want                  restapi.Features
@@ -180,7 +188,9 @@ func TestRestFeaturesPrecedence(t *testing.T) {
 		}
 	}
 	bad := filepath.Join(t.TempDir(), "cmdline")
-	os.WriteFile(bad, []byte("agent.guest_components_rest_api=none"), 0o644)
+	if err := os.WriteFile(bad, []byte("agent.guest_components_rest_api=none"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	if _, src, err := RESTFeatures("", bad, ""); err == nil || src != "kernel command line" {
 		t.Errorf("invalid cmdline value accepted: %v", err)
 	}
@@ -200,10 +210,15 @@ func TestRESTRefusesNonLoopbackPeer(t *testing.T) {
 			t.Fatalf("%v: %v: %s", args, err, out)
 		}
 	}
+	cleanup := func(args ...string) {
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Errorf("cleanup %v: %v: %s", args, err, out)
+		}
+	}
 	run("ip", "netns", "add", ns)
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+	t.Cleanup(func() { cleanup("ip", "netns", "del", ns) })
 	run("ip", "link", "add", hostIf, "type", "veth", "peer", "name", nsIf)
-	t.Cleanup(func() { exec.Command("ip", "link", "del", hostIf).Run() })
+	t.Cleanup(func() { cleanup("ip", "link", "del", hostIf) })
 	run("ip", "link", "set", nsIf, "netns", ns)
 	run("ip", "addr", "add", "10.213.77.1/30", "dev", hostIf)
 	run("ip", "link", "set", hostIf, "up")

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -42,7 +43,11 @@ func startAuthProxy(t *testing.T, upstream, user, pass string) *authProxy {
 		t.Fatal(err)
 	}
 	srv := &http.Server{Handler: p, ReadHeaderTimeout: 10 * time.Second}
-	go srv.Serve(l)
+	go func() {
+		if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+			t.Errorf("registry proxy: %v", err)
+		}
+	}()
 	t.Cleanup(func() { srv.Close() })
 	p.host = l.Addr().String()
 	return p

@@ -51,5 +51,9 @@ func Example() {
 	if err != nil {
 		log.G(ctx).WithError(err).Fatal("mount secrets")
 	}
-	defer fsys.Unmount()
+	defer func() {
+		if err := fsys.Unmount(); err != nil {
+			log.G(ctx).WithError(err).Error("unmount secrets")
+		}
+	}()
 }

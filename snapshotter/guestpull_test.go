@@ -128,7 +128,11 @@ func (f *fixture) rootfs(t *testing.T, key string, top digest.Digest) string {
 	if err := mount.All(mounts, dir); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { mount.UnmountAll(dir, 0) })
+	t.Cleanup(func() {
+		if err := mount.UnmountAll(dir, 0); err != nil {
+			t.Error(err)
+		}
+	})
 	return dir
 }
 
@@ -217,22 +221,26 @@ func assertNoStaging(t *testing.T, f *fixture) {
 	if len(entries) != 0 {
 		t.Errorf("staging directory not empty: %v", entries)
 	}
-	f.sn.Walk(context.Background(), func(_ context.Context, info snapshots.Info) error {
+	if err := f.sn.Walk(context.Background(), func(_ context.Context, info snapshots.Info) error {
 		if info.Kind == snapshots.KindActive && info.Labels[label.Staging] == "true" {
 			t.Errorf("staging snapshot %q left behind", info.Name)
 		}
 		return nil
-	})
+	}); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func countCommitted(t *testing.T, sn snapshots.Snapshotter) int {
 	n := 0
-	sn.Walk(context.Background(), func(_ context.Context, info snapshots.Info) error {
+	if err := sn.Walk(context.Background(), func(_ context.Context, info snapshots.Info) error {
 		if info.Kind == snapshots.KindCommitted {
 			n++
 		}
 		return nil
-	})
+	}); err != nil {
+		t.Fatal(err)
+	}
 	return n
 }
 

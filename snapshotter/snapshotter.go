@@ -260,12 +260,16 @@ func (s *Snapshotter) guestPull(ctx context.Context, key, parent, target string,
 		return fmt.Errorf("guest pull of layer %s for %s: %w", req.LayerDigest, req.ImageRef, err)
 	}
 	if staged.ChainID.String() != target {
-		staged.Discard()
+		if derr := staged.Discard(); derr != nil {
+			log.G(ctx).WithError(derr).Warn("discard the staged layer")
+		}
 		return fmt.Errorf("layer %s: chain ID from the verified image config is %s, but containerd asked for %s: %w",
 			req.LayerDigest, staged.ChainID, target, errdefs.ErrInvalidArgument)
 	}
 	if err := s.commitStaged(ctx, key, parent, target, staged, labels); err != nil {
-		staged.Discard()
+		if derr := staged.Discard(); derr != nil {
+			log.G(ctx).WithError(derr).Warn("discard the staged layer")
+		}
 		if errdefs.IsAlreadyExists(err) && s.exists(ctx, target) {
 			return alreadyExists
 		}
@@ -306,7 +310,9 @@ func (s *Snapshotter) commitStaged(ctx context.Context, key, parent, target stri
 		return fmt.Errorf("replace upper directory of %q: %w", key, err)
 	}
 	if err := os.Rename(staged.Dir, upper); err != nil {
-		os.Mkdir(upper, 0o755)
+		if merr := os.Mkdir(upper, 0o755); merr != nil {
+			log.G(ctx).WithError(merr).Warn("recreate the upper directory")
+		}
 		return fmt.Errorf("move staged layer into snapshot %q: %w", key, err)
 	}
 	committed := make(map[string]string, len(labels)+1)

@@ -115,7 +115,7 @@ func (a *Agent) Token(ctx context.Context, tokenType string) ([]byte, error) {
 		}
 		return a.cocoASToken(ctx)
 	}
-	return nil, errors.New("Invalid resource type")
+	return nil, errors.New("Invalid resource type") //nolint:staticcheck // upstream's message, which clients match
 }
 
 func (a *Agent) cocoASToken(ctx context.Context) ([]byte, error) {
@@ -145,7 +145,7 @@ func (a *Agent) cocoASToken(ctx context.Context) ([]byte, error) {
 		return nil, fmt.Errorf("coco_as attestation response: %w", err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("Remote Attestation Failed, AS Response: %s", b)
+		return nil, fmt.Errorf("Remote Attestation Failed, AS Response: %s", b) //nolint:staticcheck // upstream's message, which clients match
 	}
 	return b, nil
 }

@@ -118,12 +118,14 @@ func TestCoCoASToken(t *testing.T) {
 			return
 		}
 		b, _ := io.ReadAll(r.Body)
-		json.Unmarshal(b, &got)
+		if err := json.Unmarshal(b, &got); err != nil {
+			t.Errorf("AS request %s: %v", b, err)
+		}
 		if strings.Contains(string(b), `"deny"`) {
-			http.Error(w, "denied", 401)
+			http.Error(w, "denied", http.StatusUnauthorized)
 			return
 		}
-		io.WriteString(w, "the.as.token")
+		_, _ = io.WriteString(w, "the.as.token") // a failed write fails the client's side
 	}))
 	defer as.Close()
 	a, _ := New(Options{Attester: sample.NewAttester(), CoCoASURL: as.URL})

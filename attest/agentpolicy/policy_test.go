@@ -296,7 +296,9 @@ func TestPatch(t *testing.T) {
 				return
 			}
 			var want any
-			json.Unmarshal([]byte(tc.want), &want)
+			if err := json.Unmarshal([]byte(tc.want), &want); err != nil {
+				t.Fatal(err)
+			}
 			if !reflect.DeepEqual(doc, want) {
 				t.Fatalf("got %v, want %v", doc, want)
 			}

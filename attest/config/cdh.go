@@ -407,7 +407,7 @@ func CDHFromKernelCmdline(getenv func(string) string, cmdlinePath string) (*CDHC
 	switch {
 	case err == nil:
 		c.KBC.Name, c.KBC.URL = p.KBC, p.URL
-	case err == ErrNoKBCParams:
+	case errors.Is(err, ErrNoKBCParams):
 	default:
 		return nil, err
 	}

@@ -401,7 +401,7 @@ func FuzzParseCDH(f *testing.F) {
 }
 
 func TestParseRegistriesConf(t *testing.T) {
-	b, err := os.ReadFile(filepath.Join("..", "..", "..", "shared", "vectors", "image-rs", "registry-configuration.toml"))
+	b, err := os.ReadFile(filepath.Join("testdata", "image-rs", "registry-configuration.toml"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -293,8 +293,12 @@ func TestAnnotationMultipleGzipMembers(t *testing.T) {
 	zero := make([]byte, 1<<20)
 	for range MaxDocumentSize/len(zero) + 1 {
 		zw := gzip.NewWriter(&bomb)
-		zw.Write(zero)
-		zw.Close()
+		if _, err := zw.Write(zero); err != nil {
+			t.Fatal(err)
+		}
+		if err := zw.Close(); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if _, err := DecodeAnnotation(base64.StdEncoding.EncodeToString(bomb.Bytes())); err == nil || !strings.Contains(err.Error(), "exceeds") {
 		t.Fatalf("members past the bound together: err = %v, want the size limit", err)
@@ -306,9 +310,13 @@ func TestDecompressBounded(t *testing.T) {
 	zw := gzip.NewWriter(&buf)
 	zero := make([]byte, 1<<20)
 	for range MaxDocumentSize/len(zero) + 1 {
-		zw.Write(zero)
+		if _, err := zw.Write(zero); err != nil {
+			t.Fatal(err)
+		}
 	}
-	zw.Close()
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := decompress(buf.Bytes(), false); err == nil || !strings.Contains(err.Error(), "exceeds") {
 		t.Fatalf("err = %v, want size limit", err)
 	}

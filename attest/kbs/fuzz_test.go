@@ -54,14 +54,17 @@ func FuzzParseAttestation(f *testing.F) {
 }
 
 func FuzzDecryptResponse(f *testing.F) {
-	if b, err := os.ReadFile("testdata/jwe-ecdh-es-a256kw-p256.generated.json"); err == nil {
-		var v struct {
-			R json.RawMessage `json:"kbs_response"`
-		}
-		if json.Unmarshal(b, &v) == nil {
-			f.Add([]byte(v.R))
-		}
+	b, err := os.ReadFile("testdata/jwe-ecdh-es-a256kw-p256.generated.json")
+	if err != nil {
+		f.Fatal(err)
 	}
+	var v struct {
+		R json.RawMessage `json:"kbs_response"`
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
+		f.Fatal(err)
+	}
+	f.Add([]byte(v.R))
 	k, _ := GenerateTEEKey("")
 	own, _ := EncryptResponse(k.PublicJWK(), []byte("plain"))
 	f.Add(own)

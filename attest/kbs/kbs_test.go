@@ -37,9 +37,9 @@ func TestRuntimeDataBindingVector(t *testing.T) {
 		} `json:"upstream_vector"`
 		Derived struct {
 			RuntimeData struct {
-				TEEPubKey TEEPubKey `json:"tee-pubkey"`
-				Nonce     string    `json:"nonce"`
-				Additonal string    `json:"additional-evidence"`
+				TEEPubKey  TEEPubKey `json:"tee-pubkey"`
+				Nonce      string    `json:"nonce"`
+				Additional string    `json:"additional-evidence"`
 			} `json:"runtime_data"`
 			JCS       string `json:"jcs_bytes"`
 			SHA384    string `json:"sha384_hex"`
@@ -64,14 +64,14 @@ func TestRuntimeDataBindingVector(t *testing.T) {
 		if err := rd.TEEPubKey.Validate(); err != nil {
 			t.Fatalf("vector JWK rejected: %v", err)
 		}
-		b, err := RuntimeDataBinding(rd.TEEPubKey, rd.Nonce, rd.Additonal)
+		b, err := RuntimeDataBinding(rd.TEEPubKey, rd.Nonce, rd.Additional)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if string(b) != v.Derived.JCS {
 			t.Fatalf("JCS\n got %s\nwant %s", b, v.Derived.JCS)
 		}
-		sum, err := ReportData(SHA384, rd.TEEPubKey, rd.Nonce, rd.Additonal)
+		sum, err := ReportData(SHA384, rd.TEEPubKey, rd.Nonce, rd.Additional)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -10,7 +10,7 @@ import (
 )
 
 func TestEvidenceShape(t *testing.T) {
-	// report data of vectors/kbs/runtime-data-binding.json
+	// report data of attest/kbs/testdata/runtime-data-binding.json
 	rd, _ := hex.DecodeString("683d25af6aaec503e6c40ae50da8fc8eeeb107992d17d5eb8085793201bc4a20c1c0cf000ddefcc0ce83527b780f347f")
 	ev, err := NewAttester().Evidence(context.Background(), rd)
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 	sevtest "github.com/google/go-sev-guest/testing"
 	"github.com/google/go-sev-guest/verify/trust"
 
+	"github.com/cocoon-cc/cocoon/attest/internal/teetest"
 	"github.com/cocoon-cc/cocoon/attest/snp"
 )
 
@@ -31,7 +32,7 @@ func TestGoSevGuestQuoteProvider(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rd := randomBytes(t, 64)
+	rd := teetest.RandomBytes(t, 64)
 	raw := sevtest.CreateRawReport(&sevtest.TestReportOptions{ReportData: rd, Version: 3, FMS: abi.MaskedCpuid1EaxFromSevProduct(product)})
 	dev := &sevtest.Device{
 		ReportDataRsp: map[string]any{hex.EncodeToString(rd): &sevtest.GetReportResponse{Resp: labi.SnpReportRespABI{Data: raw}}},

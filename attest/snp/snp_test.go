@@ -3,7 +3,6 @@ package snp_test
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -15,41 +14,20 @@ import (
 	spb "github.com/google/go-sev-guest/proto/sevsnp"
 
 	"github.com/cocoon-cc/cocoon/attest"
+	"github.com/cocoon-cc/cocoon/attest/internal/teetest"
 	"github.com/cocoon-cc/cocoon/attest/snp"
 	"github.com/cocoon-cc/cocoon/attest/snp/snptest"
 )
 
-func randomBytes(t testing.TB, n int) []byte {
-	t.Helper()
-	b := make([]byte, n)
-	if _, err := rand.Read(b); err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
-func padded(b []byte, n int) []byte {
-	out := make([]byte, n)
-	copy(out, b)
-	return out
-}
-
 func TestRoundTrip(t *testing.T) {
-	hostData := randomBytes(t, 32)
+	hostData := teetest.RandomBytes(t, 32)
 	for _, version := range []uint32{3, 5} {
 		a, v := snptest.New(t, snptest.WithHostData(hostData), snptest.WithReportVersion(version))
 		for _, n := range []int{0, 1, 32, 48, 64} {
 			t.Run("", func(t *testing.T) {
-				rd := randomBytes(t, n)
-				ev, err := a.Evidence(context.Background(), rd)
-				if err != nil {
-					t.Fatalf("Evidence: %v", err)
-				}
-				claims, err := v.Verify(context.Background(), ev, rd)
-				if err != nil {
-					t.Fatalf("Verify: %v", err)
-				}
-				if got, want := claims["report_data"], hex.EncodeToString(padded(rd, 64)); got != want {
+				rd := teetest.RandomBytes(t, n)
+				_, claims := teetest.RoundTrip(t, a, v, rd)
+				if got, want := claims["report_data"], hex.EncodeToString(teetest.Padded(rd, 64)); got != want {
 					t.Errorf("report_data = %v, want %v", got, want)
 				}
 				if got, want := claims["init_data"], hex.EncodeToString(hostData); got != want {
@@ -67,26 +45,16 @@ func TestRoundTrip(t *testing.T) {
 }
 
 func TestVerifyRejects(t *testing.T) {
-	ctx := context.Background()
 	a, v := snptest.New(t)
-	rd := randomBytes(t, 48)
-	ev, err := a.Evidence(ctx, rd)
-	if err != nil {
-		t.Fatal(err)
-	}
+	rd := teetest.RandomBytes(t, 48)
+	ev := teetest.Evidence(t, a, rd)
 	_, untrusted := snptest.New(t, snptest.WithUntrustedRoot())
 	amdRoots, err := snp.NewVerifier(snp.VerifierOptions{DisableCertFetching: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	other := randomBytes(t, 48)
-	tests := []struct {
-		name     string
-		verifier attest.Verifier
-		evidence json.RawMessage
-		rd       []byte
-		wantErr  string
-	}{
+	other := teetest.RandomBytes(t, 48)
+	teetest.CheckRejects(t, []teetest.Reject{
 		{"wrong report data", v, ev, other, "REPORT_DATA does not match"},
 		{"report data with trailing byte", v, ev, append(append([]byte(nil), rd...), 1), "REPORT_DATA does not match"},
 		{"flipped measurement bit", v, snptest.Tamper(t, ev), rd, "verify attestation report"},
@@ -101,19 +69,7 @@ func TestVerifyRejects(t *testing.T) {
 		{"expected report data too long", v, ev, make([]byte, 65), "no more than 64 bytes"},
 		{"not JSON", v, json.RawMessage(`{"attestation_report":`), rd, "decode evidence"},
 		{"byte out of range", v, json.RawMessage(strings.Replace(string(ev), `"report_data":[`, `"report_data":[256,`, 1)), rd, "decode evidence"},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			claims, err := tc.verifier.Verify(ctx, tc.evidence, tc.rd)
-			if err == nil {
-				t.Fatalf("Verify succeeded with claims %v", claims)
-			}
-			t.Logf("%s: %v", tc.name, err)
-			if !strings.Contains(err.Error(), tc.wantErr) {
-				t.Fatalf("Verify error %q does not contain %q", err, tc.wantErr)
-			}
-		})
-	}
+	})
 }
 
 func TestReportDataTooLong(t *testing.T) {
@@ -309,21 +265,9 @@ func TestTrusteeMilanReport(t *testing.T) {
 
 func FuzzVerifyEvidence(f *testing.F) {
 	a, v := snptest.New(f)
-	ev, err := a.Evidence(context.Background(), []byte("seed"))
-	if err != nil {
-		f.Fatal(err)
-	}
-	f.Add([]byte(ev))
-	f.Add([]byte(`{"attestation_report":{"version":2},"cert_chain":null}`))
-	f.Add([]byte(`{"cert_chain":[{"cert_type":{"OTHER":"00000000-0000-0000-0000-000000000001"},"data":[1,2]}]}`))
-	want := hex.EncodeToString(padded([]byte("seed"), 64))
-	f.Fuzz(func(t *testing.T, data []byte) {
-		// Only an encoding of the genuine signed report can verify.
-		claims, err := v.Verify(context.Background(), data, []byte("seed"))
-		if err == nil && claims["report_data"] != want {
-			t.Fatalf("verified with report_data %v", claims["report_data"])
-		}
-	})
+	teetest.FuzzVerify(f, a, v,
+		`{"attestation_report":{"version":2},"cert_chain":null}`,
+		`{"cert_chain":[{"cert_type":{"OTHER":"00000000-0000-0000-0000-000000000001"},"data":[1,2]}]}`)
 }
 
 func FuzzParseReport(f *testing.F) {
@@ -355,15 +299,5 @@ func FuzzParseReport(f *testing.F) {
 
 func BenchmarkEvidenceVerify(b *testing.B) {
 	a, v := snptest.New(b)
-	rd := randomBytes(b, 64)
-	ctx := context.Background()
-	for b.Loop() {
-		ev, err := a.Evidence(ctx, rd)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if _, err := v.Verify(ctx, ev, rd); err != nil {
-			b.Fatal(err)
-		}
-	}
+	teetest.BenchmarkRoundTrip(b, a, v, teetest.RandomBytes(b, 64))
 }

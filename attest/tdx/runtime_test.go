@@ -14,6 +14,7 @@ import (
 
 	"github.com/cocoon-cc/cocoon/attest"
 	"github.com/cocoon-cc/cocoon/attest/eventlog"
+	"github.com/cocoon-cc/cocoon/attest/internal/teetest"
 	"github.com/cocoon-cc/cocoon/attest/tdx/tdxtest"
 )
 
@@ -98,14 +99,7 @@ func TestEmulatedRTMRs(t *testing.T) {
 	if !bytes.Equal(got, want[:]) {
 		t.Fatalf("RTMR3 = %x, want %x", got, want)
 	}
-	ev, err := a.Evidence(ctx, []byte("rd"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	claims, err := v.Verify(ctx, ev, []byte("rd"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, claims := teetest.RoundTrip(t, a, v, []byte("rd"))
 	body := claims["quote"].(map[string]any)["body"].(map[string]any)
 	if body["rtmr_3"] != hex.EncodeToString(want[:]) {
 		t.Errorf("quoted rtmr_3 = %v, want %x", body["rtmr_3"], want)
@@ -118,9 +112,7 @@ func TestEmulatedRTMRs(t *testing.T) {
 	if err := a.(attest.RuntimeMeasurer).ExtendRuntimeMeasurement(ctx, 17, d); err != nil {
 		t.Fatal(err)
 	}
-	if ev, err = a.Evidence(ctx, []byte("rd")); err != nil {
-		t.Fatal(err)
-	}
+	ev := teetest.Evidence(t, a, []byte("rd"))
 	if _, err := v.Verify(ctx, ev, []byte("rd")); err == nil || !strings.Contains(err.Error(), "RTMR3") {
 		t.Fatalf("unrecorded extend: Verify err = %v, want an RTMR3 mismatch", err)
 	}

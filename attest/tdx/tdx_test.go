@@ -3,7 +3,6 @@ package tdx_test
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -18,45 +17,24 @@ import (
 	"github.com/google/go-tdx-guest/testing/testdata"
 
 	"github.com/cocoon-cc/cocoon/attest"
+	"github.com/cocoon-cc/cocoon/attest/internal/teetest"
 	"github.com/cocoon-cc/cocoon/attest/tdx"
 	"github.com/cocoon-cc/cocoon/attest/tdx/tdxtest"
 )
 
-func randomBytes(t testing.TB, n int) []byte {
-	t.Helper()
-	b := make([]byte, n)
-	if _, err := rand.Read(b); err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
-func padded(b []byte, n int) []byte {
-	out := make([]byte, n)
-	copy(out, b)
-	return out
-}
-
 func TestRoundTrip(t *testing.T) {
-	initData := randomBytes(t, 32) // a sha256 init-data digest
+	initData := teetest.RandomBytes(t, 32) // a sha256 init-data digest
 	a, v := tdxtest.New(t, tdxtest.WithMRConfigID(initData))
 	if a.TEE() != attest.TEETDX || v.TEE() != attest.TEETDX {
 		t.Fatalf("TEE() = %q, %q", a.TEE(), v.TEE())
 	}
 	for _, n := range []int{0, 1, 32, 48, 64} {
-		rd := randomBytes(t, n)
-		ev, err := a.Evidence(context.Background(), rd)
-		if err != nil {
-			t.Fatalf("Evidence(%d bytes): %v", n, err)
-		}
-		claims, err := v.Verify(context.Background(), ev, rd)
-		if err != nil {
-			t.Fatalf("Verify(%d bytes): %v", n, err)
-		}
-		if got, want := claims["report_data"], hex.EncodeToString(padded(rd, 64)); got != want {
+		rd := teetest.RandomBytes(t, n)
+		_, claims := teetest.RoundTrip(t, a, v, rd)
+		if got, want := claims["report_data"], hex.EncodeToString(teetest.Padded(rd, 64)); got != want {
 			t.Errorf("report_data = %v, want %v", got, want)
 		}
-		if got, want := claims["init_data"], hex.EncodeToString(padded(initData, 48)); got != want {
+		if got, want := claims["init_data"], hex.EncodeToString(teetest.Padded(initData, 48)); got != want {
 			t.Errorf("init_data = %v, want %v", got, want)
 		}
 		body := claims["quote"].(map[string]any)["body"].(map[string]any)
@@ -71,11 +49,8 @@ func TestRoundTrip(t *testing.T) {
 func TestVerifyRejects(t *testing.T) {
 	ctx := context.Background()
 	a, v := tdxtest.New(t)
-	rd := randomBytes(t, 64)
-	ev, err := a.Evidence(ctx, rd)
-	if err != nil {
-		t.Fatal(err)
-	}
+	rd := teetest.RandomBytes(t, 64)
+	ev := teetest.Evidence(t, a, rd)
 	_, untrusted := tdxtest.New(t, tdxtest.WithUntrustedRoot())
 	intel, err := tdx.NewVerifier(tdx.VerifierOptions{})
 	if err != nil {
@@ -119,14 +94,8 @@ func TestVerifyRejects(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tests := []struct {
-		name     string
-		verifier attest.Verifier
-		evidence json.RawMessage
-		rd       []byte
-		wantErr  string
-	}{
-		{"wrong report data", v, ev, randomBytes(t, 64), "REPORT_DATA does not match"},
+	teetest.CheckRejects(t, []teetest.Reject{
+		{"wrong report data", v, ev, teetest.RandomBytes(t, 64), "REPORT_DATA does not match"},
 		{"flipped MR_TD bit", v, tdxtest.Tamper(t, ev), rd, "verify quote"},
 		{"flipped REPORT_DATA bit", v, tdxtest.ModifyQuote(t, ev, func(q []byte) { q[48+520] ^= 0x10 }), rd, "verify quote"},
 		{"flipped header bit", v, tdxtest.ModifyQuote(t, ev, func(q []byte) { q[30] ^= 1 }), rd, "verify quote"},
@@ -140,19 +109,7 @@ func TestVerifyRejects(t *testing.T) {
 		{"not JSON", v, json.RawMessage(`{"quote":`), rd, "decode evidence"},
 		{"quote not base64", v, json.RawMessage(`{"cc_eventlog":null,"quote":"!!"}`), rd, "decode quote"},
 		{"cc_eventlog not base64", v, json.RawMessage(`{"cc_eventlog":"!!","quote":""}`), rd, "decode cc_eventlog"},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			claims, err := tc.verifier.Verify(ctx, tc.evidence, tc.rd)
-			if err == nil {
-				t.Fatalf("Verify succeeded: %v", claims)
-			}
-			t.Logf("%s: %v", tc.name, err)
-			if !strings.Contains(err.Error(), tc.wantErr) {
-				t.Fatalf("error %q does not contain %q", err, tc.wantErr)
-			}
-		})
-	}
+	})
 }
 
 func truncateQuote(t *testing.T, ev json.RawMessage, n int) json.RawMessage {
@@ -240,7 +197,9 @@ func TestTrusteeClaims(t *testing.T) {
 	}
 	gotJSON, _ := json.Marshal(got)
 	var gotMap map[string]any
-	json.Unmarshal(gotJSON, &gotMap)
+	if err := json.Unmarshal(gotJSON, &gotMap); err != nil {
+		t.Fatal(err)
+	}
 	for _, k := range []string{"quote", "td_attributes", "report_data", "init_data"} {
 		if !reflect.DeepEqual(gotMap[k], expected[k]) {
 			t.Errorf("claim %s:\n got %v\nwant %v", k, gotMap[k], expected[k])
@@ -295,7 +254,7 @@ func TestExtendRuntimeMeasurement(t *testing.T) {
 	}
 	a, _ := tdxtest.New(t, tdxtest.WithMeasurementsDir(dir))
 	m := a.(attest.RuntimeMeasurer)
-	digest := randomBytes(t, 32)
+	digest := teetest.RandomBytes(t, 32)
 	if err := m.ExtendRuntimeMeasurement(context.Background(), 17, digest); err != nil {
 		t.Fatal(err)
 	}
@@ -303,7 +262,7 @@ func TestExtendRuntimeMeasurement(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !bytes.Equal(got, padded(digest, 48)) {
+	if !bytes.Equal(got, teetest.Padded(digest, 48)) {
 		t.Errorf("rtmr3 got %x, want the digest zero-padded to 48 bytes", got)
 	}
 	for _, bad := range [][]byte{nil, make([]byte, 49)} {
@@ -323,18 +282,7 @@ func TestExtendRuntimeMeasurement(t *testing.T) {
 
 func FuzzVerifyEvidence(f *testing.F) {
 	a, v := tdxtest.New(f)
-	ev, err := a.Evidence(context.Background(), []byte("seed"))
-	if err != nil {
-		f.Fatal(err)
-	}
-	f.Add([]byte(ev))
-	f.Add([]byte(`{"cc_eventlog":"AQID","quote":"BAACAIEAAAA="}`))
-	f.Fuzz(func(t *testing.T, data []byte) {
-		claims, err := v.Verify(context.Background(), data, []byte("seed"))
-		if err == nil && claims["report_data"] != hex.EncodeToString(padded([]byte("seed"), 64)) {
-			t.Fatalf("verified with report_data %v", claims["report_data"])
-		}
-	})
+	teetest.FuzzVerify(f, a, v, `{"cc_eventlog":"AQID","quote":"BAACAIEAAAA="}`)
 }
 
 func FuzzParseQuote(f *testing.F) {
@@ -352,17 +300,7 @@ func FuzzParseQuote(f *testing.F) {
 
 func BenchmarkEvidenceVerify(b *testing.B) {
 	a, v := tdxtest.New(b)
-	rd := randomBytes(b, 64)
-	ctx := context.Background()
-	for b.Loop() {
-		ev, err := a.Evidence(ctx, rd)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if _, err := v.Verify(ctx, ev, rd); err != nil {
-			b.Fatal(err)
-		}
-	}
+	teetest.BenchmarkRoundTrip(b, a, v, teetest.RandomBytes(b, 64))
 }
 
 func TestEventLogReplay(t *testing.T) {
@@ -372,15 +310,8 @@ func TestEventLogReplay(t *testing.T) {
 		t.Fatal(err)
 	}
 	a, v := tdxtest.New(t, tdxtest.WithEventLog(log))
-	rd := randomBytes(t, 64)
-	ev, err := a.Evidence(ctx, rd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	claims, err := v.Verify(ctx, ev, rd)
-	if err != nil {
-		t.Fatalf("Verify with a replaying event log: %v", err)
-	}
+	rd := teetest.RandomBytes(t, 64)
+	ev, claims := teetest.RoundTrip(t, a, v, rd)
 	logs, ok := claims["uefi_event_logs"].([]any)
 	if !ok || len(logs) != 87 {
 		t.Fatalf("uefi_event_logs has %d entries, want 87", len(logs))
@@ -446,15 +377,7 @@ func TestRealQuoteProviderWithoutDevice(t *testing.T) {
 // and the claims say so: a KBS must not take it for an up-to-date TCB.
 func TestTCBStatusWithoutCollateral(t *testing.T) {
 	a, v := tdxtest.New(t)
-	rd := randomBytes(t, 48)
-	ev, err := a.Evidence(context.Background(), rd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	claims, err := v.Verify(context.Background(), ev, rd)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, claims := teetest.RoundTrip(t, a, v, teetest.RandomBytes(t, 48))
 	if claims["tcb_status"] != tdx.TCBStatusUnknown {
 		t.Fatalf("tcb_status = %v, want %q", claims["tcb_status"], tdx.TCBStatusUnknown)
 	}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/cocoon-cc/cocoon/attest"
 	"github.com/cocoon-cc/cocoon/attest/eventlog"
+	"github.com/cocoon-cc/cocoon/attest/internal/teetest"
 	"github.com/cocoon-cc/cocoon/attest/tpm"
 	"github.com/cocoon-cc/cocoon/attest/tpm/tpmtest"
 )
@@ -72,18 +73,12 @@ func TestAAELRoundTrip(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			a, v, l := aaelSetup(t, tc.opts...)
 			// An empty log sends no aa_eventlog.
-			ev, err := a.Evidence(ctx, []byte("n"))
-			if err != nil {
-				t.Fatal(err)
-			}
+			ev := teetest.Evidence(t, a, []byte("n"))
 			if bytes.Contains(ev, []byte("aa_eventlog")) {
 				t.Fatalf("empty AAEL sent: %s", ev)
 			}
 			extendPulls(t, l)
-			ev, err = a.Evidence(ctx, []byte("n"))
-			if err != nil {
-				t.Fatal(err)
-			}
+			ev = teetest.Evidence(t, a, []byte("n"))
 			var e tpm.Evidence
 			if err := json.Unmarshal(ev, &e); err != nil {
 				t.Fatal(err)
@@ -195,11 +190,11 @@ func TestAAELRejects(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			a, v, l := aaelSetup(t, tc.opts...)
 			extendPulls(t, l)
-			if _, err := v.Verify(ctx, mustEvidence(t, a), []byte("n")); err != nil {
+			if _, err := v.Verify(ctx, teetest.Evidence(t, a, []byte("n")), []byte("n")); err != nil {
 				t.Fatalf("before mangling: %v", err)
 			}
 			tc.mangle(t, l, a)
-			claims, err := v.Verify(ctx, mustEvidence(t, a), []byte("n"))
+			claims, err := v.Verify(ctx, teetest.Evidence(t, a, []byte("n")), []byte("n"))
 			if err == nil {
 				t.Fatalf("Verify succeeded: %v", claims["aa_eventlog"])
 			}
@@ -208,15 +203,6 @@ func TestAAELRejects(t *testing.T) {
 			}
 		})
 	}
-}
-
-func mustEvidence(t *testing.T, a attest.Attester) json.RawMessage {
-	t.Helper()
-	ev, err := a.Evidence(context.Background(), []byte("n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ev
 }
 
 func rewrite(t *testing.T, l *eventlog.Log, f func([]byte) []byte) {
@@ -251,7 +237,7 @@ func TestAAELEmptiedUnreserved(t *testing.T) {
 	if err := os.Remove(l.Path()); err != nil {
 		t.Fatal(err)
 	}
-	claims, err := v.Verify(context.Background(), mustEvidence(t, a), []byte("n"))
+	claims, err := v.Verify(context.Background(), teetest.Evidence(t, a, []byte("n")), []byte("n"))
 	if err != nil {
 		t.Fatal(err)
 	}

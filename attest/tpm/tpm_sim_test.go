@@ -5,7 +5,6 @@ package tpm_test
 import (
 	"context"
 	"crypto"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -18,18 +17,10 @@ import (
 	"github.com/google/go-tpm/legacy/tpm2"
 
 	"github.com/cocoon-cc/cocoon/attest"
+	"github.com/cocoon-cc/cocoon/attest/internal/teetest"
 	"github.com/cocoon-cc/cocoon/attest/tpm"
 	"github.com/cocoon-cc/cocoon/attest/tpm/tpmtest"
 )
-
-func randomBytes(t testing.TB, n int) []byte {
-	t.Helper()
-	b := make([]byte, n)
-	if _, err := rand.Read(b); err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
 
 func TestRoundTrip(t *testing.T) {
 	initData := sha256.Sum256([]byte("version = \"0.1.0\"\n"))
@@ -42,17 +33,9 @@ func TestRoundTrip(t *testing.T) {
 		t.Fatalf("TEE() = %q, %q", a.TEE(), v.TEE())
 	}
 	for _, n := range []int{0, 1, 31, 32, 48, 64, 100} {
-		rd := randomBytes(t, n)
-		ev, err := a.Evidence(context.Background(), rd)
-		if err != nil {
-			t.Fatalf("Evidence(%d bytes): %v", n, err)
-		}
-		claims, err := v.Verify(context.Background(), ev, rd)
-		if err != nil {
-			t.Fatalf("Verify(%d bytes): %v", n, err)
-		}
-		want := make([]byte, 32)
-		copy(want, rd)
+		rd := teetest.RandomBytes(t, n)
+		_, claims := teetest.RoundTrip(t, a, v, rd)
+		want := teetest.Padded(rd, 32)
 		if got := claims["report_data"]; got != hex.EncodeToString(want) {
 			t.Errorf("report_data = %v, want %x", got, want)
 		}
@@ -80,14 +63,7 @@ func TestExtendRuntimeMeasurement(t *testing.T) {
 	if err := m.ExtendRuntimeMeasurement(ctx, 23, digest[:]); err != nil {
 		t.Fatal(err)
 	}
-	ev, err := a.Evidence(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	claims, err := v.Verify(ctx, ev, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, claims := teetest.RoundTrip(t, a, v, nil)
 	h := sha256.New()
 	h.Write(make([]byte, 32))
 	h.Write(digest[:])
@@ -110,11 +86,8 @@ func TestExtendRuntimeMeasurement(t *testing.T) {
 func TestVerifyRejects(t *testing.T) {
 	ctx := context.Background()
 	a, v := tpmtest.New(t)
-	rd := randomBytes(t, 32)
-	ev, err := a.Evidence(ctx, rd)
-	if err != nil {
-		t.Fatal(err)
-	}
+	rd := teetest.RandomBytes(t, 32)
+	ev := teetest.Evidence(t, a, rd)
 	untrusted, err := tpm.NewVerifier(tpm.VerifierOptions{TrustedAKs: nil})
 	if err != nil {
 		t.Fatal(err)
@@ -133,14 +106,8 @@ func TestVerifyRejects(t *testing.T) {
 		out, _ := json.Marshal(e)
 		return out
 	}
-	tests := []struct {
-		name     string
-		verifier attest.Verifier
-		evidence json.RawMessage
-		rd       []byte
-		wantErr  string
-	}{
-		{"wrong report data", v, ev, randomBytes(t, 32), "nonce does not match"},
+	teetest.CheckRejects(t, []teetest.Reject{
+		{"wrong report data", v, ev, teetest.RandomBytes(t, 32), "nonce does not match"},
 		{"flipped nonce bit in message", v, tpmtest.Tamper(t, ev), rd, "quote signature"},
 		{"flipped signature bit", v, modify(func(e *tpm.Evidence) {
 			s := []byte(e.TPMQuote.Signature)
@@ -156,19 +123,7 @@ func TestVerifyRejects(t *testing.T) {
 		{"untrusted AK", otherAK, ev, rd, "not trusted"},
 		{"AK swapped", v, modify(func(e *tpm.Evidence) { e.AKPublic = otherAKPublic(t) }), rd, "not trusted"},
 		{"not JSON", v, json.RawMessage(`[`), rd, "decode evidence"},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			claims, err := tc.verifier.Verify(ctx, tc.evidence, tc.rd)
-			if err == nil {
-				t.Fatalf("Verify succeeded: %v", claims)
-			}
-			t.Logf("%s: %v", tc.name, err)
-			if !strings.Contains(err.Error(), tc.wantErr) {
-				t.Fatalf("error %q does not contain %q", err, tc.wantErr)
-			}
-		})
-	}
+	})
 	// A swapped AK is also refused by a verifier trusting any AK: the
 	// signature no longer checks.
 	if _, err := untrusted.Verify(ctx, modify(func(e *tpm.Evidence) { e.AKPublic = otherAKPublic(t) }), rd); err == nil || !strings.Contains(err.Error(), "quote signature") {
@@ -201,12 +156,16 @@ func TestEvidenceJSONShape(t *testing.T) {
 		t.Fatalf("pcrs = %s (%v), want 24 hex SHA-256 values", q["pcrs"], err)
 	}
 	var msg string
-	json.Unmarshal(q["message"], &msg)
+	if err := json.Unmarshal(q["message"], &msg); err != nil {
+		t.Fatal(err)
+	}
 	if !strings.HasPrefix(msg, "/1RDR4AY") { // TPM_GENERATED_VALUE, TPM_ST_ATTEST_QUOTE
 		t.Errorf("message %q is not a base64 TPMS_ATTEST quote", msg)
 	}
 	var sig string
-	json.Unmarshal(q["signature"], &sig)
+	if err := json.Unmarshal(q["signature"], &sig); err != nil {
+		t.Fatal(err)
+	}
 	if !strings.HasPrefix(sig, "ABQACw") { // TPM_ALG_RSASSA, TPM_ALG_SHA256
 		t.Errorf("signature %q is not a base64 RSASSA-SHA256 TPMT_SIGNATURE", sig)
 	}
@@ -214,17 +173,7 @@ func TestEvidenceJSONShape(t *testing.T) {
 
 func BenchmarkEvidenceVerify(b *testing.B) {
 	a, v := tpmtest.New(b)
-	rd := randomBytes(b, 32)
-	ctx := context.Background()
-	for b.Loop() {
-		ev, err := a.Evidence(ctx, rd)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if _, err := v.Verify(ctx, ev, rd); err != nil {
-			b.Fatal(err)
-		}
-	}
+	teetest.BenchmarkRoundTrip(b, a, v, teetest.RandomBytes(b, 32))
 }
 
 func TestPersistentAK(t *testing.T) {

@@ -121,7 +121,9 @@ func mustOpen(t *testing.T, ref string) v1.Image {
 func TestEncryptCommandRejects(t *testing.T) {
 	_, kekFile := encTestKEK(t)
 	short := filepath.Join(t.TempDir(), "short")
-	os.WriteFile(short, []byte("0123456789abcdef"), 0o600)
+	if err := os.WriteFile(short, []byte("0123456789abcdef"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	src := "oci:" + encTestLayout(t) + ":v1"
 	dst := "oci:" + filepath.Join(t.TempDir(), "out")
 	tests := []struct {

@@ -13,7 +13,7 @@ import (
 	"github.com/cocoon-cc/cocoon/attest/initdata"
 )
 
-const initdataVectorDir = "../../attest/initdata/testdata"
+const initdataVectorDir = "testdata"
 
 func initdataVector(t *testing.T) (annotation, digestHex, tdxHex string, doc []byte, path string) {
 	t.Helper()

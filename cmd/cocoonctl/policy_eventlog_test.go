@@ -30,7 +30,7 @@ ExecProcessRequest { print("blocked", input.process.Args[0]); false }
 		}
 		return p
 	}
-	sample := filepath.Join("..", "..", "attest", "agentpolicy", "testdata", "allow-all-except-exec-process.rego")
+	sample := filepath.Join("testdata", "allow-all-except-exec-process.rego")
 	for _, tc := range []struct {
 		name    string
 		args    []string
@@ -71,7 +71,7 @@ ExecProcessRequest { print("blocked", input.process.Args[0]); false }
 }
 
 func TestEventlogParseCommand(t *testing.T) {
-	bin := filepath.Join("..", "..", "attest", "eventlog", "testdata", "trustee-CCEL_AAEL_alibabacloud.bin")
+	bin := filepath.Join("testdata", "trustee-CCEL_AAEL_alibabacloud.bin")
 	raw, err := os.ReadFile(bin)
 	if err != nil {
 		t.Fatal(err)

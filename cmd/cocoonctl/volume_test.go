@@ -44,7 +44,9 @@ func (e volEnv) formatPersistent(t *testing.T) (dev, hdr, pf string) {
 	}
 	hdr = filepath.Join(e.Dir, "hdr")
 	pf = filepath.Join(e.Dir, "pass")
-	os.WriteFile(pf, []byte("cli passphrase\n"), 0o600)
+	if err := os.WriteFile(pf, []byte("cli passphrase\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	if err := runVolumeFormat(context.Background(), []string{"--header", hdr, "--device", dev, "--passphrase-file", pf, "--pbkdf2-iterations", "1000"}); err != nil {
 		t.Fatal(err)
 	}
@@ -135,7 +137,9 @@ func TestVolumeCLIEphemeral(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(e.Mount, "m"), bytes.Repeat(marker, 1<<15), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	exec.Command("sync").Run()
+	if err := exec.Command("sync").Run(); err != nil {
+		t.Fatal(err)
+	}
 	raw, err := os.ReadFile(backing)
 	if err != nil {
 		t.Fatal(err)
@@ -157,12 +161,20 @@ func TestVolumeCLIFailures(t *testing.T) {
 	ctx := context.Background()
 	e := newVolEnv(t)
 	dev := filepath.Join(e.Dir, "data.img")
-	os.WriteFile(dev, nil, 0o600)
-	os.Truncate(dev, 32<<20)
+	if err := os.WriteFile(dev, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(dev, 32<<20); err != nil {
+		t.Fatal(err)
+	}
 	pf := filepath.Join(e.Dir, "pass")
 	wrong := filepath.Join(e.Dir, "wrong")
-	os.WriteFile(pf, []byte("right"), 0o600)
-	os.WriteFile(wrong, []byte("wrong"), 0o600)
+	if err := os.WriteFile(pf, []byte("right"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(wrong, []byte("wrong"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	if err := runVolumeFormat(ctx, []string{"--device", dev, "--passphrase-file", pf, "--pbkdf2-iterations", "1000"}); err != nil {
 		t.Fatal(err)
 	}

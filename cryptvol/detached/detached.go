@@ -113,15 +113,15 @@ func Start(ctx context.Context, req Request, secret []byte) (Started, error) {
 	werr := sendRequest(pipes.request, req, secret)
 	// Our own cancellation (SIGTERM, SIGINT) reaches the engine process,
 	// which abandons the open and reports.
-	stopForward := context.AfterFunc(ctx, func() { cmd.Process.Signal(syscall.SIGTERM) })
+	stopForward := context.AfterFunc(ctx, func() { _ = cmd.Process.Signal(syscall.SIGTERM) }) // it may have exited already
 	status, _ := io.ReadAll(pipes.status)
 	stopForward()
 	if string(status) == "ok\n" && werr == nil {
 		pid := cmd.Process.Pid
-		cmd.Process.Release()
+		_ = cmd.Process.Release() // only frees the handle; the engine runs on detached
 		return Started{MountDir: abs, PID: pid, Log: logPath}, nil
 	}
-	cmd.Wait()
+	_ = cmd.Wait() // the engine reported its failure on the status pipe; its exit status adds nothing
 	msg := strings.TrimPrefix(strings.TrimSpace(string(status)), "error: ")
 	if msg == "" {
 		msg = "engine process exited without reporting; see " + logPath

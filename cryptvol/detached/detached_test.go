@@ -46,7 +46,9 @@ func TestCrashCleanup(t *testing.T) {
 		t.Fatal(err)
 	}
 	p, _ := os.FindProcess(st.PID)
-	p.Kill()
+	if err := p.Kill(); err != nil {
+		t.Fatal(err)
+	}
 	for deadline := time.Now().Add(10 * time.Second); detached.ProcessAlive(st.PID, st.StartTime); {
 		if time.Now().After(deadline) {
 			t.Fatal("engine process survived SIGKILL")
@@ -80,7 +82,9 @@ func slowHeader(t *testing.T, path string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	os.WriteFile(path, img, 0o600)
+	if err := os.WriteFile(path, img, 0o600); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // TestStartCancelled: cancelling Start (cocoond's or cocoonctl's SIGTERM
@@ -92,8 +96,12 @@ func TestStartCancelled(t *testing.T) {
 	req := request(e, detached.OpOpen)
 	req.Header, req.Device = filepath.Join(e.Dir, "hdr"), filepath.Join(e.Dir, "data.img")
 	slowHeader(t, req.Header)
-	os.WriteFile(req.Device, nil, 0o600)
-	os.Truncate(req.Device, 32<<20)
+	if err := os.WriteFile(req.Device, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(req.Device, 32<<20); err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
@@ -132,7 +140,9 @@ func killChildren(t *testing.T) {
 		f := strings.Fields(string(b[i+1:]))
 		if len(f) > 1 && f[1] == strconv.Itoa(os.Getpid()) {
 			if p, err := os.FindProcess(pid); err == nil {
-				p.Kill()
+				if err := p.Kill(); err != nil {
+					t.Logf("killing child %d: %v", pid, err)
+				}
 			}
 		}
 	}

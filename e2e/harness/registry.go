@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -414,7 +415,11 @@ func (r *Registry) StartTamperProxy() (*TamperProxy, error) {
 		}
 		p.forward(w, req, upstream)
 	})}
-	go p.srv.Serve(l)
+	go func() {
+		if err := p.srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+			r.env.TB.Logf("tamper proxy stopped: %v", err)
+		}
+	}()
 	r.env.TB.Cleanup(func() { p.srv.Close() })
 	r.env.TB.Logf("tamper proxy for %s on %s", r.Host, p.Host)
 	return p, nil
@@ -471,8 +476,12 @@ func (p *TamperProxy) serveEndless(w http.ResponseWriter, req *http.Request, ups
 	}
 	var buf bytes.Buffer
 	zw := gzip.NewWriter(&buf)
-	zw.Write(make([]byte, 1<<20))
-	zw.Close()
+	if _, err := zw.Write(make([]byte, 1<<20)); err != nil {
+		panic(err) // writing to memory cannot fail
+	}
+	if err := zw.Close(); err != nil {
+		panic(err)
+	}
 	member := buf.Bytes()
 	w.Header().Set("Docker-Content-Digest", d)
 	w.Header().Set("Content-Type", "application/octet-stream")

@@ -203,7 +203,7 @@ func (r *Reader) Read(p []byte) (int, error) {
 	}
 	switch {
 	case err == nil:
-	case err == io.EOF:
+	case errors.Is(err, io.EOF):
 		if !hmac.Equal(r.mac.Sum(nil), r.wantMAC) {
 			r.err = fmt.Errorf("layer %s: %w", r.layer, ErrHMACMismatch)
 			return n, r.err

@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -172,13 +171,4 @@ func (f fakeResources) GetResource(_ context.Context, uri string) ([]byte, error
 		return nil, fmt.Errorf("resource %s: not found", uri)
 	}
 	return bytes.Clone(b), nil
-}
-
-func randInt(tb testing.TB, n int64) int64 {
-	tb.Helper()
-	v, err := rand.Int(rand.Reader, big.NewInt(n))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return v.Int64()
 }

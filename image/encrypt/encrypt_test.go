@@ -62,7 +62,9 @@ func encTestTar(t *testing.T, files int) []byte {
 		if err := tw.WriteHeader(&tar.Header{Name: fmt.Sprintf("dir/f%d", i), Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(data))}); err != nil {
 			t.Fatal(err)
 		}
-		tw.Write(data)
+		if _, err := tw.Write(data); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if err := tw.Close(); err != nil {
 		t.Fatal(err)

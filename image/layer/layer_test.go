@@ -393,8 +393,12 @@ func TestCheckBlobFindsCorruption(t *testing.T) {
 	var raw bytes.Buffer
 	gw := gzip.NewWriter(&raw)
 	payload := bytes.Repeat([]byte("cocoon layer bytes "), 8192)
-	gw.Write(payload)
-	gw.Close()
+	if _, err := gw.Write(payload); err != nil {
+		t.Fatal(err)
+	}
+	if err := gw.Close(); err != nil {
+		t.Fatal(err)
+	}
 	blob := raw.Bytes()
 	want := digest.FromBytes(blob)
 	for _, tc := range []struct {
@@ -411,7 +415,7 @@ func TestCheckBlobFindsCorruption(t *testing.T) {
 				t.Fatal(err)
 			}
 			// Read a little, as an unpacker that gave up early would.
-			io.ReadFull(r, make([]byte, 512))
+			_, _ = io.ReadFull(r, make([]byte, 512)) // the outcome is CheckBlob's to tell
 			err = r.CheckBlob()
 			var dm *DigestMismatchError
 			if tc.corrupt != errors.As(err, &dm) {

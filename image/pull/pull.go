@@ -180,7 +180,9 @@ func (p *Puller) Close() error {
 	for k, j := range p.jobs {
 		<-j.done
 		if j.staged != nil {
-			j.staged.Discard()
+			if err := j.staged.Discard(); err != nil {
+				log.L.WithError(err).Warn("discard a staged layer on close")
+			}
 		}
 		delete(p.jobs, k)
 	}
@@ -320,7 +322,9 @@ func (p *Puller) putBack(repo name.Repository, desc ocispec.Descriptor, j *job) 
 	go func() {
 		<-j.done
 		if j.staged != nil {
-			j.staged.Discard()
+			if err := j.staged.Discard(); err != nil {
+				log.L.WithError(err).Warn("discard a superseded staged layer")
+			}
 		}
 	}()
 }
@@ -355,7 +359,9 @@ func (p *Puller) expire(now time.Time) {
 		}
 		if j.staged != nil {
 			log.L.WithField("layer", j.staged.Layer.Digest).Info("discarding a layer fetched ahead that no snapshot took")
-			j.staged.Discard()
+			if err := j.staged.Discard(); err != nil {
+				log.L.WithError(err).Warn("discard a staged layer")
+			}
 		}
 		delete(p.jobs, k)
 	}

@@ -82,7 +82,7 @@ func TestFetchesFollowingLayersAhead(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer st.Discard()
+	defer discard(t, st)
 	// The three later layers are fetched without being asked for (blob GETs
 	// count the config too).
 	deadline := time.Now().Add(30 * time.Second)
@@ -101,7 +101,7 @@ func TestFetchesFollowingLayersAhead(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(st.Dir, want)); err != nil {
 			t.Errorf("layer %d: %v", i+1, err)
 		}
-		st.Discard()
+		discard(t, st)
 	}
 	if got := reg.Gets.Load(); got != 5 {
 		t.Errorf("blob GETs = %d, want the config and each layer fetched once", got)
@@ -124,7 +124,7 @@ func TestSkipsCommittedLayersWhenFetchingAhead(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st.Discard()
+	discard(t, st)
 	p.mu.Lock()
 	queued := len(p.jobs)
 	p.mu.Unlock()
@@ -145,7 +145,7 @@ func TestUntakenLayersExpire(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st.Discard()
+	discard(t, st)
 	// Wait for the fetched-ahead jobs to finish.
 	p.mu.Lock()
 	var jobs []*job
@@ -214,7 +214,7 @@ func TestCanceledWaitLeavesJobForLater(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st.Discard()
+	discard(t, st)
 }
 
 func TestMetricsRegister(t *testing.T) {
@@ -272,7 +272,7 @@ func TestPolicyGateBeforeAnyLayer(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				st.Discard()
+				discard(t, st)
 			}
 			if pol.calls != 1 {
 				t.Errorf("policy evaluated %d times, want once per (reference, manifest digest)", pol.calls)
@@ -324,7 +324,7 @@ func TestConcurrentRequestsForOneLayer(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(r.st.Dir, "fa")); err != nil {
 			t.Errorf("staged layer incomplete: %v", err)
 		}
-		r.st.Discard()
+		discard(t, r.st)
 	}
 }
 
@@ -353,7 +353,7 @@ func TestEndlessBlobIsCut(t *testing.T) {
 	if err != nil {
 		t.Fatalf("pull after the registry behaves: %v", err)
 	}
-	st.Discard()
+	discard(t, st)
 }
 
 // A layer whose decompressed stream goes on after the tar (a gzip bomb in
@@ -447,7 +447,15 @@ func TestAbandonedDuplicateJobIsCancelled(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st.Discard()
+	discard(t, st)
+}
+
+// discard removes a staged layer, failing t if it cannot.
+func discard(t testing.TB, st *Staged) {
+	t.Helper()
+	if err := st.Discard(); err != nil {
+		t.Error(err)
+	}
 }
 
 func TestRate(t *testing.T) {

@@ -141,7 +141,8 @@ func TestTransportTrustAndProxy(t *testing.T) {
 	caPEM := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}))
 
 	plain, _ := NewTransport(TransportOptions{})
-	if _, err := (&http.Client{Transport: plain}).Get(srv.URL); err == nil {
+	if resp, err := (&http.Client{Transport: plain}).Get(srv.URL); err == nil {
+		resp.Body.Close()
 		t.Error("an untrusted certificate was accepted")
 	}
 	trusting, err := NewTransport(TransportOptions{ExtraRootCAs: []string{caPEM}})

@@ -77,13 +77,15 @@ func (f *fakeRegistry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	body := b[start:]
 	if strings.Contains(r.URL.Path, "/blobs/") && f.cutAfter > 0 && int64(len(body)) > f.cutAfter && f.cuts.Load() < f.maxCuts {
 		f.cuts.Add(1)
-		w.Write(body[:f.cutAfter])
+		_, _ = w.Write(body[:f.cutAfter]) // the connection is aborted next anyway
 		// Abort the connection mid-body: the client sees an unexpected EOF.
 		panic(http.ErrAbortHandler)
 	}
 	if f.endless && strings.Contains(r.URL.Path, "/blobs/") {
 		w.Header().Del("Content-Length")
-		w.Write(body)
+		if _, err := w.Write(body); err != nil {
+			return
+		}
 		member := gzipMember(1 << 16)
 		for {
 			if _, err := w.Write(member); err != nil {
@@ -91,15 +93,19 @@ func (f *fakeRegistry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
-	w.Write(body)
+	_, _ = w.Write(body) // the client sees a short body if this fails
 }
 
 // gzipMember is one gzip member of n zero bytes.
 func gzipMember(n int) []byte {
 	var buf bytes.Buffer
 	zw := gzip.NewWriter(&buf)
-	zw.Write(make([]byte, n))
-	zw.Close()
+	if _, err := zw.Write(make([]byte, n)); err != nil {
+		panic(err) // writing to memory cannot fail
+	}
+	if err := zw.Close(); err != nil {
+		panic(err)
+	}
 	return buf.Bytes()
 }
 
@@ -307,8 +313,12 @@ func TestBlobCutAtDescriptorSize(t *testing.T) {
 			startFake(t, f)
 			var buf bytes.Buffer
 			zw := gzip.NewWriter(&buf)
-			zw.Write(randomBytes(t, 1<<20))
-			zw.Close()
+			if _, err := zw.Write(randomBytes(t, 1<<20)); err != nil {
+				t.Fatal(err)
+			}
+			if err := zw.Close(); err != nil {
+				t.Fatal(err)
+			}
 			layer := buf.Bytes()
 			ld := f.add(ocispec.MediaTypeImageLayerGzip, layer)
 			var read atomic.Int64

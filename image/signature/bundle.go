@@ -25,7 +25,7 @@ import (
 	sigstoredsse "github.com/sigstore/sigstore/pkg/signature/dsse"
 )
 
-// Cosign v3 wire constants (see vectors/captured/cosign-v3-*.json).
+// Cosign v3 wire constants (see testdata/cosign-v3-*.json).
 const (
 	bundleMediaTypePrefix = "application/vnd.dev.sigstore.bundle"
 	inTotoPayloadType     = "application/vnd.in-toto+json"

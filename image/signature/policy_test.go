@@ -2,7 +2,6 @@ package signature
 
 import (
 	"errors"
-	"os"
 	"strings"
 	"testing"
 
@@ -82,14 +81,7 @@ func TestParsePolicy(t *testing.T) {
 func TestParseUpstreamExamples(t *testing.T) {
 	for _, f := range []string{"policy-examples.json", "security_policy.json"} {
 		t.Run(f, func(t *testing.T) {
-			b, err := os.ReadFile("../../../shared/vectors/image-rs/" + f)
-			if err != nil {
-				b, err = os.ReadFile("/work/shared/vectors/image-rs/" + f)
-			}
-			if err != nil {
-				t.Skipf("vector not available: %v", err)
-			}
-			p, err := parsePolicy(b)
+			p, err := parsePolicy(readVector(t, f))
 			if err != nil {
 				t.Fatalf("parsePolicy(%s): %v", f, err)
 			}

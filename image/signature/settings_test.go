@@ -29,7 +29,7 @@ import (
 // to it.
 func startRegistryWith(t *testing.T, useTLS bool, wrap func(http.Handler) http.Handler, opts ...remote.Option) testRegistry {
 	t.Helper()
-	var h http.Handler = registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	h := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
 	if wrap != nil {
 		h = wrap(h)
 	}

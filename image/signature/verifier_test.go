@@ -137,7 +137,7 @@ func TestNewErrors(t *testing.T) {
 }
 
 func TestRegistriesD(t *testing.T) {
-	out, err := registriesD(readVector(t, "image-rs/sigstore_config.yaml"))
+	out, err := registriesD(readVector(t, "sigstore_config.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}

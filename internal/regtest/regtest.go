@@ -58,7 +58,9 @@ func Tar(t testing.TB, entries ...Entry) []byte {
 			t.Fatal(err)
 		}
 		if h.Typeflag == tar.TypeReg {
-			io.WriteString(tw, e.Body)
+			if _, err := io.WriteString(tw, e.Body); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
 	if err := tw.Close(); err != nil {
@@ -111,7 +113,7 @@ func Start(t testing.TB) *Registry {
 					w.Header()[k] = v
 				}
 				w.WriteHeader(rec.Code)
-				w.Write(b)
+				_, _ = w.Write(b) // the client sees a short body if this fails
 				return
 			}
 		}
@@ -138,8 +140,12 @@ func (r *Registry) serveEndless(w http.ResponseWriter, req *http.Request) {
 	w.WriteHeader(rec.Code)
 	var buf bytes.Buffer
 	zw := gzip.NewWriter(&buf)
-	zw.Write(make([]byte, 1<<20))
-	zw.Close()
+	if _, err := zw.Write(make([]byte, 1<<20)); err != nil {
+		panic(err) // writing to memory cannot fail
+	}
+	if err := zw.Close(); err != nil {
+		panic(err)
+	}
 	member := buf.Bytes()
 	for chunk := rec.Body.Bytes(); ; chunk = member {
 		n, err := w.Write(chunk)

@@ -147,7 +147,7 @@ func (b *Backoff) rand(n int64) time.Duration {
 	if b.p.Rand != nil {
 		return time.Duration(b.p.Rand(n))
 	}
-	return time.Duration(rand.Int64N(n))
+	return time.Duration(rand.Int64N(n)) //nolint:gosec // jitter spreads retries; it guards nothing
 }
 
 // Sleep waits for d or until ctx is done, whichever comes first, and returns

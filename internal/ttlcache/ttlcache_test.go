@@ -202,7 +202,9 @@ func TestCloneAndEvict(t *testing.T) {
 			t.Fatalf("expired value not evicted: %q, %d evictions, %d left", secret, len(evicted), c.Len())
 		}
 		other := []byte("other")
-		c.Get(t.Context(), "b", func(context.Context) ([]byte, error) { return other, nil })
+		if _, err := c.Get(t.Context(), "b", func(context.Context) ([]byte, error) { return other, nil }); err != nil {
+			t.Fatal(err)
+		}
 		c.Purge()
 		if string(other) != "\x00\x00\x00\x00\x00" || c.Len() != 0 {
 			t.Fatalf("purge did not evict: %q, %d left", other, c.Len())
@@ -217,14 +219,20 @@ func TestSweepEvery(t *testing.T) {
 			SweepEvery: time.Minute,
 		})
 		fetch, _ := counter()
-		c.Get(t.Context(), "a", fetch) // sweeps (first time), then holds a
+		if _, err := c.Get(t.Context(), "a", fetch); err != nil { // sweeps (first time), then holds a
+			t.Fatal(err)
+		}
 		time.Sleep(2 * time.Second)
-		c.Get(t.Context(), "b", fetch) // within a minute of the last sweep: a stays
+		if _, err := c.Get(t.Context(), "b", fetch); err != nil { // within a minute of the last sweep: a stays
+			t.Fatal(err)
+		}
 		if c.Len() != 2 {
 			t.Fatalf("Len = %d, want 2 (no sweep yet)", c.Len())
 		}
 		time.Sleep(time.Minute)
-		c.Get(t.Context(), "c", fetch) // sweeps a and b
+		if _, err := c.Get(t.Context(), "c", fetch); err != nil { // sweeps a and b
+			t.Fatal(err)
+		}
 		if c.Len() != 1 {
 			t.Fatalf("Len = %d, want 1 after the sweep", c.Len())
 		}
@@ -235,12 +243,22 @@ func TestMaxEntriesDropsFinished(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		c := New[int, int](Options[int]{MaxEntries: 3})
 		fetch, _ := counter()
-		c.Get(t.Context(), 1, fetch)
-		c.Get(t.Context(), 2, fetch)
+		if _, err := c.Get(t.Context(), 1, fetch); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Get(t.Context(), 2, fetch); err != nil {
+			t.Fatal(err)
+		}
 		release := make(chan struct{})
-		go c.Get(t.Context(), 3, func(context.Context) (int, error) { <-release; return 0, nil })
+		go func() {
+			if _, err := c.Get(t.Context(), 3, func(context.Context) (int, error) { <-release; return 0, nil }); err != nil {
+				t.Error(err)
+			}
+		}()
 		synctest.Wait()
-		c.Get(t.Context(), 4, fetch) // full: 1 and 2 go, 3 (in flight) stays
+		if _, err := c.Get(t.Context(), 4, fetch); err != nil { // full: 1 and 2 go, 3 (in flight) stays
+			t.Fatal(err)
+		}
 		if c.Len() != 2 {
 			t.Fatalf("Len = %d, want 2", c.Len())
 		}

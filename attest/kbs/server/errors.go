@@ -21,7 +21,7 @@ const (
 	VariantPolicyEngine       = "PolicyEngineError"
 	VariantJWE                = "JweError"
 	VariantTokenNotFound      = "TokenNotFound"
-	VariantTokenVerifier      = "TokenVerifierError"
+	VariantTokenVerifier      = "TokenVerifierError" //nolint:gosec // an error variant name, not a credential
 	VariantAdminAuthAccess    = "AdminAuthAccess"
 	VariantSerde              = "SerdeError"
 )

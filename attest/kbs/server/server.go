@@ -371,7 +371,7 @@ func (s *Server) attest(w http.ResponseWriter, r *http.Request) error {
 	binding := initDataAbsent
 	if att.InitData != nil {
 		if att.InitData.Format != "toml" {
-			return attestError(fmt.Errorf("Unsupported initdata format: %s", att.InitData.Format))
+			return attestError(fmt.Errorf("Unsupported initdata format: %s", att.InitData.Format)) //nolint:staticcheck // upstream's message, which clients match
 		}
 		digest, idc, err := parseInitData(att.InitData.Body)
 		if err != nil {
@@ -461,7 +461,7 @@ func (s *Server) getResource(w http.ResponseWriter, r *http.Request, plugin stri
 		return newError(VariantJWE, err, "JWE failed")
 	}
 	w.Header().Set("Content-Type", "application/json")
-	_, _ = w.Write(jwe)
+	_, _ = w.Write(jwe) //nolint:gosec // a JWE in JSON, served as application/json: no HTML context
 	return nil
 }
 
@@ -495,14 +495,14 @@ func (s *Server) setPolicy(w http.ResponseWriter, r *http.Request) error {
 		Policy *string `json:"policy"`
 	}
 	if err := json.Unmarshal(body, &req); err != nil {
-		return newError(VariantParsePolicy, errors.New("Illegal SetPolicy Request Json"), "Failed to parse policy")
+		return newError(VariantParsePolicy, errors.New("Illegal SetPolicy Request Json"), "Failed to parse policy") //nolint:staticcheck // upstream's message, which clients match
 	}
 	if req.Policy == nil {
-		return newError(VariantParsePolicy, errors.New("No `policy` field inside SetPolicy Request Json"), "Failed to parse policy")
+		return newError(VariantParsePolicy, errors.New("No `policy` field inside SetPolicy Request Json"), "Failed to parse policy") //nolint:staticcheck // upstream's message, which clients match
 	}
 	text, err := base64.RawURLEncoding.DecodeString(*req.Policy)
 	if err != nil {
-		return newError(VariantParsePolicy, fmt.Errorf("Failed to decode policy: %w", err), "Failed to parse policy")
+		return newError(VariantParsePolicy, fmt.Errorf("Failed to decode policy: %w", err), "Failed to parse policy") //nolint:staticcheck // upstream's message, which clients match
 	}
 	if err := s.policy.set(string(text)); err != nil {
 		return newError(VariantPolicyEngine, err, "Policy engine error")

@@ -136,7 +136,9 @@ func TestResourceErrors(t *testing.T) {
 	}
 }
 
-func rawPost(t *testing.T, hc *http.Client, url string, body any) (*http.Response, []byte) {
+// rawPost posts body as JSON and returns the response's status, header and
+// body.
+func rawPost(t *testing.T, hc *http.Client, url string, body any) (int, http.Header, []byte) {
 	t.Helper()
 	b, _ := json.Marshal(body)
 	resp, err := hc.Post(url, "application/json", bytes.NewReader(b))
@@ -145,7 +147,7 @@ func rawPost(t *testing.T, hc *http.Client, url string, body any) (*http.Respons
 	}
 	defer resp.Body.Close()
 	out, _ := io.ReadAll(resp.Body)
-	return resp, out
+	return resp.StatusCode, resp.Header, out
 }
 
 func decodeError(t *testing.T, body []byte) kbs.ErrorInformation {
@@ -170,12 +172,12 @@ func startHandshake(t *testing.T, e *env, tee string) *handshake {
 	jar, _ := cookiejar.New(nil)
 	h := &handshake{t: t, e: e, hc: &http.Client{Jar: jar}}
 	h.key, _ = kbs.GenerateTEEKey("")
-	resp, body := rawPost(t, h.hc, e.url()+"/kbs/v0/auth", kbs.Request{Version: "0.4.0", TEE: tee, ExtraParams: json.RawMessage(`{"supported-hash-algorithms":["sha384"]}`)})
-	if resp.StatusCode != 200 {
-		t.Fatalf("auth: %d %s", resp.StatusCode, body)
+	status, header, body := rawPost(t, h.hc, e.url()+"/kbs/v0/auth", kbs.Request{Version: "0.4.0", TEE: tee, ExtraParams: json.RawMessage(`{"supported-hash-algorithms":["sha384"]}`)})
+	if status != 200 {
+		t.Fatalf("auth: %d %s", status, body)
 	}
-	if !strings.Contains(resp.Header.Get("Set-Cookie"), "kbs-session-id=") || !strings.Contains(resp.Header.Get("Set-Cookie"), "Expires=") {
-		t.Fatalf("auth cookie %q", resp.Header.Get("Set-Cookie"))
+	if !strings.Contains(header.Get("Set-Cookie"), "kbs-session-id=") || !strings.Contains(header.Get("Set-Cookie"), "Expires=") {
+		t.Fatalf("auth cookie %q", header.Get("Set-Cookie"))
 	}
 	var raw map[string]any
 	_ = json.Unmarshal(body, &raw)
@@ -204,8 +206,8 @@ func (h *handshake) attestation(a attest.Attester) kbs.Attestation {
 }
 
 func (h *handshake) attest(att any) (int, []byte) {
-	resp, body := rawPost(h.t, h.hc, h.e.url()+"/kbs/v0/attest", att)
-	return resp.StatusCode, body
+	status, _, body := rawPost(h.t, h.hc, h.e.url()+"/kbs/v0/attest", att)
+	return status, body
 }
 
 func TestAttestNegative(t *testing.T) {
@@ -282,9 +284,9 @@ func TestAuthNegative(t *testing.T) {
 		{"malformed", map[string]int{"version": 4}, "decode Request"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			resp, body := rawPost(t, hc, e.url()+"/kbs/v0/auth", tc.req)
-			if resp.StatusCode != 401 {
-				t.Fatalf("status %d", resp.StatusCode)
+			status, _, body := rawPost(t, hc, e.url()+"/kbs/v0/auth", tc.req)
+			if status != 401 {
+				t.Fatalf("status %d", status)
 			}
 			if ei := decodeError(t, body); !strings.Contains(ei.Detail, tc.want) {
 				t.Fatalf("detail %q, want %q", ei.Detail, tc.want)

@@ -21,12 +21,12 @@ type session struct {
 }
 
 func (s *session) cookie() *http.Cookie {
-	return &http.Cookie{Name: "kbs-session-id", Value: s.id, Expires: s.expires}
+	return &http.Cookie{Name: "kbs-session-id", Value: s.id, Expires: s.expires} //nolint:gosec // trustee's cookie: KBS clients are not browsers, and a plain-HTTP KBS must keep its session
 }
 
 var (
 	errSessionNotFound = errors.New("session not found")
-	errSessionExpired  = errors.New("session expired.")
+	errSessionExpired  = errors.New("session expired.") //nolint:staticcheck // upstream's message, which clients match
 	errTooManySessions = errors.New("too many open sessions; retry once some have expired")
 )
 

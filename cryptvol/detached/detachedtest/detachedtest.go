@@ -52,11 +52,15 @@ func NewEnv(t *testing.T) *Env {
 	e := &Env{Dir: dir, State: filepath.Join(dir, "state"), Runtime: filepath.Join(dir, "run"), Mount: filepath.Join(dir, "mnt")}
 	t.Cleanup(func() {
 		if st, err := e.ReadState(); err == nil && detached.ProcessAlive(st.PID, st.StartTime) {
-			detached.Stop(context.Background(), e.State, e.Mount, false, time.Minute)
+			if err := detached.Stop(context.Background(), e.State, e.Mount, false, time.Minute); err != nil {
+				t.Errorf("stopping the engine of %s: %v", e.Mount, err)
+			}
 		}
 		if st, err := e.ReadState(); err == nil && detached.ProcessAlive(st.PID, st.StartTime) {
 			p, _ := os.FindProcess(st.PID)
-			p.Kill()
+			if err := p.Kill(); err != nil {
+				t.Errorf("killing engine process %d: %v", st.PID, err)
+			}
 		}
 	})
 	return e

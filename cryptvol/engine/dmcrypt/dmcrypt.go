@@ -202,7 +202,9 @@ func (e *Engine) Attach(ctx context.Context, t engine.Target) (_ engine.Device, 
 	d := &device{name: t.Name}
 	defer func() {
 		if retErr != nil {
-			d.Detach(context.WithoutCancel(ctx))
+			if err := d.Detach(context.WithoutCancel(ctx)); err != nil {
+				log.G(ctx).WithError(err).Warn("cryptvol: detach after a failed attach")
+			}
 		}
 	}()
 	dev := t.Backing

@@ -139,7 +139,9 @@ func (e *Engine) Attach(ctx context.Context, t engine.Target) (_ engine.Device, 
 	d := &device{backing: backing}
 	defer func() {
 		if retErr != nil {
-			d.Detach(context.WithoutCancel(ctx))
+			if err := d.Detach(context.WithoutCancel(ctx)); err != nil {
+				log.G(ctx).WithError(err).Warn("cryptvol: detach after a failed attach")
+			}
 		}
 	}()
 	if err := os.MkdirAll(e.opts.RuntimeDir, 0o700); err != nil {

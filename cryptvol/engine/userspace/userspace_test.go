@@ -136,7 +136,9 @@ func TestAttachReadWrite(t *testing.T) {
 			detached := false
 			t.Cleanup(func() {
 				if !detached {
-					dev.Detach(ctx)
+					if err := dev.Detach(ctx); err != nil {
+						t.Error(err)
+					}
 				}
 			})
 			f, err := os.OpenFile(dev.Path(), os.O_RDWR, 0)
