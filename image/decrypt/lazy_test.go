@@ -1,0 +1,274 @@
+package decrypt_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"io"
+	"strings"
+	"testing"
+
+	"github.com/containerd/errdefs"
+	"github.com/containers/ocicrypt/blockcipher"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/cocoon-cc/cocoon/image/decrypt"
+)
+
+const lazyKid = "kbs:///default/lazy/1"
+
+// ociEncrypt encrypts plain with ocicrypt's own AES_256_CTR_HMAC_SHA256
+// (github.com/containers/ocicrypt/blockcipher). With key and nonce nil the
+// handler generates them, as `ctr images encrypt` and skopeo do; otherwise
+// they are given to the cipher, as ocicrypt's init accepts, to reach chosen
+// counter values.
+func ociEncrypt(tb testing.TB, plain, key, nonce []byte) ([]byte, blockcipher.LayerBlockCipherOptions) {
+	tb.Helper()
+	var (
+		r   io.Reader
+		fin blockcipher.Finalizer
+		err error
+	)
+	if key == nil {
+		h, herr := blockcipher.NewLayerBlockCipherHandler()
+		if herr != nil {
+			tb.Fatal(herr)
+		}
+		r, fin, err = h.Encrypt(bytes.NewReader(plain), blockcipher.AES256CTR)
+	} else {
+		c, cerr := blockcipher.NewAESCTRLayerBlockCipher(256)
+		if cerr != nil {
+			tb.Fatal(cerr)
+		}
+		r, fin, err = c.Encrypt(bytes.NewReader(plain), blockcipher.LayerBlockCipherOptions{
+			Private: blockcipher.PrivateLayerBlockCipherOptions{
+				SymmetricKey:  bytes.Clone(key),
+				CipherOptions: map[string][]byte{"nonce": bytes.Clone(nonce)},
+			},
+		})
+	}
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ct, err := io.ReadAll(r)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	lbco, err := fin()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	lbco.Public.CipherType = blockcipher.AES256CTR
+	lbco.Private.Digest = digest.FromBytes(plain)
+	return ct, lbco
+}
+
+// lazyDesc wraps the private options for the attestation-agent provider
+// with kek at lazyKid and returns the descriptor a registry would list.
+func lazyDesc(tb testing.TB, ct []byte, lbco blockcipher.LayerBlockCipherOptions, kek []byte) ocispec.Descriptor {
+	tb.Helper()
+	plbco, err := json.Marshal(lbco.Private)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	pub, err := json.Marshal(lbco.Public)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return rawDesc(tb, ct, plbco, pub, kek)
+}
+
+func rawDesc(tb testing.TB, ct, plbco, pub, kek []byte) ocispec.Descriptor {
+	tb.Helper()
+	packet, err := decrypt.WrapKey(kek, lazyKid, plbco)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return ocispec.Descriptor{
+		MediaType: "application/vnd.oci.image.layer.v1.tar+gzip+encrypted",
+		Digest:    digest.FromBytes(ct),
+		Size:      int64(len(ct)),
+		Annotations: map[string]string{
+			decrypt.AnnotationAttestationAgent: base64.StdEncoding.EncodeToString(packet),
+			decrypt.AnnotationPubOpts:          base64.StdEncoding.EncodeToString(pub),
+		},
+	}
+}
+
+func randomBytes(tb testing.TB, n int) []byte {
+	tb.Helper()
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		tb.Fatal(err)
+	}
+	return b
+}
+
+func TestUnwrapLayerThroughKBS(t *testing.T) {
+	kek := randomKey(t)
+	plain := randomBytes(t, 1000)
+	ct, lbco := ociEncrypt(t, plain, nil, nil)
+	desc := lazyDesc(t, ct, lbco, kek)
+	c := newKBS(t, map[string][]byte{"default/lazy/1": kek})
+	k, err := decrypt.UnwrapLayer(context.Background(), desc, decrypt.Options{Resources: c})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k.Clear()
+	if k.Cipher() != decrypt.CipherAES256CTRHMACSHA256 || k.Layer() != desc.Digest || k.Size() != desc.Size {
+		t.Fatalf("cipher %s layer %s size %d", k.Cipher(), k.Layer(), k.Size())
+	}
+	if !bytes.Equal(k.Nonce(), lbco.Private.CipherOptions["nonce"]) {
+		t.Fatalf("nonce %x, want %x", k.Nonce(), lbco.Private.CipherOptions["nonce"])
+	}
+	if !bytes.Equal(k.ExpectedHMAC(), lbco.Public.Hmac) {
+		t.Fatal("expected HMAC differs from pubopts")
+	}
+	if k.PlainDigest() != digest.FromBytes(plain) {
+		t.Fatalf("plain digest %s", k.PlainDigest())
+	}
+	// Accessors hand out copies.
+	k.Nonce()[0] ^= 1
+	k.ExpectedHMAC()[0] ^= 1
+	if !bytes.Equal(k.Nonce(), lbco.Private.CipherOptions["nonce"]) || !bytes.Equal(k.ExpectedHMAC(), lbco.Public.Hmac) {
+		t.Fatal("accessor returned internal state")
+	}
+}
+
+// TestUnwrapLayerPublicNonce: ocicrypt's GetOpt takes the nonce from the
+// public options when they have one; so does UnwrapLayer.
+func TestUnwrapLayerPublicNonce(t *testing.T) {
+	kek := randomKey(t)
+	plain := randomBytes(t, 100)
+	ct, lbco := ociEncrypt(t, plain, nil, nil)
+	pubNonce := randomBytes(t, decrypt.NonceSize)
+	lbco.Public.CipherOptions = map[string][]byte{"nonce": pubNonce}
+	k, err := decrypt.UnwrapLayer(context.Background(), lazyDesc(t, ct, lbco, kek), decrypt.Options{Resources: fakeResources{lazyKid: kek}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(k.Nonce(), pubNonce) {
+		t.Fatalf("nonce %x, want the public one %x", k.Nonce(), pubNonce)
+	}
+}
+
+func TestUnwrapLayerRejects(t *testing.T) {
+	kek := randomKey(t)
+	ct, lbco := ociEncrypt(t, randomBytes(t, 100), nil, nil)
+	good, err := json.Marshal(lbco.Private)
+	if err != nil {
+		t.Fatal(err)
+	}
+	goodPub, err := json.Marshal(lbco.Public)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b64 := base64.StdEncoding.EncodeToString
+	hmac := b64(lbco.Public.Hmac)
+	key := b64(lbco.Private.SymmetricKey)
+	nonce := b64(lbco.Private.CipherOptions["nonce"])
+	dig := lbco.Private.Digest.String()
+	tests := []struct {
+		name       string
+		plbco, pub string
+		modify     func(d *ocispec.Descriptor)
+		want       string
+		wantIs     error
+	}{
+		{name: "AES-128 key", plbco: `{"symkey":"` + b64(make([]byte, 16)) + `","digest":"` + dig + `","cipheroptions":{"nonce":"` + nonce + `"}}`, want: "symkey is 16 bytes"},
+		{name: "no key", plbco: `{"digest":"` + dig + `","cipheroptions":{"nonce":"` + nonce + `"}}`, want: "symkey is 0 bytes"},
+		{name: "12-byte nonce", plbco: `{"symkey":"` + key + `","digest":"` + dig + `","cipheroptions":{"nonce":"` + b64(make([]byte, 12)) + `"}}`, want: "nonce is 12 bytes"},
+		{name: "no nonce", plbco: `{"symkey":"` + key + `","digest":"` + dig + `","cipheroptions":{}}`, want: "nonce is 0 bytes"},
+		{name: "bad plain digest", plbco: `{"symkey":"` + key + `","digest":"sha256:00","cipheroptions":{"nonce":"` + nonce + `"}}`, want: "digest"},
+		{name: "GCM cipher", pub: `{"cipher":"AES_256_GCM","hmac":"` + hmac + `","cipheroptions":{}}`, want: "unsupported cipher", wantIs: errdefs.ErrNotImplemented},
+		{name: "no cipher", pub: `{"hmac":"` + hmac + `","cipheroptions":{}}`, want: "unsupported cipher", wantIs: errdefs.ErrNotImplemented},
+		{name: "short HMAC", pub: `{"cipher":"AES_256_CTR_HMAC_SHA256","hmac":"` + b64(make([]byte, 20)) + `","cipheroptions":{}}`, want: "HMAC is 20 bytes"},
+		{name: "no HMAC", pub: `{"cipher":"AES_256_CTR_HMAC_SHA256","cipheroptions":{}}`, want: "HMAC is 0 bytes"},
+		{name: "short public nonce", pub: `{"cipher":"AES_256_CTR_HMAC_SHA256","hmac":"` + hmac + `","cipheroptions":{"nonce":"` + b64(make([]byte, 8)) + `"}}`, want: "nonce is 8 bytes"},
+		{name: "plain media type", modify: func(d *ocispec.Descriptor) { d.MediaType = "application/vnd.oci.image.layer.v1.tar+gzip" }, want: "not encrypted"},
+		{name: "no pubopts", modify: func(d *ocispec.Descriptor) { delete(d.Annotations, decrypt.AnnotationPubOpts) }, want: "pubopts"},
+		{name: "no wrapped key", modify: func(d *ocispec.Descriptor) { delete(d.Annotations, decrypt.AnnotationAttestationAgent) }, want: "no supported wrapped key", wantIs: errdefs.ErrNotImplemented},
+		{name: "bad blob digest", modify: func(d *ocispec.Descriptor) { d.Digest = "sha256:zz" }, want: "blob digest", wantIs: errdefs.ErrInvalidArgument},
+		{name: "negative size", modify: func(d *ocispec.Descriptor) { d.Size = -1 }, want: "negative size", wantIs: errdefs.ErrInvalidArgument},
+		{name: "wrong KEK", modify: func(d *ocispec.Descriptor) {
+			other := rawDesc(t, ct, good, goodPub, randomKey(t))
+			d.Annotations[decrypt.AnnotationAttestationAgent] = other.Annotations[decrypt.AnnotationAttestationAgent]
+		}, want: "no wrapped key could be opened"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			plbco, pub := good, goodPub
+			if tt.plbco != "" {
+				plbco = []byte(tt.plbco)
+			}
+			if tt.pub != "" {
+				pub = []byte(tt.pub)
+			}
+			d := rawDesc(t, ct, plbco, pub, kek)
+			if tt.modify != nil {
+				tt.modify(&d)
+			}
+			k, err := decrypt.UnwrapLayer(context.Background(), d, decrypt.Options{Resources: fakeResources{lazyKid: kek}})
+			if err == nil {
+				k.Clear()
+				t.Fatal("accepted")
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err = %v, want %q", err, tt.want)
+			}
+			if tt.wantIs != nil && !errors.Is(err, tt.wantIs) {
+				t.Fatalf("err = %v, want it to wrap %v", err, tt.wantIs)
+			}
+			if strings.Contains(err.Error(), key) {
+				t.Fatal("error quotes the layer key")
+			}
+		})
+	}
+}
+
+// TestUnwrapLayerVector unwraps coco_keyprovider's sample annotation (see
+// testdata/README.md) through a layer descriptor.
+func TestUnwrapLayerVector(t *testing.T) {
+	var v map[string]json.RawMessage
+	if err := json.Unmarshal(readVector(t, "sample-key-unwrap-vector.json"), &v); err != nil {
+		t.Fatal(err)
+	}
+	var kekHex, annotation, plbco string
+	for name, dst := range map[string]*string{
+		"kek_hex": &kekHex, "layer_annotation_value_(base64 std of packet JSON, as in manifest)": &annotation,
+		"decrypted_PrivateLayerBlockCipherOptions_json": &plbco,
+	} {
+		if err := json.Unmarshal(v[name], dst); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+	}
+	var priv blockcipher.PrivateLayerBlockCipherOptions
+	if err := json.Unmarshal([]byte(plbco), &priv); err != nil {
+		t.Fatal(err)
+	}
+	kek, err := hex.DecodeString(kekHex)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub := `{"cipher":"AES_256_CTR_HMAC_SHA256","hmac":"` + base64.StdEncoding.EncodeToString(make([]byte, 32)) + `","cipheroptions":{}}`
+	desc := ocispec.Descriptor{
+		MediaType: "application/vnd.oci.image.layer.v1.tar+gzip+encrypted",
+		Digest:    digest.FromString("not read"),
+		Annotations: map[string]string{
+			decrypt.AnnotationAttestationAgent: annotation,
+			decrypt.AnnotationPubOpts:          base64.StdEncoding.EncodeToString([]byte(pub)),
+		},
+	}
+	k, err := decrypt.UnwrapLayer(context.Background(), desc, decrypt.Options{Resources: fakeResources{"kbs:///default/key/1": kek}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(k.Nonce(), priv.CipherOptions["nonce"]) || k.PlainDigest() != priv.Digest {
+		t.Fatalf("nonce %x digest %s, want %x %s", k.Nonce(), k.PlainDigest(), priv.CipherOptions["nonce"], priv.Digest)
+	}
+}
