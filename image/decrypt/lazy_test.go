@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	mrand "math/rand/v2"
 	"strings"
 	"testing"
 
@@ -270,5 +271,259 @@ func TestUnwrapLayerVector(t *testing.T) {
 	}
 	if !bytes.Equal(k.Nonce(), priv.CipherOptions["nonce"]) || k.PlainDigest() != priv.Digest {
 		t.Fatalf("nonce %x digest %s, want %x %s", k.Nonce(), k.PlainDigest(), priv.CipherOptions["nonce"], priv.Digest)
+	}
+}
+
+// sliceSource is a RangeSource over an in-memory blob, with
+// bytes.Reader's ReadAt semantics.
+type sliceSource []byte
+
+func (s sliceSource) ReadAt(_ context.Context, p []byte, off int64) (int, error) {
+	return bytes.NewReader(s).ReadAt(p, off)
+}
+
+func (s sliceSource) Size() int64 { return int64(len(s)) }
+
+// lazyLayer is an ocicrypt-encrypted blob with its plaintext and the
+// decrypting view of it.
+type lazyLayer struct {
+	plain, ct []byte
+	lbco      blockcipher.LayerBlockCipherOptions
+	key       *decrypt.LayerKey
+	ra        *decrypt.ReaderAt
+}
+
+func newLazyLayer(tb testing.TB, plain, key, nonce []byte) lazyLayer {
+	tb.Helper()
+	kek := randomKey(tb)
+	ct, lbco := ociEncrypt(tb, plain, key, nonce)
+	k, err := decrypt.UnwrapLayer(context.Background(), lazyDesc(tb, ct, lbco, kek), decrypt.Options{Resources: fakeResources{lazyKid: kek}})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ra, err := k.NewReaderAt(sliceSource(ct))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return lazyLayer{plain: plain, ct: ct, lbco: lbco, key: k, ra: ra}
+}
+
+// checkRange reads [off, off+n) and compares with the plaintext and with
+// io.ReaderAt's semantics (as bytes.Reader has them).
+func (l lazyLayer) checkRange(tb testing.TB, off int64, n int) {
+	tb.Helper()
+	p := make([]byte, n)
+	got, err := l.ra.ReadAt(context.Background(), p, off)
+	wantP := make([]byte, n)
+	want, wantErr := bytes.NewReader(l.plain).ReadAt(wantP, off)
+	if got != want || !errors.Is(err, wantErr) && err != wantErr {
+		tb.Fatalf("ReadAt(len %d, off %d) of %d bytes = %d, %v; want %d, %v", n, off, len(l.plain), got, err, want, wantErr)
+	}
+	if got > 0 && !bytes.Equal(p[:got], l.plain[off:off+int64(got)]) {
+		tb.Fatalf("ReadAt(len %d, off %d) of %d bytes: wrong plaintext", n, off, len(l.plain))
+	}
+}
+
+// ociStreamDecrypt decrypts the whole blob with ocicrypt's own reader,
+// which also checks the HMAC at end of stream.
+func ociStreamDecrypt(tb testing.TB, ct []byte, lbco blockcipher.LayerBlockCipherOptions) []byte {
+	tb.Helper()
+	h, err := blockcipher.NewLayerBlockCipherHandler()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	r, _, err := h.Decrypt(bytes.NewReader(ct), blockcipher.LayerBlockCipherOptions{Public: lbco.Public, Private: lbco.Private})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	plain, err := io.ReadAll(r)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return plain
+}
+
+func edgeOffsets(size int64) []int64 {
+	offs := []int64{0, 1, 15, 16, 17, 31, 32, 33, 4095, 4096, 4097}
+	for _, d := range []int64{-33, -17, -16, -15, -1, 0, 1, 100} {
+		offs = append(offs, size+d)
+	}
+	return offs
+}
+
+func TestReaderAtMatchesOcicrypt(t *testing.T) {
+	gz := makeLayer(t, true, 4, 20000)
+	for _, tc := range []struct {
+		name  string
+		plain []byte
+	}{
+		{"1 byte", randomBytes(t, 1)},
+		{"15 bytes", randomBytes(t, 15)},
+		{"one block", randomBytes(t, 16)},
+		{"17 bytes", randomBytes(t, 17)},
+		{"gzip layer", gz.blob},
+		{"1 MiB + 7", randomBytes(t, 1<<20+7)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := newLazyLayer(t, tc.plain, nil, nil)
+			if len(l.ct) != len(tc.plain) || l.ra.Size() != int64(len(l.ct)) {
+				t.Fatalf("ciphertext %d bytes, Size %d, plaintext %d: ocicrypt's layout changed", len(l.ct), l.ra.Size(), len(tc.plain))
+			}
+			// ocicrypt's own stream decryption, byte for byte.
+			whole := make([]byte, l.ra.Size())
+			if n, err := l.ra.ReadAt(context.Background(), whole, 0); n != len(whole) || err != nil {
+				t.Fatalf("whole blob: %d, %v", n, err)
+			}
+			if !bytes.Equal(whole, ociStreamDecrypt(t, l.ct, l.lbco)) || !bytes.Equal(whole, tc.plain) {
+				t.Fatal("whole-blob ReadAt differs from ocicrypt's stream decryption")
+			}
+			size := int64(len(tc.plain))
+			lengths := []int{0, 1, 15, 16, 17, 33, 4096, int(size) - 1, int(size), int(size) + 1}
+			for _, off := range edgeOffsets(size) {
+				if off < 0 {
+					continue
+				}
+				for _, n := range lengths {
+					if n >= 0 {
+						l.checkRange(t, off, n)
+					}
+				}
+			}
+			for range 300 {
+				off := mrand.Int64N(size + 20)
+				l.checkRange(t, off, mrand.IntN(int(min(size, 200000))+32))
+			}
+		})
+	}
+}
+
+// TestReaderAtCounterCarry: the counter for offset o is the nonce plus
+// o/16 in 128 bits, so nonces whose low bytes are all 0xff carry into the
+// high half (and the all-0xff one wraps to zero) within the first blocks.
+// ReadAt must agree with ocicrypt's encryption and with a stream
+// decryption (cipher.NewCTR) at every offset.
+func TestReaderAtCounterCarry(t *testing.T) {
+	key := randomKey(t)
+	for _, nonceHex := range []string{
+		"0000000000000000ffffffffffffffff",
+		"00000000000000fffffffffffffffffd",
+		"0123456789abcdeeffffffffffffffff",
+		"ffffffffffffffffffffffffffffffff",
+		"fffffffffffffffffffffffffffffffe",
+	} {
+		t.Run(nonceHex, func(t *testing.T) {
+			nonce, err := hex.DecodeString(nonceHex)
+			if err != nil {
+				t.Fatal(err)
+			}
+			plain := randomBytes(t, 16*7+5)
+			l := newLazyLayer(t, plain, key, nonce)
+			if !bytes.Equal(ctrXOR(t, key, nonce, l.ct), plain) {
+				t.Fatal("stream decryption with cipher.NewCTR differs from the plaintext")
+			}
+			for off := range int64(len(plain)) + 2 {
+				for _, n := range []int{1, 15, 16, 17, 48, len(plain)} {
+					l.checkRange(t, off, n)
+				}
+			}
+		})
+	}
+}
+
+// errSource fails every read after the first good bytes; truncated
+// claims more bytes than it has.
+type errSource struct {
+	sliceSource
+	err error
+}
+
+func (s errSource) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
+	n, _ := s.sliceSource.ReadAt(ctx, p[:min(len(p), 5)], off)
+	return n, s.err
+}
+
+type truncated struct {
+	sliceSource
+	size int64
+}
+
+func (s truncated) Size() int64 { return s.size }
+
+func TestReaderAtSourceErrors(t *testing.T) {
+	l := newLazyLayer(t, randomBytes(t, 1000), nil, nil)
+	ctx := context.Background()
+	t.Run("source error", func(t *testing.T) {
+		boom := errors.New("registry said 503")
+		ra, err := l.key.NewReaderAt(errSource{sliceSource(l.ct), boom})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := make([]byte, 100)
+		n, err := ra.ReadAt(ctx, p, 33)
+		if !errors.Is(err, boom) || !strings.Contains(err.Error(), l.key.Layer().String()) || n != 5 {
+			t.Fatalf("ReadAt = %d, %v", n, err)
+		}
+		if !bytes.Equal(p[:n], l.plain[33:33+n]) {
+			t.Fatal("partial read not decrypted")
+		}
+	})
+	t.Run("source shorter than descriptor", func(t *testing.T) {
+		k := newLazyLayer(t, l.plain, nil, nil)
+		src := truncated{sliceSource(k.ct[:900]), 1000}
+		ra, err := k.key.NewReaderAt(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := make([]byte, 200)
+		n, err := ra.ReadAt(ctx, p, 800)
+		if !errors.Is(err, io.ErrUnexpectedEOF) || n != 100 || !bytes.Equal(p[:n], k.plain[800:900]) {
+			t.Fatalf("ReadAt = %d, %v", n, err)
+		}
+	})
+	t.Run("size mismatch", func(t *testing.T) {
+		if _, err := l.key.NewReaderAt(sliceSource(l.ct[:999])); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+			t.Fatalf("NewReaderAt over a short blob: %v", err)
+		}
+	})
+	t.Run("negative offset", func(t *testing.T) {
+		if _, err := l.ra.ReadAt(ctx, make([]byte, 1), -1); !errors.Is(err, errdefs.ErrInvalidArgument) {
+			t.Fatalf("ReadAt(-1): %v", err)
+		}
+	})
+	t.Run("cleared key", func(t *testing.T) {
+		k := newLazyLayer(t, l.plain, nil, nil)
+		k.key.Clear()
+		if _, err := k.key.NewReaderAt(sliceSource(k.ct)); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+			t.Fatalf("NewReaderAt after Clear: %v", err)
+		}
+		// A ReaderAt made before keeps working.
+		k.checkRange(t, 17, 300)
+	})
+}
+
+func TestReaderAtConcurrent(t *testing.T) {
+	l := newLazyLayer(t, randomBytes(t, 256<<10), nil, nil)
+	errs := make(chan error, 8)
+	for g := range 8 {
+		go func() {
+			p := make([]byte, 4099)
+			for i := range 200 {
+				off := int64((g*7919 + i*4093) % (len(l.plain) - len(p)))
+				if _, err := l.ra.ReadAt(context.Background(), p, off); err != nil {
+					errs <- err
+					return
+				}
+				if !bytes.Equal(p, l.plain[off:off+int64(len(p))]) {
+					errs <- errors.New("concurrent ReadAt: wrong plaintext")
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range 8 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
 	}
 }
