@@ -10,8 +10,10 @@ import (
 	"errors"
 	"io"
 	mrand "math/rand/v2"
+	"strconv"
 	"strings"
 	"testing"
+	"testing/iotest"
 
 	"github.com/containerd/errdefs"
 	"github.com/containers/ocicrypt/blockcipher"
@@ -326,7 +328,7 @@ func (l lazyLayer) checkRange(tb testing.TB, off int64, n int) {
 
 // ociStreamDecrypt decrypts the whole blob with ocicrypt's own reader,
 // which also checks the HMAC at end of stream.
-func ociStreamDecrypt(tb testing.TB, ct []byte, lbco blockcipher.LayerBlockCipherOptions) []byte {
+func ociStreamDecrypt(tb testing.TB, ct []byte, lbco blockcipher.LayerBlockCipherOptions) ([]byte, error) {
 	tb.Helper()
 	h, err := blockcipher.NewLayerBlockCipherHandler()
 	if err != nil {
@@ -336,11 +338,7 @@ func ociStreamDecrypt(tb testing.TB, ct []byte, lbco blockcipher.LayerBlockCiphe
 	if err != nil {
 		tb.Fatal(err)
 	}
-	plain, err := io.ReadAll(r)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return plain
+	return io.ReadAll(r)
 }
 
 func edgeOffsets(size int64) []int64 {
@@ -374,7 +372,11 @@ func TestReaderAtMatchesOcicrypt(t *testing.T) {
 			if n, err := l.ra.ReadAt(context.Background(), whole, 0); n != len(whole) || err != nil {
 				t.Fatalf("whole blob: %d, %v", n, err)
 			}
-			if !bytes.Equal(whole, ociStreamDecrypt(t, l.ct, l.lbco)) || !bytes.Equal(whole, tc.plain) {
+			oci, err := ociStreamDecrypt(t, l.ct, l.lbco)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(whole, oci) || !bytes.Equal(whole, tc.plain) {
 				t.Fatal("whole-blob ReadAt differs from ocicrypt's stream decryption")
 			}
 			size := int64(len(tc.plain))
@@ -526,4 +528,72 @@ func TestReaderAtConcurrent(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+}
+
+func TestHMACVerifier(t *testing.T) {
+	gz := makeLayer(t, true, 3, 30000)
+	l := newLazyLayer(t, gz.blob, nil, nil)
+	layerName := l.key.Layer().String()
+	t.Run("real ciphertext", func(t *testing.T) {
+		if err := l.key.VerifyHMAC(bytes.NewReader(l.ct)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ociStreamDecrypt(t, l.ct, l.lbco); err != nil {
+			t.Fatalf("ocicrypt: %v", err)
+		}
+		// Written in uneven pieces, as a background fetch delivers ranges.
+		v, err := l.key.NewHMACVerifier()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for off := 0; off < len(l.ct); {
+			n := min(len(l.ct)-off, 1+mrand.IntN(9000))
+			if _, err := v.Write(l.ct[off : off+n]); err != nil {
+				t.Fatal(err)
+			}
+			off += n
+		}
+		if err := v.Verify(); err != nil {
+			t.Fatal(err)
+		}
+	})
+	for _, i := range []int{0, 1, len(l.ct) / 2, len(l.ct) - 1} {
+		t.Run("flipped byte "+strconv.Itoa(i), func(t *testing.T) {
+			bad := bytes.Clone(l.ct)
+			bad[i] ^= 0x10
+			err := l.key.VerifyHMAC(bytes.NewReader(bad))
+			if !errors.Is(err, decrypt.ErrHMACMismatch) || !strings.Contains(err.Error(), layerName) {
+				t.Fatalf("flipped byte %d: %v", i, err)
+			}
+			if _, err := ociStreamDecrypt(t, bad, l.lbco); err == nil {
+				t.Fatal("ocicrypt accepted the flipped byte: the test blob is wrong")
+			}
+		})
+	}
+	t.Run("truncated", func(t *testing.T) {
+		err := l.key.VerifyHMAC(bytes.NewReader(l.ct[:len(l.ct)-1]))
+		if !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), layerName) {
+			t.Fatalf("truncated blob: %v", err)
+		}
+	})
+	t.Run("other layer's key", func(t *testing.T) {
+		other := newLazyLayer(t, gz.blob, nil, nil)
+		if err := other.key.VerifyHMAC(bytes.NewReader(l.ct)); !errors.Is(err, decrypt.ErrHMACMismatch) {
+			t.Fatalf("blob verified with another layer key: %v", err)
+		}
+	})
+	t.Run("read error", func(t *testing.T) {
+		boom := errors.New("connection reset")
+		err := l.key.VerifyHMAC(io.MultiReader(bytes.NewReader(l.ct[:100]), iotest.ErrReader(boom)))
+		if !errors.Is(err, boom) {
+			t.Fatalf("read error: %v", err)
+		}
+	})
+	t.Run("cleared key", func(t *testing.T) {
+		k := newLazyLayer(t, gz.blob, nil, nil)
+		k.key.Clear()
+		if _, err := k.key.NewHMACVerifier(); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+			t.Fatalf("NewHMACVerifier after Clear: %v", err)
+		}
+	})
 }
