@@ -11,6 +11,11 @@
 // allocates and clears a buffer the size of every Read and runs about half
 // as fast. Encryption (Encrypter) uses ocicrypt's blockcipher.
 //
+// Lazy pulls decrypt by range instead (UnwrapLayer, LayerKey.NewReaderAt):
+// there the chunk digests of the eStargz TOC, checked by the caller after
+// decryption and decompression, authenticate what is served, and the HMAC
+// over the whole blob (HMACVerifier) is checked when the blob is complete.
+//
 // The chain of trust is: manifest -> encrypted blob digest (hashed here) ->
 // HMAC keyed with the layer key (checked here) -> plaintext compressed
 // digest from the wrapped private options (PlainDigest, checked by the
