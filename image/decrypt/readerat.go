@@ -43,6 +43,10 @@ type ReaderAt struct {
 	size  int64
 }
 
+// A ReaderAt is itself a RangeSource, so a consumer that takes the method
+// set serves encrypted and plain blobs alike.
+var _ RangeSource = (*ReaderAt)(nil)
+
 // NewReaderAt returns the decrypting view of src, the encrypted blob of
 // this layer. When the descriptor had a size, src must have the same.
 func (k *LayerKey) NewReaderAt(src RangeSource) (*ReaderAt, error) {
