@@ -300,7 +300,11 @@ func convertLayer(ctx context.Context, src v1.Image, desc v1.Descriptor, diffID 
 		return nil, err
 	}
 	defer tarFile.Close()
-	lr, err := layer.NewReader(rc, string(desc.MediaType), digest.Digest(desc.Digest.String()), digest.Digest(diffID.String()))
+	mt := desc.MediaType
+	if mt == types.DockerUncompressedLayer {
+		mt = types.OCIUncompressedLayer // the same plain tar
+	}
+	lr, err := layer.NewReader(rc, string(mt), digest.Digest(desc.Digest.String()), digest.Digest(diffID.String()))
 	if err != nil {
 		return nil, err
 	}

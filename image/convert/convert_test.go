@@ -35,8 +35,11 @@ import (
 )
 
 // testChunk is the eStargz chunk size the tests convert with, small enough
-// that the big files span several chunks.
-const testChunk = 4096
+// that the big files span several chunks; defaultChunk is estargz's.
+const (
+	testChunk    = 4096
+	defaultChunk = 4 << 20
+)
 
 func randomBody(t *testing.T, n int) string {
 	t.Helper()
@@ -190,7 +193,7 @@ func sha(b []byte) string { return fmt.Sprintf("sha256:%x", sha256.Sum256(b)) }
 // checkESGZLayer checks one plaintext eStargz blob against its descriptor
 // and diff ID, and its files against the source layer's; it returns the
 // decompressed tar.
-func checkESGZLayer(t *testing.T, blob []byte, desc v1.Descriptor, diffID v1.Hash, srcFiles map[string]string) []byte {
+func checkESGZLayer(t *testing.T, blob []byte, desc v1.Descriptor, diffID v1.Hash, srcFiles map[string]string, chunkSize int64) []byte {
 	t.Helper()
 	r, err := estargz.Open(io.NewSectionReader(bytes.NewReader(blob), 0, int64(len(blob))))
 	if err != nil {
@@ -200,7 +203,8 @@ func checkESGZLayer(t *testing.T, blob []byte, desc v1.Descriptor, diffID v1.Has
 	if err != nil {
 		t.Fatalf("TOC annotation: %v", err)
 	}
-	if _, err := r.VerifyTOC(toc); err != nil {
+	verifiers, err := r.VerifyTOC(toc)
+	if err != nil {
 		t.Fatalf("VerifyTOC(annotated %s): %v", toc, err)
 	}
 	for name, want := range srcFiles {
@@ -212,6 +216,7 @@ func checkESGZLayer(t *testing.T, blob []byte, desc v1.Descriptor, diffID v1.Has
 		if err != nil || string(got) != want {
 			t.Fatalf("%s: contents differ from the source (%d bytes, %v)", name, len(got), err)
 		}
+		checkChunks(t, r, verifiers, name, got, chunkSize)
 	}
 	plain := gunzip(t, blob)
 	if sha(plain) != diffID.String() || desc.Annotations[AnnotationUncompressed] != diffID.String() {
@@ -226,9 +231,34 @@ func checkESGZLayer(t *testing.T, blob []byte, desc v1.Descriptor, diffID v1.Has
 	return plain
 }
 
-// checkConverted checks that img is the eStargz conversion of src and
-// returns each layer's decompressed tar.
-func checkConverted(t *testing.T, img, src v1.Image) [][]byte {
+// checkChunks checks every chunk of a file against its TOC chunk digest,
+// as a lazy reader does before serving it.
+func checkChunks(t *testing.T, r *estargz.Reader, verifiers estargz.TOCEntryVerifier, name string, contents []byte, chunkSize int64) {
+	t.Helper()
+	chunks := int64(0)
+	for off := int64(0); off < int64(len(contents)); chunks++ {
+		ce, ok := r.ChunkEntryForOffset(name, off)
+		if !ok || ce.ChunkOffset != off || ce.ChunkSize <= 0 || ce.ChunkSize > chunkSize {
+			t.Fatalf("%s: chunk at %d: %+v", name, off, ce)
+		}
+		v, err := verifiers.Verifier(ce)
+		if err != nil {
+			t.Fatalf("%s: chunk at %d: %v", name, off, err)
+		}
+		v.Write(contents[off : off+ce.ChunkSize])
+		if !v.Verified() {
+			t.Fatalf("%s: chunk at %d does not match its TOC digest", name, off)
+		}
+		off += ce.ChunkSize
+	}
+	if want := (int64(len(contents)) + chunkSize - 1) / chunkSize; chunks != want {
+		t.Fatalf("%s: %d bytes in %d chunks of at most %d, want %d", name, len(contents), chunks, chunkSize, want)
+	}
+}
+
+// checkConverted checks that img is the eStargz conversion of src, built
+// with chunkSize, and returns each layer's decompressed tar.
+func checkConverted(t *testing.T, img, src v1.Image, chunkSize int64) [][]byte {
 	t.Helper()
 	m, err := img.Manifest()
 	if err != nil {
@@ -267,7 +297,7 @@ func checkConverted(t *testing.T, img, src v1.Image) [][]byte {
 			t.Fatalf("layer %d blob is %s, manifest says %s", i, sha(blob), desc.Digest)
 		}
 		srcFiles := tarFiles(t, bytes.NewReader(tarOf(t, srcLayers[i])))
-		tars = append(tars, checkESGZLayer(t, blob, desc, cfg.RootFS.DiffIDs[i], srcFiles))
+		tars = append(tars, checkESGZLayer(t, blob, desc, cfg.RootFS.DiffIDs[i], srcFiles, chunkSize))
 	}
 	return tars
 }
@@ -308,7 +338,7 @@ func TestConvert(t *testing.T) {
 		if m.Layers[0].Annotations["org.example.keep"] != "yes" {
 			t.Errorf("source layer annotation dropped: %v", m.Layers[0].Annotations)
 		}
-		for i, plain := range checkConverted(t, img, src) {
+		for i, plain := range checkConverted(t, img, src, testChunk) {
 			if names := tarNames(t, plain); names[0] != estargz.NoPrefetchLandmark {
 				t.Errorf("layer %d starts with %q, want the no-prefetch landmark", i, names[0])
 			}
@@ -324,18 +354,27 @@ func TestConvert(t *testing.T) {
 		if forced.Kept != 0 || forced.Digest == res.Digest {
 			t.Fatalf("forced reconversion: %+v", forced)
 		}
-		checkConverted(t, openRef(t, reg.Host+"/esgz/forced:v1"), src)
+		checkConverted(t, openRef(t, reg.Host+"/esgz/forced:v1"), src, 2*testChunk)
 	})
 
 	t.Run("docker registry image to layout", func(t *testing.T) {
 		tars := testTars(t)
-		ref, dsrc := reg.Push(t, "docker/app", compression.GZip, false, tars...)
-		if m, _ := dsrc.Manifest(); m.MediaType != types.DockerManifestSchema2 {
-			t.Fatalf("source is %s", m.MediaType)
+		_, dsrc := reg.Push(t, "docker/app", compression.GZip, false, tars[:2]...)
+		dsrc, err := mutate.AppendLayers(dsrc, static.NewLayer(tars[2], types.DockerUncompressedLayer))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m, _ := dsrc.Manifest(); m.MediaType != types.DockerManifestSchema2 || m.Layers[0].MediaType != types.DockerLayer || m.Layers[2].MediaType != types.DockerUncompressedLayer {
+			t.Fatalf("source is %s: %v", m.MediaType, m.Layers)
+		}
+		ref := reg.Host + "/docker/app:v2"
+		r, _ := name.ParseReference(ref, name.Insecure)
+		if err := remote.Write(r, dsrc); err != nil {
+			t.Fatal(err)
 		}
 		dst := "oci:" + filepath.Join(t.TempDir(), "out") + ":esgz"
 		convertTo(t, ref, dst, Options{CompressionLevel: gzip.BestSpeed}, nil)
-		checkConverted(t, openRef(t, dst), dsrc)
+		checkConverted(t, openRef(t, dst), dsrc, defaultChunk)
 	})
 }
 
@@ -348,7 +387,7 @@ func TestPrioritized(t *testing.T) {
 	if strings.Join(res.NotFound, ",") != "/not/there" {
 		t.Fatalf("not found %v", res.NotFound)
 	}
-	tars := checkConverted(t, openRef(t, dst), src)
+	tars := checkConverted(t, openRef(t, dst), src, defaultChunk)
 	// The prioritized regular files of each layer, in order, then the
 	// landmark; directories they need come along.
 	want := [][]string{{"etc/app.conf", "bin/app"}, {"data/small"}, {"etc/app.conf"}}
@@ -422,7 +461,7 @@ func TestConvertEncrypt(t *testing.T) {
 		}
 		rc.Close()
 		srcFiles := tarFiles(t, bytes.NewReader(tarOf(t, srcLayers[i])))
-		checkESGZLayer(t, blob, desc, cfg.RootFS.DiffIDs[i], srcFiles)
+		checkESGZLayer(t, blob, desc, cfg.RootFS.DiffIDs[i], srcFiles, testChunk)
 	}
 }
 
