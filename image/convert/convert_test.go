@@ -245,8 +245,7 @@ func checkChunks(t *testing.T, r *estargz.Reader, verifiers estargz.TOCEntryVeri
 		if err != nil {
 			t.Fatalf("%s: chunk at %d: %v", name, off, err)
 		}
-		v.Write(contents[off : off+ce.ChunkSize])
-		if !v.Verified() {
+		if _, err := v.Write(contents[off : off+ce.ChunkSize]); err != nil || !v.Verified() {
 			t.Fatalf("%s: chunk at %d does not match its TOC digest", name, off)
 		}
 		off += ce.ChunkSize
