@@ -24,7 +24,7 @@ func init() {
 func runConvert(ctx context.Context, args []string, out, warn io.Writer) error {
 	fs := newFlags("convert")
 	estargz := fs.Bool("estargz", false, "write eStargz layers (required: the only format so far)")
-	enc := fs.Bool("encrypt", false, "encrypt the eStargz layers as `cocoonctl encrypt` does (needs --kid and --key-file)")
+	enc := fs.Bool("encrypt", false, "encrypt the eStargz layers as cocoonctl encrypt does (needs --kid and --key-file)")
 	kid := fs.String("kid", "", "with --encrypt: resource `URI` of the KEK in the KBS, e.g. kbs:///default/image-kek/1")
 	keyFile := fs.String("key-file", "", "with --encrypt: `file` holding the 32-byte KEK registered in the KBS at --kid")
 	prioFile := fs.String("prioritized-files", "", "`file` listing the paths the container reads first, one a line (they come first in each layer, before .prefetch.landmark)")
