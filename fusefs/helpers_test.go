@@ -299,3 +299,6 @@ func mustOpen(t testing.TB, blob Blob, bl *builtLayer, opts Options) *Layer {
 }
 
 func fmtRanges(rs []string) string { return fmt.Sprint(rs) }
+
+func digestOf(b []byte) string             { return digest.FromBytes(b).String() }
+func digestOfBytes(b []byte) digest.Digest { return digest.FromBytes(b) }

@@ -34,6 +34,10 @@ const (
 // it offsets overflow nothing yet but serve no real layer.
 const maxFileSize = 1 << 50
 
+// maxPathLen bounds entry names and link targets (PATH_MAX), and with them
+// the depth of the tree the reader and the mount walk recursively.
+const maxPathLen = 4096
+
 // Errors a read or Open may wrap (test with errors.Is).
 var (
 	// ErrTOCDigest: the blob's TOC is not the one the manifest names.
@@ -218,6 +222,9 @@ func (l *Layer) open(ctx context.Context, blob Blob) error {
 	if err != nil {
 		return fmt.Errorf("parse TOC: %w", err)
 	}
+	if root, ok := r.Lookup(""); !ok || root.Type != "dir" {
+		return fmt.Errorf("TOC has no root directory: %w", errdefs.ErrInvalidArgument)
+	}
 	v, err := r.VerifyTOC(l.opts.TOCDigest)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrTOCDigest, err)
@@ -257,6 +264,9 @@ func checkEntries(entries []*estargz.TOCEntry, tocOffset int64, lim Limits) erro
 		}
 		bad := func(format string, a ...any) error {
 			return fmt.Errorf("TOC entry %d (%q): %s: %w", i, e.Name, fmt.Sprintf(format, a...), ErrLimit)
+		}
+		if len(e.Name) > maxPathLen || len(e.LinkName) > maxPathLen {
+			return bad("name or link target longer than %d bytes", maxPathLen)
 		}
 		if e.Size < 0 || e.Size > maxFileSize || e.ChunkOffset < 0 || e.ChunkSize < 0 || e.InnerOffset < 0 || e.Offset < 0 {
 			return bad("negative or huge size or offset")
