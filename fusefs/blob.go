@@ -77,6 +77,9 @@ func (b *RegistryBlob) ReadAt(ctx context.Context, p []byte, off int64) (int, er
 		case <-ctx.Done():
 			return 0, ctx.Err()
 		}
+		if f.err != nil && cancelled(f.err) && ctx.Err() == nil {
+			return b.fetch(ctx, p, off) // the caller that fetched gave up, not this one
+		}
 		return copy(p, f.data), f.err
 	}
 	f := &rangeFlight{done: make(chan struct{})}

@@ -465,11 +465,25 @@ func (l *Layer) chunkData(ctx context.Context, file string, chunks []*estargz.TO
 			return nil, ctx.Err()
 		}
 		if w.f.err != nil {
-			return nil, w.f.err
+			if !cancelled(w.f.err) || ctx.Err() != nil {
+				return nil, w.f.err
+			}
+			// The read that fetched it was interrupted, not this one: fetch
+			// it again.
+			again, err := l.chunkData(ctx, file, chunks[w.i:w.i+1])
+			if err != nil {
+				return nil, err
+			}
+			out[w.i] = again[0]
+			continue
 		}
 		out[w.i] = w.f.data
 	}
 	return out, nil
+}
+
+func cancelled(err error) bool {
+	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
 }
 
 // span is chunks (indexes) fetched by one request of [start, end).
@@ -510,7 +524,9 @@ func (l *Layer) fetchSpan(ctx context.Context, file string, chunks []*estargz.TO
 		ce := chunks[i]
 		if n := l.memberEnd(ce) - ce.Offset; n <= 0 || n > maxCompressed {
 			err := fmt.Errorf("%s at %d: compressed chunk of %d bytes at %d (limit %d): %w", file, ce.ChunkOffset, n, ce.Offset, maxCompressed, ErrLimit)
-			finish(i, nil, err)
+			for _, j := range sp.idx {
+				finish(j, nil, err)
+			}
 			return err
 		}
 	}

@@ -394,3 +394,80 @@ func FuzzOpenTOC(f *testing.F) {
 		walk(root, 0)
 	})
 }
+
+// A decrypting Blob's bytes are not the descriptor's: CheckBlob stands in
+// for the compressed digest, and its verdict decides.
+func TestCompleteWithCheckBlob(t *testing.T) {
+	bl := buildLayer(t, testEntries(256<<10))
+	for _, tc := range []struct {
+		name    string
+		check   error
+		wantBad bool
+	}{
+		{"ciphertext verified", nil, false},
+		{"HMAC mismatch", fmt.Errorf("HMAC differs: %w", errdefs.ErrFailedPrecondition), true},
+		{"ciphertext fetch failed", errors.New("connection reset"), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ciphertext := digest.FromString("the encrypted blob")
+			l, err := Open(context.Background(), memBlob(bl.blob), Options{Digest: ciphertext, TOCDigest: bl.tocDigest})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.Close()
+			called := false
+			err = l.Complete(context.Background(), CompleteOptions{Dir: t.TempDir(), DiffID: bl.diff,
+				CheckBlob: func(context.Context) error { called = true; return tc.check }})
+			if !called {
+				t.Fatal("CheckBlob not called")
+			}
+			if (tc.check == nil) != (err == nil) || errors.Is(err, ErrLayerBad) != tc.wantBad {
+				t.Fatalf("Complete: %v", err)
+			}
+			if l.Local() != (tc.check == nil) {
+				t.Errorf("local = %v", l.Local())
+			}
+			if !tc.wantBad {
+				if _, err := readAll(t, l, "etc/motd"); err != nil {
+					t.Errorf("read: %v", err)
+				}
+			}
+		})
+	}
+}
+
+// A read that joined another's fetch does not fail because the other read
+// was interrupted.
+func TestJoinedReadSurvivesLeaderCancel(t *testing.T) {
+	reg := startRegistry(t)
+	bl := buildLayer(t, testEntries(1<<20))
+	l := mustOpen(t, reg.push(t, bl), bl, Options{})
+	gate := make(chan struct{})
+	reg.gate.Store(&gate)
+	leaderCtx, cancel := context.WithCancel(context.Background())
+	leaderErr := make(chan error, 1)
+	go func() {
+		_, err := l.ReadFile(leaderCtx, "bin/big", make([]byte, 10), 2*testChunkSize)
+		leaderErr <- err
+	}()
+	time.Sleep(30 * time.Millisecond) // the leader's request is held at the gate
+	joinErr := make(chan error, 1)
+	go func() {
+		p := make([]byte, 10)
+		_, err := l.ReadFile(context.Background(), "bin/big", p, 2*testChunkSize)
+		if err == nil && string(p) != bl.files["bin/big"][2*testChunkSize:2*testChunkSize+10] {
+			err = errors.New("wrong bytes")
+		}
+		joinErr <- err
+	}()
+	time.Sleep(30 * time.Millisecond) // the joiner waits on the leader's flight
+	cancel()
+	if err := <-leaderErr; !errors.Is(err, context.Canceled) {
+		t.Errorf("leader: %v, want context.Canceled", err)
+	}
+	reg.gate.Store(nil)
+	close(gate)
+	if err := <-joinErr; err != nil {
+		t.Fatalf("joined read: %v", err)
+	}
+}
