@@ -346,3 +346,24 @@ func TestMountHardlinkToDirectoryIsNoLoop(t *testing.T) {
 		}
 	}
 }
+
+func TestMountReadsLocallyAfterComplete(t *testing.T) {
+	requireFUSE(t)
+	reg := startRegistry(t)
+	bl := buildLayer(t, testEntries(1<<20))
+	l := mustOpen(t, reg.push(t, bl), bl, Options{Cache: NewChunkCache(testChunkSize)})
+	dir := mountLayer(t, l)
+	if err := l.Complete(context.Background(), CompleteOptions{Dir: t.TempDir(), DiffID: bl.diff}); err != nil {
+		t.Fatal(err)
+	}
+	reg.reset()
+	for _, name := range []string{"bin/big", "etc/motd", "medium"} {
+		got, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil || string(got) != bl.files[name] {
+			t.Fatalf("%s: %v", name, err)
+		}
+	}
+	if got := reg.requests.Load(); got != 0 {
+		t.Errorf("registry requests through the mount after Complete = %d, want 0", got)
+	}
+}

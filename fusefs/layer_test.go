@@ -17,6 +17,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/stargz-snapshotter/estargz"
+	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -469,5 +470,36 @@ func TestJoinedReadSurvivesLeaderCancel(t *testing.T) {
 	close(gate)
 	if err := <-joinErr; err != nil {
 		t.Fatalf("joined read: %v", err)
+	}
+}
+
+// Mirrors come first; a location without the blob is skipped, and the one
+// that answered is asked first from then on.
+func TestRegistryBlobFallsBackAcrossLocations(t *testing.T) {
+	reg := startRegistry(t)
+	bl := buildLayer(t, testEntries(64<<10))
+	reg.push(t, bl)
+	mirror, err := reg.client.ParseRepository(reg.host + "/mirror/empty")
+	if err != nil {
+		t.Fatal(err)
+	}
+	origin, err := reg.client.ParseRepository(reg.host + "/lazy/img")
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob, err := NewRegistryBlob(reg.client, []name.Repository{mirror, origin}, bl.desc())
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := mustOpen(t, blob, bl, Options{})
+	reg.reset()
+	if got, err := readAll(t, l, "etc/motd"); err != nil || string(got) != bl.files["etc/motd"] {
+		t.Fatalf("read: %v", err)
+	}
+	if got := reg.requests.Load(); got != 1 {
+		t.Errorf("requests after the fallback = %d, want 1 (straight to the location that answered)", got)
+	}
+	if _, err := NewRegistryBlob(reg.client, nil, bl.desc()); err == nil {
+		t.Error("a blob without locations was accepted")
 	}
 }
