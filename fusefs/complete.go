@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 
 	"github.com/containerd/errdefs"
-	"github.com/klauspost/compress/gzip"
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sync/errgroup"
 )
@@ -130,10 +129,11 @@ func (l *Layer) checkLocal(f *os.File, diffID digest.Digest, checkCompressed boo
 	}
 	comp := l.opts.Digest.Algorithm().Digester()
 	tee := io.TeeReader(bufio.NewReaderSize(f, 1<<20), comp.Hash())
-	zr, err := gzip.NewReader(tee)
+	zr, err := l.format.stream(tee, false)
 	if err != nil {
-		return fmt.Errorf("blob is not gzip: %w: %w", err, errdefs.ErrFailedPrecondition)
+		return fmt.Errorf("blob is not %s: %w: %w", l.format.name, err, errdefs.ErrFailedPrecondition)
 	}
+	defer zr.Close()
 	unc := diffID.Algorithm().Digester()
 	if _, err := io.Copy(unc.Hash(), zr); err != nil {
 		return fmt.Errorf("decompress blob: %w: %w", err, errdefs.ErrFailedPrecondition)

@@ -14,5 +14,6 @@
 // from the local copy; a mismatch marks the layer bad.
 //
 // The format (footer, TOC, chunk verifiers) is
-// github.com/containerd/stargz-snapshotter/estargz's; gzip eStargz only.
+// github.com/containerd/stargz-snapshotter/estargz's: gzip eStargz and
+// zstd:chunked, told apart by the footer.
 package fusefs

@@ -126,10 +126,11 @@ type builtLayer struct {
 	files                   map[string]string
 }
 
-func buildLayer(t testing.TB, entries []entry) *builtLayer {
+func buildLayer(t testing.TB, entries []entry, opts ...estargz.Option) *builtLayer {
 	t.Helper()
 	tb := makeTar(t, entries)
-	b, err := estargz.Build(io.NewSectionReader(bytes.NewReader(tb), 0, int64(len(tb))), estargz.WithChunkSize(testChunkSize))
+	opts = append([]estargz.Option{estargz.WithChunkSize(testChunkSize)}, opts...)
+	b, err := estargz.Build(io.NewSectionReader(bytes.NewReader(tb), 0, int64(len(tb))), opts...)
 	if err != nil {
 		t.Fatal(err)
 	}

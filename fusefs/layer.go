@@ -14,7 +14,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/containerd/stargz-snapshotter/estargz"
-	"github.com/klauspost/compress/gzip"
+	"github.com/containerd/stargz-snapshotter/estargz/zstdchunked"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -96,6 +96,7 @@ type Layer struct {
 	tocOffset int64
 	r         *estargz.Reader
 	verifier  estargz.TOCEntryVerifier
+	format    *format
 	log       *log.Entry
 
 	src   atomic.Pointer[blobRef] // the registry, then the local copy
@@ -174,35 +175,32 @@ func (o Options) withDefaults() Options {
 
 func (l *Layer) open(ctx context.Context, blob Blob) error {
 	lim := l.opts.Limits
-	if l.size < estargz.FooterSize {
-		return fmt.Errorf("blob of %d bytes is smaller than an eStargz footer: %w", l.size, errdefs.ErrInvalidArgument)
+	const minFooter = zstdchunked.FooterSize
+	if l.size < minFooter {
+		return fmt.Errorf("blob of %d bytes is smaller than a footer: %w", l.size, errdefs.ErrInvalidArgument)
 	}
-	footer := make([]byte, estargz.FooterSize)
-	if _, err := blob.ReadAt(ctx, footer, l.size-estargz.FooterSize); err != nil {
+	footer := make([]byte, min(maxFooterSize, l.size))
+	if _, err := blob.ReadAt(ctx, footer, l.size-int64(len(footer))); err != nil {
 		return fmt.Errorf("read footer: %w", err)
 	}
-	tocOffset, footerSize, err := estargz.OpenFooter(io.NewSectionReader(bytes.NewReader(footer), 0, int64(len(footer))))
+	f, tocOffset, tocSize, err := parseFooter(footer, l.size)
 	if err != nil {
-		return fmt.Errorf("not an eStargz blob: %w: %w", err, errdefs.ErrInvalidArgument)
+		return err
 	}
-	if footerSize != estargz.FooterSize {
-		return fmt.Errorf("legacy stargz footer (no TOC digest support): %w", errdefs.ErrNotImplemented)
-	}
-	if tocOffset < 0 || tocOffset >= l.size-footerSize {
-		return fmt.Errorf("footer puts the TOC at %d in a %d-byte blob: %w", tocOffset, l.size, errdefs.ErrInvalidArgument)
-	}
-	tocSize := l.size - footerSize - tocOffset
 	if tocSize > lim.MaxTOCSize {
 		return fmt.Errorf("TOC of %d bytes exceeds %d: %w", tocSize, lim.MaxTOCSize, ErrLimit)
 	}
-	tail := make([]byte, tocSize+footerSize)
-	if _, err := blob.ReadAt(ctx, tail, tocOffset); err != nil {
+	// One read from the TOC to the end (footer included), starting early
+	// enough that estargz.Open finds its footer bytes in it too.
+	tailOff := min(tocOffset, l.size-int64(len(footer)))
+	tail := make([]byte, l.size-tailOff)
+	if _, err := blob.ReadAt(ctx, tail, tailOff); err != nil {
 		return fmt.Errorf("read TOC: %w", err)
 	}
-	if !bytes.Equal(tail[tocSize:], footer) {
+	if !bytes.Equal(tail[int64(len(tail))-int64(len(footer)):], footer) {
 		return fmt.Errorf("footer changed between two reads: %w", errdefs.ErrFailedPrecondition)
 	}
-	tocJSON, err := decompressTOC(tail[:tocSize], lim.MaxTOCJSONSize)
+	tocJSON, err := decompressTOC(f, tail[tocOffset-tailOff:tocOffset-tailOff+tocSize], lim.MaxTOCJSONSize)
 	if err != nil {
 		return err
 	}
@@ -217,8 +215,8 @@ func (l *Layer) open(ctx context.Context, blob Blob) error {
 	if err := checkEntries(toc.Entries, tocOffset, lim); err != nil {
 		return err
 	}
-	sr := io.NewSectionReader(tailReaderAt{tail: tail, off: tocOffset}, 0, l.size)
-	r, err := estargz.Open(sr)
+	sr := io.NewSectionReader(tailReaderAt{tail: tail, off: tailOff}, 0, l.size)
+	r, err := estargz.Open(sr, estargz.WithDecompressors(f.dec))
 	if err != nil {
 		return fmt.Errorf("parse TOC: %w", err)
 	}
@@ -229,21 +227,21 @@ func (l *Layer) open(ctx context.Context, blob Blob) error {
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrTOCDigest, err)
 	}
-	l.r, l.verifier, l.tocOffset = r, v, tocOffset
+	l.r, l.verifier, l.tocOffset, l.format = r, v, tocOffset, f
 	return nil
 }
 
-// decompressTOC returns the TOC JSON of a compressed TOC (a gzip member
-// holding a tar with stargz.index.json), refusing more than max bytes.
-func decompressTOC(compressed []byte, max int64) ([]byte, error) {
-	rc, err := new(estargz.GzipDecompressor).DecompressTOC(bytes.NewReader(compressed))
+// decompressTOC returns the TOC JSON of a compressed TOC, refusing more
+// than max bytes.
+func decompressTOC(f *format, compressed []byte, max int64) ([]byte, error) {
+	rc, err := f.tocJSON(compressed)
 	if err != nil {
-		return nil, fmt.Errorf("TOC: %w: %w", err, errdefs.ErrInvalidArgument)
+		return nil, fmt.Errorf("%s TOC: %w: %w", f.name, err, errdefs.ErrInvalidArgument)
 	}
 	defer rc.Close()
 	b, err := io.ReadAll(io.LimitReader(rc, max+1))
 	if err != nil {
-		return nil, fmt.Errorf("decompress TOC: %w: %w", err, errdefs.ErrInvalidArgument)
+		return nil, fmt.Errorf("decompress %s TOC: %w: %w", f.name, err, errdefs.ErrInvalidArgument)
 	}
 	if int64(len(b)) > max {
 		return nil, fmt.Errorf("TOC JSON larger than %d bytes: %w", max, ErrLimit)
@@ -575,17 +573,17 @@ func (l *Layer) decode(ce *estargz.TOCEntry, member []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	zr, err := gzip.NewReader(bytes.NewReader(member))
+	zr, err := l.format.stream(bytes.NewReader(member), true)
 	if err != nil {
-		return nil, fmt.Errorf("gzip: %w", err)
+		return nil, fmt.Errorf("%s: %w", l.format.name, err)
 	}
-	zr.Multistream(false)
+	defer zr.Close()
 	if _, err := io.CopyN(io.Discard, zr, ce.InnerOffset); err != nil {
-		return nil, fmt.Errorf("gzip: skip to inner offset %d: %w", ce.InnerOffset, err)
+		return nil, fmt.Errorf("%s: skip to inner offset %d: %w", l.format.name, ce.InnerOffset, err)
 	}
 	data := make([]byte, ce.ChunkSize)
 	if _, err := io.ReadFull(zr, data); err != nil {
-		return nil, fmt.Errorf("gzip: %w", err)
+		return nil, fmt.Errorf("%s: %w", l.format.name, err)
 	}
 	if _, err := v.Write(data); err != nil {
 		return nil, err

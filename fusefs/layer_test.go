@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -17,7 +18,9 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/stargz-snapshotter/estargz"
+	"github.com/containerd/stargz-snapshotter/estargz/zstdchunked"
 	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -501,5 +504,78 @@ func TestRegistryBlobFallsBackAcrossLocations(t *testing.T) {
 	}
 	if _, err := NewRegistryBlob(reg.client, nil, bl.desc()); err == nil {
 		t.Error("a blob without locations was accepted")
+	}
+}
+
+// zstd:chunked blobs (the same TOC in a zstd layout) read, fail on a
+// tampered chunk, and complete like eStargz ones.
+func TestZstdChunked(t *testing.T) {
+	reg := startRegistry(t)
+	bl := buildLayer(t, testEntries(1<<20), estargz.WithCompression(zstdCompression{&zstdchunked.Compressor{CompressionLevel: zstd.SpeedDefault}, &zstdchunked.Decompressor{}}))
+	m, _ := NewMetrics(prometheus.NewRegistry())
+	l := mustOpen(t, reg.push(t, bl), bl, Options{Metrics: m, Cache: NewChunkCache(testChunkSize)})
+	if l.format != zstdFormat {
+		t.Fatalf("format %s", l.format.name)
+	}
+	for _, name := range []string{"bin/big", "etc/motd", "medium", "etc/hostname"} {
+		got, err := readAll(t, l, name)
+		if err != nil || string(got) != bl.files[name] {
+			t.Fatalf("%s: %v", name, err)
+		}
+	}
+	ce, _ := l.r.ChunkEntryForOffset("bin/big", 5*testChunkSize)
+	reg.tamperAt.Store(ce.Offset + (l.memberEnd(ce)-ce.Offset)/2)
+	if _, err := l.ReadFile(context.Background(), "bin/big", make([]byte, 10), 5*testChunkSize); !errors.Is(err, ErrChunkVerification) {
+		t.Fatalf("tampered chunk: %v", err)
+	}
+	if got := testutil.ToFloat64(m.verifyFailures); got != 1 {
+		t.Errorf("verify failures = %v", got)
+	}
+	reg.tamperAt.Store(-1)
+	if err := l.Complete(context.Background(), CompleteOptions{Dir: t.TempDir(), DiffID: bl.diff}); err != nil {
+		t.Fatal(err)
+	}
+	reg.reset()
+	if got, err := readAll(t, l, "bin/big"); err != nil || string(got) != bl.files["bin/big"] {
+		t.Fatalf("after Complete: %v", err)
+	}
+	if got := reg.requests.Load(); got != 0 {
+		t.Errorf("requests after Complete = %d", got)
+	}
+}
+
+type zstdCompression struct {
+	*zstdchunked.Compressor
+	*zstdchunked.Decompressor
+}
+
+func TestHostileZstdFooterRefused(t *testing.T) {
+	zfooter := func(off, size uint64) []byte {
+		f := make([]byte, zstdchunked.FooterSize)
+		binary.LittleEndian.PutUint64(f, off)
+		binary.LittleEndian.PutUint64(f[8:], size)
+		binary.LittleEndian.PutUint64(f[24:], 1)
+		copy(f[32:], []byte{0x47, 0x6e, 0x55, 0x6c, 0x49, 0x6e, 0x55, 0x78})
+		return f
+	}
+	body := bytes.Repeat([]byte{7}, 1000)
+	for _, tc := range []struct {
+		name      string
+		off, size uint64
+		limits    Limits
+		want      error
+	}{
+		{"TOC beyond the blob", 900, 1 << 40, Limits{}, errdefs.ErrInvalidArgument},
+		{"TOC offset past the end", 1 << 50, 10, Limits{}, errdefs.ErrInvalidArgument},
+		{"TOC too big", 100, 800, Limits{MaxTOCSize: 100}, ErrLimit},
+		{"TOC not zstd", 100, 800, Limits{}, errdefs.ErrInvalidArgument},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			blob := append(append([]byte{}, body...), zfooter(tc.off, tc.size)...)
+			_, err := Open(context.Background(), memBlob(blob), Options{Digest: digest.FromBytes(blob), TOCDigest: digest.FromString("x"), Limits: tc.limits})
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("Open: %v, want %v", err, tc.want)
+			}
+		})
 	}
 }
