@@ -279,9 +279,17 @@ func (n *node) Read(ctx context.Context, _ gofs.FileHandle, dest []byte, off int
 	if n.whiteout || n.e.Type != "reg" {
 		return nil, syscall.EINVAL
 	}
-	got, err := n.tree.layer.readEntry(ctx, n.e, dest, off)
+	parts, err := n.tree.layer.slices(ctx, n.e, int64(len(dest)), off)
 	if err != nil && !errors.Is(err, io.EOF) {
 		return nil, syscall.EIO
+	}
+	if len(parts) == 1 {
+		// Within one chunk: send the cached bytes without a copy.
+		return fuse.ReadResultData(parts[0]), 0
+	}
+	got := 0
+	for _, b := range parts {
+		got += copy(dest[got:], b)
 	}
 	return fuse.ReadResultData(dest[:got]), 0
 }

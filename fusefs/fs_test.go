@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/containerd/log"
+	"github.com/containerd/stargz-snapshotter/estargz"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/sirupsen/logrus"
@@ -266,7 +267,7 @@ func BenchmarkCachedSequentialRead(b *testing.B) {
 	requireFUSE(b)
 	const size = 32 << 20
 	ents := []entry{{name: "data", body: randomText(9, size)}}
-	bl := buildLayer(b, ents)
+	bl := buildLayer(b, ents, estargz.WithChunkSize(4<<20)) // estargz's default chunk size
 	l := mustOpen(b, memBlob(bl.blob), bl, Options{Cache: NewChunkCache(2 * size)})
 	dir := mountLayer(b, l)
 	plainDir, err := os.MkdirTemp("/dev/shm", "fusefs-bench-")

@@ -350,40 +350,54 @@ func (l *Layer) ReadFile(ctx context.Context, name string, p []byte, off int64) 
 // readEntry reads a regular file's entry (never a hardlink: Lookup has
 // resolved those).
 func (l *Layer) readEntry(ctx context.Context, e *estargz.TOCEntry, p []byte, off int64) (int, error) {
+	parts, err := l.slices(ctx, e, int64(len(p)), off)
+	n := 0
+	for _, b := range parts {
+		n += copy(p[n:], b)
+	}
+	if err == nil && n < len(p) {
+		err = io.EOF
+	}
+	return n, err
+}
+
+// slices returns the verified bytes of [off, off+size) of a regular file's
+// entry as slices of cached chunks (read-only: callers copy or send them),
+// and io.EOF when the range passes the end of the file.
+func (l *Layer) slices(ctx context.Context, e *estargz.TOCEntry, size, off int64) ([][]byte, error) {
 	if err := l.badErr(); err != nil {
-		return 0, err
+		return nil, err
 	}
 	if off < 0 {
-		return 0, fmt.Errorf("negative offset %d: %w", off, errdefs.ErrInvalidArgument)
+		return nil, fmt.Errorf("negative offset %d: %w", off, errdefs.ErrInvalidArgument)
 	}
 	if off >= e.Size {
-		return 0, io.EOF
+		return nil, io.EOF
 	}
-	end := min(off+int64(len(p)), e.Size)
+	end := min(off+size, e.Size)
 	var chunks []*estargz.TOCEntry
 	for o := off; o < end; {
 		ce, ok := l.r.ChunkEntryForOffset(e.Name, o)
 		if !ok || ce.ChunkSize <= 0 || ce.ChunkOffset > o || ce.ChunkOffset+ce.ChunkSize <= o {
-			return 0, fmt.Errorf("%s: the TOC has no chunk for offset %d: %w", e.Name, o, errdefs.ErrInvalidArgument)
+			return nil, fmt.Errorf("%s: the TOC has no chunk for offset %d: %w", e.Name, o, errdefs.ErrInvalidArgument)
 		}
 		chunks = append(chunks, ce)
 		o = ce.ChunkOffset + ce.ChunkSize
 	}
 	data, err := l.chunkData(ctx, e.Name, chunks)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	n := 0
+	parts := make([][]byte, len(chunks))
 	for i, ce := range chunks {
-		d := data[i]
 		lo := max(off, ce.ChunkOffset) - ce.ChunkOffset
 		hi := min(end, ce.ChunkOffset+ce.ChunkSize) - ce.ChunkOffset
-		n += copy(p[n:], d[lo:hi])
+		parts[i] = data[i][lo:hi]
 	}
-	if n < len(p) {
-		return n, io.EOF
+	if end < off+size {
+		return parts, io.EOF
 	}
-	return n, nil
+	return parts, nil
 }
 
 type chunkKey struct {
