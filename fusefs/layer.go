@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"path"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -97,7 +99,9 @@ type Layer struct {
 	r         *estargz.Reader
 	verifier  estargz.TOCEntryVerifier
 	format    *format
-	log       *log.Entry
+	// prioritized are the files before the prefetch landmark.
+	prioritized []string
+	log         *log.Entry
 
 	src   atomic.Pointer[blobRef] // the registry, then the local copy
 	local atomic.Bool
@@ -228,7 +232,29 @@ func (l *Layer) open(ctx context.Context, blob Blob) error {
 		return fmt.Errorf("%w: %w", ErrTOCDigest, err)
 	}
 	l.r, l.verifier, l.tocOffset, l.format = r, v, tocOffset, f
+	l.prioritized = prioritized(toc.Entries)
 	return nil
+}
+
+// prioritized lists the regular files before the .prefetch.landmark, in
+// blob order.
+func prioritized(entries []*estargz.TOCEntry) []string {
+	var names []string
+	seen := map[string]bool{}
+	for _, e := range entries {
+		name := strings.TrimPrefix(path.Clean("/"+e.Name), "/")
+		if name == estargz.PrefetchLandmark {
+			return names
+		}
+		if name == estargz.NoPrefetchLandmark {
+			return nil
+		}
+		if e.Type == "reg" && e.Size > 0 && !seen[name] {
+			seen[name] = true
+			names = append(names, name)
+		}
+	}
+	return nil // no landmark: nothing was prioritized
 }
 
 // decompressTOC returns the TOC JSON of a compressed TOC, refusing more
@@ -384,7 +410,7 @@ func (l *Layer) slices(ctx context.Context, e *estargz.TOCEntry, size, off int64
 		chunks = append(chunks, ce)
 		o = ce.ChunkOffset + ce.ChunkSize
 	}
-	data, err := l.chunkData(ctx, e.Name, chunks)
+	data, err := l.chunkData(ctx, chunks)
 	if err != nil {
 		return nil, err
 	}
@@ -412,7 +438,7 @@ func (l *Layer) key(ce *estargz.TOCEntry) chunkKey {
 // chunkData returns the verified uncompressed bytes of each chunk: from the
 // cache, from a fetch another read has in flight, or fetched now with
 // neighbouring chunks coalesced into one request.
-func (l *Layer) chunkData(ctx context.Context, file string, chunks []*estargz.TOCEntry) ([][]byte, error) {
+func (l *Layer) chunkData(ctx context.Context, chunks []*estargz.TOCEntry) ([][]byte, error) {
 	out := make([][]byte, len(chunks))
 	var mine []int
 	type wait struct {
@@ -463,7 +489,7 @@ func (l *Layer) chunkData(ctx context.Context, file string, chunks []*estargz.TO
 
 	var firstErr error
 	for _, span := range l.spans(chunks, mine) {
-		if err := l.fetchSpan(ctx, file, chunks, span, out, finish); err != nil && firstErr == nil {
+		if err := l.fetchSpan(ctx, chunks, span, out, finish); err != nil && firstErr == nil {
 			firstErr = err
 		}
 	}
@@ -482,7 +508,7 @@ func (l *Layer) chunkData(ctx context.Context, file string, chunks []*estargz.TO
 			}
 			// The read that fetched it was interrupted, not this one: fetch
 			// it again.
-			again, err := l.chunkData(ctx, file, chunks[w.i:w.i+1])
+			again, err := l.chunkData(ctx, chunks[w.i:w.i+1])
 			if err != nil {
 				return nil, err
 			}
@@ -530,12 +556,12 @@ func (l *Layer) memberEnd(ce *estargz.TOCEntry) int64 {
 	return min(ce.NextOffset(), l.tocOffset)
 }
 
-func (l *Layer) fetchSpan(ctx context.Context, file string, chunks []*estargz.TOCEntry, sp span, out [][]byte, finish func(int, []byte, error)) error {
+func (l *Layer) fetchSpan(ctx context.Context, chunks []*estargz.TOCEntry, sp span, out [][]byte, finish func(int, []byte, error)) error {
 	maxCompressed := 2 * l.opts.Limits.MaxChunkSize
 	for _, i := range sp.idx {
 		ce := chunks[i]
 		if n := l.memberEnd(ce) - ce.Offset; n <= 0 || n > maxCompressed {
-			err := fmt.Errorf("%s at %d: compressed chunk of %d bytes at %d (limit %d): %w", file, ce.ChunkOffset, n, ce.Offset, maxCompressed, ErrLimit)
+			err := fmt.Errorf("%s at %d: compressed chunk of %d bytes at %d (limit %d): %w", ce.Name, ce.ChunkOffset, n, ce.Offset, maxCompressed, ErrLimit)
 			for _, j := range sp.idx {
 				finish(j, nil, err)
 			}
@@ -549,7 +575,7 @@ func (l *Layer) fetchSpan(ctx context.Context, file string, chunks []*estargz.TO
 		l.opts.Metrics.fetched.Add(float64(len(buf)))
 	}
 	if _, err := src.ReadAt(ctx, buf, sp.start); err != nil {
-		err = fmt.Errorf("%s: fetch bytes %d-%d of the layer: %w", file, sp.start, sp.end-1, err)
+		err = fmt.Errorf("%s: fetch bytes %d-%d of the layer: %w", chunks[sp.idx[0]].Name, sp.start, sp.end-1, err)
 		for _, i := range sp.idx {
 			finish(i, nil, err)
 		}
@@ -560,12 +586,12 @@ func (l *Layer) fetchSpan(ctx context.Context, file string, chunks []*estargz.TO
 		ce := chunks[i]
 		data, err := l.decode(ce, buf[ce.Offset-sp.start:l.memberEnd(ce)-sp.start])
 		if err != nil {
-			l.log.WithFields(log.Fields{"file": file, "offset": ce.ChunkOffset, "size": ce.ChunkSize}).WithError(err).
+			l.log.WithFields(log.Fields{"file": ce.Name, "offset": ce.ChunkOffset, "size": ce.ChunkSize}).WithError(err).
 				Error("lazy layer: chunk verification failed, read refused")
 			if l.opts.Metrics != nil {
 				l.opts.Metrics.verifyFailures.Inc()
 			}
-			err = fmt.Errorf("%s at offset %d: %w: %w", file, ce.ChunkOffset, ErrChunkVerification, err)
+			err = fmt.Errorf("%s at offset %d: %w: %w", ce.Name, ce.ChunkOffset, ErrChunkVerification, err)
 			if firstErr == nil {
 				firstErr = err
 			}

@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -577,5 +578,39 @@ func TestHostileZstdFooterRefused(t *testing.T) {
 				t.Fatalf("Open: %v, want %v", err, tc.want)
 			}
 		})
+	}
+}
+
+func TestPrefetchPrioritizedFiles(t *testing.T) {
+	reg := startRegistry(t)
+	bl := buildLayer(t, testEntries(1<<20), estargz.WithPrioritizedFiles([]string{"etc/motd", "medium"}))
+	l := mustOpen(t, reg.push(t, bl), bl, Options{})
+	if got := l.Prioritized(); !slices.Equal(got, []string{"etc/motd", "medium"}) {
+		t.Fatalf("prioritized = %v", got)
+	}
+	reg.reset()
+	n, err := l.Prefetch(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := int64(len(bl.files["etc/motd"]) + len(bl.files["medium"])); n != want {
+		t.Errorf("prefetched %d bytes, want %d", n, want)
+	}
+	if got := reg.requests.Load(); got != 1 {
+		t.Errorf("prefetch made %d requests, want 1 (the files are neighbours)", got)
+	}
+	reg.reset()
+	for _, name := range []string{"etc/motd", "medium"} {
+		if got, err := readAll(t, l, name); err != nil || string(got) != bl.files[name] {
+			t.Fatalf("%s: %v", name, err)
+		}
+	}
+	if got := reg.requests.Load(); got != 0 {
+		t.Errorf("reading prefetched files made %d requests", got)
+	}
+	// Without a landmark nothing is prioritized.
+	plain := buildLayer(t, testEntries(1024))
+	if got := mustOpen(t, memBlob(plain.blob), plain, Options{}).Prioritized(); len(got) != 0 {
+		t.Errorf("no landmark: prioritized = %v", got)
 	}
 }
