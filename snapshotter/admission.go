@@ -171,10 +171,19 @@ func (s *Snapshotter) warnForeignVerdicts(ctx context.Context, key, parent strin
 }
 
 // Remove removes a snapshot and forgets the layer record of a committed
-// one.
+// one; a lazy layer is unmounted first (and mounted again if the removal
+// fails).
 func (s *Snapshotter) Remove(ctx context.Context, key string) error {
 	info, statErr := s.Snapshotter.Stat(ctx, key)
+	remount := func() {}
+	if statErr == nil && info.Kind == snapshots.KindCommitted && info.Labels[label.Lazy] != "" {
+		var err error
+		if remount, err = s.unmountLazy(ctx, info); err != nil {
+			return err
+		}
+	}
 	if err := s.Snapshotter.Remove(ctx, key); err != nil {
+		remount()
 		return err
 	}
 	if statErr == nil && info.Kind == snapshots.KindCommitted {

@@ -44,6 +44,10 @@ type Options struct {
 	// unverified. cocoond sets it when an image security policy is
 	// configured, unless allow_unlabelled_layers says otherwise.
 	RequireLabels bool
+	// Lazy serves image layers whose verified descriptor carries the
+	// eStargz TOC digest annotation without fetching them; nil full-pulls
+	// every layer. The snapshotter does not close it.
+	Lazy LazyMounter
 }
 
 // Snapshotter implements containerd's snapshots.Snapshotter.
@@ -51,6 +55,7 @@ type Snapshotter struct {
 	snapshots.Snapshotter // overlay bookkeeping
 	layers                LayerSource
 	requireLabels         bool
+	lazy                  LazyMounter
 	verdicts              *verdictStore
 
 	mu    sync.Mutex
@@ -84,8 +89,12 @@ func New(ctx context.Context, opts Options) (*Snapshotter, error) {
 		o.Close()
 		return nil, err
 	}
-	s := &Snapshotter{Snapshotter: o, layers: opts.Layers, requireLabels: opts.RequireLabels, verdicts: v, locks: map[string]*chainLock{}}
+	s := &Snapshotter{Snapshotter: o, layers: opts.Layers, requireLabels: opts.RequireLabels, lazy: opts.Lazy, verdicts: v, locks: map[string]*chainLock{}}
 	if err := s.removeStaleStaging(ctx); err != nil {
+		o.Close()
+		return nil, err
+	}
+	if err := s.remountLazy(ctx); err != nil {
 		o.Close()
 		return nil, err
 	}
@@ -94,9 +103,10 @@ func New(ctx context.Context, opts Options) (*Snapshotter, error) {
 
 func (s *Snapshotter) removeStaleStaging(ctx context.Context) error {
 	var stale []string
-	err := s.Walk(ctx, func(_ context.Context, info snapshots.Info) error {
+	err := s.Snapshotter.Walk(ctx, func(_ context.Context, info snapshots.Info) error {
 		if info.Kind == snapshots.KindActive && info.Labels[label.Staging] == "true" {
 			stale = append(stale, info.Name)
+			s.unmountStaleLazy(ctx, info.Labels[label.OverlayUpperdir])
 		}
 		return nil
 	})
@@ -115,6 +125,20 @@ func (s *Snapshotter) removeStaleStaging(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// unmountStaleLazy detaches what a crash left mounted on a staging
+// snapshot of a lazy layer, so that its removal does not walk into it.
+func (s *Snapshotter) unmountStaleLazy(ctx context.Context, upper string) {
+	if s.lazy == nil || upper == "" {
+		return
+	}
+	if _, err := os.Stat(lazyRecordPath(upper)); err != nil {
+		return
+	}
+	if err := s.lazy.Unmount(ctx, upper); err != nil {
+		log.G(ctx).WithError(err).WithField("dir", upper).Warn("unmount a lazy layer left half-committed")
+	}
 }
 
 // Cleanup removes directories of deleted snapshots.
@@ -253,6 +277,15 @@ func (s *Snapshotter) guestPull(ctx context.Context, key, parent, target string,
 	}
 	if parent != "" && !s.exists(ctx, parent) {
 		return fmt.Errorf("parent snapshot %q of layer %s: %w", parent, req.LayerDigest, errdefs.ErrNotFound)
+	}
+	if s.lazy != nil {
+		ll, im, err := s.lazyLayer(ctx, req, target, labels)
+		if err != nil {
+			return err
+		}
+		if ll != nil {
+			return s.lazyPull(ctx, key, parent, target, ll, im, labels)
+		}
 	}
 	req.Exists = func(ctx context.Context, chainID digest.Digest) bool { return s.exists(ctx, chainID.String()) }
 	staged, err := s.layers.Layer(ctx, req)
