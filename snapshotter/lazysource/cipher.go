@@ -114,7 +114,7 @@ func (s *cipherSink) put(ctx context.Context, p []byte, off int64) error {
 }
 
 func (s *cipherSink) write(p []byte) {
-	_, _ = s.mac.Write(p)         // never fails
+	_, _ = s.mac.Write(p)        // never fails
 	_, _ = s.dig.Hash().Write(p) // never fails
 	s.next += int64(len(p))
 }
