@@ -70,6 +70,13 @@ func (s *Snapshotter) reuse(ctx context.Context, target string, req LayerRequest
 func (s *Snapshotter) checkOrigins(iv ImageVerdict) error {
 	for i, chain := range iv.ChainIDs {
 		rec, ok := s.verdicts.layer(chain.String())
+		if ok && rec.Lazy && (i >= len(iv.Layers) || iv.Layers[i] != rec.Blob) {
+			named := "nothing"
+			if i < len(iv.Layers) {
+				named = iv.Layers[i].String()
+			}
+			return &LazyOriginError{Ref: iv.Ref, Manifest: iv.Manifest, Index: i, ChainID: chain, Blob: rec.Blob, Named: named}
+		}
 		if !ok || !rec.Encrypted {
 			continue
 		}
@@ -107,6 +114,28 @@ func (e *OriginError) Error() string {
 }
 
 func (e *OriginError) Unwrap() error { return errdefs.ErrPermissionDenied }
+
+// LazyOriginError: a lazily served layer is asked for by an image that
+// names another blob at its position. The layer's diff ID (its chain ID)
+// is verified only when its background fetch completes, so until then it
+// is only the content of the blob its TOC came from. It wraps
+// errdefs.ErrPermissionDenied.
+type LazyOriginError struct {
+	Ref      string
+	Manifest digest.Digest
+	Index    int
+	ChainID  digest.Digest
+	Blob     digest.Digest // the blob the layer is served from
+	Named    string        // what the image's manifest names there
+}
+
+func (e *LazyOriginError) Error() string {
+	return fmt.Sprintf("image %s@%s: layer %d (chain %s) is served lazily from blob %s, but this image names %s there; "+
+		"a lazily served layer may be used only by images naming its blob: %v",
+		e.Ref, e.Manifest, e.Index, e.ChainID, e.Blob, e.Named, errdefs.ErrPermissionDenied)
+}
+
+func (e *LazyOriginError) Unwrap() error { return errdefs.ErrPermissionDenied }
 
 // Admit decides whether a container may be created from the image (ref,
 // dgst), dgst being the manifest or index digest containerd's image store

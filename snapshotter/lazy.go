@@ -127,7 +127,8 @@ func (s *Snapshotter) lazyPull(ctx context.Context, key, parent, target string, 
 		return fmt.Errorf("lazy pull of layer %s for %s: %w", ll.Blob.Digest, ll.ImageRef, err)
 	}
 	log.G(ctx).WithFields(log.Fields{"diff_id": ll.DiffID, "toc": ll.TOCDigest, "encrypted": ll.Encrypted}).Info("lazy layer mounted and committed")
-	if err := s.verdicts.record(verdictOf(ll.ImageRef, im), target, ll.Blob.Digest, ll.Encrypted); err != nil {
+	rec := LayerRecord{Blob: ll.Blob.Digest, Encrypted: ll.Encrypted, Lazy: true}
+	if err := s.verdicts.recordLayer(verdictOf(ll.ImageRef, im), target, rec); err != nil {
 		return err
 	}
 	return alreadyExists

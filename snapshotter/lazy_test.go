@@ -151,6 +151,23 @@ func TestLazyPrepare(t *testing.T) {
 		t.Fatalf("layer without TOC: Prepare = %v (%d mounts), want the full-pull source's error", err, m.mounts)
 	}
 
+	// Another accepted image with the same diff IDs but another blob: it
+	// may not run on the lazily served layer (its diff ID is unproven).
+	twin := lazyImage("twin", []string{toc, ""}, true)
+	twin.DiffIDs = im.DiffIDs
+	src.images["r/twin:v1@"+twin.Manifest.String()] = twin
+	var lo *LazyOriginError
+	if _, err := sn.Prepare(ctx, "extract-5 "+chain[0].String(), "", snapshots.WithLabels(layerLabels("r/twin:v1", twin, 0))); !errors.As(err, &lo) || !errdefs.IsPermissionDenied(err) {
+		t.Fatalf("other blob on a lazy layer: Prepare = %v, want LazyOriginError", err)
+	}
+	if err := sn.Admit(ctx, "r/twin:v1", twin.Manifest); !errors.As(err, &lo) {
+		t.Fatalf("other blob on a lazy layer: Admit = %v, want LazyOriginError", err)
+	}
+	// The same image pulled again reuses it.
+	if _, err := sn.Prepare(ctx, "extract-6 "+chain[0].String(), "", snapshots.WithLabels(layerLabels(ref, im, 0))); !errdefs.IsAlreadyExists(err) {
+		t.Fatalf("same image again: Prepare = %v, want already exists", err)
+	}
+
 	// Restart: the committed layer is mounted again from its record.
 	sn.Close()
 	m.forget()
