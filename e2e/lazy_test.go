@@ -3,8 +3,10 @@ package e2e
 import (
 	"context"
 	"crypto/rand"
+	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -251,5 +253,85 @@ func (s *lazyStack) flippedChunk(t *testing.T, ctx context.Context, im *harness.
 	}
 	if s.proxy.Served(big.Digest) == 0 {
 		t.Error("the tampered blob was never served")
+	}
+}
+
+// TestLazyPullPolicy: the image security policy gates a lazy pull exactly
+// as a full pull: an unsigned eStargz image is refused with upstream's
+// message and nothing of it is mounted or committed; the same image signed
+// is pulled lazily and runs.
+func TestLazyPullPolicy(t *testing.T) {
+	env := newEnv(t)
+	ctx := testContext(t, 10*time.Minute)
+	if _, err := os.Stat(env.Tool("cosign")); err != nil {
+		t.Fatalf("cosign missing (run `make e2e-tools`): %v", err)
+	}
+	reg, err := env.StartRegistry(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &signer{t: t, ctx: ctx, env: env, reg: reg, dir: env.Path("sign")}
+	if err := os.MkdirAll(s.dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	s.cosignKey("good")
+	pub, err := os.ReadFile(filepath.Join(s.dir, "good.pub"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	policy := fmt.Sprintf(`{"default":[{"type":"reject"}],"transports":{"docker":{
+		%q:[{"type":"sigstoreSigned","keyPath":"kbs:///default/cosign-key/1"}]}}}`, reg.Host+"/coco")
+	kbs, err := env.StartKBS(ctx, harness.KBSOptions{
+		Policy:    harness.AllowAllPolicy,
+		Resources: map[string][]byte{"default/cosign-key/1": pub, "default/image-policy/1": []byte(policy)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cdh := s.write("cdh.toml", fmt.Sprintf("[kbc]\nname = \"cc_kbc\"\nurl = %q\n\n[image]\nimage_security_policy_uri = \"kbs:///default/image-policy/1\"\n", kbs.URL))
+	cd, err := env.StartCocoond(ctx, harness.CocoondOptions{
+		InsecureRegistries: []string{reg.Host},
+		Config:             lazyConfig,
+		ExtraArgs:          []string{"--tee", "sample", "--cdh-config", cdh},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctrd := startContainerdFor(t, ctx, env, cd)
+	src, msg := pushTwoLayerImage(t, ctx, env, reg, "src/lazy", imageOptions{})
+
+	convertImage(t, ctx, env, src.Ref, reg.Ref("coco/lazy-unsigned", "v1"))
+	unsigned, err := reg.Image(ctx, "coco/lazy-unsigned", "v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkESGZManifest(t, unsigned, false)
+	const upstream = "Image policy rejected: Denied by policy: rejected by `sigstoreSigned` rule"
+	_, err = ctrd.Ctr(ctx, "image", "pull", "--plain-http", "--snapshotter", snapshotterName, unsigned.Ref)
+	if err == nil || !strings.Contains(err.Error(), upstream) {
+		t.Fatalf("unsigned lazy image: pull error = %v, want upstream's %q", err, upstream)
+	}
+	if c := committedSnapshots(t, ctx, ctrd, snapshotterName); len(c) != 0 {
+		t.Fatalf("a refused lazy image left committed snapshots %v", c)
+	}
+	if strings.Contains(cd.Proc.Log(), "lazy layer mounted") {
+		t.Fatal("a layer of the refused image was mounted")
+	}
+
+	convertImage(t, ctx, env, src.Ref, reg.Ref("coco/lazy-signed", "v1"))
+	signed, err := reg.Image(ctx, "coco/lazy-signed", "v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.cosign("cosign", "good", signed)
+	if _, err := ctrd.Ctr(ctx, "image", "pull", "--plain-http", "--snapshotter", snapshotterName, signed.Ref); err != nil {
+		t.Fatalf("signed lazy image refused: %v", err)
+	}
+	out, err := ctrd.Ctr(ctx, "run", "--rm", "--snapshotter", snapshotterName, signed.Ref, containerID(t, "signed"))
+	if err != nil || !strings.Contains(out, msg) {
+		t.Fatalf("signed lazy image printed %q, %v; want %q", out, err, msg)
+	}
+	if !strings.Contains(cd.Proc.Log(), "lazy layer mounted and committed") {
+		t.Fatal("the signed eStargz image was not pulled lazily")
 	}
 }
