@@ -138,25 +138,15 @@ func (s *Snapshotter) lazyPull(ctx context.Context, key, parent, target string, 
 // the layer on the snapshot's directory and commits it; on failure nothing
 // stays mounted or committed.
 func (s *Snapshotter) commitLazy(ctx context.Context, key, parent, target string, ll *LazyLayer, labels map[string]string) (retErr error) {
-	active := make(map[string]string, len(labels)+1)
-	for k, v := range labels {
-		active[k] = v
-	}
-	active[label.Staging] = "true"
-	if _, err := s.Snapshotter.Prepare(ctx, key, parent, snapshots.WithLabels(active)); err != nil {
-		return fmt.Errorf("prepare snapshot %q: %w", key, err)
-	}
-	defer func() {
-		if retErr != nil {
-			if err := s.Snapshotter.Remove(ctx, key); err != nil && !errdefs.IsNotFound(err) {
-				log.G(ctx).WithError(err).WithField("key", key).Warn("remove staging snapshot")
-			}
-		}
-	}()
-	upper, err := s.upperDir(ctx, key)
+	upper, err := s.prepareStaging(ctx, key, parent, labels)
 	if err != nil {
 		return err
 	}
+	defer func() {
+		if retErr != nil {
+			s.removeStaging(ctx, key)
+		}
+	}()
 	if err := writeLazyRecord(upper, ll); err != nil {
 		return err
 	}
@@ -170,11 +160,7 @@ func (s *Snapshotter) commitLazy(ctx context.Context, key, parent, target string
 			}
 		}
 	}()
-	committed := make(map[string]string, len(labels)+1)
-	for k, v := range labels {
-		committed[k] = v
-	}
-	committed[label.Lazy] = ll.Blob.Digest.String()
+	committed := withLabel(labels, label.Lazy, ll.Blob.Digest.String())
 	if err := s.Snapshotter.Commit(ctx, target, key, snapshots.WithLabels(committed)); err != nil {
 		return fmt.Errorf("commit lazy layer %s as %q: %w", ll.Blob.Digest, target, err)
 	}

@@ -320,25 +320,15 @@ func (s *Snapshotter) guestPull(ctx context.Context, key, parent, target string,
 // something start-up recognises) gets the staged directory renamed over its
 // empty upper directory, then is committed in one metadata transaction.
 func (s *Snapshotter) commitStaged(ctx context.Context, key, parent, target string, staged *StagedLayer, labels map[string]string) (retErr error) {
-	active := make(map[string]string, len(labels)+1)
-	for k, v := range labels {
-		active[k] = v
-	}
-	active[label.Staging] = "true"
-	if _, err := s.Snapshotter.Prepare(ctx, key, parent, snapshots.WithLabels(active)); err != nil {
-		return fmt.Errorf("prepare staging snapshot %q: %w", key, err)
-	}
-	defer func() {
-		if retErr != nil {
-			if err := s.Snapshotter.Remove(ctx, key); err != nil && !errdefs.IsNotFound(err) {
-				log.G(ctx).WithError(err).WithField("key", key).Warn("remove staging snapshot")
-			}
-		}
-	}()
-	upper, err := s.upperDir(ctx, key)
+	upper, err := s.prepareStaging(ctx, key, parent, labels)
 	if err != nil {
 		return err
 	}
+	defer func() {
+		if retErr != nil {
+			s.removeStaging(ctx, key)
+		}
+	}()
 	if err := os.Remove(upper); err != nil {
 		return fmt.Errorf("replace upper directory of %q: %w", key, err)
 	}
@@ -348,15 +338,43 @@ func (s *Snapshotter) commitStaged(ctx context.Context, key, parent, target stri
 		}
 		return fmt.Errorf("move staged layer into snapshot %q: %w", key, err)
 	}
-	committed := make(map[string]string, len(labels)+1)
-	for k, v := range labels {
-		committed[k] = v
-	}
-	committed[label.GuestPulled] = staged.Blob.String()
+	committed := withLabel(labels, label.GuestPulled, staged.Blob.String())
 	if err := s.Snapshotter.Commit(ctx, target, key, snapshots.WithLabels(committed)); err != nil {
 		return fmt.Errorf("commit layer %s as %q: %w", staged.Blob, target, err)
 	}
 	return nil
+}
+
+// prepareStaging creates the active snapshot key, marked as staging (so a
+// crash leaves something start-up recognises), and returns its upper
+// directory.
+func (s *Snapshotter) prepareStaging(ctx context.Context, key, parent string, labels map[string]string) (string, error) {
+	if _, err := s.Snapshotter.Prepare(ctx, key, parent, snapshots.WithLabels(withLabel(labels, label.Staging, "true"))); err != nil {
+		return "", fmt.Errorf("prepare staging snapshot %q: %w", key, err)
+	}
+	upper, err := s.upperDir(ctx, key)
+	if err != nil {
+		s.removeStaging(ctx, key)
+		return "", err
+	}
+	return upper, nil
+}
+
+// removeStaging removes a staging snapshot whose commit failed.
+func (s *Snapshotter) removeStaging(ctx context.Context, key string) {
+	if err := s.Snapshotter.Remove(ctx, key); err != nil && !errdefs.IsNotFound(err) {
+		log.G(ctx).WithError(err).WithField("key", key).Warn("remove staging snapshot")
+	}
+}
+
+// withLabel returns a copy of labels with k set to v.
+func withLabel(labels map[string]string, k, v string) map[string]string {
+	out := make(map[string]string, len(labels)+1)
+	for lk, lv := range labels {
+		out[lk] = lv
+	}
+	out[k] = v
+	return out
 }
 
 // Stat, Update and Walk answer as the overlay snapshotter does, without the
