@@ -206,6 +206,8 @@ func (s *Snapshotter) Remove(ctx context.Context, key string) error {
 	info, statErr := s.Snapshotter.Stat(ctx, key)
 	remount := func() {}
 	if statErr == nil && info.Kind == snapshots.KindCommitted && info.Labels[label.Lazy] != "" {
+		unlock := s.lock(key)
+		defer unlock()
 		var err error
 		if remount, err = s.unmountLazy(ctx, info); err != nil {
 			return err
@@ -215,6 +217,7 @@ func (s *Snapshotter) Remove(ctx context.Context, key string) error {
 		remount()
 		return err
 	}
+	s.setUnmounted(key, false)
 	if statErr == nil && info.Kind == snapshots.KindCommitted {
 		if err := s.verdicts.forget(key); err != nil {
 			log.G(ctx).WithError(err).WithField("key", key).Warn("forget layer verdicts")

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
+	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
@@ -219,21 +221,110 @@ func (s *Snapshotter) remountLazy(ctx context.Context) error {
 	}
 	for _, e := range found {
 		l := log.G(ctx).WithField("snapshot", e.name)
+		s.setUnmounted(e.name, true)
 		if s.lazy == nil {
-			l.Error("committed lazy layer found but lazy pull is disabled ([lazy] enable = false): its snapshot is empty until it is enabled again")
+			l.Error("committed lazy layer found but lazy pull is disabled ([lazy] enable = false): containers on it are refused until it is enabled again")
 			continue
 		}
 		ll, err := readLazyRecord(e.upper)
-		if err == nil {
-			err = s.lazy.Mount(ctx, e.upper, *ll)
-		}
 		if err != nil {
-			l.WithError(err).Error("cannot mount the committed lazy layer again; containers on it fail to read it")
+			l.WithError(err).Error("committed lazy layer without a usable record: containers on it are refused; remove the image")
 			continue
 		}
+		if err := s.lazy.Mount(ctx, e.upper, *ll); err != nil {
+			l.WithError(err).Error("cannot mount the committed lazy layer again; containers on it are refused while cocoond retries")
+			s.retriesWG.Add(1)
+			go s.retryMount(context.WithoutCancel(ctx), e.name, e.upper, ll)
+			continue
+		}
+		s.setUnmounted(e.name, false)
 		l.WithField("layer", ll.Blob.Digest).Info("committed lazy layer mounted again")
 	}
 	return nil
+}
+
+// retryMount mounts a committed lazy layer again until it works, the
+// snapshot is removed or the snapshotter is closed, backing off from one
+// second to a minute.
+func (s *Snapshotter) retryMount(ctx context.Context, name, upper string, ll *LazyLayer) {
+	defer s.retriesWG.Done()
+	l := log.G(ctx).WithField("snapshot", name).WithField("layer", ll.Blob.Digest)
+	for delay := retryDelay; ; delay = min(2*delay, time.Minute) {
+		select {
+		case <-s.stop:
+			return
+		case <-time.After(delay):
+		}
+		unlock := s.lock(name)
+		if !s.exists(ctx, name) {
+			unlock()
+			s.setUnmounted(name, false)
+			return
+		}
+		err := s.lazy.Mount(ctx, upper, *ll)
+		if err == nil {
+			s.setUnmounted(name, false)
+		}
+		unlock()
+		if err == nil {
+			l.Info("committed lazy layer mounted again")
+			return
+		}
+		l.WithError(err).Warn("committed lazy layer still cannot be mounted")
+	}
+}
+
+// retryDelay is the first wait of retryMount.
+var retryDelay = time.Second
+
+func (s *Snapshotter) setUnmounted(name string, v bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if v {
+		s.unmounted[name] = true
+	} else {
+		delete(s.unmounted, name)
+	}
+}
+
+// checkParentsMounted refuses a snapshot on a lazy layer that is not
+// mounted: overlayfs would show its empty directory as the layer.
+func (s *Snapshotter) checkParentsMounted(ctx context.Context, parent string) error {
+	s.mu.Lock()
+	none := len(s.unmounted) == 0
+	s.mu.Unlock()
+	for p := parent; p != "" && !none; {
+		s.mu.Lock()
+		down := s.unmounted[p]
+		s.mu.Unlock()
+		if down {
+			return fmt.Errorf("layer %s is served lazily but is not mounted (cocoond could not mount it again at start and is retrying; see its log): %w",
+				p, errdefs.ErrUnavailable)
+		}
+		info, err := s.Snapshotter.Stat(ctx, p)
+		if err != nil {
+			return nil //nolint:nilerr // the overlay snapshotter reports a missing parent itself
+		}
+		p = info.Parent
+	}
+	return nil
+}
+
+// View returns a read-only view on parent, refused when parent sits on a
+// lazy layer that is not mounted.
+func (s *Snapshotter) View(ctx context.Context, key, parent string, opts ...snapshots.Opt) ([]mount.Mount, error) {
+	if err := s.checkParentsMounted(ctx, parent); err != nil {
+		return nil, err
+	}
+	return s.Snapshotter.View(ctx, key, parent, opts...)
+}
+
+// Close stops the background retries and closes the snapshot store. It
+// does not unmount lazy layers: the LazyMounter's owner does.
+func (s *Snapshotter) Close() error {
+	s.stopOnce.Do(func() { close(s.stop) })
+	s.retriesWG.Wait()
+	return s.Snapshotter.Close()
 }
 
 // unmountLazy unmounts the lazy layer of a snapshot about to be removed
@@ -249,11 +340,13 @@ func (s *Snapshotter) unmountLazy(ctx context.Context, info snapshots.Info) (fun
 	}
 	return func() {
 		if recErr != nil {
-			log.G(ctx).WithError(recErr).WithField("snapshot", info.Name).Error("cannot mount the lazy layer again")
+			s.setUnmounted(info.Name, true)
+			log.G(ctx).WithError(recErr).WithField("snapshot", info.Name).Error("cannot mount the lazy layer again; containers on it are refused")
 			return
 		}
 		if err := s.lazy.Mount(ctx, upper, *ll); err != nil {
-			log.G(ctx).WithError(err).WithField("snapshot", info.Name).Error("cannot mount the lazy layer again")
+			s.setUnmounted(info.Name, true)
+			log.G(ctx).WithError(err).WithField("snapshot", info.Name).Error("cannot mount the lazy layer again; containers on it are refused")
 		}
 	}, nil
 }

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/errdefs"
@@ -178,6 +179,40 @@ func TestLazyPrepare(t *testing.T) {
 	defer sn.Close()
 	if l, ok := m.mounted[dir]; !ok || m.mounts != 2 || l.TOCDigest != want.TOCDigest || l.Blob.Digest != want.Blob.Digest {
 		t.Fatalf("after restart: mounted %v (%d mounts)", m.mounted, m.mounts)
+	}
+
+	// A restart whose mount fails: containers on the layer are refused
+	// (not run on its empty directory) until a retry mounts it.
+	sn.Close()
+	m.forget()
+	retryDelay = 10 * time.Millisecond
+	m.fail = errors.New("registry unreachable")
+	sn, err = New(ctx, Options{Root: root, Layers: src, Lazy: m})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sn.Close()
+	if _, err := sn.Prepare(ctx, "container-1", chain[0].String()); !errdefs.IsUnavailable(err) {
+		t.Fatalf("container on an unmounted lazy layer: Prepare = %v, want unavailable", err)
+	}
+	if _, err := sn.View(ctx, "view-1", chain[0].String()); !errdefs.IsUnavailable(err) {
+		t.Fatalf("view of an unmounted lazy layer: %v, want unavailable", err)
+	}
+	m.mu.Lock()
+	m.fail = nil
+	m.mu.Unlock()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err = sn.Prepare(ctx, "container-1", chain[0].String()); err == nil || !errdefs.IsUnavailable(err) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("container after the retry mounted the layer: %v", err)
+	}
+	if err := sn.Remove(ctx, "container-1"); err != nil {
+		t.Fatal(err)
 	}
 
 	if err := sn.Remove(ctx, chain[0].String()); err != nil {

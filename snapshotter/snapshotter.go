@@ -60,6 +60,13 @@ type Snapshotter struct {
 
 	mu    sync.Mutex
 	locks map[string]*chainLock
+	// unmounted are committed lazy snapshots not served at the moment
+	// (their mount failed at start and is being retried).
+	unmounted map[string]bool
+
+	stop      chan struct{} // closed by Close: background retries end
+	stopOnce  sync.Once
+	retriesWG sync.WaitGroup
 }
 
 type chainLock struct {
@@ -89,7 +96,8 @@ func New(ctx context.Context, opts Options) (*Snapshotter, error) {
 		o.Close()
 		return nil, err
 	}
-	s := &Snapshotter{Snapshotter: o, layers: opts.Layers, requireLabels: opts.RequireLabels, lazy: opts.Lazy, verdicts: v, locks: map[string]*chainLock{}}
+	s := &Snapshotter{Snapshotter: o, layers: opts.Layers, requireLabels: opts.RequireLabels, lazy: opts.Lazy, verdicts: v, locks: map[string]*chainLock{},
+		unmounted: map[string]bool{}, stop: make(chan struct{})}
 	if err := s.removeStaleStaging(ctx); err != nil {
 		o.Close()
 		return nil, err
@@ -165,6 +173,9 @@ func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...s
 	}
 	target, isLayer := imageLayerTarget(key, info.Labels)
 	if !isLayer {
+		if err := s.checkParentsMounted(ctx, parent); err != nil {
+			return nil, err
+		}
 		s.warnForeignVerdicts(ctx, key, parent, info.Labels)
 		return s.Snapshotter.Prepare(ctx, key, parent, opts...)
 	}
