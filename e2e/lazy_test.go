@@ -115,13 +115,15 @@ func (s *lazyStack) proxyRef(ref string) string {
 // container prints its first output while the registry served a small
 // fraction of the big layer; a flipped byte in the registry's blob gives
 // EIO for that file while the other files read fine; after a graceful
-// restart of cocoond the committed lazy layers are mounted again and a new
-// container runs.
+// restart of cocoond the committed lazy layers are mounted again and new
+// containers run; with background completion every blob is then verified
+// whole, and after another restart the layers are read from those local
+// copies without the registry.
 func TestLazyPull(t *testing.T) {
 	env := newEnv(t)
 	ctx := testContext(t, 15*time.Minute)
 	s := startLazyStack(t, ctx, env)
-	refs := map[string][2]string{} // variant: ref, message
+	var runs []lazyRun
 	for _, encrypted := range []bool{false, true} {
 		name := "plain"
 		args := []string{"--prioritize", "/data/message"}
@@ -141,14 +143,58 @@ func TestLazyPull(t *testing.T) {
 			s.wrongTOC(t, ctx, im, repo)
 			s.firstOutput(t, ctx, im, msg)
 			s.flippedChunk(t, ctx, im, repo)
-			refs[name] = [2]string{s.proxyRef(im.Ref), msg}
+			runs = append(runs, lazyRun{name: name, ref: s.proxyRef(im.Ref), msg: msg, big: im.Manifest.Layers[1].Digest})
 		})
 	}
-	if len(refs) != 2 || t.Failed() {
+	if len(runs) != 2 || t.Failed() {
 		return
 	}
 
-	// A graceful restart mounts the committed lazy layers again.
+	// A graceful restart, now with background completion, mounts the
+	// committed lazy layers again; new containers run; every blob is
+	// completed and verified (digest, HMAC of the ciphertext, diff ID).
+	if err := os.WriteFile(filepath.Join(env.Path("cocoon"), "cocoond.toml"), []byte("[lazy]\nenable = true\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s.restartCocoond(t, ctx)
+	if !strings.Contains(s.cocoond.Proc.Log(), "committed lazy layer mounted again") {
+		t.Fatalf("restarted cocoond did not mount the committed lazy layers again:\n%s", s.cocoond.Proc.Log())
+	}
+	s.runAll(t, ctx, runs, "restarted")
+	const complete = "blob complete, digest and diff ID verified"
+	for strings.Count(s.cocoond.Proc.Log(), complete) < 2*len(runs) {
+		if strings.Contains(s.cocoond.Proc.Log(), "marked bad") || ctx.Err() != nil {
+			t.Fatalf("background completion of the lazy layers failed:\n%s", s.cocoond.Proc.Log())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	// Another restart serves the verified local copies: the registry
+	// serves nothing more of the big layers.
+	var before int64
+	for _, r := range runs {
+		before += s.proxy.Forwarded(r.big)
+	}
+	s.restartCocoond(t, ctx)
+	if strings.Count(s.cocoond.Proc.Log(), "serving the local copy") < 2*len(runs) {
+		t.Errorf("restarted cocoond did not serve the completed layers from their local copies:\n%s", s.cocoond.Proc.Log())
+	}
+	s.runAll(t, ctx, runs, "local")
+	var after int64
+	for _, r := range runs {
+		after += s.proxy.Forwarded(r.big)
+	}
+	if after != before {
+		t.Errorf("the registry served %d more bytes of the big layers although their local copies were complete", after-before)
+	}
+}
+
+// lazyRun is one image TestLazyPull pulled lazily.
+type lazyRun struct{ name, ref, msg, big string }
+
+// restartCocoond stops cocoond with SIGTERM and starts it again.
+func (s *lazyStack) restartCocoond(t *testing.T, ctx context.Context) {
+	t.Helper()
 	if err := s.cocoond.Proc.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -160,13 +206,15 @@ func TestLazyPull(t *testing.T) {
 	if err := s.cocoond.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(s.cocoond.Proc.Log(), "committed lazy layer mounted again") {
-		t.Errorf("restarted cocoond did not mount the committed lazy layers again:\n%s", s.cocoond.Proc.Log())
-	}
-	for name, r := range refs {
-		out, err := s.ctrd.Ctr(ctx, "run", "--rm", "--snapshotter", snapshotterName, r[0], containerID(t, name+"-restarted"))
-		if err != nil || !strings.Contains(out, r[1]) {
-			t.Errorf("%s image after the restart printed %q, %v; want %q", name, out, err, r[1])
+}
+
+// runAll runs a new container of each image and checks its output.
+func (s *lazyStack) runAll(t *testing.T, ctx context.Context, runs []lazyRun, suffix string) {
+	t.Helper()
+	for _, r := range runs {
+		out, err := s.ctrd.Ctr(ctx, "run", "--rm", "--snapshotter", snapshotterName, r.ref, containerID(t, r.name+"-"+suffix))
+		if err != nil || !strings.Contains(out, r.msg) {
+			t.Errorf("%s image (%s) printed %q, %v; want %q", r.name, suffix, out, err, r.msg)
 		}
 	}
 }
@@ -254,6 +302,7 @@ func (s *lazyStack) flippedChunk(t *testing.T, ctx context.Context, im *harness.
 	if s.proxy.Served(big.Digest) == 0 {
 		t.Error("the tampered blob was never served")
 	}
+	s.proxy.Restore(big.Digest)
 }
 
 // TestLazyPullPolicy: the image security policy gates a lazy pull exactly

@@ -435,6 +435,13 @@ func (p *TamperProxy) Replace(d string, body []byte) {
 	p.replace[d] = body
 }
 
+// Restore makes the proxy pass blob d through from the registry again.
+func (p *TamperProxy) Restore(d string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.replace, d)
+}
+
 // Served reports how many times the tampered blob d was served.
 func (p *TamperProxy) Served(d string) int {
 	p.mu.Lock()
