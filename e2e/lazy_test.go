@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -308,7 +309,8 @@ func (s *lazyStack) flippedChunk(t *testing.T, ctx context.Context, im *harness.
 // TestLazyPullPolicy: the image security policy gates a lazy pull exactly
 // as a full pull: an unsigned eStargz image is refused with upstream's
 // message and nothing of it is mounted or committed; the same image signed
-// is pulled lazily and runs.
+// (and mixed: its base layer's descriptor without a TOC digest) is pulled,
+// the base layer whole and the other lazily, and runs.
 func TestLazyPullPolicy(t *testing.T) {
 	env := newEnv(t)
 	ctx := testContext(t, 10*time.Minute)
@@ -367,8 +369,26 @@ func TestLazyPullPolicy(t *testing.T) {
 		t.Fatal("a layer of the refused image was mounted")
 	}
 
+	// Signed, and mixed: the base layer's descriptor has no TOC digest, so
+	// it is pulled whole while the top layer is mounted lazily.
 	convertImage(t, ctx, env, src.Ref, reg.Ref("coco/lazy-signed", "v1"))
-	signed, err := reg.Image(ctx, "coco/lazy-signed", "v1")
+	converted, err := reg.Image(ctx, "coco/lazy-signed", "v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(converted.ManifestRaw, &m); err != nil {
+		t.Fatal(err)
+	}
+	delete(m["layers"].([]any)[0].(map[string]any)["annotations"].(map[string]any), tocDigestAnnotation)
+	body, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := reg.PutManifest(ctx, "coco/lazy-signed", "mixed", converted.Manifest.MediaType, body); err != nil {
+		t.Fatal(err)
+	}
+	signed, err := reg.Image(ctx, "coco/lazy-signed", "mixed")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -380,7 +400,8 @@ func TestLazyPullPolicy(t *testing.T) {
 	if err != nil || !strings.Contains(out, msg) {
 		t.Fatalf("signed lazy image printed %q, %v; want %q", out, err, msg)
 	}
-	if !strings.Contains(cd.Proc.Log(), "lazy layer mounted and committed") {
-		t.Fatal("the signed eStargz image was not pulled lazily")
+	log := cd.Proc.Log()
+	if strings.Count(log, "lazy layer mounted and committed") != 1 || strings.Count(log, "msg=\"layer committed\"") != 1 {
+		t.Fatalf("the mixed image was not pulled with one full and one lazy layer:\n%s", log)
 	}
 }
