@@ -262,7 +262,7 @@ func (s *lazyStack) firstOutput(t *testing.T, ctx context.Context, im *harness.I
 	}
 	big := im.Manifest.Layers[1]
 	fetched := s.proxy.Forwarded(big.Digest)
-	t.Logf("first output after the registry served %d of the big layer's %d bytes (%.2f%%); image layers total %d bytes",
+	t.Logf("first output after the registry served %d of the big layer's %d bytes (%.4f%%); image layers total %d bytes",
 		fetched, big.Size, 100*float64(fetched)/float64(big.Size), im.LayerBytes())
 	if fetched <= 0 || fetched*5 >= big.Size {
 		t.Fatalf("the registry served %d of %d bytes of the big layer before the container's output; want a small fraction (< 20%%)", fetched, big.Size)
