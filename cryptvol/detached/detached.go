@@ -145,7 +145,7 @@ func startProcess(logPath string) (*exec.Cmd, enginePipes, error) {
 		reqW.Close()
 		return nil, enginePipes{}, err
 	}
-	cmd, err := detach.Start(logPath, EngineCommand, reqR, statW) // fds 3 and 4
+	cmd, err := detach.Start(logPath, []*os.File{reqR, statW}, EngineCommand) // fds 3 and 4
 	reqR.Close()
 	statW.Close()
 	if err != nil {

@@ -18,13 +18,13 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Start re-executes this binary as os.Args = [self, arg] in a new session
+// Start re-executes this binary as os.Args = [self, arg, args...] in a new session
 // (setsid: no controlling terminal, no signal from the starter's process
 // group or terminal), stdout and stderr appended to logPath, extra as its
 // file descriptors 3, 4, ... The binary's main must dispatch on arg
 // (Requested) before anything else. The caller closes its copies of the
 // child's ends of extra after Start returns, and Releases or Waits.
-func Start(logPath, arg string, extra ...*os.File) (*exec.Cmd, error) {
+func Start(logPath string, extra []*os.File, arg string, args ...string) (*exec.Cmd, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("locating this binary to re-execute: %w", err)
@@ -34,7 +34,7 @@ func Start(logPath, arg string, extra ...*os.File) (*exec.Cmd, error) {
 		return nil, fmt.Errorf("opening log: %w", err)
 	}
 	defer logFile.Close()
-	cmd := exec.Command(self, arg)
+	cmd := exec.Command(self, append([]string{arg}, args...)...)
 	cmd.ExtraFiles = extra
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}

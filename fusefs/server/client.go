@@ -1,0 +1,250 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/cocoon-cc/cocoon/image/decrypt"
+	"github.com/cocoon-cc/cocoon/internal/detach"
+)
+
+// DefaultStateDir is the state directory of the server of the default
+// cocoond root.
+const DefaultStateDir = "/run/cocoon/lazy"
+
+// KeyFunc returns the unwrapped key of an encrypted layer (decrypt.UnwrapLayer
+// through the KBS, as a full pull does). Client.Mount ships it to the server
+// and clears it.
+type KeyFunc func(ctx context.Context, l LayerSpec) (*decrypt.LayerKey, error)
+
+// Options configure Connect.
+type Options struct {
+	// StateDir holds the server's socket, state, mounts file and log; one
+	// per cocoond root (default DefaultStateDir). Created 0700.
+	StateDir string
+	// Key unwraps the keys of encrypted layers; nil refuses them.
+	Key KeyFunc
+}
+
+// Client talks to the lazy FUSE server. Its Mount and Unmount have the
+// shape of the snapshotter's LazyMounter. It is safe for concurrent use
+// (requests are serialised on one connection).
+type Client struct {
+	opts  Options
+	state State
+
+	mu   sync.Mutex
+	conn net.Conn
+}
+
+// Connect connects to the live server of opts.StateDir or, when there is
+// none (never started, or dead: the state file's PID is gone or reused),
+// starts one, which first lazily unmounts what a dead predecessor left.
+// The server outlives the caller.
+func Connect(ctx context.Context, opts Options) (*Client, error) {
+	if opts.StateDir == "" {
+		opts.StateDir = DefaultStateDir
+	}
+	dir, err := filepath.Abs(opts.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	opts.StateDir = dir
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("lazy FUSE server state directory: %w", err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return nil, err
+	}
+	for attempt := 0; ; attempt++ {
+		st, err := ReadState(dir)
+		if err == nil && detach.Alive(st.PID, st.StartTime) {
+			c, err := dial(ctx, st)
+			if err == nil {
+				return &Client{opts: opts, state: *st, conn: c}, nil
+			}
+			if attempt >= 2 {
+				return nil, err
+			}
+		} else if err := start(ctx, dir); err != nil && attempt >= 2 {
+			return nil, err
+		}
+		// A server just started by us or by a concurrent client: look again.
+	}
+}
+
+// ReadState reads the server's state file in stateDir.
+func ReadState(stateDir string) (*State, error) {
+	var st State
+	if err := detach.ReadState(filepath.Join(stateDir, stateFile), &st); err != nil {
+		return nil, err
+	}
+	return &st, nil
+}
+
+func dial(ctx context.Context, st *State) (net.Conn, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", st.Socket)
+	if err != nil {
+		return nil, fmt.Errorf("connecting to the lazy FUSE server (pid %d): %w", st.PID, err)
+	}
+	return c, nil
+}
+
+// start runs a new server and waits until it listens (or fails: another
+// server that won the lock makes it fail, and Connect looks again).
+func start(ctx context.Context, stateDir string) error {
+	statR, statW, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	defer statR.Close()
+	cmd, err := detach.Start(filepath.Join(stateDir, logFile), []*os.File{statW}, ServerCommand, stateDir)
+	statW.Close()
+	if err != nil {
+		return fmt.Errorf("starting the lazy FUSE server: %w", err)
+	}
+	stop := context.AfterFunc(ctx, func() { _ = cmd.Process.Signal(syscall.SIGTERM) })
+	status, _ := io.ReadAll(statR)
+	stop()
+	if string(status) == "ok\n" {
+		_ = cmd.Process.Release() // only frees the handle; the server runs on detached
+		return nil
+	}
+	_ = cmd.Wait()
+	msg := strings.TrimPrefix(strings.TrimSpace(string(status)), "error: ")
+	if msg == "" {
+		msg = "exited without reporting; see " + filepath.Join(stateDir, logFile)
+	}
+	return fmt.Errorf("lazy FUSE server: %s", msg)
+}
+
+// ServerPID returns the server process's PID and start time.
+func (c *Client) ServerPID() (int, uint64) { return c.state.PID, c.state.StartTime }
+
+// Close closes the connection; the server and its mounts stay.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.conn.Close()
+}
+
+func (c *Client) call(ctx context.Context, req *request) (response, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = c.conn.SetDeadline(dl)
+		defer c.conn.SetDeadline(time.Time{}) //nolint:errcheck
+	}
+	stop := context.AfterFunc(ctx, func() { _ = c.conn.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	var resp response
+	err := writeMsg(c.conn, req)
+	if err == nil {
+		err = readMsg(c.conn, &resp)
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			err = ctx.Err()
+		}
+		return resp, fmt.Errorf("lazy FUSE server %s: %w", req.Op, err)
+	}
+	if resp.Error != "" {
+		return resp, fmt.Errorf("lazy FUSE server %s: %s", req.Op, resp.Error)
+	}
+	return resp, nil
+}
+
+// Configure sets the registry settings and cache of the mounts that
+// follow. cocoond calls it after every Connect (the server keeps no
+// configuration on disk: it holds credentials).
+func (c *Client) Configure(ctx context.Context, cfg Config) error {
+	_, err := c.call(ctx, &request{Op: opConfigure, Config: &cfg})
+	return err
+}
+
+// Mount mounts the layer read-only at dir (which must exist). For an
+// encrypted layer the key comes from Options.Key; it is sent over the
+// socket only, and cleared here. Mounting the same layer again at the
+// same dir succeeds (a restarted cocoond re-mounts what it committed).
+func (c *Client) Mount(ctx context.Context, dir string, l LayerSpec) error {
+	req := &request{Op: opMount, Dir: dir, Layer: &l}
+	if l.Encrypted {
+		if c.opts.Key == nil {
+			return fmt.Errorf("layer %s is encrypted and the lazy mounter has no key source", l.Blob.Digest)
+		}
+		k, err := c.opts.Key(ctx, l)
+		if err != nil {
+			return err
+		}
+		b, err := k.MarshalBinary()
+		k.Clear()
+		if err != nil {
+			return err
+		}
+		req.Key = b
+		defer clear(b)
+	}
+	_, err := c.call(ctx, req)
+	return err
+}
+
+// MountWithKey is Mount with the key given; the key is cleared.
+func (c *Client) MountWithKey(ctx context.Context, dir string, l LayerSpec, k *decrypt.LayerKey) error {
+	b, err := k.MarshalBinary()
+	k.Clear()
+	if err != nil {
+		return err
+	}
+	defer clear(b)
+	_, err = c.call(ctx, &request{Op: opMount, Dir: dir, Layer: &l, Key: b})
+	return err
+}
+
+// Unmount unmounts dir. A busy mount is detached lazily and reported.
+func (c *Client) Unmount(ctx context.Context, dir string) error {
+	_, err := c.call(ctx, &request{Op: opUnmount, Dir: dir})
+	return err
+}
+
+// List returns the mounts the server serves.
+func (c *Client) List(ctx context.Context) ([]MountInfo, error) {
+	resp, err := c.call(ctx, &request{Op: opList})
+	return resp.Mounts, err
+}
+
+// Stop asks the server of stateDir to unmount everything and exit
+// (SIGTERM), waiting up to timeout. cocoond does not call it on its own
+// exit: the mounts must outlive it. It returns nil when no server runs.
+func Stop(stateDir string, timeout time.Duration) error {
+	st, err := ReadState(stateDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if !detach.Alive(st.PID, st.StartTime) {
+		return nil
+	}
+	if err := syscall.Kill(st.PID, syscall.SIGTERM); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return err
+	}
+	deadline := time.Now().Add(timeout)
+	for detach.Alive(st.PID, st.StartTime) {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("lazy FUSE server %d still running after %v; see %s", st.PID, timeout, st.Log)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return nil
+}

@@ -1,0 +1,262 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/containerd/log"
+
+	"github.com/cocoon-cc/cocoon/fusefs"
+	"github.com/cocoon-cc/cocoon/image/decrypt"
+	"github.com/cocoon-cc/cocoon/image/registry"
+)
+
+// mount is one served layer and its background fetch.
+type mount struct {
+	spec    LayerSpec
+	layer   *fusefs.Layer
+	mounted *fusefs.Mounted
+	key     *decrypt.LayerKey // nil for a plain layer; cleared once local
+	cancel  context.CancelFunc
+	done    chan struct{}
+
+	mu      sync.Mutex
+	lazy    bool // no background fetch
+	lastErr error
+}
+
+func (m *mount) info(dir string) MountInfo {
+	mi := MountInfo{Dir: dir, Layer: m.spec.Blob.Digest, ImageRef: m.spec.ImageRef, Encrypted: m.spec.Encrypted}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	switch {
+	case m.layer.Bad() != nil:
+		mi.State, mi.Error = StateBad, m.layer.Bad().Error()
+	case m.layer.Local():
+		mi.State = StateComplete
+	case m.lazy:
+		mi.State = StateLazy
+	default:
+		mi.State = StateFetching
+	}
+	if mi.Error == "" && m.lastErr != nil {
+		mi.Error = m.lastErr.Error()
+	}
+	return mi
+}
+
+// release stops the background fetch, unmounts and forgets the key.
+func (m *mount) release() error {
+	m.cancel()
+	<-m.done
+	err := m.mounted.Unmount()
+	m.layer.Close()
+	if m.key != nil {
+		m.key.Clear()
+	}
+	return err
+}
+
+// mount serves spec at dir. A second Mount of the same layer at the same
+// directory succeeds without doing anything (a restarted client mounts
+// what it remembers).
+func (s *server) mount(dir string, spec LayerSpec, keyBytes []byte) (err error) {
+	defer clear(keyBytes)
+	if !filepath.IsAbs(dir) {
+		return fmt.Errorf("mount point %q is not absolute", dir)
+	}
+	dir = filepath.Clean(dir)
+	s.mu.Lock()
+	cfg, client, cache := s.cfg, s.client, s.cache
+	if old, ok := s.mounts[dir]; ok {
+		s.mu.Unlock()
+		if old.spec.Blob.Digest == spec.Blob.Digest {
+			return nil
+		}
+		return fmt.Errorf("%s already serves layer %s", dir, old.spec.Blob.Digest)
+	}
+	s.mu.Unlock()
+	if client == nil {
+		return errors.New("the lazy FUSE server is not configured yet")
+	}
+	if spec.Encrypted != decrypt.IsEncrypted(spec.Blob.MediaType) {
+		return fmt.Errorf("layer %s: encrypted=%v but media type %s", spec.Blob.Digest, spec.Encrypted, spec.Blob.MediaType)
+	}
+	var key *decrypt.LayerKey
+	if spec.Encrypted {
+		if key, err = keyFrom(keyBytes); err != nil {
+			return fmt.Errorf("layer %s: %w", spec.Blob.Digest, err)
+		}
+		if key.Layer() != spec.Blob.Digest {
+			key.Clear()
+			return fmt.Errorf("layer %s: the key shipped is for layer %s", spec.Blob.Digest, key.Layer())
+		}
+		defer func() {
+			if err != nil {
+				key.Clear()
+			}
+		}()
+	}
+	ctx := log.WithLogger(s.ctx, log.G(s.ctx).WithFields(log.Fields{"mountpoint": dir, "image": spec.ImageRef, "manifest": spec.Manifest}))
+	src, tap, err := openSource(ctx, client, cfg, spec, key)
+	if err != nil {
+		return err
+	}
+	layer, err := fusefs.Open(ctx, src, fusefs.Options{Digest: spec.Blob.Digest, TOCDigest: spec.TOCDigest, Cache: cache})
+	if err != nil {
+		return err
+	}
+	mounted, err := fusefs.Mount(ctx, dir, layer, fusefs.MountOptions{})
+	if err != nil {
+		layer.Close()
+		return err
+	}
+	bctx, cancel := context.WithCancel(ctx)
+	m := &mount{spec: spec, layer: layer, mounted: mounted, key: key, cancel: cancel, done: make(chan struct{}), lazy: cfg.CacheDir == ""}
+	s.mu.Lock()
+	s.mounts[dir] = m
+	serr := s.saveMounts()
+	s.mu.Unlock()
+	if serr != nil {
+		log.G(ctx).WithError(serr).Warn("recording the mount for crash cleanup")
+	}
+	go m.background(bctx, cfg, tap)
+	return nil
+}
+
+// openSource returns the blob to serve spec from: the completed local copy
+// under CacheDir when one exists (a server restarted after a crash), else
+// the registry; through decryption for an encrypted layer. tap, when not
+// nil, is Complete's CheckBlob.
+func openSource(ctx context.Context, client *registry.Client, cfg *Config, spec LayerSpec, key *decrypt.LayerKey) (fusefs.Blob, *checkTap, error) {
+	if cfg.CacheDir != "" {
+		f, err := os.Open(filepath.Join(cfg.CacheDir, spec.Blob.Digest.Encoded()))
+		if err == nil {
+			lb, err := newLocalBlob(f, spec.Blob.Size)
+			if err != nil {
+				log.G(ctx).WithError(err).Warn("ignoring the local copy")
+				return openRemote(client, spec, key)
+			}
+			log.G(ctx).WithField("layer", spec.Blob.Digest).Info("serving a completed local copy (verified again in the background)")
+			if key == nil {
+				return lb, nil, nil // Complete checks the compressed digest itself
+			}
+			// The local copy of an encrypted layer is its plaintext: check
+			// the plain digest the key wrap authenticates.
+			return lb, &checkTap{src: lb, segSize: completeSegment, want: key.PlainDigest()}, nil
+		}
+		if !errors.Is(err, os.ErrNotExist) {
+			return nil, nil, err
+		}
+	}
+	return openRemote(client, spec, key)
+}
+
+// openRemote reads the layer from the registry by range.
+func openRemote(client *registry.Client, spec LayerSpec, key *decrypt.LayerKey) (fusefs.Blob, *checkTap, error) {
+	repos, err := client.Repositories(spec.ImageRef)
+	if err != nil {
+		return nil, nil, err
+	}
+	rb, err := fusefs.NewRegistryBlob(client, repos, spec.Blob)
+	if err != nil {
+		return nil, nil, err
+	}
+	if key == nil {
+		return rb, nil, nil
+	}
+	tap := &checkTap{src: rb, segSize: completeSegment, want: spec.Blob.Digest, newMAC: key.NewHMACVerifier}
+	ra, err := key.NewReaderAt(tap)
+	if err != nil {
+		return nil, nil, err
+	}
+	return ra, tap, nil
+}
+
+// background prefetches the prioritized files, then completes the layer
+// into CacheDir, retrying fetch errors with backoff. Once the layer is
+// local the key is no longer needed.
+func (m *mount) background(ctx context.Context, cfg *Config, tap *checkTap) {
+	defer close(m.done)
+	if cfg.Prefetch {
+		if n, err := m.layer.Prefetch(ctx); err != nil {
+			log.G(ctx).WithError(err).Warn("prefetch")
+		} else if n > 0 {
+			log.G(ctx).WithField("bytes", n).Info("prefetched prioritized files")
+		}
+	}
+	if cfg.CacheDir == "" {
+		return
+	}
+	o := fusefs.CompleteOptions{Dir: cfg.CacheDir, DiffID: m.spec.DiffID, Concurrency: completeConcurrency, SegmentSize: completeSegment}
+	if tap != nil {
+		o.CheckBlob = tap.check
+	}
+	backoff := time.Second
+	for attempt := 1; ; attempt++ {
+		var err error
+		if tap != nil {
+			err = tap.arm()
+		}
+		if err == nil {
+			err = os.MkdirAll(cfg.CacheDir, 0o700)
+		}
+		if err == nil {
+			err = m.layer.Complete(ctx, o)
+		}
+		m.mu.Lock()
+		m.lastErr = err
+		m.mu.Unlock()
+		switch {
+		case err == nil:
+			if m.key != nil {
+				// Reads are local now; only the decrypting view of a
+				// completed layer kept the key, and it is unused.
+				m.key.Clear()
+			}
+			return
+		case ctx.Err() != nil, m.layer.Bad() != nil:
+			return
+		case attempt == completeAttempts:
+			log.G(ctx).WithError(err).Error("background fetch gave up; the layer stays lazy")
+			return
+		}
+		log.G(ctx).WithError(err).WithField("attempt", attempt).Warn("background fetch failed; retrying")
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+			return
+		}
+		backoff *= 2
+	}
+}
+
+// localBlob is a completed local copy.
+type localBlob struct {
+	f    *os.File
+	size int64
+}
+
+func newLocalBlob(f *os.File, size int64) (*localBlob, error) {
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	if size > 0 && fi.Size() != size {
+		f.Close()
+		return nil, fmt.Errorf("local copy %s is %d bytes, the descriptor says %d", f.Name(), fi.Size(), size)
+	}
+	return &localBlob{f: f, size: fi.Size()}, nil
+}
+
+func (b *localBlob) Size() int64 { return b.size }
+
+func (b *localBlob) ReadAt(_ context.Context, p []byte, off int64) (int, error) {
+	return b.f.ReadAt(p, off)
+}
