@@ -44,6 +44,7 @@ type Client struct {
 
 	mu   sync.Mutex
 	conn net.Conn
+	cfg  *Config // the last Configure, sent again to a restarted server
 }
 
 // Connect connects to the live server of opts.StateDir or, when there is
@@ -129,7 +130,11 @@ func start(ctx context.Context, stateDir string) error {
 }
 
 // ServerPID returns the server process's PID and start time.
-func (c *Client) ServerPID() (int, uint64) { return c.state.PID, c.state.StartTime }
+func (c *Client) ServerPID() (int, uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.state.PID, c.state.StartTime
+}
 
 // Close closes the connection; the server and its mounts stay.
 func (c *Client) Close() error {
@@ -141,6 +146,28 @@ func (c *Client) Close() error {
 func (c *Client) call(ctx context.Context, req *request) (response, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	resp, err := c.roundTrip(ctx, req)
+	if err != nil && ctx.Err() == nil {
+		// The connection broke: the server died (its mounts with it) or
+		// restarted. Connect again (starting a server if need be), give it
+		// the configuration again, and retry once.
+		if rerr := c.reconnect(ctx); rerr != nil {
+			return resp, fmt.Errorf("lazy FUSE server %s: %w (reconnecting: %w)", req.Op, err, rerr)
+		}
+		resp, err = c.roundTrip(ctx, req)
+	}
+	if err != nil {
+		return resp, fmt.Errorf("lazy FUSE server %s: %w", req.Op, err)
+	}
+	if resp.Error != "" {
+		return resp, fmt.Errorf("lazy FUSE server %s: %s", req.Op, resp.Error)
+	}
+	return resp, nil
+}
+
+// roundTrip sends req and reads the response; a transport error is
+// returned as such, a server error in the response.
+func (c *Client) roundTrip(ctx context.Context, req *request) (response, error) {
 	if dl, ok := ctx.Deadline(); ok {
 		_ = c.conn.SetDeadline(dl)
 		defer c.conn.SetDeadline(time.Time{}) //nolint:errcheck
@@ -152,23 +179,40 @@ func (c *Client) call(ctx context.Context, req *request) (response, error) {
 	if err == nil {
 		err = readMsg(c.conn, &resp)
 	}
+	if err != nil && ctx.Err() != nil {
+		err = ctx.Err()
+	}
+	return resp, err
+}
+
+func (c *Client) reconnect(ctx context.Context) error {
+	nc, err := Connect(ctx, c.opts)
 	if err != nil {
-		if ctx.Err() != nil {
-			err = ctx.Err()
-		}
-		return resp, fmt.Errorf("lazy FUSE server %s: %w", req.Op, err)
+		return err
 	}
-	if resp.Error != "" {
-		return resp, fmt.Errorf("lazy FUSE server %s: %s", req.Op, resp.Error)
+	c.conn.Close()
+	c.conn, c.state = nc.conn, nc.state
+	if c.cfg == nil {
+		return nil
 	}
-	return resp, nil
+	resp, err := c.roundTrip(ctx, &request{Op: opConfigure, Config: c.cfg})
+	if err == nil && resp.Error != "" {
+		err = errors.New(resp.Error)
+	}
+	return err
 }
 
 // Configure sets the registry settings and cache of the mounts that
 // follow. cocoond calls it after every Connect (the server keeps no
-// configuration on disk: it holds credentials).
+// configuration on disk: it holds credentials); the Client sends it again
+// by itself to a server it had to reconnect to.
 func (c *Client) Configure(ctx context.Context, cfg Config) error {
 	_, err := c.call(ctx, &request{Op: opConfigure, Config: &cfg})
+	if err == nil {
+		c.mu.Lock()
+		c.cfg = &cfg
+		c.mu.Unlock()
+	}
 	return err
 }
 
