@@ -66,22 +66,40 @@ func Connect(ctx context.Context, opts Options) (*Client, error) {
 	if err := os.Chmod(dir, 0o700); err != nil {
 		return nil, err
 	}
-	for attempt := 0; ; attempt++ {
+	// Another client may be starting the server at the same time: the
+	// server that loses the lock fails, and this one looks again until the
+	// winner has written its state.
+	var last error
+	for attempt := 0; attempt < connectAttempts; attempt++ {
+		if attempt > 0 {
+			select {
+			case <-time.After(50 * time.Millisecond):
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
 		st, err := ReadState(dir)
 		if err == nil && detach.Alive(st.PID, st.StartTime) {
 			c, err := dial(ctx, st)
 			if err == nil {
 				return &Client{opts: opts, state: *st, conn: c}, nil
 			}
-			if attempt >= 2 {
-				return nil, err
-			}
-		} else if err := start(ctx, dir); err != nil && attempt >= 2 {
-			return nil, err
+			last = err
+			continue
 		}
-		// A server just started by us or by a concurrent client: look again.
+		if last = start(ctx, dir); last == nil {
+			if st, err := ReadState(dir); err == nil && detach.Alive(st.PID, st.StartTime) {
+				if c, err := dial(ctx, st); err == nil {
+					return &Client{opts: opts, state: *st, conn: c}, nil
+				}
+			}
+		}
 	}
+	return nil, last
 }
+
+// connectAttempts bounds Connect's tries (about 5 s of retries).
+const connectAttempts = 100
 
 // ReadState reads the server's state file in stateDir.
 func ReadState(stateDir string) (*State, error) {
@@ -175,7 +193,7 @@ func (c *Client) roundTrip(ctx context.Context, req *request) (response, error) 
 	stop := context.AfterFunc(ctx, func() { _ = c.conn.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 	var resp response
-	err := writeMsg(c.conn, req)
+	err := writeRequest(c.conn, req)
 	if err == nil {
 		err = readMsg(c.conn, &resp)
 	}
@@ -195,7 +213,7 @@ func (c *Client) reconnect(ctx context.Context) error {
 	if c.cfg == nil {
 		return nil
 	}
-	resp, err := c.roundTrip(ctx, &request{Op: opConfigure, Config: c.cfg})
+	resp, err := c.roundTrip(ctx, &request{Op: opConfigure, Config: c.cfg, secret: c.cfg.AuthFile})
 	if err == nil && resp.Error != "" {
 		err = errors.New(resp.Error)
 	}
@@ -207,7 +225,7 @@ func (c *Client) reconnect(ctx context.Context) error {
 // configuration on disk: it holds credentials); the Client sends it again
 // by itself to a server it had to reconnect to.
 func (c *Client) Configure(ctx context.Context, cfg Config) error {
-	_, err := c.call(ctx, &request{Op: opConfigure, Config: &cfg})
+	_, err := c.call(ctx, &request{Op: opConfigure, Config: &cfg, secret: cfg.AuthFile})
 	if err == nil {
 		c.mu.Lock()
 		c.cfg = &cfg
@@ -235,7 +253,7 @@ func (c *Client) Mount(ctx context.Context, dir string, l LayerSpec) error {
 		if err != nil {
 			return err
 		}
-		req.Key = b
+		req.secret = b
 		defer clear(b)
 	}
 	_, err := c.call(ctx, req)
@@ -250,7 +268,7 @@ func (c *Client) MountWithKey(ctx context.Context, dir string, l LayerSpec, k *d
 		return err
 	}
 	defer clear(b)
-	_, err = c.call(ctx, &request{Op: opMount, Dir: dir, Layer: &l, Key: b})
+	_, err = c.call(ctx, &request{Op: opMount, Dir: dir, Layer: &l, secret: b})
 	return err
 }
 

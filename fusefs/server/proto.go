@@ -14,10 +14,13 @@ import (
 )
 
 // The protocol is length-prefixed JSON over the unix socket: a 4-byte
-// big-endian length, then a request object; the server answers each with
-// a response object framed the same way, in order. A connection carries
-// any number of requests. JSON keeps it inspectable and needs no generated
-// code; the messages are small (a registry configuration, a descriptor).
+// big-endian length, then a request object, then a second frame with the
+// request's secret bytes (empty but for Configure's credentials and an
+// encrypted Mount's layer key), kept out of the JSON so that no encoder
+// buffer ever holds them. The server answers each request with a response
+// object framed the same way, in order. A connection carries any number of
+// requests. JSON keeps it inspectable and needs no generated code; the
+// messages are small (a registry configuration, a descriptor).
 const maxMessage = 16 << 20
 
 // Operations.
@@ -43,7 +46,8 @@ type Config struct {
 	Hosts *registry.Hosts `json:"hosts,omitempty"`
 	// AuthFile is a containers-auth.json document (secret); empty means
 	// anonymous.
-	AuthFile []byte `json:"auth_file,omitempty"`
+	// It travels in the secret frame, never in the JSON.
+	AuthFile []byte `json:"-"`
 	// Retries and RetryBackoff as in registry.Options (0: its defaults).
 	Retries      int   `json:"retries,omitempty"`
 	RetryBackoff int64 `json:"retry_backoff_ns,omitempty"`
@@ -112,8 +116,9 @@ type request struct {
 	Config *Config    `json:"config,omitempty"`
 	Dir    string     `json:"dir,omitempty"`
 	Layer  *LayerSpec `json:"layer,omitempty"`
-	// Key is a marshalled decrypt.LayerKey (secret).
-	Key []byte `json:"key,omitempty"`
+	// secret is the secret frame: Config.AuthFile, or a marshalled
+	// decrypt.LayerKey.
+	secret []byte
 }
 
 type response struct {
@@ -121,26 +126,66 @@ type response struct {
 	Mounts []MountInfo `json:"mounts,omitempty"`
 }
 
-// writeMsg frames v. The encoding may hold a secret: it is zeroed after
-// the write.
+// writeRequest frames req and its secret (written from the caller's
+// slice, not copied).
+func writeRequest(w io.Writer, req *request) error {
+	if err := writeMsg(w, req); err != nil {
+		return err
+	}
+	var hdr [4]byte
+	binary.BigEndian.PutUint32(hdr[:], uint32(len(req.secret)))
+	if _, err := w.Write(hdr[:]); err != nil {
+		return err
+	}
+	if len(req.secret) == 0 {
+		return nil
+	}
+	_, err := w.Write(req.secret)
+	return err
+}
+
+// readRequest reads a request and its secret; the caller clears
+// req.secret.
+func readRequest(r io.Reader, req *request) error {
+	if err := readMsg(r, req); err != nil {
+		return err
+	}
+	var hdr [4]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return err
+	}
+	n := binary.BigEndian.Uint32(hdr[:])
+	if n > maxMessage {
+		return fmt.Errorf("secret of %d bytes exceeds %d", n, maxMessage)
+	}
+	if n == 0 {
+		return nil
+	}
+	req.secret = make([]byte, n)
+	if _, err := io.ReadFull(r, req.secret); err != nil {
+		clear(req.secret)
+		return err
+	}
+	return nil
+}
+
+// writeMsg frames v (no secrets: those go in writeRequest's second frame).
 func writeMsg(w io.Writer, v any) error {
 	b, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
-	defer clear(b)
 	if len(b) > maxMessage {
 		return fmt.Errorf("message of %d bytes exceeds %d", len(b), maxMessage)
 	}
 	buf := make([]byte, 4+len(b))
-	defer clear(buf)
 	binary.BigEndian.PutUint32(buf, uint32(len(b)))
 	copy(buf[4:], b)
 	_, err = w.Write(buf)
 	return err
 }
 
-// readMsg reads one frame into v and zeroes the frame.
+// readMsg reads one frame into v.
 func readMsg(r io.Reader, v any) error {
 	var hdr [4]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
@@ -151,7 +196,6 @@ func readMsg(r io.Reader, v any) error {
 		return fmt.Errorf("message of %d bytes exceeds %d", n, maxMessage)
 	}
 	b := make([]byte, n)
-	defer clear(b)
 	if _, err := io.ReadFull(r, b); err != nil {
 		if errors.Is(err, io.EOF) {
 			err = io.ErrUnexpectedEOF

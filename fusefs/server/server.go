@@ -257,11 +257,11 @@ func (s *server) handle(c *net.UnixConn) {
 	defer c.Close()
 	for {
 		var req request
-		if err := readMsg(c, &req); err != nil {
+		if err := readRequest(c, &req); err != nil {
 			return // the client went away (or spoke nonsense)
 		}
 		resp := s.do(&req)
-		clear(req.Key)
+		clear(req.secret)
 		if err := writeMsg(c, resp); err != nil {
 			return
 		}
@@ -273,13 +273,13 @@ func (s *server) do(req *request) response {
 	var resp response
 	switch req.Op {
 	case opConfigure:
-		err = s.configure(req.Config)
+		err = s.configure(req.Config, req.secret)
 	case opMount:
 		if req.Layer == nil {
 			err = errors.New("mount without a layer")
 			break
 		}
-		err = s.mount(req.Dir, *req.Layer, req.Key)
+		err = s.mount(req.Dir, *req.Layer, req.secret)
 	case opUnmount:
 		err = s.unmount(req.Dir)
 	case opList:
@@ -295,7 +295,7 @@ func (s *server) do(req *request) response {
 
 // configure builds the registry client the next mounts use; mounts made
 // before keep theirs.
-func (s *server) configure(cfg *Config) error {
+func (s *server) configure(cfg *Config, authFile []byte) error {
 	if cfg == nil {
 		return errors.New("configure without a configuration")
 	}
@@ -306,8 +306,8 @@ func (s *server) configure(cfg *Config) error {
 		Retries:      cfg.Retries,
 		RetryBackoff: time.Duration(cfg.RetryBackoff),
 	}
-	if len(cfg.AuthFile) > 0 {
-		af, err := registry.ParseAuthFile(cfg.AuthFile)
+	if len(authFile) > 0 {
+		af, err := registry.ParseAuthFile(authFile) // authFile is cleared by the caller
 		if err != nil {
 			return fmt.Errorf("credentials: %w", err)
 		}

@@ -573,3 +573,51 @@ func TestPeerOfAnotherUIDRefused(t *testing.T) {
 	}
 
 }
+
+// TestConcurrentConnect: clients starting at once share one server (the
+// loser of the lock race connects to the winner), and credentials travel
+// only in the secret frame.
+func TestConcurrentConnect(t *testing.T) {
+	e := newEnv(t)
+	const n = 4
+	pids := make(chan int, n)
+	errs := make(chan error, n)
+	for range n {
+		go func() {
+			c, err := server.Connect(context.Background(), server.Options{StateDir: e.state})
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close()
+			cfg := e.config("")
+			cfg.AuthFile = []byte(`{"auths":{"` + e.reg.Host + `":{"auth":"dXNlcjpwYXNz"}}}`)
+			if err := c.Configure(context.Background(), cfg); err != nil {
+				errs <- err
+				return
+			}
+			pid, _ := c.ServerPID()
+			pids <- pid
+		}()
+	}
+	first := 0
+	for range n {
+		select {
+		case err := <-errs:
+			t.Fatal(err)
+		case pid := <-pids:
+			if first == 0 {
+				first = pid
+			}
+			if pid != first {
+				t.Fatalf("clients reached servers %d and %d", first, pid)
+			}
+		}
+	}
+	c := connect(t, e, nil)
+	bad := e.config("")
+	bad.AuthFile = []byte("not json")
+	if err := c.Configure(context.Background(), bad); err == nil || !strings.Contains(err.Error(), "credentials") {
+		t.Fatalf("a malformed auth file was accepted: %v", err)
+	}
+}
