@@ -26,6 +26,14 @@ const DefaultStateDir = "/run/cocoon/lazy"
 // and clears it.
 type KeyFunc func(ctx context.Context, l LayerSpec) (*decrypt.LayerKey, error)
 
+// UnwrapWith is the KeyFunc that unwraps layer keys as a full pull does
+// (decrypt.UnwrapLayer with o: the KBS, local private keys).
+func UnwrapWith(o decrypt.Options) KeyFunc {
+	return func(ctx context.Context, l LayerSpec) (*decrypt.LayerKey, error) {
+		return decrypt.UnwrapLayer(ctx, l.Blob, o)
+	}
+}
+
 // Options configure Connect.
 type Options struct {
 	// StateDir holds the server's socket, state, mounts file and log; one
@@ -272,7 +280,9 @@ func (c *Client) MountWithKey(ctx context.Context, dir string, l LayerSpec, k *d
 	return err
 }
 
-// Unmount unmounts dir. A busy mount is detached lazily and reported.
+// Unmount stops serving dir and drops the local copy of its layer. A busy
+// mount is detached lazily and reported. A directory that is not served is
+// not an error (whatever a dead server left there is detached).
 func (c *Client) Unmount(ctx context.Context, dir string) error {
 	_, err := c.call(ctx, &request{Op: opUnmount, Dir: dir})
 	return err

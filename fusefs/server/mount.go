@@ -2,6 +2,8 @@ package server
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -10,6 +12,7 @@ import (
 	"time"
 
 	"github.com/containerd/log"
+	"golang.org/x/sys/unix"
 
 	"github.com/cocoon-cc/cocoon/fusefs"
 	"github.com/cocoon-cc/cocoon/image/decrypt"
@@ -24,6 +27,8 @@ type mount struct {
 	key     *decrypt.LayerKey // nil for a plain layer; cleared once local
 	cancel  context.CancelFunc
 	done    chan struct{}
+	// localDir holds the completed copy of this mount's layer ("": none).
+	localDir string
 
 	mu      sync.Mutex
 	lazy    bool // no background fetch
@@ -80,7 +85,17 @@ func (s *server) mount(dir string, spec LayerSpec, keyBytes []byte) (err error) 
 		}
 		return fmt.Errorf("%s already serves layer %s", dir, old.spec.Blob.Digest)
 	}
+	if s.pending[dir] {
+		s.mu.Unlock()
+		return fmt.Errorf("%s is being mounted by another request", dir)
+	}
+	s.pending[dir] = true
 	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.pending, dir)
+		s.mu.Unlock()
+	}()
 	if client == nil {
 		return errors.New("the lazy FUSE server is not configured yet")
 	}
@@ -103,7 +118,8 @@ func (s *server) mount(dir string, spec LayerSpec, keyBytes []byte) (err error) 
 		}()
 	}
 	ctx := log.WithLogger(s.ctx, log.G(s.ctx).WithFields(log.Fields{"mountpoint": dir, "image": spec.ImageRef, "manifest": spec.Manifest}))
-	src, tap, err := openSource(ctx, client, cfg, spec, key)
+	detachStale(ctx, dir)
+	src, tap, err := openSource(ctx, client, cfg, dir, spec, key)
 	if err != nil {
 		return err
 	}
@@ -117,7 +133,7 @@ func (s *server) mount(dir string, spec LayerSpec, keyBytes []byte) (err error) 
 		return err
 	}
 	bctx, cancel := context.WithCancel(ctx)
-	m := &mount{spec: spec, layer: layer, mounted: mounted, key: key, cancel: cancel, done: make(chan struct{}), lazy: cfg.CacheDir == ""}
+	m := &mount{spec: spec, layer: layer, mounted: mounted, key: key, cancel: cancel, done: make(chan struct{}), lazy: cfg.CacheDir == "", localDir: localDir(cfg, dir)}
 	s.mu.Lock()
 	s.mounts[dir] = m
 	serr := s.saveMounts()
@@ -129,13 +145,33 @@ func (s *server) mount(dir string, spec LayerSpec, keyBytes []byte) (err error) 
 	return nil
 }
 
+// localDir is where the completed copy of the layer mounted at dir lives:
+// one directory per mount point under CacheDir, so that Unmount drops
+// exactly its copy and a new server finds it again ("": no CacheDir).
+func localDir(cfg *Config, dir string) string {
+	if cfg == nil || cfg.CacheDir == "" {
+		return ""
+	}
+	h := sha256.Sum256([]byte(filepath.Clean(dir)))
+	return filepath.Join(cfg.CacheDir, hex.EncodeToString(h[:12]))
+}
+
+// detachStale lazily unmounts whatever is mounted at dir (a FUSE mount
+// whose server died answers ENOTCONN to everything); not being a mount
+// point is fine.
+func detachStale(ctx context.Context, dir string) {
+	if err := unix.Unmount(dir, unix.MNT_DETACH); err == nil {
+		log.G(ctx).WithField("mountpoint", dir).Warn("detached a stale mount")
+	}
+}
+
 // openSource returns the blob to serve spec from: the completed local copy
-// under CacheDir when one exists (a server restarted after a crash), else
+// of dir's layer when one exists (a server restarted after a crash), else
 // the registry; through decryption for an encrypted layer. tap, when not
 // nil, is Complete's CheckBlob.
-func openSource(ctx context.Context, client *registry.Client, cfg *Config, spec LayerSpec, key *decrypt.LayerKey) (fusefs.Blob, *checkTap, error) {
-	if cfg.CacheDir != "" {
-		f, err := os.Open(filepath.Join(cfg.CacheDir, spec.Blob.Digest.Encoded()))
+func openSource(ctx context.Context, client *registry.Client, cfg *Config, dir string, spec LayerSpec, key *decrypt.LayerKey) (fusefs.Blob, *checkTap, error) {
+	if ld := localDir(cfg, dir); ld != "" {
+		f, err := os.Open(filepath.Join(ld, spec.Blob.Digest.Encoded()))
 		if err == nil {
 			lb, err := newLocalBlob(f, spec.Blob.Size)
 			if err != nil {
@@ -193,7 +229,7 @@ func (m *mount) background(ctx context.Context, cfg *Config, tap *checkTap) {
 	if cfg.CacheDir == "" {
 		return
 	}
-	o := fusefs.CompleteOptions{Dir: cfg.CacheDir, DiffID: m.spec.DiffID, Concurrency: completeConcurrency, SegmentSize: completeSegment}
+	o := fusefs.CompleteOptions{Dir: m.localDir, DiffID: m.spec.DiffID, Concurrency: completeConcurrency, SegmentSize: completeSegment}
 	if tap != nil {
 		o.CheckBlob = tap.check
 	}
@@ -204,7 +240,7 @@ func (m *mount) background(ctx context.Context, cfg *Config, tap *checkTap) {
 			err = tap.arm()
 		}
 		if err == nil {
-			err = os.MkdirAll(cfg.CacheDir, 0o700)
+			err = os.MkdirAll(m.localDir, 0o700)
 		}
 		if err == nil {
 			err = m.layer.Complete(ctx, o)

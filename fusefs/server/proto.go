@@ -52,8 +52,9 @@ type Config struct {
 	Retries      int   `json:"retries,omitempty"`
 	RetryBackoff int64 `json:"retry_backoff_ns,omitempty"`
 
-	// CacheDir receives the completed local copy of every layer, named by
-	// the blob digest's hex. For an encrypted layer the copy is the
+	// CacheDir receives the completed local copy of every layer, in a
+	// directory per mount point (removed by Unmount), named by the blob
+	// digest's hex. For an encrypted layer the copy is the
 	// decrypted (still compressed) blob: put CacheDir on the encrypted
 	// storage volume or on tmpfs, never on plain disk. Empty: layers are
 	// never completed and stay lazy.

@@ -18,7 +18,8 @@
 // Secrets (registry credentials, the unwrapped keys of encrypted layers)
 // reach the server only over the socket and stay in its memory. It writes
 // nothing to disk but the state files and, when Config.CacheDir is set,
-// the completed copy of each layer, which for an encrypted layer is the
+// the completed copy of each layer (one directory per mount point, removed
+// by Unmount), which for an encrypted layer is the
 // decrypted blob: CacheDir must be on the encrypted storage volume or on
 // tmpfs (the caller's choice).
 package server
@@ -109,7 +110,8 @@ type server struct {
 	cfg    *Config
 	client *registry.Client
 	cache  *fusefs.ChunkCache
-	mounts map[string]*mount
+	mounts  map[string]*mount
+	pending map[string]bool // mount points being mounted
 }
 
 // serve is the server process: take the lock, clean up after a dead
@@ -152,7 +154,7 @@ func serve(stateDir string, status *os.File) error {
 		ln.Close()
 		return fail(err)
 	}
-	s := &server{stateDir: stateDir, uid: os.Geteuid(), ctx: ctx, mounts: map[string]*mount{}}
+	s := &server{stateDir: stateDir, uid: os.Geteuid(), ctx: ctx, mounts: map[string]*mount{}, pending: map[string]bool{}}
 	if err := s.saveMounts(); err != nil {
 		ln.Close()
 		return fail(err)
@@ -350,22 +352,36 @@ func (s *server) list() []MountInfo {
 	return out
 }
 
+// unmount stops serving dir and drops the local copy of its layer. A
+// directory not served is not an error: whatever a dead server left
+// mounted there is detached, and its local copy dropped too.
 func (s *server) unmount(dir string) error {
+	if !filepath.IsAbs(dir) {
+		return fmt.Errorf("mount point %q is not absolute", dir)
+	}
 	dir = filepath.Clean(dir)
 	s.mu.Lock()
 	m, ok := s.mounts[dir]
-	if ok {
-		delete(s.mounts, dir)
-	}
 	var serr error
 	if ok {
+		delete(s.mounts, dir)
 		serr = s.saveMounts()
 	}
+	ld := localDir(s.cfg, dir)
 	s.mu.Unlock()
-	if !ok {
-		return fmt.Errorf("no lazy layer is mounted at %s", dir)
+	var err error
+	if ok {
+		err = m.release()
+		ld = m.localDir
+	} else {
+		detachStale(s.ctx, dir)
 	}
-	return errors.Join(m.release(), serr)
+	if ld != "" {
+		if rerr := os.RemoveAll(ld); rerr != nil {
+			err = errors.Join(err, fmt.Errorf("dropping the local copy of %s: %w", dir, rerr))
+		}
+	}
+	return errors.Join(err, serr)
 }
 
 func (s *server) unmountAll() {

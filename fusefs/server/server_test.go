@@ -343,6 +343,11 @@ func TestMountsSurviveClientKill(t *testing.T) {
 	if ms, err := c.List(context.Background()); err != nil || len(ms) != 0 {
 		t.Fatalf("List after Unmount = %+v, %v", ms, err)
 	}
+	// As the snapshotter's LazyMounter: unmounting what is not served is
+	// not an error.
+	if err := c.Unmount(context.Background(), e.dir); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // TestServerCrashAndLocalCopy: a completed layer is served from the local
@@ -405,6 +410,13 @@ func TestServerCrashAndLocalCopy(t *testing.T) {
 	if got := e.reg.Gets.Load(); got != before {
 		t.Fatalf("%d registry requests re-serving a layer with a local copy", got-before)
 	}
+	// Unmount drops the local copy.
+	if err := c.Unmount(ctx, e.dir); err != nil {
+		t.Fatal(err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(cache, "*", "*")); len(left) != 0 {
+		t.Fatalf("local copies left after Unmount: %v", left)
+	}
 }
 
 // fakeResources serves KEKs without attestation.
@@ -443,9 +455,10 @@ func TestEncryptedLayer(t *testing.T) {
 	desc := ocispec.Descriptor{MediaType: decrypt.EncryptedMediaType(ocispec.MediaTypeImageLayerGzip), Digest: digest.FromBytes(ct), Size: int64(len(ct)), Annotations: ann}
 	spec := server.NewLayerSpec(ref+":v1", "", desc, diffID, toc, true)
 	unwraps := 0
+	unwrap := server.UnwrapWith(decrypt.Options{Resources: fakeResources{kid: kek}})
 	keys := func(ctx context.Context, l server.LayerSpec) (*decrypt.LayerKey, error) {
 		unwraps++
-		return decrypt.UnwrapLayer(ctx, l.Blob, decrypt.Options{Resources: fakeResources{kid: kek}})
+		return unwrap(ctx, l)
 	}
 	ctx := context.Background()
 	c := connect(t, e, keys)
@@ -482,9 +495,6 @@ func TestEncryptedLayer(t *testing.T) {
 		bad.Blob.Annotations[k] = v
 	}
 	bad.Blob.Annotations[decrypt.AnnotationPubOpts] = wrongHMAC(t, desc.Annotations[decrypt.AnnotationPubOpts])
-	if err := os.RemoveAll(filepath.Join(filepath.Dir(e.state), "cache")); err != nil {
-		t.Fatal(err)
-	}
 	if err := c.Mount(ctx, e.dir, bad); err != nil {
 		t.Fatal(err)
 	}
