@@ -106,10 +106,10 @@ type server struct {
 	uid      int
 	ctx      context.Context
 
-	mu     sync.Mutex
-	cfg    *Config
-	client *registry.Client
-	cache  *fusefs.ChunkCache
+	mu      sync.Mutex
+	cfg     *Config
+	client  *registry.Client
+	cache   *fusefs.ChunkCache
 	mounts  map[string]*mount
 	pending map[string]bool // mount points being mounted
 }
