@@ -8,10 +8,16 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 
 	"github.com/cocoon-cc/cocoon/image/decrypt"
 	"github.com/cocoon-cc/cocoon/internal/detach"
@@ -292,6 +298,32 @@ func (c *Client) Unmount(ctx context.Context, dir string) error {
 func (c *Client) List(ctx context.Context) ([]MountInfo, error) {
 	resp, err := c.call(ctx, &request{Op: opList})
 	return resp.Mounts, err
+}
+
+var _ prometheus.Gatherer = (*Client)(nil)
+
+// Gather returns the server's metrics (the lazy layers' fusefs counters
+// and the server process's own, prefixed cocoon_lazy_server_), so that
+// cocoond serves them with its own: a Client is a prometheus.Gatherer
+// (prometheus.Gatherers{cocoondRegistry, client}).
+func (c *Client) Gather() ([]*dto.MetricFamily, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := c.call(ctx, &request{Op: opMetrics})
+	if err != nil {
+		return nil, err
+	}
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	mfs, err := p.TextToMetricFamilies(strings.NewReader(resp.Metrics))
+	if err != nil {
+		return nil, fmt.Errorf("lazy FUSE server metrics: %w", err)
+	}
+	out := make([]*dto.MetricFamily, 0, len(mfs))
+	for _, mf := range mfs {
+		out = append(out, mf)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].GetName() < out[j].GetName() })
+	return out, nil
 }
 
 // Stop asks the server of stateDir to unmount everything and exit

@@ -77,7 +77,7 @@ func (s *server) mount(dir string, spec LayerSpec, keyBytes []byte) (err error) 
 	}
 	dir = filepath.Clean(dir)
 	s.mu.Lock()
-	cfg, client, cache := s.cfg, s.client, s.cache
+	cfg, client, cache, metrics := s.cfg, s.client, s.cache, s.metrics
 	if old, ok := s.mounts[dir]; ok {
 		s.mu.Unlock()
 		if old.spec.Blob.Digest == spec.Blob.Digest {
@@ -123,7 +123,7 @@ func (s *server) mount(dir string, spec LayerSpec, keyBytes []byte) (err error) 
 	if err != nil {
 		return err
 	}
-	layer, err := fusefs.Open(ctx, src, fusefs.Options{Digest: spec.Blob.Digest, TOCDigest: spec.TOCDigest, Cache: cache})
+	layer, err := fusefs.Open(ctx, src, fusefs.Options{Digest: spec.Blob.Digest, TOCDigest: spec.TOCDigest, Cache: cache, Metrics: metrics})
 	if err != nil {
 		return err
 	}

@@ -29,6 +29,7 @@ const (
 	opMount     = "mount"
 	opUnmount   = "unmount"
 	opList      = "list"
+	opMetrics   = "metrics"
 )
 
 // Config is what the server needs to fetch and keep layers: a serialisable
@@ -125,6 +126,8 @@ type request struct {
 type response struct {
 	Error  string      `json:"error,omitempty"`
 	Mounts []MountInfo `json:"mounts,omitempty"`
+	// Metrics is the Prometheus text exposition of the server's registry.
+	Metrics string `json:"metrics,omitempty"`
 }
 
 // writeRequest frames req and its secret (written from the caller's

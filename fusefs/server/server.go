@@ -33,11 +33,15 @@ import (
 	"os/signal"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/containerd/log"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/common/expfmt"
 	"golang.org/x/sys/unix"
 
 	"github.com/cocoon-cc/cocoon/fusefs"
@@ -112,6 +116,11 @@ type server struct {
 	cache   *fusefs.ChunkCache
 	mounts  map[string]*mount
 	pending map[string]bool // mount points being mounted
+
+	// registry holds the lazy layers' counters (fusefs.Metrics) and this
+	// process's own (RSS, CPU, descriptors), for Client.Gather.
+	registry *prometheus.Registry
+	metrics  *fusefs.Metrics
 }
 
 // serve is the server process: take the lock, clean up after a dead
@@ -155,6 +164,10 @@ func serve(stateDir string, status *os.File) error {
 		return fail(err)
 	}
 	s := &server{stateDir: stateDir, uid: os.Geteuid(), ctx: ctx, mounts: map[string]*mount{}, pending: map[string]bool{}}
+	if err := s.initMetrics(); err != nil {
+		ln.Close()
+		return fail(err)
+	}
 	if err := s.saveMounts(); err != nil {
 		ln.Close()
 		return fail(err)
@@ -286,6 +299,8 @@ func (s *server) do(req *request) response {
 		err = s.unmount(req.Dir)
 	case opList:
 		resp.Mounts = s.list()
+	case opMetrics:
+		resp.Metrics, err = s.gather()
 	default:
 		err = fmt.Errorf("unknown operation %q", req.Op)
 	}
@@ -293,6 +308,31 @@ func (s *server) do(req *request) response {
 		resp.Error = err.Error()
 	}
 	return resp
+}
+
+func (s *server) initMetrics() error {
+	s.registry = prometheus.NewRegistry()
+	m, err := fusefs.NewMetrics(s.registry)
+	if err != nil {
+		return err
+	}
+	s.metrics = m
+	return s.registry.Register(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{Namespace: "cocoon_lazy_server"}))
+}
+
+// gather returns the metrics in the Prometheus text format.
+func (s *server) gather() (string, error) {
+	mfs, err := s.registry.Gather()
+	if err != nil {
+		return "", err
+	}
+	var b strings.Builder
+	for _, mf := range mfs {
+		if _, err := expfmt.MetricFamilyToText(&b, mf); err != nil {
+			return "", err
+		}
+	}
+	return b.String(), nil
 }
 
 // configure builds the registry client the next mounts use; mounts made

@@ -320,6 +320,19 @@ func TestMountsSurviveClientKill(t *testing.T) {
 	if pid, _ := c.ServerPID(); pid != serverPID {
 		t.Fatalf("new client reached server %d, the child started %d", pid, serverPID)
 	}
+	mfs, err := c.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	values := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			values[mf.GetName()] += m.GetCounter().GetValue() + m.GetGauge().GetValue()
+		}
+	}
+	if values["cocoon_lazy_range_requests_total"] == 0 || values["cocoon_lazy_server_process_resident_memory_bytes"] == 0 {
+		t.Fatalf("server metrics: %v", values)
+	}
 	ms, err := c.List(context.Background())
 	if err != nil {
 		t.Fatal(err)
