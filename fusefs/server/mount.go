@@ -29,6 +29,9 @@ type mount struct {
 	done    chan struct{}
 	// localDir holds the completed copy of this mount's layer ("": none).
 	localDir string
+	// local is the copy a previous server completed, when served from it;
+	// open until release (a read may still be using it after Complete).
+	local *localBlob
 
 	mu      sync.Mutex
 	lazy    bool // no background fetch
@@ -61,6 +64,9 @@ func (m *mount) release() error {
 	<-m.done
 	err := m.mounted.Unmount()
 	m.layer.Close()
+	if m.local != nil {
+		m.local.f.Close()
+	}
 	if m.key != nil {
 		m.key.Clear()
 	}
@@ -123,6 +129,12 @@ func (s *server) mount(dir string, spec LayerSpec, keyBytes []byte) (err error) 
 	if err != nil {
 		return err
 	}
+	local, _ := src.(*localBlob)
+	defer func() {
+		if err != nil && local != nil {
+			local.f.Close()
+		}
+	}()
 	layer, err := fusefs.Open(ctx, src, fusefs.Options{Digest: spec.Blob.Digest, TOCDigest: spec.TOCDigest, Cache: cache, Metrics: metrics})
 	if err != nil {
 		return err
@@ -133,7 +145,7 @@ func (s *server) mount(dir string, spec LayerSpec, keyBytes []byte) (err error) 
 		return err
 	}
 	bctx, cancel := context.WithCancel(ctx)
-	m := &mount{spec: spec, layer: layer, mounted: mounted, key: key, cancel: cancel, done: make(chan struct{}), lazy: cfg.CacheDir == "", localDir: localDir(cfg, dir)}
+	m := &mount{spec: spec, layer: layer, mounted: mounted, key: key, cancel: cancel, done: make(chan struct{}), lazy: cfg.CacheDir == "", localDir: localDir(cfg, dir), local: local}
 	s.mu.Lock()
 	s.mounts[dir] = m
 	serr := s.saveMounts()
