@@ -50,16 +50,24 @@ type Options struct {
 }
 
 // Client talks to the lazy FUSE server. Its Mount and Unmount have the
-// shape of the snapshotter's LazyMounter. It is safe for concurrent use
-// (requests are serialised on one connection).
+// shape of the snapshotter's LazyMounter. It is safe for concurrent use:
+// each request takes a connection of its own from a small pool, so a slow
+// Mount (a TOC fetched from a far registry) delays no other.
 type Client struct {
-	opts  Options
-	state State
+	opts Options
 
-	mu   sync.Mutex
-	conn net.Conn
-	cfg  *Config // the last Configure, sent again to a restarted server
+	reconnectMu sync.Mutex // one reconnect at a time
+
+	mu     sync.Mutex
+	state  State
+	gen    uint64 // bumped by every reconnect: older connections are dropped
+	idle   []net.Conn
+	cfg    *Config // the last Configure, sent again to a restarted server
+	closed bool
 }
+
+// maxIdle bounds the connections kept open between requests.
+const maxIdle = 4
 
 // Connect connects to the live server of opts.StateDir or, when there is
 // none (never started, or dead: the state file's PID is gone or reused),
@@ -96,7 +104,7 @@ func Connect(ctx context.Context, opts Options) (*Client, error) {
 		if err == nil && detach.Alive(st.PID, st.StartTime) {
 			c, err := dial(ctx, st)
 			if err == nil {
-				return &Client{opts: opts, state: *st, conn: c}, nil
+				return &Client{opts: opts, state: *st, idle: []net.Conn{c}}, nil
 			}
 			last = err
 			continue
@@ -104,7 +112,7 @@ func Connect(ctx context.Context, opts Options) (*Client, error) {
 		if last = start(ctx, dir); last == nil {
 			if st, err := ReadState(dir); err == nil && detach.Alive(st.PID, st.StartTime) {
 				if c, err := dial(ctx, st); err == nil {
-					return &Client{opts: opts, state: *st, conn: c}, nil
+					return &Client{opts: opts, state: *st, idle: []net.Conn{c}}, nil
 				}
 			}
 		}
@@ -168,25 +176,29 @@ func (c *Client) ServerPID() (int, uint64) {
 	return c.state.PID, c.state.StartTime
 }
 
-// Close closes the connection; the server and its mounts stay.
+// Close closes the connections; the server and its mounts stay.
 func (c *Client) Close() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.conn.Close()
+	c.closed = true
+	var errs []error
+	for _, conn := range c.idle {
+		errs = append(errs, conn.Close())
+	}
+	c.idle = nil
+	return errors.Join(errs...)
 }
 
 func (c *Client) call(ctx context.Context, req *request) (response, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	resp, err := c.roundTrip(ctx, req)
+	resp, gen, err := c.try(ctx, req)
 	if err != nil && ctx.Err() == nil {
 		// The connection broke: the server died (its mounts with it) or
 		// restarted. Connect again (starting a server if need be), give it
 		// the configuration again, and retry once.
-		if rerr := c.reconnect(ctx); rerr != nil {
+		if rerr := c.reconnect(ctx, gen); rerr != nil {
 			return resp, fmt.Errorf("lazy FUSE server %s: %w (reconnecting: %w)", req.Op, err, rerr)
 		}
-		resp, err = c.roundTrip(ctx, req)
+		resp, _, err = c.try(ctx, req)
 	}
 	if err != nil {
 		return resp, fmt.Errorf("lazy FUSE server %s: %w", req.Op, err)
@@ -197,19 +209,59 @@ func (c *Client) call(ctx context.Context, req *request) (response, error) {
 	return resp, nil
 }
 
+// try sends req on a pooled or new connection. A transport error closes
+// the connection and is returned with the generation it belonged to.
+func (c *Client) try(ctx context.Context, req *request) (response, uint64, error) {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return response{}, 0, errors.New("client closed")
+	}
+	gen, st := c.gen, c.state
+	var conn net.Conn
+	if n := len(c.idle); n > 0 {
+		conn, c.idle = c.idle[n-1], c.idle[:n-1]
+	}
+	c.mu.Unlock()
+	if conn == nil {
+		var err error
+		if conn, err = dial(ctx, &st); err != nil {
+			return response{}, gen, err
+		}
+	}
+	resp, err := roundTrip(ctx, conn, req)
+	if err != nil {
+		conn.Close()
+		return resp, gen, err
+	}
+	c.put(conn, gen)
+	return resp, gen, nil
+}
+
+// put returns conn to the pool unless it belongs to a replaced server.
+func (c *Client) put(conn net.Conn, gen uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed || gen != c.gen || len(c.idle) >= maxIdle {
+		conn.Close()
+		return
+	}
+	c.idle = append(c.idle, conn)
+}
+
 // roundTrip sends req and reads the response; a transport error is
 // returned as such, a server error in the response.
-func (c *Client) roundTrip(ctx context.Context, req *request) (response, error) {
+func roundTrip(ctx context.Context, conn net.Conn, req *request) (response, error) {
 	if dl, ok := ctx.Deadline(); ok {
-		_ = c.conn.SetDeadline(dl)
-		defer c.conn.SetDeadline(time.Time{}) //nolint:errcheck
+		_ = conn.SetDeadline(dl)
+		defer conn.SetDeadline(time.Time{}) //nolint:errcheck
 	}
-	stop := context.AfterFunc(ctx, func() { _ = c.conn.SetDeadline(time.Unix(1, 0)) })
+	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 	var resp response
-	err := writeRequest(c.conn, req)
+	err := writeRequest(conn, req)
 	if err == nil {
-		err = readMsg(c.conn, &resp)
+		err = readMsg(conn, &resp)
 	}
 	if err != nil && ctx.Err() != nil {
 		err = ctx.Err()
@@ -217,21 +269,40 @@ func (c *Client) roundTrip(ctx context.Context, req *request) (response, error) 
 	return resp, err
 }
 
-func (c *Client) reconnect(ctx context.Context) error {
+// reconnect replaces the server of generation failed (unless another
+// request already did) and gives the new one the configuration.
+func (c *Client) reconnect(ctx context.Context, failed uint64) error {
+	c.reconnectMu.Lock()
+	defer c.reconnectMu.Unlock()
+	c.mu.Lock()
+	current, cfg := c.gen, c.cfg
+	c.mu.Unlock()
+	if current != failed {
+		return nil
+	}
 	nc, err := Connect(ctx, c.opts)
 	if err != nil {
 		return err
 	}
-	c.conn.Close()
-	c.conn, c.state = nc.conn, nc.state
-	if c.cfg == nil {
-		return nil
+	conn := nc.idle[0]
+	if cfg != nil {
+		resp, err := roundTrip(ctx, conn, &request{Op: opConfigure, Config: cfg, secret: cfg.AuthFile})
+		if err == nil && resp.Error != "" {
+			err = errors.New(resp.Error)
+		}
+		if err != nil {
+			conn.Close()
+			return err
+		}
 	}
-	resp, err := c.roundTrip(ctx, &request{Op: opConfigure, Config: c.cfg, secret: c.cfg.AuthFile})
-	if err == nil && resp.Error != "" {
-		err = errors.New(resp.Error)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, old := range c.idle {
+		old.Close()
 	}
-	return err
+	c.gen++
+	c.state, c.idle = nc.state, []net.Conn{conn}
+	return nil
 }
 
 // Configure sets the registry settings and cache of the mounts that

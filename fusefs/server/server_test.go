@@ -12,6 +12,7 @@ import (
 	"io"
 	mrand "math/rand/v2"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -140,11 +141,15 @@ func randomBytes(seed uint64, n int) []byte {
 // buildLayer builds an eStargz layer of small chunks: an early file, a big
 // one of many chunks and a late file.
 func buildLayer(t *testing.T) (blob []byte, toc, diffID digest.Digest, files map[string][]byte) {
+	return buildLayerSeed(t, 1)
+}
+
+func buildLayerSeed(t *testing.T, seed uint64) (blob []byte, toc, diffID digest.Digest, files map[string][]byte) {
 	t.Helper()
 	files = map[string][]byte{
 		"etc/early.txt": []byte("read before the client dies\n"),
-		"data/big.bin":  randomBytes(1, 300<<10),
-		"data/late.txt": randomBytes(2, 20<<10),
+		"data/big.bin":  randomBytes(seed, 300<<10),
+		"data/late.txt": randomBytes(seed+1000, 20<<10),
 	}
 	var entries []regtest.Entry
 	entries = append(entries, regtest.Entry{Name: "etc/", Type: '5'}, regtest.Entry{Name: "data/", Type: '5'})
@@ -178,7 +183,11 @@ func push(t *testing.T, reg *regtest.Registry, blob []byte) string {
 }
 
 func plainLayer(t *testing.T, reg *regtest.Registry) *layer {
-	blob, toc, diffID, files := buildLayer(t)
+	return plainLayerSeed(t, reg, 1)
+}
+
+func plainLayerSeed(t *testing.T, reg *regtest.Registry, seed uint64) *layer {
+	blob, toc, diffID, files := buildLayerSeed(t, seed)
 	ref := push(t, reg, blob)
 	desc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayerGzip, Digest: digest.FromBytes(blob), Size: int64(len(blob))}
 	return &layer{blob: blob, files: files, spec: server.NewLayerSpec(ref+":v1", digest.Digest("sha256:"+strings.Repeat("0", 64)), desc, diffID, toc, false)}
@@ -642,5 +651,65 @@ func TestConcurrentConnect(t *testing.T) {
 	bad.AuthFile = []byte("not json")
 	if err := c.Configure(context.Background(), bad); err == nil || !strings.Contains(err.Error(), "credentials") {
 		t.Fatalf("a malformed auth file was accepted: %v", err)
+	}
+}
+
+// TestSlowMountBlocksNoOther: while one layer's Mount waits for its
+// registry, a Mount of another layer through the same Client completes.
+func TestSlowMountBlocksNoOther(t *testing.T) {
+	e := newEnv(t)
+	slow, fast := plainLayerSeed(t, e.reg, 1), plainLayerSeed(t, e.reg, 2)
+	release := make(chan struct{})
+	var released bool
+	t.Cleanup(func() {
+		if !released {
+			close(release)
+		}
+	})
+	held := make(chan struct{}, 16)
+	hook := func(_ http.ResponseWriter, req *http.Request) bool {
+		if strings.HasSuffix(req.URL.Path, slow.spec.Blob.Digest.String()) {
+			held <- struct{}{}
+			<-release
+		}
+		return false
+	}
+	e.reg.Hook.Store(&hook)
+	ctx := context.Background()
+	c := connect(t, e, nil)
+	if err := c.Configure(ctx, e.config("")); err != nil {
+		t.Fatal(err)
+	}
+	slowDir := filepath.Join(filepath.Dir(e.dir), "slow")
+	if err := os.Mkdir(slowDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(slowDir, unix.MNT_DETACH) })
+	slowDone := make(chan error, 1)
+	go func() { slowDone <- c.Mount(ctx, slowDir, slow.spec) }()
+	<-held // the slow Mount is waiting for the registry now
+	fastDone := make(chan error, 1)
+	go func() { fastDone <- c.Mount(ctx, e.dir, fast.spec) }()
+	select {
+	case err := <-fastDone:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case err := <-slowDone:
+		t.Fatalf("the held Mount returned first: %v", err)
+	case <-time.After(time.Minute):
+		t.Fatal("a Mount waited for another layer's registry requests")
+	}
+	readFile(t, e.dir, "data/late.txt", fast.files["data/late.txt"])
+	close(release)
+	released = true
+	if err := <-slowDone; err != nil {
+		t.Fatal(err)
+	}
+	readFile(t, slowDir, "data/late.txt", slow.files["data/late.txt"])
+	for _, d := range []string{slowDir, e.dir} {
+		if err := c.Unmount(ctx, d); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
