@@ -10,10 +10,14 @@
 // cryptvol/detached runs volume engines (the shared part is
 // internal/detach). It listens on a unix socket in the state directory
 // (mode 0700) and accepts only peers of its own uid or root (SO_PEERCRED).
+// It does not require peers to be its ancestors: the cocoond that started
+// it may be dead, and a restarted one is not in its process tree.
 // It writes a state file (PID, start time, socket, log) and a mounts file
 // (mount points and layer digests, never a secret); a client that finds
 // the state stale (the server died) starts a new server, which first
-// lazily unmounts (MNT_DETACH) whatever the dead one left mounted.
+// lazily unmounts (MNT_DETACH) whatever the dead one left mounted. The
+// server stays in its starter's cgroup: a service manager that kills the
+// whole cgroup when cocoond stops takes the mounts with it.
 //
 // Secrets (registry credentials, the unwrapped keys of encrypted layers)
 // reach the server only over the socket and stay in its memory. It writes
