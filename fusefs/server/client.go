@@ -326,6 +326,11 @@ func (c *Client) Configure(ctx context.Context, cfg Config) error {
 func (c *Client) Mount(ctx context.Context, dir string, l LayerSpec) error {
 	req := &request{Op: opMount, Dir: dir, Layer: &l}
 	if l.Encrypted {
+		// A restarted cocoond mounting what the server still serves needs
+		// no key (no trip to the KBS).
+		if served, err := c.serves(ctx, dir, l); err != nil || served {
+			return err
+		}
 		if c.opts.Key == nil {
 			return fmt.Errorf("layer %s is encrypted and the lazy mounter has no key source", l.Blob.Digest)
 		}
@@ -343,6 +348,21 @@ func (c *Client) Mount(ctx context.Context, dir string, l LayerSpec) error {
 	}
 	_, err := c.call(ctx, req)
 	return err
+}
+
+// serves reports whether the server already serves l at dir.
+func (c *Client) serves(ctx context.Context, dir string, l LayerSpec) (bool, error) {
+	ms, err := c.List(ctx)
+	if err != nil {
+		return false, err
+	}
+	dir = filepath.Clean(dir)
+	for _, m := range ms {
+		if m.Dir == dir && m.Layer == l.Blob.Digest {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // MountWithKey is Mount with the key given; the key is cleared.

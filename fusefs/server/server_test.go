@@ -500,6 +500,10 @@ func TestEncryptedLayer(t *testing.T) {
 	for n, b := range files {
 		readFile(t, e.dir, n, b)
 	}
+	// Mounting what is served again (a restarted cocoond) needs no key.
+	if err := c.Mount(ctx, e.dir, spec); err != nil || unwraps != 1 {
+		t.Fatalf("second Mount: %v, %d unwraps", err, unwraps)
+	}
 	m := waitState(t, c, e.dir, server.StateComplete)
 	if !m.Encrypted || m.Error != "" {
 		t.Fatalf("List: %+v", m)
