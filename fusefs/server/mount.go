@@ -8,10 +8,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/containerd/log"
+	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 
 	"github.com/cocoon-cc/cocoon/fusefs"
@@ -85,11 +88,20 @@ func (s *server) mount(dir string, spec LayerSpec, keyBytes []byte) (err error) 
 	s.mu.Lock()
 	cfg, client, cache, metrics := s.cfg, s.client, s.cache, s.metrics
 	if old, ok := s.mounts[dir]; ok {
-		s.mu.Unlock()
-		if old.spec.Blob.Digest == spec.Blob.Digest {
+		switch {
+		case old.spec.Blob.Digest != spec.Blob.Digest:
+			s.mu.Unlock()
+			return fmt.Errorf("%s already serves layer %s", dir, old.spec.Blob.Digest)
+		case isMounted(dir, spec.Blob.Digest):
+			s.mu.Unlock()
 			return nil
 		}
-		return fmt.Errorf("%s already serves layer %s", dir, old.spec.Blob.Digest)
+		// Someone unmounted it behind our back: serve it again.
+		delete(s.mounts, dir)
+		s.mu.Unlock()
+		log.G(s.ctx).WithField("mountpoint", dir).Warn("lazy layer was unmounted by someone else; mounting it again")
+		_ = old.release() // its mount is gone already
+		s.mu.Lock()
 	}
 	if s.pending[dir] {
 		s.mu.Unlock()
@@ -166,6 +178,44 @@ func localDir(cfg *Config, dir string) string {
 	}
 	h := sha256.Sum256([]byte(filepath.Clean(dir)))
 	return filepath.Join(cfg.CacheDir, hex.EncodeToString(h[:12]))
+}
+
+// isMounted reports whether dir is the mount point of this layer's FUSE
+// mount in our mount namespace (fusefs names its source
+// cocoon-lazy:<first 12 hex digits of the layer digest>).
+func isMounted(dir string, layer digest.Digest) bool {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return false
+	}
+	source := "cocoon-lazy:" + layer.Encoded()[:min(12, len(layer.Encoded()))]
+	for _, line := range strings.Split(string(b), "\n") {
+		pre, post, ok := strings.Cut(line, " - ")
+		f, g := strings.Fields(pre), strings.Fields(post)
+		if ok && len(f) > 4 && len(g) > 1 && unescapeMountinfo(f[4]) == dir && g[1] == source {
+			return true
+		}
+	}
+	return false
+}
+
+// unescapeMountinfo undoes the kernel's octal escapes (\040 for a space).
+func unescapeMountinfo(s string) string {
+	if !strings.Contains(s, "\\") {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
 }
 
 // detachStale lazily unmounts whatever is mounted at dir (a FUSE mount

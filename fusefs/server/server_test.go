@@ -356,6 +356,22 @@ func TestMountsSurviveClientKill(t *testing.T) {
 	if err := c.Mount(context.Background(), e.dir, l.spec); err != nil {
 		t.Fatal(err)
 	}
+	readFile(t, e.dir, "etc/early.txt", l.files["etc/early.txt"])
+	if b, _ := os.ReadFile(filepath.Join(e.state, "server.log")); bytes.Contains(b, []byte("unmounted by someone else")) {
+		t.Fatal("the server did not recognise its own live mount")
+	}
+	// Unmounted behind the server's back (cocoond cleaning up by hand): a
+	// Mount serves it again rather than trusting its own records.
+	if err := unix.Unmount(e.dir, unix.MNT_DETACH); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Mount(context.Background(), e.dir, l.spec); err != nil {
+		t.Fatal(err)
+	}
+	if !mounted(t, e.dir) {
+		t.Fatal("not mounted again")
+	}
+	readFile(t, e.dir, "data/late.txt", l.files["data/late.txt"])
 	if err := c.Unmount(context.Background(), e.dir); err != nil {
 		t.Fatal(err)
 	}
