@@ -103,7 +103,7 @@ func (s *server) mount(dir string, spec LayerSpec, keyBytes []byte) (err error) 
 		_ = old.release() // its mount is gone already
 		s.mu.Lock()
 	}
-	if s.pending[dir] {
+	if _, ok := s.mounts[dir]; ok || s.pending[dir] {
 		s.mu.Unlock()
 		return fmt.Errorf("%s is being mounted by another request", dir)
 	}
