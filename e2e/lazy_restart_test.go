@@ -1,0 +1,170 @@
+package e2e
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cocoon-cc/cocoon/e2e/harness"
+)
+
+// TestLazyPullSurvivesCocoondKill, for a plain and an encrypted eStargz
+// image pulled lazily (no background completion: every read stays remote):
+// a container runs; cocoond is killed with SIGKILL; the container then
+// reads a range of a file never read before, which the surviving lazy
+// FUSE server fetches from the registry (the content checked); cocoond
+// restarts on the same root, mounts its committed lazy layers again
+// through the same server without fetching a byte of the big layers, the
+// running container reads on, and a new container of the same image
+// starts and reads. At the end the lazy server is stopped and no lazy
+// mount is left.
+func TestLazyPullSurvivesCocoondKill(t *testing.T) {
+	env := newEnv(t)
+	ctx := testContext(t, 15*time.Minute)
+	s := startLazyStack(t, ctx, env)
+	server := s.cocoond.LazyServerPID()
+	if server == 0 {
+		t.Fatalf("cocoond with [lazy] enabled started no lazy FUSE server:\n%s", s.cocoond.Proc.Log())
+	}
+	type running struct {
+		lazyRun
+		id   string
+		size int64
+	}
+	var runs []running
+	for _, encrypted := range []bool{false, true} {
+		name := "plain"
+		args := []string{"--prioritize", "/data/message"}
+		if encrypted {
+			name = "encrypted"
+			args = append(args, "--encrypt", "--kid", lazyKID, "--key-file", s.kekFile)
+		}
+		repo := "e2e/lazykill-" + name
+		src, msg := pushBigImage(t, ctx, s, repo+"-src", name)
+		convertImage(t, ctx, env, append(args, src.Ref, s.reg.Ref(repo, "v1"))...)
+		im, err := s.reg.Image(ctx, repo, "v1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := running{lazyRun: lazyRun{name: name, ref: s.proxyRef(im.Ref), msg: msg, big: im.Manifest.Layers[1].Digest},
+			id: containerID(t, "sleeper-"+name), size: im.Manifest.Layers[1].Size}
+		if _, err := s.ctrd.Ctr(ctx, "image", "pull", "--plain-http", "--snapshotter", snapshotterName, r.ref); err != nil {
+			t.Fatalf("lazy pull of the %s image: %v", name, err)
+		}
+		assertNoLayerBlobs(t, ctx, s.ctrd, im)
+		if _, err := s.ctrd.Ctr(ctx, "run", "-d", "--snapshotter", snapshotterName, r.ref, r.id, "/bin/sleep", "600"); err != nil {
+			t.Fatalf("starting the %s container: %v", name, err)
+		}
+		t.Cleanup(func() { removeTask(s.ctrd, r.id) })
+		runs = append(runs, r)
+	}
+	if !strings.Contains(s.cocoond.Proc.Log(), "lazy layer mounted and committed") {
+		t.Fatalf("cocoond did not mount the layers lazily:\n%s", s.cocoond.Proc.Log())
+	}
+
+	oldPID := s.cocoond.Proc.PID()
+	if err := s.cocoond.Proc.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("killed cocoond pid %d with SIGKILL; lazy FUSE server pid %d", oldPID, server)
+	if pid := s.cocoond.LazyServerPID(); pid != server {
+		t.Fatalf("the lazy FUSE server (pid %d) did not survive cocoond's SIGKILL (now %d)", server, pid)
+	}
+	// With cocoond dead, each running container reads 2 MiB of /data/big2
+	// nobody read before: the surviving server fetches and verifies it.
+	for _, r := range runs {
+		before := s.proxy.Forwarded(r.big)
+		readRange(t, ctx, s, r.id, "killed", "/data/big2", 2, 8, 2)
+		fetched := s.proxy.Forwarded(r.big) - before
+		t.Logf("%s: with cocoond dead the server fetched %d bytes of the big layer for a 2 MiB read", r.name, fetched)
+		if fetched < 2<<20 {
+			t.Errorf("%s: the registry served %d bytes for a 2 MiB read never made before; want it fetched lazily", r.name, fetched)
+		}
+	}
+
+	// Restart: the committed lazy layers are mounted again through the
+	// same server, which already serves them: nothing is fetched.
+	var before int64
+	for _, r := range runs {
+		before += s.proxy.Forwarded(r.big)
+	}
+	if err := s.cocoond.Start(ctx); err != nil {
+		t.Fatalf("restarting cocoond on the same root: %v", err)
+	}
+	if n := strings.Count(s.cocoond.Proc.Log(), "committed lazy layer mounted again"); n < len(runs) {
+		t.Errorf("restarted cocoond mounted %d committed lazy layers again, want at least %d:\n%s", n, len(runs), s.cocoond.Proc.Log())
+	}
+	if pid := s.cocoond.LazyServerPID(); pid != server {
+		t.Errorf("restarted cocoond replaced the lazy FUSE server %d by %d", server, pid)
+	}
+	var after int64
+	for _, r := range runs {
+		after += s.proxy.Forwarded(r.big)
+	}
+	if after != before {
+		t.Errorf("the restart made the registry serve %d bytes of the big layers; want none", after-before)
+	}
+	for _, r := range runs {
+		readRange(t, ctx, s, r.id, "restarted", "/data/big1", 1, 20, 1)
+		out, err := s.ctrd.Ctr(ctx, "run", "--rm", "--snapshotter", snapshotterName, r.ref, containerID(t, r.name+"-after"))
+		if err != nil || !strings.Contains(out, r.msg) {
+			t.Errorf("%s: new container after the restart printed %q, %v; want %q", r.name, out, err, r.msg)
+		}
+		fetched := s.proxy.Forwarded(r.big)
+		t.Logf("%s: the registry served %d of the big layer's %d bytes in all (%.2f%%)", r.name, fetched, r.size, 100*float64(fetched)/float64(r.size))
+		if fetched*5 >= r.size {
+			t.Errorf("%s: the registry served %d of %d bytes of the big layer; want a small fraction (no re-pull)", r.name, fetched, r.size)
+		}
+	}
+
+	for _, r := range runs {
+		removeTask(s.ctrd, r.id)
+	}
+	if err := s.cocoond.StopLazyServer(15 * time.Second); err != nil {
+		t.Error(err)
+	}
+}
+
+// readRange makes the running container id read count MiB of file from
+// MiB skip (dd) and checks their SHA-256 against the bytes pushBigImage
+// wrote there (file /data/bigN is harness.RandomReader(seed N)).
+func readRange(t *testing.T, ctx context.Context, s *lazyStack, id, tag, file string, seed uint64, skip, count int64) {
+	t.Helper()
+	script := fmt.Sprintf("dd if=%s bs=1048576 skip=%d count=%d 2>/dev/null | sha256sum", file, skip, count)
+	out, err := s.ctrd.Ctr(ctx, "tasks", "exec", "--exec-id", tag+"-"+strings.TrimPrefix(file, "/data/"), id, "/bin/sh", "-c", script)
+	if err != nil {
+		t.Fatalf("exec in %s (%s): %v (%s)", id, tag, err, out)
+	}
+	want := rangeSHA256(t, seed, skip<<20, count<<20)
+	if !strings.Contains(out, want) {
+		t.Errorf("%s: %s MiB %d..%d read %q in %s; want sha256 %s", tag, file, skip, skip+count, strings.TrimSpace(out), id, want)
+	}
+}
+
+// rangeSHA256 is the SHA-256 of n bytes at off of harness.RandomReader(seed).
+func rangeSHA256(t *testing.T, seed uint64, off, n int64) string {
+	t.Helper()
+	r := harness.RandomReader(seed)
+	if _, err := io.CopyN(io.Discard, r, off); err != nil {
+		t.Fatal(err)
+	}
+	h := sha256.New()
+	if _, err := io.CopyN(h, r, n); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// removeTask kills and removes a container started with `ctr run -d`
+// (errors ignored: it may be gone already).
+func removeTask(ctrd *harness.Containerd, id string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, _ = ctrd.Ctr(ctx, "tasks", "delete", "--force", id)
+	_, _ = ctrd.Ctr(ctx, "containers", "delete", id)
+}
