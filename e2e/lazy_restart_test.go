@@ -99,6 +99,9 @@ func TestLazyPullSurvivesCocoondKill(t *testing.T) {
 	if n := strings.Count(s.cocoond.Proc.Log(), "committed lazy layer mounted again"); n < len(runs) {
 		t.Errorf("restarted cocoond mounted %d committed lazy layers again, want at least %d:\n%s", n, len(runs), s.cocoond.Proc.Log())
 	}
+	if strings.Contains(s.cocoond.Proc.Log(), "layer key unwrapped") {
+		t.Errorf("restarted cocoond unwrapped a layer key through the KBS to mount again a layer the server still serves:\n%s", s.cocoond.Proc.Log())
+	}
 	if pid := s.cocoond.LazyServerPID(); pid != server {
 		t.Errorf("restarted cocoond replaced the lazy FUSE server %d by %d", server, pid)
 	}
@@ -106,6 +109,7 @@ func TestLazyPullSurvivesCocoondKill(t *testing.T) {
 	for _, r := range runs {
 		after += s.proxy.Forwarded(r.big)
 	}
+	waitSnapshotter(t, ctx, s.ctrd)
 	if after != before {
 		t.Errorf("the restart made the registry serve %d bytes of the big layers; want none", after-before)
 	}

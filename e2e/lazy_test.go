@@ -213,6 +213,24 @@ func (s *lazyStack) restartCocoond(t *testing.T, ctx context.Context) {
 	if err := s.cocoond.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
+	waitSnapshotter(t, ctx, s.ctrd)
+}
+
+// waitSnapshotter waits until containerd reaches cocoond's snapshots API
+// again: after a restart its connection may still be backing off.
+func waitSnapshotter(t *testing.T, ctx context.Context, ctrd *harness.Containerd) {
+	t.Helper()
+	for {
+		_, err := ctrd.Ctr(ctx, "snapshots", "--snapshotter", snapshotterName, "ls")
+		if err == nil {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("containerd does not reach the restarted cocoond: %v", err)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
 
 // lazyLog is cocoond's log followed by its lazy FUSE server's (which
