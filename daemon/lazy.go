@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/containerd/log"
 
@@ -83,7 +84,9 @@ func (d *Daemon) newLazyServer(ctx context.Context, cacheDir string, sizes lazyS
 		// Without a cache directory the server never completes a layer.
 		cfg.CacheDir = cacheDir
 	}
-	m := &lazyServer{c: c, cfg: cfg}
+	m := &lazyServer{c: c, cfg: cfg, served: map[string]snapshotter.LazyLayer{}, failed: map[string]bool{},
+		stop: make(chan struct{}), done: make(chan struct{})}
+	m.pid, m.start = c.ServerPID()
 	if kc, ok := ro.Keychain.(*kbsKeychain); ok {
 		m.creds = kc
 	}
@@ -91,16 +94,31 @@ func (d *Daemon) newLazyServer(ctx context.Context, cacheDir string, sizes lazyS
 		c.Close()
 		return nil, err
 	}
+	go m.watch(context.WithoutCancel(ctx), lazyWatchInterval)
 	// The server and its mounts outlive cocoond on purpose: only the
-	// connections are dropped.
-	d.onClose(func() { c.Close() })
+	// watch stops and the connections are dropped.
+	d.onClose(func() {
+		close(m.stop)
+		<-m.done
+		c.Close()
+	})
 	d.lazyMetrics = c
 	return m, nil
 }
 
+// lazyWatchInterval is how often cocoond checks that the lazy FUSE server
+// it talks to still runs.
+const lazyWatchInterval = 2 * time.Second
+
 // lazyServer is the snapshotter.LazyMounter over the detached lazy FUSE
 // server. Registry credentials from the KBS are fetched on first need, as
 // for full pulls, and handed to the server then (re-Configure).
+//
+// Should the server die (crash, OOM kill), its mounts answer ENOTCONN.
+// watch notices within lazyWatchInterval: the client starts a new server
+// (which detaches the dead mounts) and every layer mounted through this
+// mounter is mounted again on it, from its local copy when complete. A
+// layer that cannot be mounted again is retried at every check.
 type lazyServer struct {
 	c     *server.Client
 	cfg   server.Config // without credentials
@@ -108,6 +126,17 @@ type lazyServer struct {
 
 	mu        sync.Mutex
 	credsSent bool
+
+	// opMu orders Unmount and the re-mount of a directory after a server
+	// change, so that a removed snapshot is never mounted again.
+	opMu   sync.Mutex
+	smu    sync.Mutex
+	served map[string]snapshotter.LazyLayer // by mount point
+	failed map[string]bool                  // served, but not mounted on the current server
+
+	pid        int // the server last seen (watch's goroutine only)
+	start      uint64
+	stop, done chan struct{}
 }
 
 var _ snapshotter.LazyMounter = (*lazyServer)(nil)
@@ -120,7 +149,14 @@ func (m *lazyServer) Mount(ctx context.Context, dir string, l snapshotter.LazyLa
 	if err := m.sendCredentials(ctx, dir, spec); err != nil {
 		return err
 	}
-	return m.c.Mount(ctx, dir, spec)
+	if err := m.c.Mount(ctx, dir, spec); err != nil {
+		return err
+	}
+	m.smu.Lock()
+	m.served[filepath.Clean(dir)] = l
+	delete(m.failed, filepath.Clean(dir))
+	m.smu.Unlock()
+	return nil
 }
 
 // sendCredentials configures the server with the registry credentials
@@ -158,5 +194,75 @@ func (m *lazyServer) sendCredentials(ctx context.Context, dir string, spec serve
 
 // Unmount stops serving dir and drops its layer's local copy.
 func (m *lazyServer) Unmount(ctx context.Context, dir string) error {
+	m.opMu.Lock()
+	defer m.opMu.Unlock()
+	m.smu.Lock()
+	delete(m.served, filepath.Clean(dir))
+	delete(m.failed, filepath.Clean(dir))
+	m.smu.Unlock()
 	return m.c.Unmount(ctx, dir)
+}
+
+// watch checks the server every interval until stop is closed.
+func (m *lazyServer) watch(ctx context.Context, interval time.Duration) {
+	defer close(m.done)
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-m.stop:
+			return
+		case <-t.C:
+		}
+		m.check(ctx)
+	}
+}
+
+// check asks the server for its mounts (the client reconnects, starting a
+// new server, when it is gone) and, when the server changed, mounts every
+// served layer again on the new one.
+func (m *lazyServer) check(ctx context.Context) {
+	lctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if _, err := m.c.List(lctx); err != nil {
+		log.G(ctx).WithError(err).Warn("the lazy FUSE server does not answer")
+		return
+	}
+	pid, start := m.c.ServerPID()
+	m.smu.Lock()
+	if pid != m.pid || start != m.start {
+		log.G(ctx).WithFields(log.Fields{"old_pid": m.pid, "pid": pid, "layers": len(m.served)}).
+			Error("the lazy FUSE server died: its mounts failed with ENOTCONN; mounting the lazy layers again on a new server")
+		m.pid, m.start = pid, start
+		for dir := range m.served {
+			m.failed[dir] = true
+		}
+	}
+	dirs := make([]string, 0, len(m.failed))
+	for dir := range m.failed {
+		dirs = append(dirs, dir)
+	}
+	m.smu.Unlock()
+	for _, dir := range dirs {
+		m.remount(lctx, dir)
+	}
+}
+
+// remount mounts the layer served at dir again, unless it was unmounted
+// meanwhile.
+func (m *lazyServer) remount(ctx context.Context, dir string) {
+	m.opMu.Lock()
+	defer m.opMu.Unlock()
+	m.smu.Lock()
+	l, ok := m.served[dir]
+	m.smu.Unlock()
+	if !ok {
+		return
+	}
+	lg := log.G(ctx).WithFields(log.Fields{"mountpoint": dir, "layer": l.Blob.Digest})
+	if err := m.Mount(ctx, dir, l); err != nil {
+		lg.WithError(err).Error("cannot mount the lazy layer again on the new lazy FUSE server; retrying")
+		return
+	}
+	lg.Info("lazy layer mounted again on the new lazy FUSE server")
 }

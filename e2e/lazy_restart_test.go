@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -30,11 +31,6 @@ func TestLazyPullSurvivesCocoondKill(t *testing.T) {
 	server := s.cocoond.LazyServerPID()
 	if server == 0 {
 		t.Fatalf("cocoond with [lazy] enabled started no lazy FUSE server:\n%s", s.cocoond.Proc.Log())
-	}
-	type running struct {
-		lazyRun
-		id   string
-		size int64
 	}
 	var runs []running
 	for _, encrypted := range []bool{false, true} {
@@ -126,12 +122,79 @@ func TestLazyPullSurvivesCocoondKill(t *testing.T) {
 		}
 	}
 
+	s.serverCrash(t, ctx, server, runs[0].id, runs)
+
 	for _, r := range runs {
 		removeTask(s.ctrd, r.id)
 	}
 	if err := s.cocoond.StopLazyServer(15 * time.Second); err != nil {
 		t.Error(err)
 	}
+}
+
+// running is a container TestLazyPullSurvivesCocoondKill keeps running.
+type running struct {
+	lazyRun
+	id   string
+	size int64
+}
+
+// serverCrash kills the lazy FUSE server (pid) with SIGKILL: a read of
+// the container id that reaches its dead mounts fails with ENOTCONN;
+// cocoond notices, a new server starts and every lazy layer is mounted
+// again on it, and new containers of each image start and read.
+func (s *lazyStack) serverCrash(t *testing.T, ctx context.Context, pid int, id string, runs []running) {
+	t.Helper()
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	s.deadMount(t, ctx, id, "crashed")
+	want := 2 * len(runs) // busybox and the big layer of each image are lazy
+	const again = "lazy layer mounted again on the new lazy FUSE server"
+	for strings.Count(s.cocoond.Proc.Log(), again) < want {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("cocoond did not mount the lazy layers again after the server died:\n%s", s.cocoond.Proc.Log())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	next := s.cocoond.LazyServerPID()
+	t.Logf("lazy FUSE server %d killed; server %d serves the %d lazy layers again", pid, next, want)
+	if next == 0 || next == pid {
+		t.Errorf("no new lazy FUSE server runs (pid %d)", next)
+	}
+	// The running container's overlay still holds the dead server's
+	// mounts: it stays broken until it is restarted.
+	s.deadMount(t, ctx, id, "crashed-after")
+	for _, r := range runs {
+		sid := containerID(t, r.name+"-crash")
+		if _, err := s.ctrd.Ctr(ctx, "run", "-d", "--snapshotter", snapshotterName, r.ref, sid, "/bin/sleep", "600"); err != nil {
+			t.Fatalf("%s: container after the server crash: %v", r.name, err)
+		}
+		t.Cleanup(func() { removeTask(s.ctrd, sid) })
+		readRange(t, ctx, s, sid, "new-server", "/data/big2", 2, 24, 1)
+		out, err := s.ctrd.Ctr(ctx, "tasks", "exec", "--exec-id", "msg", sid, "/bin/cat", "/data/message")
+		if err != nil || !strings.Contains(out, r.msg) {
+			t.Errorf("%s: /data/message after the server crash: %q, %v; want %q", r.name, out, err, r.msg)
+		}
+		removeTask(s.ctrd, sid)
+	}
+}
+
+// deadMount checks that running a shell in container id fails with
+// ENOTCONN: its lazy rootfs layers were served by a dead server.
+func (s *lazyStack) deadMount(t *testing.T, ctx context.Context, id, tag string) {
+	t.Helper()
+	out, err := s.ctrd.Ctr(ctx, "tasks", "exec", "--exec-id", tag, id, "/bin/sh", "-c", "cat /data/message")
+	msg := out
+	if err != nil {
+		msg += err.Error()
+	}
+	if !strings.Contains(strings.ToLower(msg), "transport endpoint is not connected") {
+		t.Errorf("%s: a container on the dead server's mounts ran a shell: %q, %v; want ENOTCONN (transport endpoint is not connected)", tag, out, err)
+		return
+	}
+	t.Logf("%s: the container on the dead server's mounts gets ENOTCONN", tag)
 }
 
 // readRange makes the running container id read count MiB of file from
