@@ -34,19 +34,8 @@ func TestLazyPullSurvivesCocoondKill(t *testing.T) {
 	}
 	var runs []running
 	for _, encrypted := range []bool{false, true} {
-		name := "plain"
-		args := []string{"--prioritize", "/data/message"}
-		if encrypted {
-			name = "encrypted"
-			args = append(args, "--encrypt", "--kid", lazyKID, "--key-file", s.kekFile)
-		}
-		repo := "e2e/lazykill-" + name
-		src, msg := pushBigImage(t, ctx, s, repo+"-src", name)
-		convertImage(t, ctx, env, append(args, src.Ref, s.reg.Ref(repo, "v1"))...)
-		im, err := s.reg.Image(ctx, repo, "v1")
-		if err != nil {
-			t.Fatal(err)
-		}
+		name := lazyVariant(encrypted)
+		im, msg := s.pushESGZImage(t, ctx, "e2e/lazykill-"+name, encrypted)
 		r := running{lazyRun: lazyRun{name: name, ref: s.proxyRef(im.Ref), msg: msg, big: im.Manifest.Layers[1].Digest},
 			id: containerID(t, "sleeper-"+name), size: im.Manifest.Layers[1].Size}
 		if _, err := s.ctrd.Ctr(ctx, "image", "pull", "--plain-http", "--snapshotter", snapshotterName, r.ref); err != nil {

@@ -105,6 +105,32 @@ func pushBigImage(t *testing.T, ctx context.Context, s *lazyStack, repo, variant
 	return im, msg
 }
 
+// lazyVariant names the plain or encrypted variant of a test image.
+func lazyVariant(encrypted bool) string {
+	if encrypted {
+		return "encrypted"
+	}
+	return "plain"
+}
+
+// pushESGZImage pushes pushBigImage's image to repo-src and its eStargz
+// conversion (/data/message prioritized; encrypted for the KBS key
+// lazyKID) to repo:v1, and returns the converted image and its message.
+func (s *lazyStack) pushESGZImage(t *testing.T, ctx context.Context, repo string, encrypted bool) (*harness.Image, string) {
+	t.Helper()
+	args := []string{"--prioritize", "/data/message"}
+	if encrypted {
+		args = append(args, "--encrypt", "--kid", lazyKID, "--key-file", s.kekFile)
+	}
+	src, msg := pushBigImage(t, ctx, s, repo+"-src", lazyVariant(encrypted))
+	convertImage(t, ctx, s.env, append(args, src.Ref, s.reg.Ref(repo, "v1"))...)
+	im, err := s.reg.Image(ctx, repo, "v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return im, msg
+}
+
 // proxyRef is ref (on the registry) as pulled through the proxy.
 func (s *lazyStack) proxyRef(ref string) string {
 	return s.proxy.Host + strings.TrimPrefix(ref, s.reg.Host)
@@ -127,20 +153,10 @@ func TestLazyPull(t *testing.T) {
 	s := startLazyStack(t, ctx, env)
 	var runs []lazyRun
 	for _, encrypted := range []bool{false, true} {
-		name := "plain"
-		args := []string{"--prioritize", "/data/message"}
-		if encrypted {
-			name = "encrypted"
-			args = append(args, "--encrypt", "--kid", lazyKID, "--key-file", s.kekFile)
-		}
+		name := lazyVariant(encrypted)
 		t.Run(name, func(t *testing.T) {
 			repo := "e2e/lazy-" + name
-			src, msg := pushBigImage(t, ctx, s, repo+"-src", name)
-			convertImage(t, ctx, env, append(args, src.Ref, s.reg.Ref(repo, "v1"))...)
-			im, err := s.reg.Image(ctx, repo, "v1")
-			if err != nil {
-				t.Fatal(err)
-			}
+			im, msg := s.pushESGZImage(t, ctx, repo, encrypted)
 			checkESGZManifest(t, im, encrypted)
 			s.wrongTOC(t, ctx, im, repo)
 			s.firstOutput(t, ctx, im, msg)
