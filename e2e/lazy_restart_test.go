@@ -95,6 +95,16 @@ func TestLazyPullSurvivesCocoondKill(t *testing.T) {
 		after += s.proxy.Forwarded(r.big)
 	}
 	waitSnapshotter(t, ctx, s.ctrd)
+	m, err := s.cocoond.Metrics(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rss := harness.MetricSum(m, "cocoon_lazy_server_process_resident_memory_bytes")
+	t.Logf("restarted cocoond's /metrics: lazy FUSE server RSS %.1f MiB, cocoond RSS %.1f MiB",
+		rss/(1<<20), harness.MetricSum(m, "process_resident_memory_bytes")/(1<<20))
+	if rss <= 0 {
+		t.Error("the restarted cocoond's /metrics has no lazy FUSE server metrics")
+	}
 	if after != before {
 		t.Errorf("the restart made the registry serve %d bytes of the big layers; want none", after-before)
 	}
