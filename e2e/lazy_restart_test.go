@@ -126,6 +126,10 @@ func TestLazyPullSurvivesCocoondKill(t *testing.T) {
 	for _, r := range runs {
 		removeTask(s.ctrd, r.id)
 	}
+	// cocoond first: while it runs it would start a new server.
+	if err := s.cocoond.Proc.Stop(15 * time.Second); err != nil {
+		t.Error(err)
+	}
 	if err := s.cocoond.StopLazyServer(15 * time.Second); err != nil {
 		t.Error(err)
 	}

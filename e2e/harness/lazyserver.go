@@ -55,7 +55,8 @@ func liveLazyServer(stateDir string) int {
 
 // StopLazyServer stops the lazy FUSE server of this root, if one runs:
 // SIGTERM (it unmounts every layer and exits), SIGKILL after timeout. It
-// then reports any lazy FUSE mount left under the root.
+// then reports any lazy FUSE mount left under the root. Stop cocoond
+// first: a running cocoond starts a new server when its server is gone.
 func (c *Cocoond) StopLazyServer(timeout time.Duration) error {
 	if err := stopLazyServer(c.LazyServerDir(), timeout); err != nil {
 		return err
