@@ -131,12 +131,18 @@ type SnapshotterConfig struct {
 // the containerd.io/snapshot/stargz/toc.digest annotation is served over
 // FUSE, fetching (and verifying) only what containers read, instead of
 // being pulled whole. Off by default: turning it on is a rollout decision
-// (a FUSE server per layer in cocoond, the registry reachable while
+// (the FUSE mounts outlive cocoond, the registry reachable while
 // containers run); with it off, eStargz images full-pull as any other.
 // Local copies of completed blobs live under the storage directory (the
 // encrypted storage volume when one is configured) in lazy/.
 type LazyConfig struct {
 	Enable bool `toml:"enable"`
+	// Detached serves the mounts from one detached lazy FUSE server per
+	// root (fusefs/server, state in ROOT/lazy-server), so that they keep
+	// serving running containers when cocoond is killed or restarted
+	// (default true). false serves them from cocoond's own process
+	// (snapshotter/lazysource): they die with it.
+	Detached bool `toml:"detached"`
 	// CacheSize bounds the in-memory cache of verified chunks shared by
 	// all lazy layers (flagutil.ParseSize syntax; default "64MiB").
 	CacheSize string `toml:"cache_size"`
@@ -150,7 +156,9 @@ type LazyConfig struct {
 	// checks its digest (encrypted: ciphertext digest and HMAC) and diff ID,
 	// and serves reads from that local copy afterwards (default true).
 	BackgroundCompletion bool `toml:"background_completion"`
-	// CompletionConcurrency bounds the blobs completed at once (default 2).
+	// CompletionConcurrency bounds the blobs completed at once (default 2;
+	// in-process mode only: the detached server completes every layer
+	// with four segment fetches at a time).
 	CompletionConcurrency int `toml:"completion_concurrency"`
 }
 
@@ -165,7 +173,7 @@ func Default() Config {
 		Registry:  RegistryConfig{MaxConcurrentDownloads: 3, Retries: 5},
 		NRI:       NRIConfig{SocketPath: "/var/run/nri/nri.sock", PluginIndex: "10"},
 		Lazy: LazyConfig{
-			CacheSize: "64MiB", Prefetch: true, CoalesceGap: "256KiB",
+			Detached: true, CacheSize: "64MiB", Prefetch: true, CoalesceGap: "256KiB",
 			BackgroundCompletion: true, CompletionConcurrency: 2,
 		},
 		Attestation: AttestationConfig{

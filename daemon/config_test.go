@@ -68,20 +68,20 @@ func TestConfigSizes(t *testing.T) {
 }
 
 // TestLazyConfig: lazy pull is off by default with prefetch and background
-// completion on once enabled; the file overrides each.
+// completion on once enabled, served by the detached server; the file overrides each.
 func TestLazyConfig(t *testing.T) {
 	d := Default()
-	if d.Lazy.Enable || !d.Lazy.Prefetch || !d.Lazy.BackgroundCompletion {
+	if d.Lazy.Enable || !d.Lazy.Prefetch || !d.Lazy.BackgroundCompletion || !d.Lazy.Detached {
 		t.Fatalf("default [lazy] = %+v", d.Lazy)
 	}
 	if s, err := d.Lazy.sizes(); err != nil || s.cache != 64<<20 || s.gap != 256<<10 {
 		t.Fatalf("default lazy sizes %+v, %v", s, err)
 	}
-	cfg, _, err := Load(writeConfig(t, "[lazy]\nenable = true\ncache_size = \"1GiB\"\nbackground_completion = false\n"))
+	cfg, _, err := Load(writeConfig(t, "[lazy]\nenable = true\ncache_size = \"1GiB\"\nbackground_completion = false\ndetached = false\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s, _ := cfg.Lazy.sizes(); !cfg.Lazy.Enable || cfg.Lazy.BackgroundCompletion || !cfg.Lazy.Prefetch || s.cache != 1<<30 {
+	if s, _ := cfg.Lazy.sizes(); !cfg.Lazy.Enable || cfg.Lazy.BackgroundCompletion || cfg.Lazy.Detached || !cfg.Lazy.Prefetch || s.cache != 1<<30 {
 		t.Fatalf("[lazy] = %+v", cfg.Lazy)
 	}
 }

@@ -33,14 +33,12 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
-	"github.com/cocoon-cc/cocoon/fusefs"
 	"github.com/cocoon-cc/cocoon/image/decrypt"
 	"github.com/cocoon-cc/cocoon/image/pull"
 	"github.com/cocoon-cc/cocoon/image/registry"
 	"github.com/cocoon-cc/cocoon/image/unpack"
 	"github.com/cocoon-cc/cocoon/restapi"
 	"github.com/cocoon-cc/cocoon/snapshotter"
-	"github.com/cocoon-cc/cocoon/snapshotter/lazysource"
 	"github.com/cocoon-cc/cocoon/snapshotter/pullsource"
 )
 
@@ -55,6 +53,9 @@ type Daemon struct {
 
 	at      *attestation
 	metrics *prometheus.Registry
+	// lazyMetrics gathers the detached lazy FUSE server's metrics (nil
+	// when lazy pull is off or in process).
+	lazyMetrics prometheus.Gatherer
 
 	rpc        *grpc.Server
 	health     *health.Server
@@ -191,38 +192,9 @@ func (d *Daemon) startPipeline(ctx context.Context) (*snapshotter.Snapshotter, e
 // shares with it.
 type pipelineDeps struct {
 	client        *registry.Client
+	registry      registry.Options // what client was built from
 	decrypt       decrypt.Options
 	requireLabels bool
-}
-
-// newLazy builds the in-process lazy mounter when [lazy] enables it (nil
-// otherwise); it is closed (its layers unmounted) after the snapshotter.
-func (d *Daemon) newLazy(ctx context.Context, storage string, deps pipelineDeps) (*lazysource.Mounter, error) {
-	lc := d.cfg.Lazy
-	if !lc.Enable {
-		return nil, nil
-	}
-	sizes, _ := lc.sizes()
-	fm, err := fusefs.NewMetrics(d.metrics)
-	if err != nil {
-		return nil, err
-	}
-	m, err := lazysource.New(lazysource.Options{
-		Registry: deps.client, Decrypt: deps.decrypt, CacheDir: filepath.Join(storage, "lazy"),
-		CacheBytes: sizes.cache, CoalesceGap: sizes.gap, Prefetch: lc.Prefetch,
-		Background: lc.BackgroundCompletion, Concurrency: lc.CompletionConcurrency, Metrics: fm,
-	})
-	if err != nil {
-		return nil, err
-	}
-	d.onClose(func() {
-		if err := m.Close(); err != nil {
-			log.G(ctx).WithError(err).Warn("unmount lazy layers")
-		}
-	})
-	log.G(ctx).WithFields(log.Fields{"prefetch": lc.Prefetch, "background_completion": lc.BackgroundCompletion, "cache_size": lc.CacheSize}).
-		Info("lazy pull of eStargz layers enabled")
-	return m, nil
 }
 
 // newPuller builds the registry client, decryption and policy gate; it
@@ -258,7 +230,7 @@ func (d *Daemon) newPuller(ctx context.Context, storage string, pm *pull.Metrics
 		Decrypt: dopts,
 		Policy:  policy,
 	})
-	return puller, pipelineDeps{client: client, decrypt: dopts, requireLabels: requireLabels}, err
+	return puller, pipelineDeps{client: client, registry: ropts, decrypt: dopts, requireLabels: requireLabels}, err
 }
 
 // startNRI keeps the NRI plugin connected until Close.
@@ -304,7 +276,13 @@ func (d *Daemon) listenMetrics(ctx context.Context) error {
 	}
 	d.onClose(func() { ml.Close() })
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(d.metrics, promhttp.HandlerOpts{}))
+	var g prometheus.Gatherer = d.metrics
+	if d.lazyMetrics != nil {
+		// The lazy FUSE server's metrics come from its process; should it
+		// not answer, cocoond's own are still served.
+		g = prometheus.Gatherers{d.metrics, d.lazyMetrics}
+	}
+	mux.Handle("/metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}))
 	d.metricsL = ml
 	d.metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	log.G(ctx).WithField("address", ml.Addr().String()).Info("serving metrics")

@@ -7,8 +7,10 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
 	"go.uber.org/goleak"
@@ -17,12 +19,29 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
+
+	"github.com/cocoon-cc/cocoon/fusefs/server"
+	"github.com/cocoon-cc/cocoon/internal/detach"
 )
+
+// TestMain lets the test binary be the detached lazy FUSE server the
+// daemon starts.
+func TestMain(m *testing.M) {
+	server.RunServerIfRequested()
+	os.Exit(m.Run())
+}
 
 // TestDaemonInProcess starts the whole daemon on temporary directories and
 // loopback ports, talks to its snapshots API, REST API and metrics, stops
-// it, and checks it left no goroutine, socket or listener behind.
+// it, and checks it left no goroutine, socket or listener behind; with
+// lazy pull served by the detached server (which must outlive the daemon,
+// its metrics served with cocoond's) and in process.
 func TestDaemonInProcess(t *testing.T) {
+	t.Run("detached", func(t *testing.T) { testDaemonInProcess(t, true) })
+	t.Run("in-process", func(t *testing.T) { testDaemonInProcess(t, false) })
+}
+
+func testDaemonInProcess(t *testing.T, detached bool) {
 	ignore := goleak.IgnoreCurrent()
 	t.Cleanup(func() { goleak.VerifyNone(t, ignore) }) // runs last
 	cfg := serveConfig(t)
@@ -31,6 +50,13 @@ func TestDaemonInProcess(t *testing.T) {
 	cfg.REST.Features = "all"
 	cfg.MetricsAddress = "127.0.0.1:0"
 	cfg.Lazy.Enable = true
+	cfg.Lazy.Detached = detached
+	stateDir := filepath.Join(cfg.Root, lazyServerDir)
+	t.Cleanup(func() {
+		if err := server.Stop(stateDir, 10*time.Second); err != nil {
+			t.Error(err)
+		}
+	})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	d, err := New(ctx, cfg)
@@ -47,8 +73,12 @@ func TestDaemonInProcess(t *testing.T) {
 	if code, body := fetch(t, client, "http://"+restAddr+"/info"); code != 200 || body != `{"version":"dev","tee":"sample","feature":"all"}` {
 		t.Errorf("/info = %d %s", code, body)
 	}
-	if code, body := fetch(t, client, "http://"+metricsAddr+"/metrics"); code != 200 || !strings.Contains(body, "go_goroutines") || !strings.Contains(body, "cocoon_lazy_chunk_verify_failures_total") {
+	code, body := fetch(t, client, "http://"+metricsAddr+"/metrics")
+	if code != 200 || !strings.Contains(body, "go_goroutines") || !strings.Contains(body, "cocoon_lazy_chunk_verify_failures_total") {
 		t.Errorf("/metrics = %d %.200s", code, body)
+	}
+	if got := strings.Contains(body, "cocoon_lazy_server_process_resident_memory_bytes"); got != detached {
+		t.Errorf("/metrics has the lazy FUSE server's process metrics: %v, want %v", got, detached)
 	}
 
 	cancel()
@@ -60,6 +90,13 @@ func TestDaemonInProcess(t *testing.T) {
 	}
 	if _, err := os.Stat(cfg.Address); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("snapshots socket left behind: %v", err)
+	}
+	st, err := server.ReadState(stateDir)
+	switch {
+	case !detached && !errors.Is(err, os.ErrNotExist):
+		t.Errorf("in-process lazy pull started a server: %v", err)
+	case detached && (err != nil || !detach.Alive(st.PID, st.StartTime)):
+		t.Errorf("the lazy FUSE server did not outlive the daemon: %+v, %v", st, err)
 	}
 	for _, addr := range []string{restAddr, metricsAddr} {
 		if c, err := net.Dial("tcp", addr); err == nil {

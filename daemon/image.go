@@ -112,6 +112,7 @@ type kbsKeychain struct {
 
 	mu   sync.Mutex
 	auth *registry.AuthFile
+	raw  []byte // the document auth was parsed from, for the lazy FUSE server
 }
 
 func (k *kbsKeychain) Resolve(r authn.Resource) (authn.Authenticator, error) {
@@ -121,17 +122,39 @@ func (k *kbsKeychain) Resolve(r authn.Resource) (authn.Authenticator, error) {
 func (k *kbsKeychain) ResolveContext(ctx context.Context, r authn.Resource) (authn.Authenticator, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if k.auth == nil {
-		b, err := fetchURI(ctx, k.getter, k.uri)
-		if err != nil {
-			return nil, fmt.Errorf("registry credentials (authenticated_registry_credentials_uri): %w", err)
-		}
-		if k.auth, err = registry.ParseAuthFile(b); err != nil {
-			return nil, err
-		}
-		log.G(ctx).WithField("uri", k.uri).Info("registry credentials loaded")
+	if err := k.load(ctx); err != nil {
+		return nil, err
 	}
 	return k.auth.Resolve(r)
+}
+
+// document returns the containers-auth.json document, fetching it on
+// first use as ResolveContext does (one fetch serves both). The caller
+// must not modify it.
+func (k *kbsKeychain) document(ctx context.Context) ([]byte, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if err := k.load(ctx); err != nil {
+		return nil, err
+	}
+	return k.raw, nil
+}
+
+func (k *kbsKeychain) load(ctx context.Context) error {
+	if k.auth != nil {
+		return nil
+	}
+	b, err := fetchURI(ctx, k.getter, k.uri)
+	if err != nil {
+		return fmt.Errorf("registry credentials (authenticated_registry_credentials_uri): %w", err)
+	}
+	auth, err := registry.ParseAuthFile(b)
+	if err != nil {
+		return err
+	}
+	k.auth, k.raw = auth, b
+	log.G(ctx).WithField("uri", k.uri).Info("registry credentials loaded")
+	return nil
 }
 
 // fetchURI reads a kbs:/// resource through the KBS or a file:// path, the

@@ -105,6 +105,32 @@ func pushBigImage(t *testing.T, ctx context.Context, s *lazyStack, repo, variant
 	return im, msg
 }
 
+// lazyVariant names the plain or encrypted variant of a test image.
+func lazyVariant(encrypted bool) string {
+	if encrypted {
+		return "encrypted"
+	}
+	return "plain"
+}
+
+// pushESGZImage pushes pushBigImage's image to repo-src and its eStargz
+// conversion (/data/message prioritized; encrypted for the KBS key
+// lazyKID) to repo:v1, and returns the converted image and its message.
+func (s *lazyStack) pushESGZImage(t *testing.T, ctx context.Context, repo string, encrypted bool) (*harness.Image, string) {
+	t.Helper()
+	args := []string{"--prioritize", "/data/message"}
+	if encrypted {
+		args = append(args, "--encrypt", "--kid", lazyKID, "--key-file", s.kekFile)
+	}
+	src, msg := pushBigImage(t, ctx, s, repo+"-src", lazyVariant(encrypted))
+	convertImage(t, ctx, s.env, append(args, src.Ref, s.reg.Ref(repo, "v1"))...)
+	im, err := s.reg.Image(ctx, repo, "v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return im, msg
+}
+
 // proxyRef is ref (on the registry) as pulled through the proxy.
 func (s *lazyStack) proxyRef(ref string) string {
 	return s.proxy.Host + strings.TrimPrefix(ref, s.reg.Host)
@@ -116,30 +142,21 @@ func (s *lazyStack) proxyRef(ref string) string {
 // container prints its first output while the registry served a small
 // fraction of the big layer; a flipped byte in the registry's blob gives
 // EIO for that file while the other files read fine; after a graceful
-// restart of cocoond the committed lazy layers are mounted again and new
-// containers run; with background completion every blob is then verified
-// whole, and after another restart the layers are read from those local
-// copies without the registry.
+// restart of cocoond and of its lazy FUSE server (the new configuration
+// applies to the mounts of a new server) the committed lazy layers are
+// mounted again and new containers run; with background completion every
+// blob is then verified whole, and after another restart of both the
+// layers are read from those local copies without the registry.
 func TestLazyPull(t *testing.T) {
 	env := newEnv(t)
 	ctx := testContext(t, 15*time.Minute)
 	s := startLazyStack(t, ctx, env)
 	var runs []lazyRun
 	for _, encrypted := range []bool{false, true} {
-		name := "plain"
-		args := []string{"--prioritize", "/data/message"}
-		if encrypted {
-			name = "encrypted"
-			args = append(args, "--encrypt", "--kid", lazyKID, "--key-file", s.kekFile)
-		}
+		name := lazyVariant(encrypted)
 		t.Run(name, func(t *testing.T) {
 			repo := "e2e/lazy-" + name
-			src, msg := pushBigImage(t, ctx, s, repo+"-src", name)
-			convertImage(t, ctx, env, append(args, src.Ref, s.reg.Ref(repo, "v1"))...)
-			im, err := s.reg.Image(ctx, repo, "v1")
-			if err != nil {
-				t.Fatal(err)
-			}
+			im, msg := s.pushESGZImage(t, ctx, repo, encrypted)
 			checkESGZManifest(t, im, encrypted)
 			s.wrongTOC(t, ctx, im, repo)
 			s.firstOutput(t, ctx, im, msg)
@@ -163,9 +180,9 @@ func TestLazyPull(t *testing.T) {
 	}
 	s.runAll(t, ctx, runs, "restarted")
 	const complete = "blob complete, digest and diff ID verified"
-	for strings.Count(s.cocoond.Proc.Log(), complete) < 2*len(runs) {
-		if strings.Contains(s.cocoond.Proc.Log(), "marked bad") || ctx.Err() != nil {
-			t.Fatalf("background completion of the lazy layers failed:\n%s", s.cocoond.Proc.Log())
+	for strings.Count(s.lazyLog(), complete) < 2*len(runs) {
+		if strings.Contains(s.lazyLog(), "marked bad") || ctx.Err() != nil {
+			t.Fatalf("background completion of the lazy layers failed:\n%s", s.lazyLog())
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -177,8 +194,8 @@ func TestLazyPull(t *testing.T) {
 		before += s.proxy.Forwarded(r.big)
 	}
 	s.restartCocoond(t, ctx)
-	if strings.Count(s.cocoond.Proc.Log(), "serving the local copy") < 2*len(runs) {
-		t.Errorf("restarted cocoond did not serve the completed layers from their local copies:\n%s", s.cocoond.Proc.Log())
+	if strings.Count(s.lazyLog(), "serving a completed local copy") < 2*len(runs) {
+		t.Errorf("the restarted lazy FUSE server did not serve the completed layers from their local copies:\n%s", s.lazyLog())
 	}
 	s.runAll(t, ctx, runs, "local")
 	var after int64
@@ -193,7 +210,9 @@ func TestLazyPull(t *testing.T) {
 // lazyRun is one image TestLazyPull pulled lazily.
 type lazyRun struct{ name, ref, msg, big string }
 
-// restartCocoond stops cocoond with SIGTERM and starts it again.
+// restartCocoond stops cocoond with SIGTERM and its lazy FUSE server
+// (which unmounts every layer), and starts cocoond again, which starts a
+// new server with its configuration.
 func (s *lazyStack) restartCocoond(t *testing.T, ctx context.Context) {
 	t.Helper()
 	if err := s.cocoond.Proc.Signal(syscall.SIGTERM); err != nil {
@@ -204,9 +223,36 @@ func (s *lazyStack) restartCocoond(t *testing.T, ctx context.Context) {
 	case <-ctx.Done():
 		t.Fatal("cocoond did not exit after SIGTERM")
 	}
+	if err := s.cocoond.StopLazyServer(15 * time.Second); err != nil {
+		t.Fatal(err)
+	}
 	if err := s.cocoond.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
+	waitSnapshotter(t, ctx, s.ctrd)
+}
+
+// waitSnapshotter waits until containerd reaches cocoond's snapshots API
+// again: after a restart its connection may still be backing off.
+func waitSnapshotter(t *testing.T, ctx context.Context, ctrd *harness.Containerd) {
+	t.Helper()
+	for {
+		_, err := ctrd.Ctr(ctx, "snapshots", "--snapshotter", snapshotterName, "ls")
+		if err == nil {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("containerd does not reach the restarted cocoond: %v", err)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// lazyLog is cocoond's log followed by its lazy FUSE server's (which
+// logs the fetches, verifications and completions).
+func (s *lazyStack) lazyLog() string {
+	return s.cocoond.Proc.Log() + s.cocoond.LazyServerLog()
 }
 
 // runAll runs a new container of each image and checks its output.
@@ -297,8 +343,8 @@ func (s *lazyStack) flippedChunk(t *testing.T, ctx context.Context, im *harness.
 	if !strings.Contains(out, "33554432") || !strings.Contains(out, "hello from a lazy layer") {
 		t.Errorf("other files of the tampered layer: %q; want them read in full", out)
 	}
-	if !strings.Contains(s.cocoond.Proc.Log(), "chunk verification failed") {
-		t.Error("cocoond logged no chunk verification failure")
+	if !strings.Contains(s.lazyLog(), "chunk verification failed") {
+		t.Error("the lazy FUSE server logged no chunk verification failure")
 	}
 	if s.proxy.Served(big.Digest) == 0 {
 		t.Error("the tampered blob was never served")

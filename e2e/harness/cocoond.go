@@ -61,6 +61,14 @@ func (e *Env) StartCocoond(ctx context.Context, o CocoondOptions) (*Cocoond, err
 			return nil, err
 		}
 	}
+	// The lazy FUSE server outlives cocoond by design: stop it (and check
+	// that it left no mount) after the last cocoond of this root stopped.
+	root := filepath.Join(dir, "root")
+	e.TB.Cleanup(func() {
+		if err := (&Cocoond{Root: root}).StopLazyServer(15 * time.Second); err != nil {
+			e.TB.Logf("cleanup: %v", err)
+		}
+	})
 	var lastErr error
 	for attempt := 0; attempt < 3; attempt++ {
 		port, err := FreePort()
@@ -68,7 +76,7 @@ func (e *Env) StartCocoond(ctx context.Context, o CocoondOptions) (*Cocoond, err
 			return nil, err
 		}
 		c := &Cocoond{
-			Root:        filepath.Join(dir, "root"),
+			Root:        root,
 			Address:     filepath.Join(dir, "cocoon.sock"),
 			MetricsAddr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)),
 			env:         e,

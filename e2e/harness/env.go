@@ -255,6 +255,7 @@ func sweepStaleWorkDirs(tb TB) {
 			continue // still running
 		}
 		tb.Logf("removing stale work directory %s (owner %q is gone)", dir, owner)
+		stopStaleLazyServers(dir)
 		if err := UnmountUnder(dir); err != nil {
 			tb.Logf("stale work directory: %v", err)
 			continue

@@ -18,6 +18,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+	"golang.org/x/sys/unix"
 
 	"github.com/cocoon-cc/cocoon/image/decrypt"
 	"github.com/cocoon-cc/cocoon/internal/detach"
@@ -82,6 +83,9 @@ func Connect(ctx context.Context, opts Options) (*Client, error) {
 		return nil, err
 	}
 	opts.StateDir = dir
+	if sock := filepath.Join(dir, socketFile); len(sock) > maxSocketPath {
+		return nil, fmt.Errorf("lazy FUSE server socket %s is %d bytes long; a unix socket path holds at most %d: use a shorter state directory (cocoond: a shorter root)", sock, len(sock), maxSocketPath)
+	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("lazy FUSE server state directory: %w", err)
 	}
@@ -119,6 +123,10 @@ func Connect(ctx context.Context, opts Options) (*Client, error) {
 	}
 	return nil, last
 }
+
+// maxSocketPath is the longest unix socket path (sun_path holds 108 bytes
+// with the terminating NUL).
+const maxSocketPath = len(unix.RawSockaddrUnix{}.Path) - 1
 
 // connectAttempts bounds Connect's tries (about 5 s of retries).
 const connectAttempts = 100

@@ -147,7 +147,7 @@ func (s *server) mount(dir string, spec LayerSpec, keyBytes []byte) (err error) 
 			local.f.Close()
 		}
 	}()
-	layer, err := fusefs.Open(ctx, src, fusefs.Options{Digest: spec.Blob.Digest, TOCDigest: spec.TOCDigest, Cache: cache, Metrics: metrics})
+	layer, err := fusefs.Open(ctx, src, fusefs.Options{Digest: spec.Blob.Digest, TOCDigest: spec.TOCDigest, Cache: cache, CoalesceGap: cfg.CoalesceGap, Metrics: metrics})
 	if err != nil {
 		return err
 	}

@@ -63,6 +63,9 @@ type Config struct {
 	// CacheBytes bounds the shared in-memory chunk cache (default
 	// fusefs.DefaultCacheBytes). Only the first Configure sets it.
 	CacheBytes int64 `json:"cache_bytes,omitempty"`
+	// CoalesceGap is fusefs.Options.CoalesceGap for the mounts that follow
+	// (0: its default).
+	CoalesceGap int64 `json:"coalesce_gap,omitempty"`
 	// Prefetch fetches each layer's prioritized files (the
 	// .prefetch.landmark convention) right after mounting.
 	Prefetch bool `json:"prefetch,omitempty"`

@@ -733,3 +733,17 @@ func TestSlowMountBlocksNoOther(t *testing.T) {
 		}
 	}
 }
+
+// TestStateDirTooLongForSocket: a state directory whose socket path does
+// not fit a unix socket address fails Connect with an error saying so,
+// before any server is started.
+func TestStateDirTooLongForSocket(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), strings.Repeat("d", 100))
+	_, err := server.Connect(context.Background(), server.Options{StateDir: dir})
+	if err == nil || !strings.Contains(err.Error(), "a unix socket path holds at most 107") {
+		t.Fatalf("Connect = %v, want the socket path length error", err)
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("state directory created anyway: %v", err)
+	}
+}
