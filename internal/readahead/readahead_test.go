@@ -122,7 +122,10 @@ func (g *gateReader) Read(p []byte) (int, error) {
 	if g.closed.Load() {
 		g.t.Error("wrapped reader used after Stop returned")
 	}
-	g.entered <- struct{}{}
+	select {
+	case g.entered <- struct{}{}:
+	default: // only the first Read is waited for
+	}
 	<-g.release
 	return len(p), nil
 }
@@ -130,7 +133,7 @@ func (g *gateReader) Read(p []byte) (int, error) {
 // TestStopWaitsForRead: Stop returns only once the goroutine is out of the
 // wrapped reader, and the reader is not used afterwards.
 func TestStopWaitsForRead(t *testing.T) {
-	g := &gateReader{entered: make(chan struct{}), release: make(chan struct{}), t: t}
+	g := &gateReader{entered: make(chan struct{}, 1), release: make(chan struct{}), t: t}
 	ar := New(g, Options{Size: 10, Count: 2})
 	<-g.entered // the producer is inside Read
 	stopped := make(chan struct{})
