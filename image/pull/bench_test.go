@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/log"
 	"github.com/google/go-containerregistry/pkg/compression"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -160,6 +161,11 @@ func pullAll(tb testing.TB, host, staging string, o Options, reqs []Request, ser
 // included, "cpu-s/plain", "cpu-s/enc") tells whether a pull was CPU-bound:
 // with 2 cores, a pull cannot take less than half its CPU time.
 func BenchmarkPullEncryptedOverPlain(b *testing.B) {
+	// Per-layer info lines would drown the benchmark's own output.
+	if err := log.SetLevel("warn"); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = log.SetLevel("info") })
 	reg := regtest.Start(b)
 	plainRef, img := reg.Push(b, "bench/pull", compression.GZip, true, benchTar(b, benchLayerSize))
 	kek := make([]byte, decrypt.KEKSize)

@@ -521,7 +521,7 @@ func (p *Puller) fetch(ctx context.Context, repo name.Repository, desc ocispec.D
 // stageBuffers*stageBufferSize bytes ahead of the next one.
 const (
 	stageBuffers    = 4
-	stageBufferSize = 256 << 10
+	stageBufferSize = 128 << 10
 )
 
 // stages runs the readers of one layer pull (network read; decryption;
