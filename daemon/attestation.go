@@ -202,13 +202,9 @@ func (at *attestation) openEventLog(ctx context.Context, dir string) error {
 		log.G(ctx).WithField("tee", a.TEE()).Warn("aa.toml enables the event log, but this TEE has no runtime measurement register")
 		return nil
 	}
-	initPCR := int(at.aa.EventlogConfig.InitPCR)
-	if a.TEE() == attest.TEETPM && initPCR >= 17 && initPCR <= 22 {
-		// PCRs 17-22 are DRTM PCRs: only locality 4 may extend them, so a
-		// guest's TPM refuses. Upstream's default (17) cannot work on a
-		// vTPM; use the first PCR any locality may extend.
-		log.G(ctx).WithField("init_pcr", initPCR).Warn("aa.toml init_pcr is a DRTM PCR a guest cannot extend on a TPM; using PCR 23")
-		initPCR = 23
+	initPCR, why := eventlog.InitPCR(a.TEE(), int(at.aa.EventlogConfig.InitPCR))
+	if why != "" {
+		log.G(ctx).WithField("init_pcr", at.aa.EventlogConfig.InitPCR).Warn("aa.toml " + why)
 	}
 	var err error
 	if at.eventLog, err = eventlog.Open(ctx, dir, alg, initPCR, m); err != nil {

@@ -30,6 +30,7 @@ type Config struct {
 	Storage     StorageConfig     `toml:"storage"`
 	Decryption  DecryptionConfig  `toml:"decryption"`
 	NRI         NRIConfig         `toml:"nri"`
+	Lazy        LazyConfig        `toml:"lazy"`
 
 	// Version is what the REST API's /info reports (not read from TOML).
 	Version string `toml:"-"`
@@ -125,6 +126,34 @@ type SnapshotterConfig struct {
 	AllowUnlabelledLayers bool `toml:"allow_unlabelled_layers"`
 }
 
+// LazyConfig turns on lazy pull of eStargz layers: a layer whose
+// descriptor, in the manifest the image security policy accepted, carries
+// the containerd.io/snapshot/stargz/toc.digest annotation is served over
+// FUSE, fetching (and verifying) only what containers read, instead of
+// being pulled whole. Off by default: turning it on is a rollout decision
+// (a FUSE server per layer in cocoond, the registry reachable while
+// containers run); with it off, eStargz images full-pull as any other.
+// Local copies of completed blobs live under the storage directory (the
+// encrypted storage volume when one is configured) in lazy/.
+type LazyConfig struct {
+	Enable bool `toml:"enable"`
+	// CacheSize bounds the in-memory cache of verified chunks shared by
+	// all lazy layers (flagutil.ParseSize syntax; default "64MiB").
+	CacheSize string `toml:"cache_size"`
+	// Prefetch fetches the files a layer's builder placed before its
+	// .prefetch.landmark right after the mount (default true).
+	Prefetch bool `toml:"prefetch"`
+	// CoalesceGap: missing chunks at most this far apart are fetched in one
+	// range request (default "256KiB").
+	CoalesceGap string `toml:"coalesce_gap"`
+	// BackgroundCompletion fetches each lazy blob whole after the prefetch,
+	// checks its digest (encrypted: ciphertext digest and HMAC) and diff ID,
+	// and serves reads from that local copy afterwards (default true).
+	BackgroundCompletion bool `toml:"background_completion"`
+	// CompletionConcurrency bounds the blobs completed at once (default 2).
+	CompletionConcurrency int `toml:"completion_concurrency"`
+}
+
 // Default is the configuration cocoond runs with when no file names a key.
 func Default() Config {
 	return Config{
@@ -135,6 +164,10 @@ func Default() Config {
 		LogFormat: "text",
 		Registry:  RegistryConfig{MaxConcurrentDownloads: 3, Retries: 5},
 		NRI:       NRIConfig{SocketPath: "/var/run/nri/nri.sock", PluginIndex: "10"},
+		Lazy: LazyConfig{
+			CacheSize: "64MiB", Prefetch: true, CoalesceGap: "256KiB",
+			BackgroundCompletion: true, CompletionConcurrency: 2,
+		},
 		Attestation: AttestationConfig{
 			EventlogDir:      "/run/attestation-agent",
 			ImageSecurityDir: "/run/cocoon/image-security",
@@ -186,6 +219,9 @@ func (c *Config) Validate() error {
 	if _, err := c.Unpack.sizes(); err != nil {
 		return err
 	}
+	if _, err := c.Lazy.sizes(); err != nil {
+		return err
+	}
 	if c.Storage.Size != "" {
 		if _, err := flagutil.ParseSize(c.Storage.Size); err != nil {
 			return fmt.Errorf("storage.size: %w", err)
@@ -234,6 +270,27 @@ func (u UnpackConfig) sizes() (unpackSizes, error) {
 	}
 	if u.MaxEntries < 0 {
 		return s, fmt.Errorf("unpack.max_entries: must not be negative")
+	}
+	return s, nil
+}
+
+type lazySizes struct{ cache, gap int64 }
+
+func (l LazyConfig) sizes() (lazySizes, error) {
+	var s lazySizes
+	var err error
+	if l.CacheSize != "" {
+		if s.cache, err = flagutil.ParseSize(l.CacheSize); err != nil || s.cache <= 0 {
+			return s, fmt.Errorf("lazy.cache_size: invalid size %q", l.CacheSize)
+		}
+	}
+	if l.CoalesceGap != "" {
+		if s.gap, err = flagutil.ParseSize(l.CoalesceGap); err != nil {
+			return s, fmt.Errorf("lazy.coalesce_gap: invalid size %q", l.CoalesceGap)
+		}
+	}
+	if l.CompletionConcurrency < 0 {
+		return s, fmt.Errorf("lazy.completion_concurrency: must not be negative")
 	}
 	return s, nil
 }

@@ -35,6 +35,8 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 		"log_format = \"xml\"\n":                     "log_format",
 		"root = 3\n":                                 "root",
 		"[storage]\nsize = \"20 parsecs\"\n":         "storage.size",
+		"[lazy]\ncache_size = \"0\"\n":               "lazy.cache_size",
+		"[lazy]\ncoalesce_gap = \"wide\"\n":          "lazy.coalesce_gap",
 	} {
 		_, _, err := Load(writeConfig(t, body))
 		if err == nil || !strings.Contains(err.Error(), key) {
@@ -62,5 +64,24 @@ func TestConfigSizes(t *testing.T) {
 	}
 	if s, _ := cfg.Unpack.sizes(); s.entry != 1<<30 || s.total != 3<<29 {
 		t.Errorf("sizes %+v", s)
+	}
+}
+
+// TestLazyConfig: lazy pull is off by default with prefetch and background
+// completion on once enabled; the file overrides each.
+func TestLazyConfig(t *testing.T) {
+	d := Default()
+	if d.Lazy.Enable || !d.Lazy.Prefetch || !d.Lazy.BackgroundCompletion {
+		t.Fatalf("default [lazy] = %+v", d.Lazy)
+	}
+	if s, err := d.Lazy.sizes(); err != nil || s.cache != 64<<20 || s.gap != 256<<10 {
+		t.Fatalf("default lazy sizes %+v, %v", s, err)
+	}
+	cfg, _, err := Load(writeConfig(t, "[lazy]\nenable = true\ncache_size = \"1GiB\"\nbackground_completion = false\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s, _ := cfg.Lazy.sizes(); !cfg.Lazy.Enable || cfg.Lazy.BackgroundCompletion || !cfg.Lazy.Prefetch || s.cache != 1<<30 {
+		t.Fatalf("[lazy] = %+v", cfg.Lazy)
 	}
 }

@@ -33,11 +33,14 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/cocoon-cc/cocoon/fusefs"
+	"github.com/cocoon-cc/cocoon/image/decrypt"
 	"github.com/cocoon-cc/cocoon/image/pull"
 	"github.com/cocoon-cc/cocoon/image/registry"
 	"github.com/cocoon-cc/cocoon/image/unpack"
 	"github.com/cocoon-cc/cocoon/restapi"
 	"github.com/cocoon-cc/cocoon/snapshotter"
+	"github.com/cocoon-cc/cocoon/snapshotter/lazysource"
 	"github.com/cocoon-cc/cocoon/snapshotter/pullsource"
 )
 
@@ -153,7 +156,7 @@ func (d *Daemon) startPipeline(ctx context.Context) (*snapshotter.Snapshotter, e
 	if err != nil {
 		return nil, err
 	}
-	puller, requireLabels, err := d.newPuller(ctx, storage, pm)
+	puller, deps, err := d.newPuller(ctx, storage, pm)
 	if err != nil {
 		return nil, err
 	}
@@ -163,12 +166,20 @@ func (d *Daemon) startPipeline(ctx context.Context) (*snapshotter.Snapshotter, e
 	} else if n > 0 {
 		log.G(ctx).WithField("count", n).Warn("removed staging directories left by a previous run")
 	}
-	sn, err := snapshotter.New(ctx, snapshotter.Options{
+	lazy, err := d.newLazy(ctx, storage, deps)
+	if err != nil {
+		return nil, err
+	}
+	sopts := snapshotter.Options{
 		Root:          filepath.Join(storage, "snapshotter"),
 		Layers:        pullsource.New(puller),
 		MountOptions:  cfg.Snapshotter.MountOptions,
-		RequireLabels: requireLabels,
-	})
+		RequireLabels: deps.requireLabels,
+	}
+	if lazy != nil {
+		sopts.Lazy = lazy
+	}
+	sn, err := snapshotter.New(ctx, sopts)
 	if err != nil {
 		return nil, err
 	}
@@ -176,19 +187,57 @@ func (d *Daemon) startPipeline(ctx context.Context) (*snapshotter.Snapshotter, e
 	return sn, nil
 }
 
+// pipelineDeps is what the puller is built from and the lazy mounter
+// shares with it.
+type pipelineDeps struct {
+	client        *registry.Client
+	decrypt       decrypt.Options
+	requireLabels bool
+}
+
+// newLazy builds the in-process lazy mounter when [lazy] enables it (nil
+// otherwise); it is closed (its layers unmounted) after the snapshotter.
+func (d *Daemon) newLazy(ctx context.Context, storage string, deps pipelineDeps) (*lazysource.Mounter, error) {
+	lc := d.cfg.Lazy
+	if !lc.Enable {
+		return nil, nil
+	}
+	sizes, _ := lc.sizes()
+	fm, err := fusefs.NewMetrics(d.metrics)
+	if err != nil {
+		return nil, err
+	}
+	m, err := lazysource.New(lazysource.Options{
+		Registry: deps.client, Decrypt: deps.decrypt, CacheDir: filepath.Join(storage, "lazy"),
+		CacheBytes: sizes.cache, CoalesceGap: sizes.gap, Prefetch: lc.Prefetch,
+		Background: lc.BackgroundCompletion, Concurrency: lc.CompletionConcurrency, Metrics: fm,
+	})
+	if err != nil {
+		return nil, err
+	}
+	d.onClose(func() {
+		if err := m.Close(); err != nil {
+			log.G(ctx).WithError(err).Warn("unmount lazy layers")
+		}
+	})
+	log.G(ctx).WithFields(log.Fields{"prefetch": lc.Prefetch, "background_completion": lc.BackgroundCompletion, "cache_size": lc.CacheSize}).
+		Info("lazy pull of eStargz layers enabled")
+	return m, nil
+}
+
 // newPuller builds the registry client, decryption and policy gate; it
 // reports whether Prepares must carry the CRI labels.
-func (d *Daemon) newPuller(ctx context.Context, storage string, pm *pull.Metrics) (*pull.Puller, bool, error) {
+func (d *Daemon) newPuller(ctx context.Context, storage string, pm *pull.Metrics) (*pull.Puller, pipelineDeps, error) {
 	cfg := d.cfg
 	sizes, _ := cfg.Unpack.sizes()
 	ropts, err := registryOptions(ctx, cfg, d.at)
 	if err != nil {
-		return nil, false, err
+		return nil, pipelineDeps{}, err
 	}
 	client := registry.New(ropts)
 	dopts, err := decryptOptions(cfg.Decryption, d.at)
 	if err != nil {
-		return nil, false, err
+		return nil, pipelineDeps{}, err
 	}
 	policy := imagePolicy(ctx, d.at, client, cfg.Attestation.ImageSecurityDir)
 	requireLabels := policy != nil && !cfg.Snapshotter.AllowUnlabelledLayers
@@ -209,7 +258,7 @@ func (d *Daemon) newPuller(ctx context.Context, storage string, pm *pull.Metrics
 		Decrypt: dopts,
 		Policy:  policy,
 	})
-	return puller, requireLabels, err
+	return puller, pipelineDeps{client: client, decrypt: dopts, requireLabels: requireLabels}, err
 }
 
 // startNRI keeps the NRI plugin connected until Close.

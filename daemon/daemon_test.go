@@ -30,6 +30,7 @@ func TestDaemonInProcess(t *testing.T) {
 	cfg.REST.Address = "127.0.0.1:0"
 	cfg.REST.Features = "all"
 	cfg.MetricsAddress = "127.0.0.1:0"
+	cfg.Lazy.Enable = true
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	d, err := New(ctx, cfg)
@@ -46,7 +47,7 @@ func TestDaemonInProcess(t *testing.T) {
 	if code, body := fetch(t, client, "http://"+restAddr+"/info"); code != 200 || body != `{"version":"dev","tee":"sample","feature":"all"}` {
 		t.Errorf("/info = %d %s", code, body)
 	}
-	if code, body := fetch(t, client, "http://"+metricsAddr+"/metrics"); code != 200 || !strings.Contains(body, "go_goroutines") {
+	if code, body := fetch(t, client, "http://"+metricsAddr+"/metrics"); code != 200 || !strings.Contains(body, "go_goroutines") || !strings.Contains(body, "cocoon_lazy_chunk_verify_failures_total") {
 		t.Errorf("/metrics = %d %.200s", code, body)
 	}
 

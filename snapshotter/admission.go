@@ -70,6 +70,13 @@ func (s *Snapshotter) reuse(ctx context.Context, target string, req LayerRequest
 func (s *Snapshotter) checkOrigins(iv ImageVerdict) error {
 	for i, chain := range iv.ChainIDs {
 		rec, ok := s.verdicts.layer(chain.String())
+		if ok && rec.Lazy && (i >= len(iv.Layers) || iv.Layers[i] != rec.Blob) {
+			named := "nothing"
+			if i < len(iv.Layers) {
+				named = iv.Layers[i].String()
+			}
+			return &LazyOriginError{Ref: iv.Ref, Manifest: iv.Manifest, Index: i, ChainID: chain, Blob: rec.Blob, Named: named}
+		}
 		if !ok || !rec.Encrypted {
 			continue
 		}
@@ -107,6 +114,28 @@ func (e *OriginError) Error() string {
 }
 
 func (e *OriginError) Unwrap() error { return errdefs.ErrPermissionDenied }
+
+// LazyOriginError: a lazily served layer is asked for by an image that
+// names another blob at its position. The layer's diff ID (its chain ID)
+// is verified only when its background fetch completes, so until then it
+// is only the content of the blob its TOC came from. It wraps
+// errdefs.ErrPermissionDenied.
+type LazyOriginError struct {
+	Ref      string
+	Manifest digest.Digest
+	Index    int
+	ChainID  digest.Digest
+	Blob     digest.Digest // the blob the layer is served from
+	Named    string        // what the image's manifest names there
+}
+
+func (e *LazyOriginError) Error() string {
+	return fmt.Sprintf("image %s@%s: layer %d (chain %s) is served lazily from blob %s, but this image names %s there; "+
+		"a lazily served layer may be used only by images naming its blob: %v",
+		e.Ref, e.Manifest, e.Index, e.ChainID, e.Blob, e.Named, errdefs.ErrPermissionDenied)
+}
+
+func (e *LazyOriginError) Unwrap() error { return errdefs.ErrPermissionDenied }
 
 // Admit decides whether a container may be created from the image (ref,
 // dgst), dgst being the manifest or index digest containerd's image store
@@ -171,12 +200,24 @@ func (s *Snapshotter) warnForeignVerdicts(ctx context.Context, key, parent strin
 }
 
 // Remove removes a snapshot and forgets the layer record of a committed
-// one.
+// one; a lazy layer is unmounted first (and mounted again if the removal
+// fails).
 func (s *Snapshotter) Remove(ctx context.Context, key string) error {
 	info, statErr := s.Snapshotter.Stat(ctx, key)
+	remount := func() {}
+	if statErr == nil && info.Kind == snapshots.KindCommitted && info.Labels[label.Lazy] != "" {
+		unlock := s.lock(key)
+		defer unlock()
+		var err error
+		if remount, err = s.unmountLazy(ctx, info); err != nil {
+			return err
+		}
+	}
 	if err := s.Snapshotter.Remove(ctx, key); err != nil {
+		remount()
 		return err
 	}
+	s.setUnmounted(key, false)
 	if statErr == nil && info.Kind == snapshots.KindCommitted {
 		if err := s.verdicts.forget(key); err != nil {
 			log.G(ctx).WithError(err).WithField("key", key).Warn("forget layer verdicts")

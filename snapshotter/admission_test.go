@@ -25,8 +25,10 @@ type fakeSource struct {
 	verifies int
 }
 
+var errUnexpectedLayer = errors.New("unexpected layer pull")
+
 func (f *fakeSource) Layer(context.Context, LayerRequest) (*StagedLayer, error) {
-	return nil, errors.New("unexpected layer pull")
+	return nil, errUnexpectedLayer
 }
 
 func (f *fakeSource) Verify(_ context.Context, ref string, dgst digest.Digest) (*VerifiedImage, error) {

@@ -44,6 +44,10 @@ type Options struct {
 	// unverified. cocoond sets it when an image security policy is
 	// configured, unless allow_unlabelled_layers says otherwise.
 	RequireLabels bool
+	// Lazy serves image layers whose verified descriptor carries the
+	// eStargz TOC digest annotation without fetching them; nil full-pulls
+	// every layer. The snapshotter does not close it.
+	Lazy LazyMounter
 }
 
 // Snapshotter implements containerd's snapshots.Snapshotter.
@@ -51,10 +55,18 @@ type Snapshotter struct {
 	snapshots.Snapshotter // overlay bookkeeping
 	layers                LayerSource
 	requireLabels         bool
+	lazy                  LazyMounter
 	verdicts              *verdictStore
 
 	mu    sync.Mutex
 	locks map[string]*chainLock
+	// unmounted are committed lazy snapshots not served at the moment
+	// (their mount failed at start and is being retried).
+	unmounted map[string]bool
+
+	stop      chan struct{} // closed by Close: background retries end
+	stopOnce  sync.Once
+	retriesWG sync.WaitGroup
 }
 
 type chainLock struct {
@@ -84,8 +96,13 @@ func New(ctx context.Context, opts Options) (*Snapshotter, error) {
 		o.Close()
 		return nil, err
 	}
-	s := &Snapshotter{Snapshotter: o, layers: opts.Layers, requireLabels: opts.RequireLabels, verdicts: v, locks: map[string]*chainLock{}}
+	s := &Snapshotter{Snapshotter: o, layers: opts.Layers, requireLabels: opts.RequireLabels, lazy: opts.Lazy, verdicts: v, locks: map[string]*chainLock{},
+		unmounted: map[string]bool{}, stop: make(chan struct{})}
 	if err := s.removeStaleStaging(ctx); err != nil {
+		o.Close()
+		return nil, err
+	}
+	if err := s.remountLazy(ctx); err != nil {
 		o.Close()
 		return nil, err
 	}
@@ -94,9 +111,10 @@ func New(ctx context.Context, opts Options) (*Snapshotter, error) {
 
 func (s *Snapshotter) removeStaleStaging(ctx context.Context) error {
 	var stale []string
-	err := s.Walk(ctx, func(_ context.Context, info snapshots.Info) error {
+	err := s.Snapshotter.Walk(ctx, func(_ context.Context, info snapshots.Info) error {
 		if info.Kind == snapshots.KindActive && info.Labels[label.Staging] == "true" {
 			stale = append(stale, info.Name)
+			s.unmountStaleLazy(ctx, info.Labels[label.OverlayUpperdir])
 		}
 		return nil
 	})
@@ -115,6 +133,20 @@ func (s *Snapshotter) removeStaleStaging(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// unmountStaleLazy detaches what a crash left mounted on a staging
+// snapshot of a lazy layer, so that its removal does not walk into it.
+func (s *Snapshotter) unmountStaleLazy(ctx context.Context, upper string) {
+	if s.lazy == nil || upper == "" {
+		return
+	}
+	if _, err := os.Stat(lazyRecordPath(upper)); err != nil {
+		return
+	}
+	if err := s.lazy.Unmount(ctx, upper); err != nil {
+		log.G(ctx).WithError(err).WithField("dir", upper).Warn("unmount a lazy layer left half-committed")
+	}
 }
 
 // Cleanup removes directories of deleted snapshots.
@@ -141,6 +173,9 @@ func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...s
 	}
 	target, isLayer := imageLayerTarget(key, info.Labels)
 	if !isLayer {
+		if err := s.checkParentsMounted(ctx, parent); err != nil {
+			return nil, err
+		}
 		s.warnForeignVerdicts(ctx, key, parent, info.Labels)
 		return s.Snapshotter.Prepare(ctx, key, parent, opts...)
 	}
@@ -254,6 +289,15 @@ func (s *Snapshotter) guestPull(ctx context.Context, key, parent, target string,
 	if parent != "" && !s.exists(ctx, parent) {
 		return fmt.Errorf("parent snapshot %q of layer %s: %w", parent, req.LayerDigest, errdefs.ErrNotFound)
 	}
+	if s.lazy != nil {
+		ll, im, err := s.lazyLayer(ctx, req, target, labels)
+		if err != nil {
+			return err
+		}
+		if ll != nil {
+			return s.lazyPull(ctx, key, parent, target, ll, im, labels)
+		}
+	}
 	req.Exists = func(ctx context.Context, chainID digest.Digest) bool { return s.exists(ctx, chainID.String()) }
 	staged, err := s.layers.Layer(ctx, req)
 	if err != nil {
@@ -287,25 +331,15 @@ func (s *Snapshotter) guestPull(ctx context.Context, key, parent, target string,
 // something start-up recognises) gets the staged directory renamed over its
 // empty upper directory, then is committed in one metadata transaction.
 func (s *Snapshotter) commitStaged(ctx context.Context, key, parent, target string, staged *StagedLayer, labels map[string]string) (retErr error) {
-	active := make(map[string]string, len(labels)+1)
-	for k, v := range labels {
-		active[k] = v
-	}
-	active[label.Staging] = "true"
-	if _, err := s.Snapshotter.Prepare(ctx, key, parent, snapshots.WithLabels(active)); err != nil {
-		return fmt.Errorf("prepare staging snapshot %q: %w", key, err)
-	}
-	defer func() {
-		if retErr != nil {
-			if err := s.Snapshotter.Remove(ctx, key); err != nil && !errdefs.IsNotFound(err) {
-				log.G(ctx).WithError(err).WithField("key", key).Warn("remove staging snapshot")
-			}
-		}
-	}()
-	upper, err := s.upperDir(ctx, key)
+	upper, err := s.prepareStaging(ctx, key, parent, labels)
 	if err != nil {
 		return err
 	}
+	defer func() {
+		if retErr != nil {
+			s.removeStaging(ctx, key)
+		}
+	}()
 	if err := os.Remove(upper); err != nil {
 		return fmt.Errorf("replace upper directory of %q: %w", key, err)
 	}
@@ -315,15 +349,43 @@ func (s *Snapshotter) commitStaged(ctx context.Context, key, parent, target stri
 		}
 		return fmt.Errorf("move staged layer into snapshot %q: %w", key, err)
 	}
-	committed := make(map[string]string, len(labels)+1)
-	for k, v := range labels {
-		committed[k] = v
-	}
-	committed[label.GuestPulled] = staged.Blob.String()
+	committed := withLabel(labels, label.GuestPulled, staged.Blob.String())
 	if err := s.Snapshotter.Commit(ctx, target, key, snapshots.WithLabels(committed)); err != nil {
 		return fmt.Errorf("commit layer %s as %q: %w", staged.Blob, target, err)
 	}
 	return nil
+}
+
+// prepareStaging creates the active snapshot key, marked as staging (so a
+// crash leaves something start-up recognises), and returns its upper
+// directory.
+func (s *Snapshotter) prepareStaging(ctx context.Context, key, parent string, labels map[string]string) (string, error) {
+	if _, err := s.Snapshotter.Prepare(ctx, key, parent, snapshots.WithLabels(withLabel(labels, label.Staging, "true"))); err != nil {
+		return "", fmt.Errorf("prepare staging snapshot %q: %w", key, err)
+	}
+	upper, err := s.upperDir(ctx, key)
+	if err != nil {
+		s.removeStaging(ctx, key)
+		return "", err
+	}
+	return upper, nil
+}
+
+// removeStaging removes a staging snapshot whose commit failed.
+func (s *Snapshotter) removeStaging(ctx context.Context, key string) {
+	if err := s.Snapshotter.Remove(ctx, key); err != nil && !errdefs.IsNotFound(err) {
+		log.G(ctx).WithError(err).WithField("key", key).Warn("remove staging snapshot")
+	}
+}
+
+// withLabel returns a copy of labels with k set to v.
+func withLabel(labels map[string]string, k, v string) map[string]string {
+	out := make(map[string]string, len(labels)+1)
+	for lk, lv := range labels {
+		out[lk] = lv
+	}
+	out[k] = v
+	return out
 }
 
 // Stat, Update and Walk answer as the overlay snapshotter does, without the

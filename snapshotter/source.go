@@ -5,6 +5,7 @@ import (
 	"os"
 
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
 // LayerSource is what the snapshotter asks of the image pipeline
@@ -58,6 +59,9 @@ type VerifiedImage struct {
 type ImageLayer struct {
 	Digest    digest.Digest
 	Encrypted bool
+	// Descriptor is the layer descriptor as the verified manifest gives it
+	// (media type, size, annotations such as the eStargz TOC digest).
+	Descriptor ocispec.Descriptor
 }
 
 // layerIndex returns the position of the layer blob dgst in the manifest.

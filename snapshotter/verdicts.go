@@ -35,7 +35,11 @@ type ImageVerdict struct {
 type LayerRecord struct {
 	Blob      digest.Digest `json:"blob"`
 	Encrypted bool          `json:"encrypted,omitempty"`
-	Images    []string      `json:"images"` // "ref@manifest", most recent last
+	// Lazy: the layer is served lazily from Blob; its diff ID is checked
+	// only when the background fetch completes, so only images naming
+	// Blob at its position may use it.
+	Lazy   bool     `json:"lazy,omitempty"`
+	Images []string `json:"images"` // "ref@manifest", most recent last
 }
 
 // verdictStore keeps verdicts in one JSON file under the snapshotter root,
@@ -90,6 +94,12 @@ func (v *verdictStore) layer(chainID string) (LayerRecord, bool) {
 // record stores an accepted image and, when chainID is not empty, the
 // layer it was committed or reused for.
 func (v *verdictStore) record(iv ImageVerdict, chainID string, blob digest.Digest, encrypted bool) error {
+	return v.recordLayer(iv, chainID, LayerRecord{Blob: blob, Encrypted: encrypted})
+}
+
+// recordLayer is record with the layer's record (used when the chain has
+// none yet) given whole.
+func (v *verdictStore) recordLayer(iv ImageVerdict, chainID string, rec LayerRecord) error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	key := imageKey(iv.Ref, iv.Manifest)
@@ -97,7 +107,7 @@ func (v *verdictStore) record(iv ImageVerdict, chainID string, blob digest.Diges
 	if chainID != "" {
 		r, ok := v.Chains[chainID]
 		if !ok {
-			r = LayerRecord{Blob: blob, Encrypted: encrypted}
+			r = LayerRecord{Blob: rec.Blob, Encrypted: rec.Encrypted, Lazy: rec.Lazy}
 		}
 		imgs := make([]string, 0, len(r.Images)+1)
 		for _, k := range r.Images {

@@ -212,6 +212,24 @@ func MRIndex(tee string, pcr int) (uint32, error) {
 	return uint32(pcr), nil
 }
 
+// InitPCRChooser is implemented by the Platform of a TEE on which a guest
+// cannot extend some registers that aa.toml's init_pcr may name.
+type InitPCRChooser interface {
+	// EventLogInitPCR returns the register to record the AAEL's init
+	// event in instead of requested, and why, or requested and "".
+	EventLogInitPCR(requested int) (pcr int, why string)
+}
+
+// InitPCR is the register the AAEL's init event goes to on a TEE when
+// aa.toml asks for requested: requested itself unless the TEE's Platform
+// says its guests cannot extend it (why then says so).
+func InitPCR(tee string, requested int) (pcr int, why string) {
+	if c, ok := attest.LookupPlatform(tee).(InitPCRChooser); ok {
+		return c.EventLogInitPCR(requested)
+	}
+	return requested, ""
+}
+
 // specIDHeader is the fixed EV_NO_ACTION record upstream puts in front of
 // the AAEL when the platform has no CCEL: PCR 0, type 3, 20 zero bytes,
 // size 37; 16 zero signature bytes, zeroed version fields, two algorithms

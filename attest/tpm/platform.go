@@ -35,6 +35,16 @@ func (Platform) EventLogAlg() eventlog.Alg { return eventlog.SHA256 }
 // EventLogMRIndex is the PCR itself.
 func (Platform) EventLogMRIndex(pcr int) (uint32, error) { return uint32(pcr), nil }
 
+// EventLogInitPCR moves PCRs 17-22 to 23: they are DRTM PCRs that only
+// locality 4 may extend, so a guest's TPM refuses, and upstream's default
+// init_pcr (17) cannot work on a vTPM.
+func (Platform) EventLogInitPCR(requested int) (int, string) {
+	if requested >= 17 && requested <= 22 {
+		return 23, "init_pcr is a DRTM PCR a guest cannot extend on a TPM; using PCR 23"
+	}
+	return requested, ""
+}
+
 // BindInitData extends PCR8 with digest, which must be a SHA-256 digest.
 func (a *Attester) BindInitData(ctx context.Context, digest []byte) error {
 	if len(digest) != sha256.Size {

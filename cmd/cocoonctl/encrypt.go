@@ -36,18 +36,12 @@ func runEncrypt(ctx context.Context, args []string, out io.Writer) error {
 	if fs.NArg() != 2 {
 		return fmt.Errorf("want SRC_REF and DST_REF: %w", errUsage)
 	}
-	if *kid == "" || *keyFile == "" {
-		return fmt.Errorf("--kid and --key-file are required: %w", errUsage)
-	}
-	if _, err := kbs.ParseResourceURI(*kid); err != nil || !strings.HasPrefix(*kid, "kbs://") {
-		return fmt.Errorf("--kid %q is not a kbs:///repo/type/tag URI the guest can fetch: %w", *kid, errUsage)
-	}
-	kek, err := readKEK(*keyFile)
+	o, err := encryptOptions(*kid, *keyFile, *tmpDir)
 	if err != nil {
 		return err
 	}
-	defer clear(kek)
-	d, err := encryptRef(ctx, fs.Arg(0), fs.Arg(1), *insecure, encrypt.Options{KEK: kek, KID: *kid, TmpDir: *tmpDir})
+	defer clear(o.KEK)
+	d, err := encryptRef(ctx, fs.Arg(0), fs.Arg(1), *insecure, *o)
 	if err != nil {
 		return err
 	}
@@ -76,6 +70,22 @@ func encryptRef(ctx context.Context, src, dst string, insecure bool, o encrypt.O
 		return "", err
 	}
 	return d.String(), nil
+}
+
+// encryptOptions checks --kid and reads the KEK from --key-file (both
+// required) for `cocoonctl encrypt` and `cocoonctl convert --encrypt`.
+func encryptOptions(kid, keyFile, tmpDir string) (*encrypt.Options, error) {
+	if kid == "" || keyFile == "" {
+		return nil, fmt.Errorf("--kid and --key-file are required: %w", errUsage)
+	}
+	if _, err := kbs.ParseResourceURI(kid); err != nil || !strings.HasPrefix(kid, "kbs://") {
+		return nil, fmt.Errorf("--kid %q is not a kbs:///repo/type/tag URI the guest can fetch: %w", kid, errUsage)
+	}
+	kek, err := readKEK(keyFile)
+	if err != nil {
+		return nil, err
+	}
+	return &encrypt.Options{KEK: kek, KID: kid, TmpDir: tmpDir}, nil
 }
 
 // readKEK reads a key file holding exactly the 32 raw KEK bytes (what

@@ -19,6 +19,7 @@ import (
 
 	"github.com/cocoon-cc/cocoon/cryptvol/detached"
 	"github.com/cocoon-cc/cocoon/daemon"
+	lazyserver "github.com/cocoon-cc/cocoon/fusefs/server"
 	"github.com/cocoon-cc/cocoon/internal/flagutil"
 )
 
@@ -26,7 +27,8 @@ import (
 var version = "dev"
 
 func main() {
-	detached.RunEngineIfRequested() // the storage volume's engine process
+	detached.RunEngineIfRequested()   // the storage volume's engine process
+	lazyserver.RunServerIfRequested() // the lazy FUSE server (fusefs/server)
 	if err := run(os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "cocoond:", err)
 		os.Exit(1)

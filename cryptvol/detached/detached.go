@@ -24,7 +24,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -34,6 +33,7 @@ import (
 
 	"github.com/cocoon-cc/cocoon/cryptvol"
 	"github.com/cocoon-cc/cocoon/cryptvol/loop"
+	"github.com/cocoon-cc/cocoon/internal/detach"
 )
 
 // DefaultStateDir is where state files live unless a Request names another.
@@ -135,15 +135,6 @@ type enginePipes struct{ request, status *os.File }
 // startProcess starts this binary as the engine process in its own
 // session, its output appended to logPath.
 func startProcess(logPath string) (*exec.Cmd, enginePipes, error) {
-	self, err := os.Executable()
-	if err != nil {
-		return nil, enginePipes{}, fmt.Errorf("locating this binary to run the engine process: %w", err)
-	}
-	logFile, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND|unix.O_CLOEXEC, 0o600)
-	if err != nil {
-		return nil, enginePipes{}, fmt.Errorf("opening engine log: %w", err)
-	}
-	defer logFile.Close()
 	reqR, reqW, err := os.Pipe()
 	if err != nil {
 		return nil, enginePipes{}, err
@@ -154,11 +145,7 @@ func startProcess(logPath string) (*exec.Cmd, enginePipes, error) {
 		reqW.Close()
 		return nil, enginePipes{}, err
 	}
-	cmd := exec.Command(self, EngineCommand)
-	cmd.ExtraFiles = []*os.File{reqR, statW} // fds 3 and 4
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	err = cmd.Start()
+	cmd, err := detach.Start(logPath, []*os.File{reqR, statW}, EngineCommand) // fds 3 and 4
 	reqR.Close()
 	statW.Close()
 	if err != nil {
@@ -183,62 +170,23 @@ func sendRequest(w *os.File, req Request, secret []byte) error {
 	return nil
 }
 
-func writeState(path string, st *State) error {
-	b, err := json.MarshalIndent(st, "", "  ")
-	if err != nil {
-		return err
-	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return fmt.Errorf("writing state file: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("writing state file: %w", err)
-	}
-	return nil
-}
+func writeState(path string, st *State) error { return detach.WriteState(path, st) }
 
 // ReadState reads a state file written by an engine process.
 func ReadState(path string) (*State, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
 	var st State
-	if err := json.Unmarshal(b, &st); err != nil {
-		return nil, fmt.Errorf("state file %s: %w", path, err)
+	if err := detach.ReadState(path, &st); err != nil {
+		return nil, err
 	}
 	return &st, nil
 }
 
 // processStartTime returns field 22 of /proc/PID/stat (0 if unknown).
-func processStartTime(pid int) uint64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	i := strings.LastIndexByte(string(b), ')')
-	if i < 0 {
-		return 0
-	}
-	f := strings.Fields(string(b[i+1:]))
-	// f[0] is field 3 (state); start time is field 22.
-	if len(f) < 20 || f[0] == "Z" {
-		return 0
-	}
-	v, _ := strconv.ParseUint(f[19], 10, 64)
-	return v
-}
+func processStartTime(pid int) uint64 { return detach.StartTime(pid) }
 
 // ProcessAlive reports whether pid is still the engine process we started
 // (running, not a zombie, same start time).
-func ProcessAlive(pid int, start uint64) bool {
-	if pid <= 0 {
-		return false
-	}
-	got := processStartTime(pid)
-	return got != 0 && got == start
-}
+func ProcessAlive(pid int, start uint64) bool { return detach.Alive(pid, start) }
 
 // Stop releases the volume mounted at mountDir: the engine process closes
 // it (destroy: and wipes its header, removing what it created). If the

@@ -15,6 +15,7 @@ import (
 
 	"github.com/cocoon-cc/cocoon/cryptvol"
 	"github.com/cocoon-cc/cocoon/cryptvol/luks2"
+	"github.com/cocoon-cc/cocoon/internal/detach"
 )
 
 // EngineCommand is the hidden first argument that makes a binary the
@@ -25,7 +26,7 @@ const EngineCommand = "__cocoon-volume-engine"
 // when Start started it; otherwise it returns at once. Every binary that
 // calls Start (or whose tests do, from TestMain) calls it first in main.
 func RunEngineIfRequested() {
-	if len(os.Args) < 2 || os.Args[1] != EngineCommand {
+	if !detach.Requested(EngineCommand) {
 		return
 	}
 	if err := serveEngine(); err != nil {

@@ -381,7 +381,10 @@ type TamperProxy struct {
 	served  map[string]int
 	endless map[string]bool
 	sent    map[string]int64
-	srv     *http.Server
+	// forwarded counts the body bytes of blob GETs passed through from
+	// the registry, by digest (what a lazy pull fetched).
+	forwarded map[string]int64
+	srv       *http.Server
 }
 
 // StartTamperProxy starts a TamperProxy for r, stopped at cleanup.
@@ -391,7 +394,7 @@ func (r *Registry) StartTamperProxy() (*TamperProxy, error) {
 		return nil, err
 	}
 	p := &TamperProxy{Host: l.Addr().String(), replace: map[string][]byte{}, served: map[string]int{},
-		endless: map[string]bool{}, sent: map[string]int64{}}
+		endless: map[string]bool{}, sent: map[string]int64{}, forwarded: map[string]int64{}}
 	upstream := "http://" + r.Host
 	p.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		if d, ok := blobDigestFromPath(req.URL.Path); ok {
@@ -430,6 +433,13 @@ func (p *TamperProxy) Replace(d string, body []byte) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.replace[d] = body
+}
+
+// Restore makes the proxy pass blob d through from the registry again.
+func (p *TamperProxy) Restore(d string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.replace, d)
 }
 
 // Served reports how many times the tampered blob d was served.
@@ -515,7 +525,20 @@ func (p *TamperProxy) forward(w http.ResponseWriter, req *http.Request, upstream
 		w.Header()[k] = v
 	}
 	w.WriteHeader(resp.StatusCode)
-	_, _ = io.Copy(w, resp.Body)
+	n, _ := io.Copy(w, resp.Body)
+	if d, ok := blobDigestFromPath(req.URL.Path); ok && req.Method == http.MethodGet {
+		p.mu.Lock()
+		p.forwarded[d] += n
+		p.mu.Unlock()
+	}
+}
+
+// Forwarded reports how many body bytes of blob d the proxy passed
+// through from the registry (replaced and endless responses excluded).
+func (p *TamperProxy) Forwarded(d string) int64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.forwarded[d]
 }
 
 // blobDigestFromPath extracts the digest of /v2/<name>/blobs/<digest>.

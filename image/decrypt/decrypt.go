@@ -11,6 +11,11 @@
 // allocates and clears a buffer the size of every Read and runs about half
 // as fast. Encryption (Encrypter) uses ocicrypt's blockcipher.
 //
+// Lazy pulls decrypt by range instead (UnwrapLayer, LayerKey.NewReaderAt):
+// there the chunk digests of the eStargz TOC, checked by the caller after
+// decryption and decompression, authenticate what is served, and the HMAC
+// over the whole blob (HMACVerifier) is checked when the blob is complete.
+//
 // The chain of trust is: manifest -> encrypted blob digest (hashed here) ->
 // HMAC keyed with the layer key (checked here) -> plaintext compressed
 // digest from the wrapped private options (PlainDigest, checked by the
@@ -24,7 +29,6 @@ package decrypt
 
 import (
 	"context"
-	"crypto/aes"
 	"crypto/cipher"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -41,7 +45,6 @@ import (
 	"github.com/cocoon-cc/cocoon/internal/hashio"
 
 	"github.com/containerd/errdefs"
-	"github.com/containerd/log"
 	"github.com/containers/ocicrypt/blockcipher"
 	"github.com/containers/ocicrypt/config"
 	"github.com/containers/ocicrypt/keywrap/jwe"
@@ -137,51 +140,27 @@ type Reader struct {
 // image/layer. Verify must be called after the plaintext was consumed (it
 // drains what is left) and before anything derived from it is committed.
 func NewReader(ctx context.Context, encrypted io.Reader, desc ocispec.Descriptor, o Options) (*Reader, error) {
-	if !IsEncrypted(desc.MediaType) {
-		return nil, fmt.Errorf("layer %s (%s): %w", desc.Digest, desc.MediaType, ErrNotEncrypted)
-	}
-	if err := desc.Digest.Validate(); err != nil {
-		return nil, fmt.Errorf("layer %s: blob digest: %w: %w", desc.Digest, err, errdefs.ErrInvalidArgument)
-	}
-	pub, err := ParsePublicOptions(desc.Annotations[AnnotationPubOpts])
+	k, err := UnwrapLayer(ctx, desc, o)
 	if err != nil {
-		return nil, fmt.Errorf("layer %s: %w", desc.Digest, err)
+		return nil, err
 	}
-	plbco, err := UnwrapLayerKey(ctx, desc, o)
-	if err != nil {
-		return nil, fmt.Errorf("layer %s: %w", desc.Digest, err)
-	}
-	defer clear(plbco)
-	priv, err := ParsePrivateOptions(plbco)
-	if err != nil {
-		return nil, fmt.Errorf("layer %s: %w", desc.Digest, err)
-	}
-	nonce := priv.CipherOptions["nonce"]
-	if n, ok := pub.CipherOptions["nonce"]; ok {
-		nonce = n // ocicrypt's GetOpt prefers the public options
-	}
-	block, err := aes.NewCipher(priv.SymmetricKey)
-	if err != nil {
-		clear(priv.SymmetricKey)
-		return nil, fmt.Errorf("layer %s: set up AES-256-CTR: %w", desc.Digest, err)
-	}
-	mac := hmac.New(sha256.New, priv.SymmetricKey)
-	clear(priv.SymmetricKey)
+	stream := cipher.NewCTR(k.block, k.nonce[:])
+	mac := hmac.New(sha256.New, k.key)
+	k.Clear()
 	if desc.Size > 0 {
 		// One byte more than promised is enough to prove a size mismatch;
 		// a registry streaming without end is not read further.
 		encrypted = io.LimitReader(encrypted, desc.Size+1)
 	}
 	src := &hashio.Reader{R: encrypted, H: desc.Digest.Algorithm().Hash()}
-	log.G(ctx).WithField("layer", desc.Digest).WithField("plain", priv.Digest).Debug("layer key unwrapped")
 	return &Reader{
 		layer:       desc.Digest,
 		blobSize:    desc.Size,
 		src:         src,
-		stream:      cipher.NewCTR(block, nonce),
+		stream:      stream,
 		mac:         mac,
-		wantMAC:     pub.Hmac,
-		plainDigest: priv.Digest,
+		wantMAC:     k.wantMAC,
+		plainDigest: k.plainDigest,
 	}, nil
 }
 

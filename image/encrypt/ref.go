@@ -2,7 +2,11 @@ package encrypt
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -84,7 +88,11 @@ func OpenRef(ctx context.Context, ref string, insecure bool) (v1.Image, error) {
 }
 
 // WriteRef pushes img to a registry or writes it into a layout, and
-// returns the manifest digest.
+// returns the manifest digest. A push uploads the blobs before the
+// manifest, so a failed one tags nothing. A new layout is written in a
+// staging directory beside DIR and renamed into place, so a failure leaves
+// no DIR; into an existing layout the blobs are written before index.json
+// names the image, so a failure leaves at most unreferenced blobs.
 func WriteRef(ctx context.Context, ref string, img v1.Image, insecure bool) (v1.Hash, error) {
 	d, err := img.Digest()
 	if err != nil {
@@ -101,19 +109,64 @@ func WriteRef(ctx context.Context, ref string, img v1.Image, insecure bool) (v1.
 		return d, nil
 	}
 	dir, tag := splitLayoutRef(ref)
+	if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
+		if err := writeNewLayout(dir, tag, img); err != nil {
+			return v1.Hash{}, err
+		}
+		return d, nil
+	}
 	p, err := layout.FromPath(dir)
 	if err != nil {
 		if p, err = layout.Write(dir, empty.Index); err != nil {
 			return v1.Hash{}, fmt.Errorf("create OCI layout %s: %w", dir, err)
 		}
 	}
+	if err := writeLayout(p, dir, tag, img); err != nil {
+		return v1.Hash{}, err
+	}
+	return d, nil
+}
+
+// writeNewLayout writes a layout in a staging directory and renames it to
+// dir once complete.
+func writeNewLayout(dir, tag string, img v1.Image) (retErr error) {
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return fmt.Errorf("create OCI layout %s: %w", dir, err)
+	}
+	staging, err := os.MkdirTemp(filepath.Dir(dir), "."+filepath.Base(dir)+".staging-*")
+	if err != nil {
+		return fmt.Errorf("create OCI layout %s: %w", dir, err)
+	}
+	defer func() {
+		if retErr != nil {
+			os.RemoveAll(staging)
+		}
+	}()
+	if err := os.Chmod(staging, 0o755); err != nil {
+		return fmt.Errorf("create OCI layout %s: %w", dir, err)
+	}
+	p, err := layout.Write(staging, empty.Index)
+	if err != nil {
+		return fmt.Errorf("create OCI layout %s: %w", dir, err)
+	}
+	if err := writeLayout(p, dir, tag, img); err != nil {
+		return err
+	}
+	if err := os.Rename(staging, dir); err != nil {
+		return fmt.Errorf("write OCI layout %s: %w", dir, err)
+	}
+	return nil
+}
+
+func writeLayout(p layout.Path, dir, tag string, img v1.Image) error {
+	var err error
 	if tag == "" {
 		err = p.AppendImage(img)
 	} else {
 		err = p.ReplaceImage(img, match.Annotation(RefNameAnnotation, tag), layout.WithAnnotations(map[string]string{RefNameAnnotation: tag}))
 	}
 	if err != nil {
-		return v1.Hash{}, fmt.Errorf("write OCI layout %s: %w", dir, err)
+		return fmt.Errorf("write OCI layout %s: %w", dir, err)
 	}
-	return d, nil
+	return nil
 }

@@ -22,6 +22,15 @@ const (
 	CRIManifestDigest = "containerd.io/snapshot/cri.manifest-digest"
 	CRIImageLayers    = "containerd.io/snapshot/cri.image-layers"
 
+	// TOCDigest is the eStargz layer descriptor annotation naming the
+	// digest of the layer's TOC JSON (stargz-snapshotter's
+	// estargz.TOCJSONDigestAnnotation). containerd forwards every layer
+	// annotation under containerd.io/snapshot/ to the Prepare as a label
+	// (snapshots.FilterInheritedLabels in its unpacker), but cocoon takes
+	// the digest from the verified manifest and only checks the label
+	// against it.
+	TOCDigest = "containerd.io/snapshot/stargz/toc.digest"
+
 	// OverlayUpperdir is the label containerd's overlay snapshotter adds,
 	// when opened WithUpperdirLabel, to the Info of every snapshot: the path
 	// of its upper directory (as stargz and nydus read it).
@@ -30,6 +39,10 @@ const (
 	// Staging marks an active snapshot cocoon created to commit a guest-pulled
 	// layer. One left behind by a crash is removed at start.
 	Staging = "cocoon.io/staging"
+	// Lazy marks committed snapshots whose directory is a lazily mounted
+	// eStargz layer (value: the layer digest); their verified descriptor
+	// is kept next to the directory, in lazy.json.
+	Lazy = "cocoon.io/lazy"
 	// GuestPulled marks committed snapshots whose content cocoon fetched and
 	// verified itself (value: the layer digest).
 	GuestPulled = "cocoon.io/guest-pulled"

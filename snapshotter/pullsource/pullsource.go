@@ -54,7 +54,7 @@ func (s Source) Verify(ctx context.Context, ref string, dgst digest.Digest) (*sn
 		DiffIDs:  append([]digest.Digest(nil), im.Config.RootFS.DiffIDs...),
 	}
 	for _, l := range im.Manifest.Layers {
-		v.Layers = append(v.Layers, snapshotter.ImageLayer{Digest: l.Digest, Encrypted: decrypt.IsEncrypted(l.MediaType)})
+		v.Layers = append(v.Layers, snapshotter.ImageLayer{Digest: l.Digest, Encrypted: decrypt.IsEncrypted(l.MediaType), Descriptor: l})
 	}
 	return v, nil
 }

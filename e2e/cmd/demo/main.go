@@ -1,7 +1,8 @@
 // Command demo shows cocoon's guest pull end to end on loopback: it starts
 // a registry, cocoond and containerd, pushes a small two-layer image, pulls
-// and runs it through the cocoon snapshotter, prints what happened in a few
-// lines, and tears everything down. It builds nothing: `make demo` has
+// and runs it through the cocoon snapshotter, then pulls an encrypted
+// eStargz version of it lazily, prints what happened in a few lines, and
+// tears everything down. It builds nothing: `make demo` has
 // already run `make build` and `make e2e-tools`. It needs root.
 package main
 
@@ -11,6 +12,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -124,7 +126,12 @@ func run(ctx context.Context, s *harness.Script, st *state) error {
 	if err := kbs.SetResource("default/image-kek/demo", kek); err != nil {
 		return err
 	}
-	policy := fmt.Sprintf(`{"default":[{"type":"reject"}],"transports":{"docker":{%q:[{"type":"sigstoreSigned","keyPath":"kbs:///default/cosign-key/demo"}]}}}`, reg.Host+"/demo")
+	// The lazy pull goes through a proxy that counts what the registry serves.
+	proxy, err := reg.StartTamperProxy()
+	if err != nil {
+		return err
+	}
+	policy := fmt.Sprintf(`{"default":[{"type":"reject"}],"transports":{"docker":{%q:[{"type":"sigstoreSigned","keyPath":"kbs:///default/cosign-key/demo"}],%q:[{"type":"sigstoreSigned","keyPath":"kbs:///default/cosign-key/demo"}]}}}`, reg.Host+"/demo", proxy.Host+"/demo")
 	if err := kbs.SetResource("default/image-policy/demo", []byte(policy)); err != nil {
 		return err
 	}
@@ -133,8 +140,11 @@ func run(ctx context.Context, s *harness.Script, st *state) error {
 		return err
 	}
 	cd, err := env.StartCocoond(ctx, harness.CocoondOptions{
-		InsecureRegistries: []string{reg.Host},
+		InsecureRegistries: []string{reg.Host, proxy.Host},
 		LogLevel:           "info",
+		// Lazy pull on; no background completion, so that what the
+		// registry served was served for the container.
+		Config: "[lazy]\nenable = true\nbackground_completion = false\n",
 		ExtraArgs: []string{"--rest-api", restAddr, "--rest-features", "all", "--kbs-url", kbs.URL, "--tee", "sample",
 			"--cdh-config", cdhToml, "--secrets-mount", secretsMount, "--secrets-source", "app=" + secretVolume},
 	})
@@ -220,7 +230,79 @@ func run(ctx context.Context, s *harness.Script, st *state) error {
 	if err := secretsDemo(ctx, ctrd, im.Ref, sealed, filepath.Join(secretsMount, "app")); err != nil {
 		return err
 	}
-	return scratchDemo(ctx, env, ctrd, im.Ref)
+	if err := scratchDemo(ctx, env, ctrd, im.Ref); err != nil {
+		return err
+	}
+	return lazyDemo(ctx, env, reg, proxy, cd, ctrd)
+}
+
+// lazyDemo adds a 32 MiB layer of random data to the demo image, converts
+// it to encrypted eStargz with cocoonctl convert (hello.txt prioritized),
+// signs it, and pulls and runs it lazily through the counting proxy: the
+// registry serves a small part of the image before the container answers.
+func lazyDemo(ctx context.Context, env *harness.Env, reg *harness.Registry, proxy *harness.TamperProxy, cd *harness.Cocoond, ctrd *harness.Containerd) error {
+	data := env.Path("data.tar")
+	if err := harness.NewLayer().Dir("data/").StreamFile("data/random", 32<<20, func() io.Reader { return harness.RandomReader(7) }).
+		WriteFile(data, harness.Uncompressed); err != nil {
+		return err
+	}
+	src, err := reg.Push(ctx, harness.ImageSpec{Repo: "demo/hello", Tag: "big", Layers: []string{env.Path("busybox.tar"), env.Path("hello.tar"), data}, Cmd: []string{"/bin/cat", "/hello.txt"}})
+	if err != nil {
+		return err
+	}
+	cocoonctl, err := env.CocoonBinary("cocoonctl")
+	if err != nil {
+		return err
+	}
+	dir := env.Path("sign")
+	if out, err := exec.CommandContext(ctx, cocoonctl, "convert", "--estargz", "--insecure", "--encrypt", "--kid", "kbs:///default/image-kek/demo",
+		"--key-file", filepath.Join(dir, "kek"), "--prioritize", "/hello.txt", src.Ref, reg.Ref("demo/hello", "lazy")).CombinedOutput(); err != nil {
+		return fmt.Errorf("cocoonctl convert: %w: %s", err, out)
+	}
+	im, err := reg.Image(ctx, "demo/hello", "lazy")
+	if err != nil {
+		return err
+	}
+	if err := cosignRun(ctx, env, dir, "sign", "--key", "demo.key", "--tlog-upload=false", "-y", "--allow-insecure-registry", "--allow-http-registry",
+		proxy.Host+"/demo/hello@"+im.ManifestDigest); err != nil { // signed for the name it is pulled by
+		return err
+	}
+	ref := proxy.Host + "/demo/hello:lazy"
+	start := time.Now()
+	if _, err := ctrd.Ctr(ctx, "image", "pull", "--plain-http", "--snapshotter", "cocoon", ref); err != nil {
+		return err
+	}
+	out, err := ctrd.Ctr(ctx, "run", "--rm", "--snapshotter", "cocoon", ref, "demo-lazy-"+token())
+	if err != nil {
+		return err
+	}
+	took := time.Since(start)
+	var served int64
+	for _, d := range im.LayerDigests() {
+		served += proxy.Forwarded(d)
+	}
+	said := strings.TrimSpace(out)
+	fmt.Printf("pulled %s lazily (encrypted eStargz, signature checked, layer keys from the KBS, every chunk verified against its TOC) and ran it in %.2f s: "+
+		"the container said %q after the registry served %s of the image's %s (%.1f%%)\n",
+		ref, took.Seconds(), said, mb(served), mb(im.LayerBytes()), 100*float64(served)/float64(im.LayerBytes()))
+	if said != greeting {
+		return fmt.Errorf("the lazily pulled container printed %q, want %q", said, greeting)
+	}
+	if !strings.Contains(cd.Proc.Log(), "lazy layer mounted and committed") {
+		return errors.New("cocoond's log does not show the layers mounted lazily")
+	}
+	return nil
+}
+
+// cosignRun runs cosign in dir with an empty key password, offline.
+func cosignRun(ctx context.Context, env *harness.Env, dir string, args ...string) error {
+	cmd := exec.CommandContext(ctx, env.Tool("cosign"), args...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "COSIGN_PASSWORD=", "TUF_ROOT="+filepath.Join(dir, "tuf"))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("cosign %s: %w: %s", args[0], err, out)
+	}
+	return nil
 }
 
 // scratchDemo gives a workload an encrypted scratch volume: a random key and
@@ -356,15 +438,7 @@ func encryptAndSign(ctx context.Context, env *harness.Env, reg *harness.Registry
 	if err != nil {
 		return nil, err
 	}
-	cosign := func(args ...string) error {
-		cmd := exec.CommandContext(ctx, env.Tool("cosign"), args...)
-		cmd.Dir = dir
-		cmd.Env = append(os.Environ(), "COSIGN_PASSWORD=", "TUF_ROOT="+filepath.Join(dir, "tuf"))
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("cosign %s: %w: %s", args[0], err, out)
-		}
-		return nil
-	}
+	cosign := func(args ...string) error { return cosignRun(ctx, env, dir, args...) }
 	if err := cosign("generate-key-pair", "--output-key-prefix", "demo"); err != nil {
 		return nil, err
 	}

@@ -1,0 +1,151 @@
+package fusefs
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/containerd/errdefs"
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/errgroup"
+)
+
+// CompleteOptions configure Complete.
+type CompleteOptions struct {
+	// Dir receives the local copy, named by the blob digest's hex. The
+	// directory belongs to the caller (guest memory or the encrypted
+	// storage volume); Close leaves the file in place.
+	Dir string
+	// DiffID is the layer's uncompressed digest from the image config.
+	DiffID digest.Digest
+	// Concurrency bounds the range requests in flight (default 4).
+	Concurrency int
+	// SegmentSize is the size of each range request (default 4 MiB).
+	SegmentSize int64
+	// CheckBlob, when set, replaces the compressed-digest check, for a Blob
+	// whose bytes are not the descriptor's (a decrypting reader checks the
+	// ciphertext's digest and HMAC itself). It runs after the whole blob
+	// was read; an error wrapping errdefs.ErrFailedPrecondition marks the
+	// layer bad, any other fails this Complete only. The diff ID is
+	// checked either way.
+	CheckBlob func(ctx context.Context) error
+}
+
+// Complete fetches the whole blob in order into a local file, checks its
+// compressed digest (Options.Digest, or CheckBlob) and its diff ID, and only after both
+// match serves every further read from the local copy (chunks are still
+// verified against the TOC). A mismatch marks the layer bad: every read
+// fails from then on. A fetch error leaves the layer as it was.
+func (l *Layer) Complete(ctx context.Context, o CompleteOptions) error {
+	if err := o.DiffID.Validate(); err != nil {
+		return fmt.Errorf("fusefs: diff ID %q: %w: %w", o.DiffID, err, errdefs.ErrInvalidArgument)
+	}
+	if o.Concurrency <= 0 {
+		o.Concurrency = 4
+	}
+	if o.SegmentSize <= 0 {
+		o.SegmentSize = 4 << 20
+	}
+	l.completeMu.Lock()
+	defer l.completeMu.Unlock()
+	if err := l.badErr(); err != nil {
+		return err
+	}
+	if l.local.Load() {
+		return nil
+	}
+	f, err := os.CreateTemp(o.Dir, l.opts.Digest.Encoded()+"-*.partial")
+	if err != nil {
+		return fmt.Errorf("fusefs: complete layer %s: %w", l.opts.Digest, err)
+	}
+	keep := false
+	defer func() {
+		if !keep {
+			f.Close()
+			os.Remove(f.Name())
+		}
+	}()
+	if err := l.download(ctx, f, o); err != nil {
+		return fmt.Errorf("fusefs: complete layer %s: %w", l.opts.Digest, err)
+	}
+	err = nil
+	if o.CheckBlob != nil {
+		err = o.CheckBlob(ctx)
+	}
+	if err == nil {
+		err = l.checkLocal(f, o.DiffID, o.CheckBlob == nil)
+	}
+	if err != nil {
+		if errors.Is(err, errdefs.ErrFailedPrecondition) {
+			l.markBad(err)
+			return l.badErr()
+		}
+		return fmt.Errorf("fusefs: complete layer %s: %w", l.opts.Digest, err)
+	}
+	final := filepath.Join(o.Dir, l.opts.Digest.Encoded())
+	if err := os.Rename(f.Name(), final); err != nil {
+		return fmt.Errorf("fusefs: complete layer %s: %w", l.opts.Digest, err)
+	}
+	keep = true
+	l.src.Store(&blobRef{&fileBlob{f: f, size: l.size}})
+	l.local.Store(true)
+	l.log.WithField("path", final).Info("lazy layer: blob complete, digest and diff ID verified; reads now local")
+	return nil
+}
+
+// download fetches the blob's segments in order, at most o.Concurrency at
+// a time, into f.
+func (l *Layer) download(ctx context.Context, f *os.File, o CompleteOptions) error {
+	src := l.src.Load()
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(o.Concurrency)
+	for off := int64(0); off < l.size; off += o.SegmentSize {
+		n := min(o.SegmentSize, l.size-off)
+		g.Go(func() error {
+			buf := make([]byte, n)
+			if _, err := src.ReadAt(gctx, buf, off); err != nil && !(errors.Is(err, io.EOF) && off+n == l.size) {
+				return err
+			}
+			_, err := f.WriteAt(buf, off)
+			return err
+		})
+		if gctx.Err() != nil {
+			break
+		}
+	}
+	return g.Wait()
+}
+
+// checkLocal hashes the local copy once: the compressed digest over the
+// bytes, the diff ID over their decompression. Mismatches wrap
+// errdefs.ErrFailedPrecondition.
+func (l *Layer) checkLocal(f *os.File, diffID digest.Digest, checkCompressed bool) error {
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	comp := l.opts.Digest.Algorithm().Digester()
+	tee := io.TeeReader(bufio.NewReaderSize(f, 1<<20), comp.Hash())
+	zr, err := l.format.stream(tee, false)
+	if err != nil {
+		return fmt.Errorf("blob is not %s: %w: %w", l.format.name, err, errdefs.ErrFailedPrecondition)
+	}
+	defer zr.Close()
+	unc := diffID.Algorithm().Digester()
+	if _, err := io.Copy(unc.Hash(), zr); err != nil {
+		return fmt.Errorf("decompress blob: %w: %w", err, errdefs.ErrFailedPrecondition)
+	}
+	if _, err := io.Copy(io.Discard, tee); err != nil {
+		return err
+	}
+	if got := comp.Digest(); checkCompressed && got != l.opts.Digest {
+		return fmt.Errorf("compressed digest is %s, the descriptor names %s: %w", got, l.opts.Digest, errdefs.ErrFailedPrecondition)
+	}
+	if got := unc.Digest(); got != diffID {
+		return fmt.Errorf("diff ID is %s, the config names %s: %w", got, diffID, errdefs.ErrFailedPrecondition)
+	}
+	return nil
+}
