@@ -478,20 +478,23 @@ func (p *Puller) fetch(ctx context.Context, repo name.Repository, desc ocispec.D
 	lr.SetMaxUncompressed(maxTarSize(p.opts.Unpack))
 	tarStream, decompressed := st.add(lr) // compressed digest, decompression, diff ID
 	stats, err := unpack.Extract(ctx, tarStream, dir, p.opts.Unpack)
-	// Read-ahead beyond what Extract consumed was hashed already; the
-	// stage is stopped before lr is verified or drained directly.
-	stop(decompressed)
+	// Before lr is verified or drained directly, its stage is stopped
+	// (what it read ahead beyond Extract was hashed already). A pull that
+	// ends here leaves that to st.close, which cancels the blob request
+	// first, so that a stalled registry holds nothing up.
 	if err != nil {
 		var entryErr *unpack.EntryError
 		if !errors.As(err, &entryErr) && ctx.Err() == nil {
 			// A stream that would not decompress or parse is most often a
 			// blob that is not the one its digest names: say so if it is.
+			stop(decompressed)
 			if berr := lr.CheckBlob(); berr != nil {
 				return nil, fmt.Errorf("verify layer %s: %w (unpacking had failed: %v)", desc.Digest, berr, err)
 			}
 		}
 		return nil, fmt.Errorf("unpack layer %s: %w", desc.Digest, err)
 	}
+	stop(decompressed)
 	if err := lr.Verify(); err != nil {
 		return nil, fmt.Errorf("verify layer %s: %w", desc.Digest, err)
 	}

@@ -238,26 +238,33 @@ func TestStageFailures(t *testing.T) {
 		goleak.VerifyNone(t, ignore)
 	})
 
+	// stall makes the registry send the first n bytes of d's blob, then
+	// nothing until the client goes away; sent is closed once they are.
+	stall := func(t *testing.T, d ocispec.Descriptor, n int) (sent chan struct{}) {
+		blob := blobBytes(t, reg, repo, d)
+		sent = make(chan struct{})
+		hook := func(w http.ResponseWriter, r *http.Request) bool {
+			if filepath.Base(r.URL.Path) != d.Digest.String() {
+				return false
+			}
+			w.Header().Set("Content-Length", strconv.Itoa(len(blob)))
+			w.WriteHeader(http.StatusOK)
+			_, _ = w.Write(blob[:n])
+			w.(http.Flusher).Flush()
+			close(sent)
+			<-r.Context().Done()
+			return true
+		}
+		reg.Hook.Store(&hook)
+		t.Cleanup(func() { reg.Hook.Store(nil) })
+		return sent
+	}
+
 	// A pull cancelled while the registry is in the middle of the blob
 	// fails with the context's error.
 	for _, d := range []ocispec.Descriptor{okL.plain, okL.encrypted} {
 		t.Run("cancelled/"+d.MediaType, func(t *testing.T) {
-			blob := blobBytes(t, reg, repo, d)
-			halfway := make(chan struct{})
-			hook := func(w http.ResponseWriter, r *http.Request) bool {
-				if filepath.Base(r.URL.Path) != d.Digest.String() {
-					return false
-				}
-				w.Header().Set("Content-Length", strconv.Itoa(len(blob)))
-				w.WriteHeader(http.StatusOK)
-				_, _ = w.Write(blob[:len(blob)/2])
-				w.(http.Flusher).Flush()
-				close(halfway)
-				<-r.Context().Done()
-				return true
-			}
-			reg.Hook.Store(&hook)
-			defer reg.Hook.Store(nil)
+			halfway := stall(t, d, int(d.Size/2))
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			go func() {
@@ -267,6 +274,22 @@ func TestStageFailures(t *testing.T) {
 			err := stageFetch(ctx, t, reg, repo, d, digest.FromBytes(okL.tar), resources, false)
 			if !errors.Is(err, context.Canceled) {
 				t.Fatalf("error = %v, want context.Canceled", err)
+			}
+			goleak.VerifyNone(t, ignore)
+		})
+	}
+
+	// A layer refused by the unpacker while the registry stalls fails
+	// without waiting for the rest of the blob (else the test hangs): the
+	// request is cancelled before the stages are stopped. The registry
+	// stops after a few stage buffers' worth, so that the decompression
+	// stage is inside a read waiting for the network.
+	for _, d := range []ocispec.Descriptor{unsafeL.plain, unsafeL.encrypted} {
+		t.Run("refused while the registry stalls/"+d.MediaType, func(t *testing.T) {
+			stall(t, d, 2*stageBufferSize+stageBufferSize/3)
+			err := stageFetch(context.Background(), t, reg, repo, d, digest.FromBytes(unsafeL.tar), resources, false)
+			if !errors.Is(err, unpack.ErrUnsafeEntry) {
+				t.Fatalf("error = %v, want unpack.ErrUnsafeEntry", err)
 			}
 			goleak.VerifyNone(t, ignore)
 		})

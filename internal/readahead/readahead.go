@@ -5,7 +5,8 @@
 //
 // A Reader is transparent: the consumer sees exactly the bytes and the error
 // the wrapped reader returned, in the same order; an error is handed over
-// only after every byte read before it. It never holds more than Count
+// only after every byte read before it. Bytes are handed over a full buffer
+// at a time (or with the wrapped reader's error). It never holds more than Count
 // buffers of Size bytes. It must never touch the wrapped reader after Stop
 // returned, so that the caller can use the wrapped reader directly from
 // then on (to drain or verify it).
@@ -103,7 +104,11 @@ func (ar *Reader) run(r io.Reader) {
 }
 
 // fill reads into b until it is full or r fails; it returns ErrStopped
-// when Stop came meanwhile.
+// when Stop came meanwhile. Handing over full buffers only keeps the
+// hand-overs (and the consumer's wake-ups) few; the price is that bytes
+// read from a reader that then blocks wait with it: a consumer waiting
+// for them waits until the wrapped reader returns (a pull cancels its
+// request for that).
 func (ar *Reader) fill(r io.Reader, b []byte) (int, error) {
 	n, empty := 0, 0
 	for n < len(b) {
