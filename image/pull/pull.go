@@ -3,6 +3,9 @@
 // staging directory and verifies the compressed digest and the diff ID.
 // Layers after the requested one are fetched ahead, with bounded
 // parallelism, so that containerd's sequential Prepare calls find them ready.
+// Within a layer, the network read, the decryption, the decompression with
+// its hashing and the unpacking run in goroutines of their own, a few
+// bounded buffers apart, with the checks and errors of a serial pull.
 //
 // A staging directory is handed out only after every check passed; one that
 // failed a check is removed before the error is returned. Nothing here
@@ -31,6 +34,7 @@ import (
 	"github.com/cocoon-cc/cocoon/image/layer"
 	"github.com/cocoon-cc/cocoon/image/registry"
 	"github.com/cocoon-cc/cocoon/image/unpack"
+	"github.com/cocoon-cc/cocoon/internal/readahead"
 	"github.com/cocoon-cc/cocoon/internal/ttlcache"
 )
 
@@ -107,6 +111,10 @@ type Puller struct {
 	jobs map[string]*job // repo@layerDigest -> job
 
 	images *ttlcache.Cache[string, *registry.Image] // ref@manifestDigest -> image or policy refusal
+
+	// serial runs every stage of a layer pull in the fetching goroutine
+	// (tests and benchmarks compare it with the pipeline).
+	serial bool
 }
 
 type job struct {
@@ -434,47 +442,66 @@ func (p *Puller) fetch(ctx context.Context, repo name.Repository, desc ocispec.D
 		return nil, err
 	}
 
-	blob, err := p.opts.Registry.OpenBlob(ctx, repo, desc)
+	// The stages below run in goroutines of their own (see stages), so
+	// that hashing, decryption and decompression use other cores than
+	// the unpacking. Cancelling blobCtx unblocks the network read when
+	// the pull ends early.
+	blobCtx, cancelBlob := context.WithCancel(ctx)
+	blob, err := p.opts.Registry.OpenBlob(blobCtx, repo, desc)
 	if err != nil {
+		cancelBlob()
 		return nil, err
 	}
-	defer blob.Close()
+	st := &stages{serial: p.serial, cancel: cancelBlob, blob: blob}
+	defer st.close()
 	progress := &progressReader{r: blob, ctx: ctx, total: desc.Size, start: start, m: m}
-	var src io.Reader = progress
+	src, _ := st.add(progress) // network read
 	mediaType, blobDigest := desc.MediaType, desc.Digest
 	var dr *decrypt.Reader
+	var decrypted *readahead.Reader
 	if decrypt.IsEncrypted(desc.MediaType) {
 		// The layer key is unwrapped inside the TEE (KEK from the KBS at the
 		// annotation's kid, or a local JWE private key); the decrypted stream
 		// is then verified like any layer against the plaintext digest that
 		// the wrapped options carry, and the ciphertext against desc.
-		if dr, err = decrypt.NewReader(ctx, progress, desc, p.opts.Decrypt); err != nil {
+		if dr, err = decrypt.NewReader(ctx, src, desc, p.opts.Decrypt); err != nil {
 			return nil, fmt.Errorf("decrypt layer %s: %w", desc.Digest, err)
 		}
-		src, mediaType, blobDigest = dr, decrypt.PlainMediaType(desc.MediaType), dr.PlainDigest()
+		src, decrypted = st.add(dr) // ciphertext digest, HMAC, AES-CTR
+		mediaType, blobDigest = decrypt.PlainMediaType(desc.MediaType), dr.PlainDigest()
 	}
 	lr, err := layer.NewReader(src, mediaType, blobDigest, diffID)
 	if err != nil {
 		return nil, fmt.Errorf("layer %s: %w", desc.Digest, err)
 	}
-	defer lr.Close()
+	st.closeAfter(lr)
 	lr.SetMaxUncompressed(maxTarSize(p.opts.Unpack))
-	stats, err := unpack.Extract(ctx, lr, dir, p.opts.Unpack)
+	tarStream, decompressed := st.add(lr) // compressed digest, decompression, diff ID
+	stats, err := unpack.Extract(ctx, tarStream, dir, p.opts.Unpack)
+	// Before lr is verified or drained directly, its stage is stopped
+	// (what it read ahead beyond Extract was hashed already). A pull that
+	// ends here leaves that to st.close, which cancels the blob request
+	// first, so that a stalled registry holds nothing up.
 	if err != nil {
 		var entryErr *unpack.EntryError
 		if !errors.As(err, &entryErr) && ctx.Err() == nil {
 			// A stream that would not decompress or parse is most often a
 			// blob that is not the one its digest names: say so if it is.
+			stop(decompressed)
 			if berr := lr.CheckBlob(); berr != nil {
 				return nil, fmt.Errorf("verify layer %s: %w (unpacking had failed: %v)", desc.Digest, berr, err)
 			}
 		}
 		return nil, fmt.Errorf("unpack layer %s: %w", desc.Digest, err)
 	}
+	stop(decompressed)
 	if err := lr.Verify(); err != nil {
 		return nil, fmt.Errorf("verify layer %s: %w", desc.Digest, err)
 	}
 	if dr != nil {
+		// lr.Verify read the decrypted stream to its end: the stage has
+		// handed over everything and stops at once.
+		stop(decrypted)
 		if err := dr.Verify(); err != nil { // HMAC, ciphertext digest and size
 			return nil, fmt.Errorf("verify encrypted layer %s: %w", desc.Digest, err)
 		}
@@ -491,6 +518,64 @@ func (p *Puller) fetch(ctx context.Context, repo name.Repository, desc ocispec.D
 		"verified":     "compressed digest and diff ID match",
 	}).Info("layer pulled and verified")
 	return &Staged{Dir: dir, Layer: desc, DiffID: diffID, ChainID: chainID, Stats: stats}, nil
+}
+
+// Buffers between two stages of a layer pull: each stage runs at most
+// stageBuffers*stageBufferSize bytes ahead of the next one.
+const (
+	stageBuffers    = 4
+	stageBufferSize = 128 << 10
+)
+
+// stages runs the readers of one layer pull (network read; decryption;
+// decompression and hashing) each in a goroutine of its own, a few buffers
+// ahead of the next, so that a layer pull uses more than one core. Each
+// stage hands over exactly the bytes and errors its reader produced, in
+// order, so the checks and error messages are those of the readers run in
+// one goroutine. close stops them all (cancelling the blob request first
+// so that no stage waits for the network), and only then closes what the
+// stages read.
+type stages struct {
+	serial  bool
+	cancel  context.CancelFunc
+	blob    io.Closer
+	running []*readahead.Reader
+	closers []io.Closer
+}
+
+// add starts a stage reading r and returns what the next stage reads; the
+// second result is nil when the stages run serially.
+func (s *stages) add(r io.Reader) (io.Reader, *readahead.Reader) {
+	if s.serial {
+		return r, nil
+	}
+	ar := readahead.New(r, readahead.Options{Size: stageBufferSize, Count: stageBuffers})
+	s.running = append(s.running, ar)
+	return ar, ar
+}
+
+// closeAfter closes c once every stage has stopped.
+func (s *stages) closeAfter(c io.Closer) { s.closers = append(s.closers, c) }
+
+func (s *stages) close() {
+	s.cancel()
+	// Upstream first: a stage blocked reading the one before it sees it
+	// stopped and returns.
+	for _, ar := range s.running {
+		ar.Stop()
+	}
+	for _, c := range s.closers {
+		c.Close()
+	}
+	s.blob.Close()
+}
+
+// stop stops a stage (nil when the stages run serially) so that its reader
+// can be used directly.
+func stop(ar *readahead.Reader) {
+	if ar != nil {
+		ar.Stop()
+	}
 }
 
 // progressReader counts bytes and logs progress every few seconds.

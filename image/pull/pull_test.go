@@ -38,7 +38,7 @@ func newPuller(t *testing.T, reg *regtest.Registry) (*Puller, string) {
 	return p, staging
 }
 
-func requests(t *testing.T, ref string, img v1.Image) []Request {
+func requests(t testing.TB, ref string, img v1.Image) []Request {
 	t.Helper()
 	md, _ := img.Digest()
 	m, _ := img.Manifest()

@@ -3,9 +3,13 @@
 // text, gzip), pushes it to a loopback registry, then pulls it alternately
 // through cocoon (fresh cocoond and containerd each time) and through
 // containerd's own overlayfs snapshotter (fresh containerd root each time).
-// It reports the pull wall time of each run, the median ratio
-// cocoon/overlayfs, and cocoond's peak RSS (VmRSS sampled during the pull
-// and the kernel's VmHWM), prints a table and writes JSON to
+// With -encrypted (the default) it also pulls the image encrypted by
+// cocoonctl encrypt through cocoon, in the same rounds. It reports the pull
+// wall time of each run, the median ratios cocoon/overlayfs and
+// encrypted/plain, the CPU time cocoond and the registry spent on each pull
+// (a pull whose CPU time is twice its wall time was CPU-bound on 2 cores),
+// and cocoond's peak RSS (VmRSS sampled during the pull and the kernel's
+// VmHWM), prints a table and writes JSON to
 // $COCOON_BIN/bench-guestpull.json. It needs root and the binaries of
 // `make build` and `make e2e-tools`.
 package main
@@ -50,6 +54,7 @@ type options struct {
 	out        string
 	cache      string
 	encrypted  bool
+	overlayfs  bool
 }
 
 // Run is one measured pull.
@@ -61,6 +66,11 @@ type Run struct {
 	CocoondPeakRSS int64 `json:"cocoond_peak_sampled_rss_bytes,omitempty"`
 	CocoondHWM     int64 `json:"cocoond_vmhwm_bytes,omitempty"`
 	CocoondBytes   int64 `json:"cocoond_fetched_bytes,omitempty"`
+	// CPU time (user + system) cocoond and the registry spent during the
+	// pull: with 2 cores, their sum against 2x the wall time says whether
+	// the pull was CPU-bound.
+	CocoondCPUSec  float64 `json:"cocoond_cpu_seconds,omitempty"`
+	RegistryCPUSec float64 `json:"registry_cpu_seconds"`
 	// containerd, both modes.
 	ContainerdPeakRSS int64 `json:"containerd_peak_sampled_rss_bytes"`
 	ContainerdHWM     int64 `json:"containerd_vmhwm_bytes"`
@@ -98,6 +108,13 @@ type Report struct {
 		CryptoLimitMBps        float64 `json:"single_core_aes_ctr_hmac_mb_per_second,omitempty"`
 		EncryptedOverCryptoMax float64 `json:"ratio_encrypted_throughput_over_crypto_limit,omitempty"`
 		EncryptedCocoondMaxHWM int64   `json:"encrypted_cocoond_max_vmhwm_bytes,omitempty"`
+		// Median cocoond CPU seconds per pull, plain and encrypted.
+		CocoondCPUSec          float64 `json:"cocoond_median_cpu_seconds,omitempty"`
+		EncryptedCocoondCPUSec float64 `json:"encrypted_cocoond_median_cpu_seconds,omitempty"`
+		// (cocoond + registry CPU) encrypted over plain: the lowest
+		// encrypted/plain wall-time ratio possible when both pulls keep
+		// every core busy.
+		EncryptedOverPlainCPU float64 `json:"ratio_encrypted_over_plain_cpu,omitempty"`
 	} `json:"summary"`
 }
 
@@ -109,6 +126,7 @@ func main() {
 	flag.Float64Var(&o.textShare, "text-share", 0.1, "share of the payload that is compressible text")
 	flag.StringVar(&o.out, "out", "", "JSON output (default $COCOON_BIN/bench-guestpull.json)")
 	flag.BoolVar(&o.encrypted, "encrypted", true, "also pull the image encrypted by cocoonctl encrypt (key from a development KBS), against the single-core AES-256-CTR+HMAC-SHA256 limit")
+	flag.BoolVar(&o.overlayfs, "overlayfs", true, "also pull through containerd's overlayfs snapshotter (the baseline of the cocoon/overlayfs ratio)")
 	flag.StringVar(&o.cache, "cache", "", "directory caching the generated layers (default $COCOON_E2E_BIN/bench-cache)")
 	flag.Parse()
 	if o.iterations < 1 || o.layers < 1 || o.sizeMB < 1 || o.textShare < 0 || o.textShare > 1 {
@@ -168,7 +186,10 @@ func run(ctx context.Context, s *harness.Script, o options) (*Report, error) {
 	rep.Image.PayloadBytes = payload
 	rep.Image.Compression = "gzip"
 
-	modes := []string{"cocoon", "overlayfs"}
+	modes := []string{"cocoon"}
+	if o.overlayfs {
+		modes = append(modes, "overlayfs")
+	}
 	var enc *harness.Image
 	var kbs *harness.KBS
 	if o.encrypted {
@@ -257,10 +278,18 @@ func pullOnce(ctx context.Context, parent *harness.Script, reg *harness.Registry
 		cdMem = cd.Proc.SampleMemory(20 * time.Millisecond)
 	}
 	ctrdMem := ctrd.Proc.SampleMemory(20 * time.Millisecond)
+	cpuBefore := [2]float64{cpuSeconds(reg.Proc.PID()), -1}
+	if cd != nil {
+		cpuBefore[1] = cpuSeconds(cd.Proc.PID())
+	}
 
 	start := time.Now()
 	_, err = ctrd.Ctr(ctx, append(pullArgs, im.Ref)...)
 	r.PullSec = time.Since(start).Seconds()
+	r.RegistryCPUSec = cpuSeconds(reg.Proc.PID()) - cpuBefore[0]
+	if cd != nil {
+		r.CocoondCPUSec = cpuSeconds(cd.Proc.PID()) - cpuBefore[1]
+	}
 	ctrdStats := ctrdMem.Stop()
 	r.ContainerdPeakRSS, r.ContainerdHWM = ctrdStats.PeakSampledRSS, ctrdStats.FinalHWM
 	if cdMem != nil {
@@ -305,6 +334,38 @@ func pullOnce(ctx context.Context, parent *harness.Script, reg *harness.Registry
 		parent.Logf("%s: the pulled image runs; /data/layer%d/random.bin has %s bytes", mode, last, strings.TrimSpace(out))
 	}
 	return r, nil
+}
+
+// clockTicks is USER_HZ, the unit of the CPU times in /proc/PID/stat (100
+// on every Linux architecture Go supports).
+const clockTicks = 100
+
+// cpuSeconds is the user + system CPU time process pid has used so far
+// (its threads included), or 0 when /proc cannot tell.
+func cpuSeconds(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The command name (field 2) may hold spaces; the fields after its
+	// closing parenthesis start with field 3 (state). utime and stime are
+	// fields 14 and 15.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	var utime, stime int64
+	if _, err := fmt.Sscan(f[11], &utime); err != nil {
+		return 0
+	}
+	if _, err := fmt.Sscan(f[12], &stime); err != nil {
+		return 0
+	}
+	return float64(utime+stime) / clockTicks
 }
 
 // generateLayers writes (or reuses) the layer files: layer 0 also holds
@@ -374,21 +435,26 @@ func (t *textReader) Read(p []byte) (int, error) {
 }
 
 func summarize(rep *Report) {
-	var c, o, e []float64
+	var c, o, e, cCPU, eCPU, cAll, eAll []float64
 	for _, r := range rep.Runs {
 		switch r.Mode {
 		case "cocoon":
 			c = append(c, r.PullSec)
+			cCPU = append(cCPU, r.CocoondCPUSec)
+			cAll = append(cAll, r.CocoondCPUSec+r.RegistryCPUSec)
 			rep.Summary.CocoondMaxHWM = max(rep.Summary.CocoondMaxHWM, r.CocoondHWM)
 			rep.Summary.CocoondMaxRSS = max(rep.Summary.CocoondMaxRSS, r.CocoondPeakRSS)
 		case "cocoon-encrypted":
 			e = append(e, r.PullSec)
+			eCPU = append(eCPU, r.CocoondCPUSec)
+			eAll = append(eAll, r.CocoondCPUSec+r.RegistryCPUSec)
 			rep.Summary.EncryptedCocoondMaxHWM = max(rep.Summary.EncryptedCocoondMaxHWM, r.CocoondHWM)
 		default:
 			o = append(o, r.PullSec)
 		}
 	}
 	rep.Summary.CocoonMedianSec = median(c)
+	rep.Summary.CocoondCPUSec, rep.Summary.EncryptedCocoondCPUSec = median(cCPU), median(eCPU)
 	rep.Summary.OverlayfsMedianSec = median(o)
 	if rep.Summary.OverlayfsMedianSec > 0 {
 		rep.Summary.Ratio = rep.Summary.CocoonMedianSec / rep.Summary.OverlayfsMedianSec
@@ -400,6 +466,9 @@ func summarize(rep *Report) {
 	if rep.Summary.EncryptedMedianSec = median(e); rep.Summary.EncryptedMedianSec > 0 {
 		rep.Summary.EncryptedMBps = mb / rep.Summary.EncryptedMedianSec
 		rep.Summary.EncryptedOverPlain = rep.Summary.EncryptedMedianSec / rep.Summary.CocoonMedianSec
+		if m := median(cAll); m > 0 {
+			rep.Summary.EncryptedOverPlainCPU = median(eAll) / m
+		}
 		if rep.Summary.CryptoLimitMBps > 0 {
 			rep.Summary.EncryptedOverCryptoMax = rep.Summary.EncryptedMBps / rep.Summary.CryptoLimitMBps
 		}
@@ -467,6 +536,13 @@ func median(v []float64) float64 {
 	return (v[len(v)/2-1] + v[len(v)/2]) / 2
 }
 
+func cpu(s float64) string {
+	if s == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.2f", s)
+}
+
 func mib(n int64) string {
 	if n == 0 {
 		return "-"
@@ -478,16 +554,16 @@ func printReport(w io.Writer, rep *Report) {
 	fmt.Fprintf(w, "\nguest pull: %s, %d layers, %s compressed (%s), %s payload; registry on loopback; %d CPUs\n\n",
 		rep.Image.Ref, rep.Image.Layers, units.HumanSize(float64(rep.Image.CompressedBytes)), rep.Image.Compression, units.HumanSize(float64(rep.Image.PayloadBytes)), rep.Machine.CPUs)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "run\tmode\tpull (s)\tcocoond peak RSS (sampled)\tcocoond VmHWM\tcontainerd peak RSS\tlayer blobs in content store\t")
+	fmt.Fprintln(tw, "run\tmode\tpull (s)\tcocoond CPU (s)\tregistry CPU (s)\tcocoond peak RSS (sampled)\tcocoond VmHWM\tcontainerd peak RSS\tlayer blobs in content store\t")
 	for _, r := range rep.Runs {
-		fmt.Fprintf(tw, "%d\t%s\t%.2f\t%s\t%s\t%s\t%d\t\n", r.Iteration, r.Mode, r.PullSec, mib(r.CocoondPeakRSS), mib(r.CocoondHWM), mib(r.ContainerdPeakRSS), r.LayerBlobsInContentStore)
+		fmt.Fprintf(tw, "%d\t%s\t%.2f\t%s\t%.2f\t%s\t%s\t%s\t%d\t\n", r.Iteration, r.Mode, r.PullSec, cpu(r.CocoondCPUSec), r.RegistryCPUSec, mib(r.CocoondPeakRSS), mib(r.CocoondHWM), mib(r.ContainerdPeakRSS), r.LayerBlobsInContentStore)
 	}
 	tw.Flush()
-	fmt.Fprintf(w, "\nmedian pull: cocoon %.2f s, overlayfs %.2f s; ratio cocoon/overlayfs %.2f; cocoond peak RSS %s (VmHWM %s)\n",
-		rep.Summary.CocoonMedianSec, rep.Summary.OverlayfsMedianSec, rep.Summary.Ratio, mib(rep.Summary.CocoondMaxRSS), mib(rep.Summary.CocoondMaxHWM))
+	fmt.Fprintf(w, "\nmedian pull: cocoon %.2f s (cocoond CPU %.2f s), overlayfs %.2f s; ratio cocoon/overlayfs %.2f; cocoond peak RSS %s (VmHWM %s)\n",
+		rep.Summary.CocoonMedianSec, rep.Summary.CocoondCPUSec, rep.Summary.OverlayfsMedianSec, rep.Summary.Ratio, mib(rep.Summary.CocoondMaxRSS), mib(rep.Summary.CocoondMaxHWM))
 	if rep.Summary.EncryptedMedianSec > 0 {
-		fmt.Fprintf(w, "encrypted image: median pull %.2f s (%.0f MB/s; plain %.0f MB/s; ratio encrypted/plain %.2f); single-core AES-256-CTR+HMAC-SHA256 limit %.0f MB/s (pull throughput %.2f of it); cocoond VmHWM %s\n",
-			rep.Summary.EncryptedMedianSec, rep.Summary.EncryptedMBps, rep.Summary.PlainMBps, rep.Summary.EncryptedOverPlain,
+		fmt.Fprintf(w, "encrypted image: median pull %.2f s (cocoond CPU %.2f s; %.0f MB/s; plain %.0f MB/s); ratio encrypted/plain %.2f (CPU of cocoond and registry: %.2f); single-core AES-256-CTR+HMAC-SHA256 limit %.0f MB/s (pull throughput %.2f of it); cocoond VmHWM %s\n",
+			rep.Summary.EncryptedMedianSec, rep.Summary.EncryptedCocoondCPUSec, rep.Summary.EncryptedMBps, rep.Summary.PlainMBps, rep.Summary.EncryptedOverPlain, rep.Summary.EncryptedOverPlainCPU,
 			rep.Summary.CryptoLimitMBps, rep.Summary.EncryptedOverCryptoMax, mib(rep.Summary.EncryptedCocoondMaxHWM))
 	}
 }
