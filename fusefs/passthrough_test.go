@@ -2,6 +2,7 @@ package fusefs
 
 import (
 	"context"
+	"errors"
 	"io"
 	"os"
 	"path/filepath"
@@ -214,22 +215,7 @@ func TestPassthroughUnderOverlay(t *testing.T) {
 	if err := l.Complete(context.Background(), CompleteOptions{Dir: t.TempDir(), DiffID: bl.diff}); err != nil {
 		t.Fatal(err)
 	}
-	base := t.TempDir()
-	upper, work, merged := filepath.Join(base, "upper"), filepath.Join(base, "work"), filepath.Join(base, "merged")
-	for _, d := range []string{upper, work, merged} {
-		if err := os.Mkdir(d, 0o700); err != nil {
-			t.Fatal(err)
-		}
-	}
-	opts := "lowerdir=" + m.Dir() + ",upperdir=" + upper + ",workdir=" + work
-	if err := syscall.Mount("overlay", merged, "overlay", 0, opts); err != nil {
-		t.Fatalf("mount overlay over the passthrough FUSE mount: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := syscall.Unmount(merged, 0); err != nil {
-			t.Error(err)
-		}
-	})
+	merged := mountOverlay(t, m.Dir())
 	for _, name := range []string{"bin/big", "medium", "gone/kept"} {
 		if n := readThrough(t, m, merged, name, bl.files[name]); n != 0 {
 			t.Errorf("%s through overlay: %d read requests, want 0", name, n)
@@ -261,5 +247,59 @@ func TestPassthroughDisabled(t *testing.T) {
 	}
 	if n := readThrough(t, m, m.Dir(), "bin/big", bl.files["bin/big"]); n == 0 {
 		t.Error("DisablePassthrough: no read reached the read handler")
+	}
+}
+
+// mountOverlay mounts an overlay of lower at a new directory (with upper
+// and work directories beside it) and unmounts it when the test ends.
+func mountOverlay(t *testing.T, lower string) string {
+	t.Helper()
+	base := t.TempDir()
+	upper, work, merged := filepath.Join(base, "upper"), filepath.Join(base, "work"), filepath.Join(base, "merged")
+	for _, d := range []string{upper, work, merged} {
+		if err := os.Mkdir(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	opts := "lowerdir=" + lower + ",upperdir=" + upper + ",workdir=" + work
+	if err := syscall.Mount("overlay", merged, "overlay", 0, opts); err != nil {
+		t.Fatalf("mount overlay (lowerdir %s): %v", lower, err)
+	}
+	t.Cleanup(func() {
+		if err := syscall.Unmount(merged, 0); err != nil {
+			t.Error(err)
+		}
+	})
+	return merged
+}
+
+// TestPassthroughOffWhenCopiesAreStacked puts the layer's cache directory
+// on an overlay: its files are stacked one deep, as deep as the FUSE mount
+// allows its backing files (max_stack_depth 1), so the kernel refuses them
+// (ELOOP) and every read takes the read handler.
+func TestPassthroughOffWhenCopiesAreStacked(t *testing.T) {
+	bl := buildLayer(t, testEntries(1<<20))
+	l := mustOpen(t, memBlob(bl.blob), bl, Options{Cache: NewChunkCache(testChunkSize)})
+	m := mountPassthrough(t, l)
+	cache := mountOverlay(t, t.TempDir())
+	if err := l.Complete(context.Background(), CompleteOptions{Dir: cache, DiffID: bl.diff}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.Close() }) // the local copy, before the overlay is unmounted
+	f, err := os.CreateTemp(cache, "probe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := probeBacking(m.server, int(f.Fd())); !errors.Is(err, syscall.ELOOP) {
+		t.Fatalf("backing file on overlay: %v, want ELOOP", err)
+	}
+	for _, name := range []string{"bin/big", "medium"} {
+		if n := readThrough(t, m, m.Dir(), name, bl.files[name]); n == 0 {
+			t.Errorf("%s: no read reached the read handler", name)
+		}
+	}
+	if m.Passthrough() {
+		t.Error("passthrough still on after the cache directory's probe failed")
 	}
 }
