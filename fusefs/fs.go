@@ -147,6 +147,8 @@ type tree struct {
 	server      *fuse.Server // set with passthrough
 	dirChecked  bool         // the plain copies' filesystem was probed (under mu)
 	reads       atomic.Int64 // read requests served by Read
+
+	firstPassthrough sync.Once
 }
 
 // backingOK probes, once per mount, whether f (a plain copy) can back a
@@ -332,6 +334,9 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 		f, err := t.layer.openPlain(ctx, n.e)
 		if err == nil && t.backingOK(ctx, f) {
 			n.passthroughOpens++
+			t.firstPassthrough.Do(func() {
+				log.G(ctx).WithField("layer", t.layer.Digest()).WithField("file", n.e.Name).Info("lazy layer: serving completed files by FUSE passthrough")
+			})
 			return &passthroughFile{n: n, f: f}, 0, 0
 		}
 		if f != nil {
