@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -301,5 +302,39 @@ func TestPassthroughOffWhenCopiesAreStacked(t *testing.T) {
 	}
 	if m.Passthrough() {
 		t.Error("passthrough still on after the cache directory's probe failed")
+	}
+}
+
+// TestPassthroughConcurrentFirstOpens: opens racing to the first copy of
+// a file share one writer and all read by passthrough.
+func TestPassthroughConcurrentFirstOpens(t *testing.T) {
+	bl := buildLayer(t, testEntries(3<<20))
+	l := mustOpen(t, memBlob(bl.blob), bl, Options{Cache: NewChunkCache(testChunkSize)})
+	m := mountPassthrough(t, l)
+	if err := l.Complete(context.Background(), CompleteOptions{Dir: t.TempDir(), DiffID: bl.diff}); err != nil {
+		t.Fatal(err)
+	}
+	before := m.tree.reads.Load()
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for i := range 8 {
+		name := []string{"bin/big", "bin/hard"}[i%2]
+		wg.Go(func() {
+			got, err := os.ReadFile(filepath.Join(m.Dir(), name))
+			if err == nil && string(got) != bl.files["bin/big"] {
+				err = errors.New(name + ": wrong content")
+			}
+			errs <- err
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
+	}
+	if n := m.tree.reads.Load() - before; n != 0 {
+		t.Errorf("%d read requests reached the server, want 0", n)
 	}
 }
