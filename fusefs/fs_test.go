@@ -25,8 +25,14 @@ import (
 // mountLayer mounts l on a new directory and unmounts it when the test ends.
 func mountLayer(t testing.TB, l *Layer) string {
 	t.Helper()
-	dir := t.TempDir()
-	m, err := Mount(context.Background(), dir, l, MountOptions{})
+	return mountWith(t, l, MountOptions{}).Dir()
+}
+
+// mountWith mounts l with opts on a new directory and unmounts it when the
+// test ends.
+func mountWith(t testing.TB, l *Layer, opts MountOptions) *Mounted {
+	t.Helper()
+	m, err := Mount(context.Background(), t.TempDir(), l, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -35,7 +41,7 @@ func mountLayer(t testing.TB, l *Layer) string {
 			t.Error(err)
 		}
 	})
-	return dir
+	return m
 }
 
 func TestMountPresentsTheTOCTree(t *testing.T) {
@@ -271,15 +277,7 @@ func BenchmarkCachedSequentialRead(b *testing.B) {
 	ents := []entry{{name: "data", body: randomText(9, size)}}
 	bl := buildLayer(b, ents, estargz.WithChunkSize(4<<20)) // estargz's default chunk size
 	l := mustOpen(b, memBlob(bl.blob), bl, Options{Cache: NewChunkCache(2 * size)})
-	m, err := Mount(context.Background(), b.TempDir(), l, MountOptions{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() {
-		if err := m.Unmount(); err != nil {
-			b.Error(err)
-		}
-	})
+	m := mountWith(b, l, MountOptions{})
 	dir := m.Dir()
 	plainDir, err := os.MkdirTemp("/dev/shm", "fusefs-bench-")
 	if err != nil {

@@ -20,15 +20,7 @@ import (
 func mountPassthrough(t *testing.T, l *Layer) *Mounted {
 	t.Helper()
 	requireFUSE(t)
-	m, err := Mount(context.Background(), t.TempDir(), l, MountOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := m.Unmount(); err != nil {
-			t.Error(err)
-		}
-	})
+	m := mountWith(t, l, MountOptions{})
 	if !m.Passthrough() {
 		t.Skip("this kernel gives no FUSE passthrough here: " + passthroughWhy(t, m))
 	}
@@ -231,15 +223,7 @@ func TestPassthroughDisabled(t *testing.T) {
 	requireFUSE(t)
 	bl := buildLayer(t, testEntries(1<<20))
 	l := mustOpen(t, memBlob(bl.blob), bl, Options{})
-	m, err := Mount(context.Background(), t.TempDir(), l, MountOptions{DisablePassthrough: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		if err := m.Unmount(); err != nil {
-			t.Error(err)
-		}
-	}()
+	m := mountWith(t, l, MountOptions{DisablePassthrough: true})
 	if m.Passthrough() {
 		t.Fatal("Passthrough() with DisablePassthrough")
 	}
