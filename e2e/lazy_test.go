@@ -186,6 +186,12 @@ func TestLazyPull(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	// Where the kernel allows FUSE passthrough, files of the completed
+	// layers are now read from verified plain copies, not by the server.
+	s.runAll(t, ctx, runs, "completed")
+	if strings.Contains(s.lazyLog(), "passthrough=available") && !strings.Contains(s.lazyLog(), "serving completed files by FUSE passthrough") {
+		t.Errorf("FUSE passthrough is available but no file of a completed layer was served by it:\n%s", s.lazyLog())
+	}
 
 	// Another restart serves the verified local copies: the registry
 	// serves nothing more of the big layers.

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -34,12 +36,19 @@ type MountOptions struct {
 	// AttrTimeout and EntryTimeout are the kernel's cache lifetimes
 	// (default 60s: a layer never changes).
 	AttrTimeout, EntryTimeout time.Duration
+	// DisablePassthrough keeps every read on the FUSE read path. By
+	// default Mount detects once whether the kernel accepts passthrough
+	// backing files and, where it does, serves each regular file opened
+	// after the layer's Complete from a verified plain copy by passthrough
+	// (see passthrough.go).
+	DisablePassthrough bool
 }
 
 // Mounted is a layer mounted read-only with FUSE.
 type Mounted struct {
 	dir    string
 	server *fuse.Server
+	tree   *tree
 	once   sync.Once
 	err    error
 }
@@ -85,9 +94,24 @@ func Mount(ctx context.Context, dir string, layer *Layer, opts MountOptions) (*M
 	if err != nil {
 		return nil, fmt.Errorf("fusefs: mount layer %s at %s: %w", layer.Digest(), dir, err)
 	}
-	log.G(ctx).WithField("layer", layer.Digest()).WithField("mountpoint", dir).Info("lazy layer mounted")
-	return &Mounted{dir: dir, server: server}, nil
+	lg := log.G(ctx).WithField("layer", layer.Digest()).WithField("mountpoint", dir)
+	if opts.DisablePassthrough {
+		lg = lg.WithField("passthrough", "disabled")
+	} else if perr := detectPassthrough(server); perr != nil {
+		lg = lg.WithField("passthrough", perr.Error())
+	} else {
+		t.server = server
+		t.passthrough.Store(true)
+		lg = lg.WithField("passthrough", "available")
+	}
+	lg.Info("lazy layer mounted")
+	return &Mounted{dir: dir, server: server, tree: t}, nil
 }
+
+// Passthrough reports whether files of the completed layer are served by
+// FUSE passthrough (detected at Mount; off again if the cache directory's
+// files cannot back FUSE files).
+func (m *Mounted) Passthrough() bool { return m.tree.passthrough.Load() }
 
 // Dir returns the mount point.
 func (m *Mounted) Dir() string { return m.dir }
@@ -118,6 +142,32 @@ type tree struct {
 	mu    sync.Mutex
 	inos  map[*estargz.TOCEntry]uint64
 	nodes map[*estargz.TOCEntry]*gofs.Inode // hardlinks share one inode
+
+	passthrough atomic.Bool
+	server      *fuse.Server // set with passthrough
+	dirChecked  bool         // the plain copies' filesystem was probed (under mu)
+	reads       atomic.Int64 // read requests served by Read
+
+	firstPassthrough sync.Once
+}
+
+// backingOK probes, once per mount, whether f (a plain copy) can back a
+// FUSE file: its filesystem may be stacked too deep (ELOOP). On failure
+// passthrough is turned off for the mount, before go-fuse registers any
+// file of that directory (go-fuse would turn it off for all files after a
+// failed registration, leaving open passthrough files beside new caching
+// opens of the same inode, which the kernel refuses).
+func (t *tree) backingOK(ctx context.Context, f *os.File) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !t.dirChecked {
+		t.dirChecked = true
+		if err := probeBacking(t.server, int(f.Fd())); err != nil { //nolint:gosec // file descriptors fit int
+			log.G(ctx).WithField("layer", t.layer.Digest()).WithField("path", f.Name()).WithError(err).Warn("lazy layer: plain copies cannot back FUSE files; passthrough off")
+			t.passthrough.Store(false)
+		}
+	}
+	return t.passthrough.Load()
 }
 
 func (t *tree) ino(e *estargz.TOCEntry) uint64 {
@@ -138,6 +188,12 @@ type node struct {
 	e        *estargz.TOCEntry
 	whiteout bool
 	opaque   bool
+
+	// Open files of this inode by mode (under openMu): the kernel refuses
+	// a passthrough open while a caching one is live and the reverse.
+	openMu           sync.Mutex
+	cachingOpens     int
+	passthroughOpens int
 }
 
 var (
@@ -264,21 +320,78 @@ func (n *node) fill(a *fuse.Attr) {
 	a.Blocks = (a.Size + 511) / 512
 }
 
-func (n *node) Open(_ context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
 	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC) != 0 {
 		return nil, 0, syscall.EROFS
 	}
 	if n.whiteout || n.e.Type != "reg" {
 		return nil, 0, syscall.EINVAL
 	}
+	n.openMu.Lock()
+	defer n.openMu.Unlock()
+	t := n.tree
+	if n.cachingOpens == 0 && n.e.Size > 0 && t.passthrough.Load() && t.layer.Local() {
+		f, err := t.layer.openPlain(ctx, n.e)
+		if err == nil && t.backingOK(ctx, f) {
+			n.passthroughOpens++
+			t.firstPassthrough.Do(func() {
+				log.G(ctx).WithField("layer", t.layer.Digest()).WithField("file", n.e.Name).Info("lazy layer: serving completed files by FUSE passthrough")
+			})
+			return &passthroughFile{n: n, f: f}, 0, 0
+		}
+		if f != nil {
+			f.Close()
+		}
+		if n.passthroughOpens > 0 {
+			// Open in passthrough mode already: a caching open would fail.
+			return nil, 0, syscall.EIO
+		}
+	}
+	n.cachingOpens++
 	// The content never changes: let the page cache keep it across opens.
-	return nil, fuse.FOPEN_KEEP_CACHE, 0
+	return &cachingFile{n: n}, fuse.FOPEN_KEEP_CACHE, 0
+}
+
+// cachingFile is an open file read through Read and the page cache.
+type cachingFile struct{ n *node }
+
+var _ gofs.FileReleaser = (*cachingFile)(nil)
+
+func (f *cachingFile) Release(context.Context) syscall.Errno {
+	f.n.openMu.Lock()
+	defer f.n.openMu.Unlock()
+	f.n.cachingOpens--
+	return 0
+}
+
+// passthroughFile is an open file the kernel reads from the plain copy f.
+// go-fuse registers f as the inode's backing file at its first open
+// (the kernel keeps its own reference) and releases it after the last.
+type passthroughFile struct {
+	n *node
+	f *os.File
+}
+
+var (
+	_ gofs.FileReleaser        = (*passthroughFile)(nil)
+	_ gofs.FilePassthroughFder = (*passthroughFile)(nil)
+)
+
+func (f *passthroughFile) PassthroughFd() (int, bool) { return int(f.f.Fd()), true } //nolint:gosec // file descriptors fit int
+
+func (f *passthroughFile) Release(context.Context) syscall.Errno {
+	f.n.openMu.Lock()
+	defer f.n.openMu.Unlock()
+	f.n.passthroughOpens--
+	f.f.Close()
+	return 0
 }
 
 func (n *node) Read(ctx context.Context, _ gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	if n.whiteout || n.e.Type != "reg" {
 		return nil, syscall.EINVAL
 	}
+	n.tree.reads.Add(1)
 	parts, err := n.tree.layer.slices(ctx, n.e, int64(len(dest)), off)
 	if err != nil && !errors.Is(err, io.EOF) {
 		return nil, syscall.EIO

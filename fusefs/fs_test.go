@@ -25,8 +25,14 @@ import (
 // mountLayer mounts l on a new directory and unmounts it when the test ends.
 func mountLayer(t testing.TB, l *Layer) string {
 	t.Helper()
-	dir := t.TempDir()
-	m, err := Mount(context.Background(), dir, l, MountOptions{})
+	return mountWith(t, l, MountOptions{}).Dir()
+}
+
+// mountWith mounts l with opts on a new directory and unmounts it when the
+// test ends.
+func mountWith(t testing.TB, l *Layer, opts MountOptions) *Mounted {
+	t.Helper()
+	m, err := Mount(context.Background(), t.TempDir(), l, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -35,7 +41,7 @@ func mountLayer(t testing.TB, l *Layer) string {
 			t.Error(err)
 		}
 	})
-	return dir
+	return m
 }
 
 func TestMountPresentsTheTOCTree(t *testing.T) {
@@ -260,7 +266,9 @@ func TestMountRequiresExistingDir(t *testing.T) {
 // (ratio-vs-tmpfs). "fuse" drops the kernel's page cache for the file
 // before each pass, so every read crosses FUSE into the chunk cache;
 // "pagecache" keeps it (FOPEN_KEEP_CACHE), as repeated reads by a
-// container do.
+// container do. "passthrough" completes the layer (local copy and plain
+// copies on /dev/shm) and reads the file by FUSE passthrough, where the
+// kernel allows it.
 //
 //	go test -run '^$' -bench CachedSequentialRead ./fusefs/
 func BenchmarkCachedSequentialRead(b *testing.B) {
@@ -269,7 +277,8 @@ func BenchmarkCachedSequentialRead(b *testing.B) {
 	ents := []entry{{name: "data", body: randomText(9, size)}}
 	bl := buildLayer(b, ents, estargz.WithChunkSize(4<<20)) // estargz's default chunk size
 	l := mustOpen(b, memBlob(bl.blob), bl, Options{Cache: NewChunkCache(2 * size)})
-	dir := mountLayer(b, l)
+	m := mountWith(b, l, MountOptions{})
+	dir := m.Dir()
 	plainDir, err := os.MkdirTemp("/dev/shm", "fusefs-bench-")
 	if err != nil {
 		b.Skip("no /dev/shm")
@@ -303,10 +312,25 @@ func BenchmarkCachedSequentialRead(b *testing.B) {
 		return time.Since(start) / 4
 	}
 	for _, mode := range []struct {
-		name string
-		drop bool
-	}{{"fuse", true}, {"pagecache", false}} {
+		name        string
+		drop        bool
+		passthrough bool
+	}{{"fuse", true, false}, {"pagecache", false, false}, {"passthrough", false, true}} {
 		b.Run(mode.name, func(b *testing.B) {
+			if mode.passthrough {
+				if !m.Passthrough() {
+					b.Skip("no FUSE passthrough on this kernel")
+				}
+				if err := l.Complete(context.Background(), CompleteOptions{Dir: plainDir, DiffID: bl.diff}); err != nil {
+					b.Fatal(err)
+				}
+				waitReleased(b, m, "data")
+				before := m.tree.reads.Load()
+				readFile(b, filepath.Join(dir, "data"), false)
+				if n := m.tree.reads.Load() - before; n != 0 {
+					b.Fatalf("passthrough: %d read requests reached the server", n)
+				}
+			}
 			base := plainTime(b)
 			b.SetBytes(size)
 			b.ResetTimer()

@@ -114,6 +114,8 @@ type Layer struct {
 
 	completeMu sync.Mutex // one Complete at a time
 	closeOnce  sync.Once
+
+	plain plainFiles // whole files materialised for passthrough
 }
 
 type blobRef struct{ Blob }
