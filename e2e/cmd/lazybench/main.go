@@ -8,8 +8,9 @@
 //   - time to first container output (from `ctr image pull` to the
 //     container's first stdout line) for full and lazy pull, plain and
 //     encrypted, over loopback and over a token-bucket link of -rate;
-//   - the layer bytes the registry served before that first line (a
-//     counting proxy in front of the registry);
+//   - the layer bytes the registry served before that first line (blobs
+//     are served, and counted, by a small server reading the registry's
+//     disk store: see blobServer);
 //   - sequential and random read throughput of files of a completed lazy
 //     layer against the same files unpacked by a full pull, read from the
 //     host through the running container's overlay root
@@ -113,14 +114,14 @@ func main() {
 	fmt.Print(rep)
 }
 
-// bench is the shared part of a run: registry, counting proxy, limited
+// bench is the shared part of a run: registry, counting blob server, limited
 // link and KBS, in the parent work directory.
 type bench struct {
 	o     options
 	s     *harness.Script
 	env   *harness.Env
 	reg   *harness.Registry
-	proxy *harness.TamperProxy
+	blobs *blobServer
 	link  *limitedLink
 	kbs   *harness.KBS
 }
@@ -223,10 +224,10 @@ func run(ctx context.Context, s *harness.Script, o options) (string, error) {
 	if b.reg, err = env.StartRegistry(ctx); err != nil {
 		return "", err
 	}
-	if b.proxy, err = b.reg.StartTamperProxy(); err != nil {
+	if b.blobs, err = startBlobServer(s, b.reg); err != nil {
 		return "", err
 	}
-	if b.link, err = startLimitedLink(s, b.proxy.Host, o.rate); err != nil {
+	if b.link, err = startLimitedLink(s, b.blobs.Host, o.rate); err != nil {
 		return "", err
 	}
 	sizes := []int64{o.size}
@@ -393,7 +394,7 @@ func (b *bench) newStack(ctx context.Context, name string, lazy, completion bool
 		cfg = fmt.Sprintf("[lazy]\nenable = true\nbackground_completion = %t\n", completion)
 	}
 	st.cd, err = st.env.StartCocoond(ctx, harness.CocoondOptions{
-		InsecureRegistries: []string{b.reg.Host, b.proxy.Host, b.link.Host},
+		InsecureRegistries: []string{b.reg.Host, b.blobs.Host, b.link.Host},
 		LogLevel:           "info",
 		Config:             cfg,
 		ExtraArgs:          []string{"--kbs-url", b.kbs.URL, "--tee", "sample"},
@@ -421,21 +422,21 @@ func (st *stack) close(err error) {
 	st.s.Close()
 }
 
-// ref is im's reference through the counting proxy (loopback) or the
-// limited link in front of it.
+// ref is im's reference through the counting blob server (loopback) or
+// the limited link in front of it.
 func (b *bench) ref(im *harness.Image, link string) string {
-	host := b.proxy.Host
+	host := b.blobs.Host
 	if link == "limited" {
 		host = b.link.Host
 	}
 	return host + strings.TrimPrefix(im.Ref, b.reg.Host)
 }
 
-// served is the layer bytes the registry served through the proxy so far.
+// served is the layer bytes the blob server served so far.
 func (b *bench) served(im *harness.Image) int64 {
 	var n int64
 	for _, d := range im.LayerDigests() {
-		n += b.proxy.Forwarded(d)
+		n += b.blobs.Served(d)
 	}
 	return n
 }
@@ -573,14 +574,14 @@ func (b *bench) reads(ctx context.Context, set *imageSet, m mode) (r readResult,
 	}
 	root := fmt.Sprintf("/proc/%d/root", pid)
 	seqFile := filepath.Join(root, bigPath(b.o.layers-1))
-	if r.seqFirst, r.seqBytes, err = readSequential(seqFile); err != nil {
+	if r.seqFirst, r.seqBytes, err = readSequential(ctx, seqFile); err != nil {
 		return r, err
 	}
-	if r.seqAgain, _, err = readSequential(seqFile); err != nil {
+	if r.seqAgain, _, err = readSequential(ctx, seqFile); err != nil {
 		return r, err
 	}
 	randFile := filepath.Join(root, bigPath(0))
-	if r.random, r.randomBytes, err = readRandom(randFile); err != nil {
+	if r.random, r.randomBytes, err = readRandom(ctx, randFile); err != nil {
 		return r, err
 	}
 	if err := checkMode(st, m); err != nil {
@@ -629,7 +630,7 @@ func (st *stack) taskPID(ctx context.Context, id string) (int, error) {
 
 // readSequential reads path whole in 1 MiB reads and returns MB/s and the
 // bytes read.
-func readSequential(path string) (float64, int64, error) {
+func readSequential(ctx context.Context, path string) (float64, int64, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return 0, 0, err
@@ -637,22 +638,33 @@ func readSequential(path string) (float64, int64, error) {
 	defer f.Close()
 	buf := make([]byte, 1<<20)
 	start := time.Now()
-	n, err := io.CopyBuffer(io.Discard, onlyReader{f}, buf)
+	n, err := io.CopyBuffer(io.Discard, ctxReader{ctx, f}, buf)
 	if err != nil {
 		return 0, n, fmt.Errorf("reading %s: %w", path, err)
 	}
 	return float64(n) / 1e6 / time.Since(start).Seconds(), n, nil
 }
 
-// onlyReader hides WriterTo so that CopyBuffer uses the buffer.
-type onlyReader struct{ io.Reader }
+// ctxReader stops reading once ctx is done (and hides WriterTo, so that
+// CopyBuffer uses the buffer).
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
 
 // randomReads is how many 4 KiB preads readRandom makes (64 MiB).
 const randomReads = 16384
 
 // readRandom makes randomReads preads of 4 KiB at random 4 KiB-aligned
 // offsets of path and returns MB/s and the bytes read.
-func readRandom(path string) (float64, int64, error) {
+func readRandom(ctx context.Context, path string) (float64, int64, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return 0, 0, err
@@ -671,6 +683,9 @@ func readRandom(path string) (float64, int64, error) {
 	var total int64
 	start := time.Now()
 	for i := 0; i < randomReads; i++ {
+		if i%256 == 0 && ctx.Err() != nil {
+			return 0, total, ctx.Err()
+		}
 		n, err := f.ReadAt(buf, rng.Int64N(pages)*4096)
 		if err != nil && !errors.Is(err, io.EOF) {
 			return 0, total, fmt.Errorf("reading %s: %w", path, err)
@@ -786,9 +801,10 @@ func (b *bench) report(sets []*imageSet, firsts []firstOutput, reads []readResul
 	fmt.Fprintf(&w, "Image: busybox + %d layers of random data, %s payload; entrypoint `cat %s` (%s, prioritized) then `echo %s`. "+
 		"eStargz by `cocoonctl convert --estargz --compression-level 1` (%s compressed plain, %s encrypted). "+
 		"Full pull = the same eStargz image with `[lazy] enable = false`; lazy first-output runs without background completion. "+
-		"Links: loopback, and a token-bucket proxy at %s (`-rate %s`). %d CPUs, kernel %s, %s. Lazy FUSE server: %s.\n\n",
+		"Registry: crane on loopback, blobs served (ranges too) and counted by the bench from crane's disk store, since crane itself hashes the whole blob on every GET. "+
+		"Links: loopback, and a token-bucket TCP proxy at %s (`-rate %s`). %d CPUs, kernel %s, %s. Lazy FUSE server: %s.\n\n",
 		b.o.layers, human(primary.size), hotPath, human(b.o.hot), ready, human(primary.plain.LayerBytes()), human(primary.enc.LayerBytes()),
-		human(int64(b.o.rate))+"/s", b.o.rateText, runtime.NumCPU(), strings.TrimSpace(string(kernel)), runtime.Version(), serverKind(firsts))
+		fmt.Sprintf("%.0f MB/s", b.o.rate/1e6), b.o.rateText, runtime.NumCPU(), strings.TrimSpace(string(kernel)), runtime.Version(), serverKind(firsts))
 
 	fmt.Fprintf(&w, "### Time to first output (`ctr image pull` start to the container's first stdout line)\n\n"+
 		"Median of %d runs per row (the modes alternate; a fresh cocoond and containerd each run); VmHWM is the highest of the runs.\n\n", b.o.runs)
