@@ -906,7 +906,7 @@ func (b *bench) report(sets []*imageSet, firsts []firstOutput, reads []readResul
 			}
 		}
 	}
-	fmt.Fprintf(&w, "\nCommand: `cd e2e && GOFLAGS= go run ./cmd/lazybench %s`\n", strings.Join(os.Args[1:], " "))
+	fmt.Fprintf(&w, "\nCommand: `%s`\n", strings.TrimSpace("cd e2e && GOFLAGS= go run ./cmd/lazybench "+strings.Join(os.Args[1:], " ")))
 	return w.String()
 }
 
