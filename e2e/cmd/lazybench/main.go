@@ -55,6 +55,7 @@ import (
 
 type options struct {
 	size, memSize, hot int64
+	chunkSize          int64
 	layers, runs       int
 	rate               float64
 	rateText           string
@@ -74,6 +75,7 @@ func main() {
 	size := flag.String("size", "1GiB", "image payload size (random data spread over -layers layers)")
 	memSize := flag.String("mem-size", "256MiB", "second, smaller image size for the memory comparison (0: skip)")
 	hot := flag.String("hot", "4MiB", "size of the file the entrypoint reads before its first output")
+	chunk := flag.String("chunk-size", "0", "eStargz chunk size passed to cocoonctl convert (0: its default, estargz's 4 MiB)")
 	flag.IntVar(&o.layers, "layers", 4, "random-data layers (on top of busybox)")
 	flag.IntVar(&o.runs, "runs", 3, "first-output runs per image, link and mode (modes alternate; the median is reported)")
 	flag.StringVar(&o.rateText, "rate", "100MB/s", "bandwidth of the limited link (decimal units)")
@@ -86,7 +88,9 @@ func main() {
 	var err error
 	if o.size, err = units.RAMInBytes(*size); err == nil {
 		if o.memSize, err = units.RAMInBytes(*memSize); err == nil {
-			o.hot, err = units.RAMInBytes(*hot)
+			if o.hot, err = units.RAMInBytes(*hot); err == nil {
+				o.chunkSize, err = units.RAMInBytes(*chunk)
+			}
 		}
 	}
 	if err == nil {
@@ -94,7 +98,7 @@ func main() {
 		r, err = units.FromHumanSize(strings.TrimSuffix(o.rateText, "/s"))
 		o.rate = float64(r)
 	}
-	if err != nil || o.layers < 1 || o.runs < 1 || o.rate <= 0 || o.hot <= 0 || o.size < int64(o.layers)*(o.hot+1<<20) || o.memSize < 0 {
+	if err != nil || o.layers < 1 || o.runs < 1 || o.rate <= 0 || o.hot <= 0 || o.chunkSize < 0 || o.size < int64(o.layers)*(o.hot+1<<20) || o.memSize < 0 {
 		fmt.Fprintf(os.Stderr, "lazybench: bad flags (%v): -size must leave each layer at least -hot + 1 MiB, -rate and -layers positive\n", err)
 		os.Exit(2)
 	}
@@ -339,6 +343,9 @@ func (b *bench) buildImages(ctx context.Context, size int64, kekFile string) (*i
 		// gzip level 1: random data does not compress at any level, and
 		// level 9 only makes the conversion slow.
 		args := []string{"convert", "--estargz", "--insecure", "--compression-level", "1", "--tmpdir", b.env.Dir, "--prioritize", hotPath}
+		if b.o.chunkSize > 0 {
+			args = append(args, "--chunk-size", strconv.FormatInt(b.o.chunkSize, 10))
+		}
 		if encrypted {
 			tag = "encrypted"
 			args = append(args, "--encrypt", "--kid", kid, "--key-file", kekFile)
@@ -799,11 +806,11 @@ func (b *bench) report(sets []*imageSet, firsts []firstOutput, reads []readResul
 	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
 	fmt.Fprintf(&w, "\n## Lazy pull benchmark (%s)\n\n", time.Now().UTC().Format(time.RFC3339))
 	fmt.Fprintf(&w, "Image: busybox + %d layers of random data, %s payload; entrypoint `cat %s` (%s, prioritized) then `echo %s`. "+
-		"eStargz by `cocoonctl convert --estargz --compression-level 1` (%s compressed plain, %s encrypted). "+
+		"eStargz by `cocoonctl convert --estargz --compression-level 1` (chunks of at most %s; %s compressed plain, %s encrypted). "+
 		"Full pull = the same eStargz image with `[lazy] enable = false`; lazy first-output runs without background completion. "+
 		"Registry: crane on loopback, blobs served (ranges too) and counted by the bench from crane's disk store, since crane itself hashes the whole blob on every GET. "+
 		"Links: loopback, and a token-bucket TCP proxy at %s (`-rate %s`). %d CPUs, kernel %s, %s. Lazy FUSE server: %s.\n\n",
-		b.o.layers, human(primary.size), hotPath, human(b.o.hot), ready, human(primary.plain.LayerBytes()), human(primary.enc.LayerBytes()),
+		b.o.layers, human(primary.size), hotPath, human(b.o.hot), ready, chunkText(b.o.chunkSize), human(primary.plain.LayerBytes()), human(primary.enc.LayerBytes()),
 		fmt.Sprintf("%.0f MB/s", b.o.rate/1e6), b.o.rateText, runtime.NumCPU(), strings.TrimSpace(string(kernel)), runtime.Version(), serverKind(firsts))
 
 	fmt.Fprintf(&w, "### Time to first output (`ctr image pull` start to the container's first stdout line)\n\n"+
@@ -944,6 +951,13 @@ func ratio(a, b time.Duration) float64 {
 		return math.NaN()
 	}
 	return a.Seconds() / b.Seconds()
+}
+
+func chunkText(n int64) string {
+	if n == 0 {
+		return "4MiB, estargz's default"
+	}
+	return human(n)
 }
 
 func human(n int64) string { return units.BytesSize(float64(n)) }
