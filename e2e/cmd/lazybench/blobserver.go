@@ -72,14 +72,11 @@ func (b *blobServer) Served(d string) int64 {
 	return b.served[d]
 }
 
-// blobDigest extracts the digest of /v2/<name>/blobs/sha256:<hex>.
+// blobDigest extracts the digest of /v2/<name>/blobs/sha256:<hex>, which
+// names a file of the disk store: 64 lowercase hex digits, nothing else.
 func blobDigest(p string) (string, bool) {
-	i := strings.LastIndex(p, "/blobs/")
-	if !strings.HasPrefix(p, "/v2/") || i < 0 {
-		return "", false
-	}
-	d := p[i+len("/blobs/"):]
-	hexPart, ok := strings.CutPrefix(d, "sha256:")
+	d, ok := harness.BlobDigestFromPath(p)
+	hexPart, _ := strings.CutPrefix(d, "sha256:")
 	if !ok || len(hexPart) != 64 || strings.Trim(hexPart, "0123456789abcdef") != "" {
 		return "", false
 	}

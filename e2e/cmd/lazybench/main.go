@@ -782,16 +782,7 @@ func stopLazyServers(s *harness.Script, dir string) {
 // startTime is field 22 of /proc/PID/stat (0 when the process is gone or
 // a zombie).
 func startTime(pid int) uint64 {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	s := string(data)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0
-	}
-	f := strings.Fields(s[i+1:])
+	f := harness.ProcStatFields(pid)
 	if len(f) < 20 || f[0] == "Z" {
 		return 0
 	}
