@@ -54,6 +54,7 @@ bench: build e2e-tools test-deps
 	set -o pipefail; $(GO) test -run '^$$' -bench . ./... | tee $(BIN)/bench-unit.txt
 	cd e2e && GOFLAGS= $(GO) run ./cmd/bench
 	cd e2e && GOFLAGS= $(GO) run ./cmd/restbench
+	cd e2e && GOFLAGS= $(GO) run ./cmd/lazybench
 
 FUZZTIME ?= 20s
 fuzz:

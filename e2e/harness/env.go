@@ -218,17 +218,8 @@ const (
 
 // processIdentity is "PID STARTTIME": a PID alone may be reused.
 func processIdentity(pid int) string {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return ""
-	}
-	s := string(data)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return ""
-	}
-	// Fields after the command: state is field 3, starttime field 22.
-	f := strings.Fields(s[i+1:])
+	// starttime is field 22 of /proc/PID/stat.
+	f := ProcStatFields(pid)
 	if len(f) < 20 {
 		return ""
 	}

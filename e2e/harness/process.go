@@ -313,19 +313,26 @@ func procCmdlines() map[int][]string {
 	return out
 }
 
-// procParent returns the parent PID of pid, or 0.
-func procParent(pid int) int {
+// ProcStatFields returns the fields of /proc/PID/stat after the command
+// name, from field 3 (the state) on, or nil when pid does not exist. The
+// command name (field 2) may contain spaces: the fields start after the
+// last ')'.
+func ProcStatFields(pid int) []string {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0
+		return nil
 	}
-	// The command name (field 2) may contain spaces; fields after the last ')'.
 	s := string(data)
 	i := strings.LastIndexByte(s, ')')
 	if i < 0 {
-		return 0
+		return nil
 	}
-	f := strings.Fields(s[i+1:])
+	return strings.Fields(s[i+1:])
+}
+
+// procParent returns the parent PID of pid, or 0.
+func procParent(pid int) int {
+	f := ProcStatFields(pid)
 	if len(f) < 2 {
 		return 0
 	}

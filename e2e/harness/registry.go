@@ -397,7 +397,7 @@ func (r *Registry) StartTamperProxy() (*TamperProxy, error) {
 		endless: map[string]bool{}, sent: map[string]int64{}, forwarded: map[string]int64{}}
 	upstream := "http://" + r.Host
 	p.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		if d, ok := blobDigestFromPath(req.URL.Path); ok {
+		if d, ok := BlobDigestFromPath(req.URL.Path); ok {
 			p.mu.Lock()
 			body, tampered := p.replace[d]
 			if tampered {
@@ -526,7 +526,7 @@ func (p *TamperProxy) forward(w http.ResponseWriter, req *http.Request, upstream
 	}
 	w.WriteHeader(resp.StatusCode)
 	n, _ := io.Copy(w, resp.Body)
-	if d, ok := blobDigestFromPath(req.URL.Path); ok && req.Method == http.MethodGet {
+	if d, ok := BlobDigestFromPath(req.URL.Path); ok && req.Method == http.MethodGet {
 		p.mu.Lock()
 		p.forwarded[d] += n
 		p.mu.Unlock()
@@ -541,8 +541,9 @@ func (p *TamperProxy) Forwarded(d string) int64 {
 	return p.forwarded[d]
 }
 
-// blobDigestFromPath extracts the digest of /v2/<name>/blobs/<digest>.
-func blobDigestFromPath(p string) (string, bool) {
+// BlobDigestFromPath extracts the digest of /v2/<name>/blobs/<digest>
+// (as given: check it before using it in a file name).
+func BlobDigestFromPath(p string) (string, bool) {
 	i := strings.LastIndex(p, "/blobs/")
 	if !strings.HasPrefix(p, "/v2/") || i < 0 {
 		return "", false
