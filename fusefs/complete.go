@@ -99,15 +99,21 @@ func (l *Layer) Complete(ctx context.Context, o CompleteOptions) error {
 }
 
 // download fetches the blob's segments in order, at most o.Concurrency at
-// a time, into f.
+// a time, into f. The o.Concurrency segment buffers are reused, so memory
+// stays the same whatever the blob's size.
 func (l *Layer) download(ctx context.Context, f *os.File, o CompleteOptions) error {
 	src := l.src.Load()
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(o.Concurrency)
+	bufs := make(chan []byte, o.Concurrency)
+	for range o.Concurrency {
+		bufs <- make([]byte, min(o.SegmentSize, l.size))
+	}
 	for off := int64(0); off < l.size; off += o.SegmentSize {
 		n := min(o.SegmentSize, l.size-off)
 		g.Go(func() error {
-			buf := make([]byte, n)
+			buf := (<-bufs)[:n] // SetLimit: never more goroutines than buffers
+			defer func() { bufs <- buf[:cap(buf)] }()
 			if _, err := src.ReadAt(gctx, buf, off); err != nil && !(errors.Is(err, io.EOF) && off+n == l.size) {
 				return err
 			}

@@ -36,6 +36,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"sort"
 	"strings"
 	"sync"
@@ -379,6 +380,7 @@ func (s *server) configure(cfg *Config, authFile []byte) error {
 			n = fusefs.DefaultCacheBytes
 		}
 		s.cache = fusefs.NewChunkCache(n)
+		setMemoryLimit(s.ctx, n)
 	}
 	s.cfg, s.client = cfg, client
 	log.G(s.ctx).WithFields(log.Fields{"cache_dir": cfg.CacheDir, "prefetch": cfg.Prefetch}).Info("configured")
@@ -448,4 +450,23 @@ func keyFrom(b []byte) (*decrypt.LayerKey, error) {
 		return nil, errors.New("encrypted layer without a key")
 	}
 	return decrypt.UnmarshalLayerKey(b)
+}
+
+// memoryHeadroom is what the server needs besides its chunk cache: the
+// segments background completions have in flight (download buffers, joined
+// range reads, early segments the blob check holds) for a few layers at
+// once, and the runtime.
+const memoryHeadroom = 256 << 20
+
+// setMemoryLimit gives the Go runtime a soft memory limit of the chunk
+// cache plus memoryHeadroom, unless GOMEMLIMIT already sets one: a server
+// that completes large layers otherwise lets its heap grow with the bytes
+// it has moved before collecting, and its resident size with the image.
+func setMemoryLimit(ctx context.Context, cacheBytes int64) {
+	if os.Getenv("GOMEMLIMIT") != "" {
+		return
+	}
+	limit := cacheBytes + memoryHeadroom
+	debug.SetMemoryLimit(limit)
+	log.G(ctx).WithField("limit", limit).Debug("runtime soft memory limit set")
 }

@@ -35,7 +35,19 @@ type checkTap struct {
 	digest  hash.Hash
 	mac     *decrypt.HMACVerifier
 	pending map[int64][]byte
+	spare   [][]byte // buffers of written pending segments, for the next ones
 	lost    bool
+}
+
+// segment returns an empty buffer for a segment that finished early,
+// reusing one already written, so a pass holds at most maxPending.
+func (t *checkTap) segment() []byte {
+	if n := len(t.spare); n > 0 {
+		b := t.spare[n-1]
+		t.spare = t.spare[:n-1]
+		return b
+	}
+	return make([]byte, 0, t.segSize)
 }
 
 // maxPending bounds the early segments held (Complete has completeConcurrency
@@ -86,7 +98,7 @@ func (t *checkTap) feed(off int64, b []byte) {
 			t.lost = true
 			return
 		}
-		t.pending[off] = append([]byte(nil), b...)
+		t.pending[off] = append(t.segment(), b...)
 		return
 	}
 	t.write(b)
@@ -97,6 +109,7 @@ func (t *checkTap) feed(off int64, b []byte) {
 		}
 		delete(t.pending, t.next)
 		t.write(nb)
+		t.spare = append(t.spare, nb[:0])
 	}
 }
 
@@ -116,7 +129,7 @@ func (t *checkTap) check(context.Context) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.armed = false
-	t.pending = nil
+	t.pending, t.spare = nil, nil
 	if t.lost || t.next != t.src.Size() {
 		return fmt.Errorf("blob check followed %d of %d bytes; fetch again", t.next, t.src.Size())
 	}
