@@ -161,9 +161,9 @@ func TestMountSmallReadFetchesLittle(t *testing.T) {
 	if err != nil || string(got) != "cocoon\n" {
 		t.Fatalf("read: %q %v", got, err)
 	}
-	frac := float64(reg.served.Load()) / float64(len(bl.blob))
+	frac := float64(reg.Served.Load()) / float64(len(bl.blob))
 	t.Logf("opening the layer and reading etc/hostname fetched %d of %d blob bytes (%.3f%%) in %d requests",
-		reg.served.Load(), len(bl.blob), 100*frac, reg.requests.Load())
+		reg.Served.Load(), len(bl.blob), 100*frac, reg.Requests.Load())
 	if frac > 0.02 {
 		t.Errorf("fetched %.1f%% of the blob to read a 7-byte file", 100*frac)
 	}
@@ -207,7 +207,7 @@ func TestMountTamperedChunkGivesEIO(t *testing.T) {
 	defer l.Close()
 	dir := mountLayer(t, l)
 	ce, _ := l.r.ChunkEntryForOffset("bin/big", 9*testChunkSize)
-	reg.tamperAt.Store(ce.Offset + 100)
+	reg.TamperAt.Store(ce.Offset + 100)
 
 	_, err = os.ReadFile(filepath.Join(dir, "bin/big"))
 	if !errors.Is(err, syscall.EIO) {
@@ -381,14 +381,14 @@ func TestMountReadsLocallyAfterComplete(t *testing.T) {
 	if err := l.Complete(context.Background(), CompleteOptions{Dir: t.TempDir(), DiffID: bl.diff}); err != nil {
 		t.Fatal(err)
 	}
-	reg.reset()
+	reg.Reset()
 	for _, name := range []string{"bin/big", "etc/motd", "medium"} {
 		got, err := os.ReadFile(filepath.Join(dir, name))
 		if err != nil || string(got) != bl.files[name] {
 			t.Fatalf("%s: %v", name, err)
 		}
 	}
-	if got := reg.requests.Load(); got != 0 {
+	if got := reg.Requests.Load(); got != 0 {
 		t.Errorf("registry requests through the mount after Complete = %d, want 0", got)
 	}
 }

@@ -6,22 +6,14 @@ import (
 	"context"
 	"fmt"
 	"io"
-	stdlog "log"
 	"math/rand/v2"
-	"net"
-	"net/http"
-	"net/http/httptest"
 	"os"
-	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/containerd/stargz-snapshotter/estargz"
 	"github.com/google/go-containerregistry/pkg/name"
-	ggcrregistry "github.com/google/go-containerregistry/pkg/registry"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
@@ -29,6 +21,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/cocoon-cc/cocoon/image/registry"
+	"github.com/cocoon-cc/cocoon/internal/regtest"
 )
 
 // testChunkSize keeps test blobs small while giving the big file many chunks.
@@ -168,88 +161,30 @@ func (m memBlob) ReadAt(_ context.Context, p []byte, off int64) (int, error) {
 	return n, nil
 }
 
-// testRegistry is go-containerregistry's registry on loopback behind a
-// handler that counts blob range requests and bytes, can flip one byte of
-// a blob at an offset, and can hold range responses until released.
+// testRegistry is regtest's counting, tampering registry with a client
+// that retries quickly.
 type testRegistry struct {
-	host     string
-	client   *registry.Client
-	requests atomic.Int64 // blob GETs
-	served   atomic.Int64 // blob body bytes
-	tamperAt atomic.Int64 // blob offset whose byte is flipped; -1: none
-	mu       sync.Mutex
-	ranges   []string
-	gate     atomic.Pointer[chan struct{}]
+	*regtest.Tap
+	client *registry.Client
 }
 
 func startRegistry(t testing.TB) *testRegistry {
 	t.Helper()
-	r := &testRegistry{}
-	r.tamperAt.Store(-1)
-	inner := ggcrregistry.New(ggcrregistry.Logger(stdlog.New(io.Discard, "", 0)))
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		if req.Method != http.MethodGet || !strings.Contains(req.URL.Path, "/blobs/sha256:") {
-			inner.ServeHTTP(w, req)
-			return
-		}
-		r.requests.Add(1)
-		r.mu.Lock()
-		r.ranges = append(r.ranges, req.Header.Get("Range"))
-		r.mu.Unlock()
-		if g := r.gate.Load(); g != nil {
-			<-*g
-		}
-		rec := httptest.NewRecorder()
-		inner.ServeHTTP(rec, req)
-		body := rec.Body.Bytes()
-		if at := r.tamperAt.Load(); at >= 0 {
-			start := int64(0)
-			if cr := rec.Header().Get("Content-Range"); cr != "" {
-				s, _, _ := strings.Cut(strings.TrimPrefix(cr, "bytes "), "-")
-				start, _ = strconv.ParseInt(s, 10, 64)
-			}
-			if i := at - start; i >= 0 && i < int64(len(body)) {
-				body[i] ^= 0x55
-			}
-		}
-		for k, v := range rec.Header() {
-			w.Header()[k] = v
-		}
-		w.WriteHeader(rec.Code)
-		n, _ := w.Write(body)
-		r.served.Add(int64(n))
-	}))
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv.Listener = l
-	srv.Start()
-	t.Cleanup(srv.Close)
-	r.host = l.Addr().String()
-	r.client = registry.New(registry.Options{Insecure: []string{r.host}, RetryBackoff: time.Millisecond, Retries: 2})
-	return r
-}
-
-func (r *testRegistry) reset() {
-	r.requests.Store(0)
-	r.served.Store(0)
-	r.mu.Lock()
-	r.ranges = nil
-	r.mu.Unlock()
+	tap := regtest.StartTap(t)
+	return &testRegistry{Tap: tap, client: registry.New(registry.Options{Insecure: []string{tap.Host}, RetryBackoff: time.Millisecond, Retries: 2})}
 }
 
 // push uploads the blob and returns a RegistryBlob for it.
 func (r *testRegistry) push(t testing.TB, bl *builtLayer) *RegistryBlob {
 	t.Helper()
-	repo, err := name.NewRepository(r.host+"/lazy/img", name.Insecure)
+	repo, err := name.NewRepository(r.Host+"/lazy/img", name.Insecure)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := remote.WriteLayer(repo, static.NewLayer(bl.blob, types.OCILayer)); err != nil {
 		t.Fatal(err)
 	}
-	crepo, err := r.client.ParseRepository(r.host + "/lazy/img")
+	crepo, err := r.client.ParseRepository(r.Host + "/lazy/img")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -257,7 +192,7 @@ func (r *testRegistry) push(t testing.TB, bl *builtLayer) *RegistryBlob {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.reset()
+	r.Reset()
 	return b
 }
 

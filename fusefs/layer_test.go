@@ -90,8 +90,8 @@ func TestWrongTOCDigestRefused(t *testing.T) {
 		t.Fatal("a mount exists")
 	}
 	// Only the footer and the TOC were read.
-	if got := reg.requests.Load(); got != 2 {
-		t.Errorf("blob requests = %d (%s), want 2 (footer, TOC)", got, fmtRanges(reg.ranges))
+	if got := reg.Requests.Load(); got != 2 {
+		t.Errorf("blob requests = %d (%s), want 2 (footer, TOC)", got, fmtRanges(reg.Ranges()))
 	}
 }
 
@@ -99,9 +99,9 @@ func TestConcurrentReadsOfOneChunkMakeOneRequest(t *testing.T) {
 	reg := startRegistry(t)
 	bl := buildLayer(t, testEntries(1<<20))
 	l := mustOpen(t, reg.push(t, bl), bl, Options{})
-	reg.reset()
+	reg.Reset()
 	gate := make(chan struct{})
-	reg.gate.Store(&gate)
+	reg.Gate.Store(&gate)
 	const readers = 16
 	var wg sync.WaitGroup
 	errs := make(chan error, readers)
@@ -124,8 +124,8 @@ func TestConcurrentReadsOfOneChunkMakeOneRequest(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
-	if got := reg.requests.Load(); got != 1 {
-		t.Errorf("range requests = %d (%s), want 1", got, fmtRanges(reg.ranges))
+	if got := reg.Requests.Load(); got != 1 {
+		t.Errorf("range requests = %d (%s), want 1", got, fmtRanges(reg.Ranges()))
 	}
 }
 
@@ -137,12 +137,12 @@ func TestNeighbouringChunksCoalesced(t *testing.T) {
 		want int64
 	}{{DefaultCoalesceGap, 1}, {-1, 8}} {
 		l := mustOpen(t, reg.push(t, bl), bl, Options{CoalesceGap: tc.gap})
-		reg.reset() // count chunk fetches, not the footer and TOC
+		reg.Reset() // count chunk fetches, not the footer and TOC
 		p := make([]byte, 8*testChunkSize)
 		if _, err := l.ReadFile(context.Background(), "bin/big", p, 0); err != nil {
 			t.Fatal(err)
 		}
-		if got := reg.requests.Load(); got != tc.want {
+		if got := reg.Requests.Load(); got != tc.want {
 			t.Errorf("gap %d: requests for 8 chunks = %d, want %d", tc.gap, got, tc.want)
 		}
 	}
@@ -175,7 +175,7 @@ func TestTamperedChunkFailsThatReadOnly(t *testing.T) {
 	l := mustOpen(t, reg.push(t, bl), bl, Options{Metrics: m})
 	// Flip a byte in the middle of the big file's compressed data.
 	ce, _ := l.r.ChunkEntryForOffset("bin/big", 7*testChunkSize)
-	reg.tamperAt.Store(ce.Offset + (l.memberEnd(ce)-ce.Offset)/2)
+	reg.TamperAt.Store(ce.Offset + (l.memberEnd(ce)-ce.Offset)/2)
 	p := make([]byte, 10)
 	_, err = l.ReadFile(context.Background(), "bin/big", p, 7*testChunkSize+5)
 	if !errors.Is(err, ErrChunkVerification) {
@@ -192,7 +192,7 @@ func TestTamperedChunkFailsThatReadOnly(t *testing.T) {
 		t.Errorf("other file: %v", err)
 	}
 	// The failure is not cached: once the registry is honest the chunk reads.
-	reg.tamperAt.Store(-1)
+	reg.TamperAt.Store(-1)
 	if _, err := l.ReadFile(context.Background(), "bin/big", p, 7*testChunkSize+5); err != nil {
 		t.Errorf("after the registry is fixed: %v", err)
 	}
@@ -202,7 +202,7 @@ func TestCompleteServesLocally(t *testing.T) {
 	reg := startRegistry(t)
 	bl := buildLayer(t, testEntries(1<<20))
 	l := mustOpen(t, reg.push(t, bl), bl, Options{Cache: NewChunkCache(testChunkSize)})
-	reg.reset()
+	reg.Reset()
 	dir := t.TempDir()
 	if err := l.Complete(context.Background(), CompleteOptions{Dir: dir, DiffID: bl.diff, SegmentSize: 100 << 10, Concurrency: 3}); err != nil {
 		t.Fatal(err)
@@ -210,14 +210,14 @@ func TestCompleteServesLocally(t *testing.T) {
 	if !l.Local() {
 		t.Fatal("not local after Complete")
 	}
-	if got := reg.served.Load(); got != int64(len(bl.blob)) {
+	if got := reg.Served.Load(); got != int64(len(bl.blob)) {
 		t.Errorf("Complete fetched %d bytes of a %d-byte blob", got, len(bl.blob))
 	}
 	local, err := os.ReadFile(filepath.Join(dir, bl.digest.Encoded()))
 	if err != nil || !bytes.Equal(local, bl.blob) {
 		t.Fatalf("local copy: %v", err)
 	}
-	reg.reset()
+	reg.Reset()
 	for name, want := range bl.files {
 		if e, ok := l.Lookup(name); !ok || e.Type != "reg" {
 			continue
@@ -227,7 +227,7 @@ func TestCompleteServesLocally(t *testing.T) {
 			t.Fatalf("%s after Complete: %v", name, err)
 		}
 	}
-	if got := reg.requests.Load(); got != 0 {
+	if got := reg.Requests.Load(); got != 0 {
 		t.Errorf("registry requests after Complete = %d, want 0", got)
 	}
 }
@@ -251,7 +251,7 @@ func TestCompleteMismatchMarksBad(t *testing.T) {
 				t.Fatal(err)
 			}
 			if tc.tamper {
-				reg.tamperAt.Store(int64(len(bl.blob)) / 3)
+				reg.TamperAt.Store(int64(len(bl.blob)) / 3)
 			}
 			dir := t.TempDir()
 			err := l.Complete(context.Background(), CompleteOptions{Dir: dir, DiffID: tc.diffID})
@@ -448,7 +448,7 @@ func TestJoinedReadSurvivesLeaderCancel(t *testing.T) {
 	bl := buildLayer(t, testEntries(1<<20))
 	l := mustOpen(t, reg.push(t, bl), bl, Options{})
 	gate := make(chan struct{})
-	reg.gate.Store(&gate)
+	reg.Gate.Store(&gate)
 	leaderCtx, cancel := context.WithCancel(context.Background())
 	leaderErr := make(chan error, 1)
 	go func() {
@@ -470,7 +470,7 @@ func TestJoinedReadSurvivesLeaderCancel(t *testing.T) {
 	if err := <-leaderErr; !errors.Is(err, context.Canceled) {
 		t.Errorf("leader: %v, want context.Canceled", err)
 	}
-	reg.gate.Store(nil)
+	reg.Gate.Store(nil)
 	close(gate)
 	if err := <-joinErr; err != nil {
 		t.Fatalf("joined read: %v", err)
@@ -483,11 +483,11 @@ func TestRegistryBlobFallsBackAcrossLocations(t *testing.T) {
 	reg := startRegistry(t)
 	bl := buildLayer(t, testEntries(64<<10))
 	reg.push(t, bl)
-	mirror, err := reg.client.ParseRepository(reg.host + "/mirror/empty")
+	mirror, err := reg.client.ParseRepository(reg.Host + "/mirror/empty")
 	if err != nil {
 		t.Fatal(err)
 	}
-	origin, err := reg.client.ParseRepository(reg.host + "/lazy/img")
+	origin, err := reg.client.ParseRepository(reg.Host + "/lazy/img")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -496,11 +496,11 @@ func TestRegistryBlobFallsBackAcrossLocations(t *testing.T) {
 		t.Fatal(err)
 	}
 	l := mustOpen(t, blob, bl, Options{})
-	reg.reset()
+	reg.Reset()
 	if got, err := readAll(t, l, "etc/motd"); err != nil || string(got) != bl.files["etc/motd"] {
 		t.Fatalf("read: %v", err)
 	}
-	if got := reg.requests.Load(); got != 1 {
+	if got := reg.Requests.Load(); got != 1 {
 		t.Errorf("requests after the fallback = %d, want 1 (straight to the location that answered)", got)
 	}
 	if _, err := NewRegistryBlob(reg.client, nil, bl.desc()); err == nil {
@@ -525,22 +525,22 @@ func TestZstdChunked(t *testing.T) {
 		}
 	}
 	ce, _ := l.r.ChunkEntryForOffset("bin/big", 5*testChunkSize)
-	reg.tamperAt.Store(ce.Offset + (l.memberEnd(ce)-ce.Offset)/2)
+	reg.TamperAt.Store(ce.Offset + (l.memberEnd(ce)-ce.Offset)/2)
 	if _, err := l.ReadFile(context.Background(), "bin/big", make([]byte, 10), 5*testChunkSize); !errors.Is(err, ErrChunkVerification) {
 		t.Fatalf("tampered chunk: %v", err)
 	}
 	if got := testutil.ToFloat64(m.verifyFailures); got != 1 {
 		t.Errorf("verify failures = %v", got)
 	}
-	reg.tamperAt.Store(-1)
+	reg.TamperAt.Store(-1)
 	if err := l.Complete(context.Background(), CompleteOptions{Dir: t.TempDir(), DiffID: bl.diff}); err != nil {
 		t.Fatal(err)
 	}
-	reg.reset()
+	reg.Reset()
 	if got, err := readAll(t, l, "bin/big"); err != nil || string(got) != bl.files["bin/big"] {
 		t.Fatalf("after Complete: %v", err)
 	}
-	if got := reg.requests.Load(); got != 0 {
+	if got := reg.Requests.Load(); got != 0 {
 		t.Errorf("requests after Complete = %d", got)
 	}
 }
@@ -588,7 +588,7 @@ func TestPrefetchPrioritizedFiles(t *testing.T) {
 	if got := l.Prioritized(); !slices.Equal(got, []string{"etc/motd", "medium"}) {
 		t.Fatalf("prioritized = %v", got)
 	}
-	reg.reset()
+	reg.Reset()
 	n, err := l.Prefetch(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -596,16 +596,16 @@ func TestPrefetchPrioritizedFiles(t *testing.T) {
 	if want := int64(len(bl.files["etc/motd"]) + len(bl.files["medium"])); n != want {
 		t.Errorf("prefetched %d bytes, want %d", n, want)
 	}
-	if got := reg.requests.Load(); got != 1 {
+	if got := reg.Requests.Load(); got != 1 {
 		t.Errorf("prefetch made %d requests, want 1 (the files are neighbours)", got)
 	}
-	reg.reset()
+	reg.Reset()
 	for _, name := range []string{"etc/motd", "medium"} {
 		if got, err := readAll(t, l, name); err != nil || string(got) != bl.files[name] {
 			t.Fatalf("%s: %v", name, err)
 		}
 	}
-	if got := reg.requests.Load(); got != 0 {
+	if got := reg.Requests.Load(); got != 0 {
 		t.Errorf("reading prefetched files made %d requests", got)
 	}
 	// Without a landmark nothing is prioritized.

@@ -7,23 +7,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	stdlog "log"
 	"math/rand/v2"
-	"net"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/containerd/stargz-snapshotter/estargz"
 	"github.com/google/go-containerregistry/pkg/name"
-	ggcrregistry "github.com/google/go-containerregistry/pkg/registry"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
@@ -32,6 +25,7 @@ import (
 
 	"github.com/cocoon-cc/cocoon/image/decrypt"
 	"github.com/cocoon-cc/cocoon/image/registry"
+	"github.com/cocoon-cc/cocoon/internal/regtest"
 	"github.com/cocoon-cc/cocoon/snapshotter"
 	"github.com/cocoon-cc/cocoon/snapshotter/label"
 )
@@ -50,57 +44,19 @@ func (r resources) GetResource(_ context.Context, uri string) ([]byte, error) {
 // testRegistry serves blobs, counts body bytes and flips the byte at
 // tamperAt of every blob response covering it.
 type testRegistry struct {
-	host     string
-	client   *registry.Client
-	served   atomic.Int64
-	tamperAt atomic.Int64
+	*regtest.Tap
+	client *registry.Client
 }
 
 func startRegistry(t *testing.T) *testRegistry {
 	t.Helper()
-	r := &testRegistry{}
-	r.tamperAt.Store(-1)
-	inner := ggcrregistry.New(ggcrregistry.Logger(stdlog.New(io.Discard, "", 0)))
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		if req.Method != http.MethodGet || !strings.Contains(req.URL.Path, "/blobs/sha256:") {
-			inner.ServeHTTP(w, req)
-			return
-		}
-		rec := httptest.NewRecorder()
-		inner.ServeHTTP(rec, req)
-		body := rec.Body.Bytes()
-		if at := r.tamperAt.Load(); at >= 0 {
-			start := int64(0)
-			if cr := rec.Header().Get("Content-Range"); cr != "" {
-				s, _, _ := strings.Cut(strings.TrimPrefix(cr, "bytes "), "-")
-				start, _ = strconv.ParseInt(s, 10, 64)
-			}
-			if i := at - start; i >= 0 && i < int64(len(body)) {
-				body[i] ^= 0x55
-			}
-		}
-		for k, v := range rec.Header() {
-			w.Header()[k] = v
-		}
-		w.WriteHeader(rec.Code)
-		n, _ := w.Write(body)
-		r.served.Add(int64(n))
-	}))
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv.Listener = l
-	srv.Start()
-	t.Cleanup(srv.Close)
-	r.host = l.Addr().String()
-	r.client = registry.New(registry.Options{Insecure: []string{r.host}, RetryBackoff: time.Millisecond, Retries: 1})
-	return r
+	tap := regtest.StartTap(t)
+	return &testRegistry{Tap: tap, client: registry.New(registry.Options{Insecure: []string{tap.Host}, RetryBackoff: time.Millisecond, Retries: 1})}
 }
 
 func (r *testRegistry) push(t *testing.T, blob []byte) {
 	t.Helper()
-	repo, err := name.NewRepository(r.host+"/lazy/img", name.Insecure)
+	repo, err := name.NewRepository(r.Host+"/lazy/img", name.Insecure)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -179,7 +135,7 @@ func buildLayer(t *testing.T, r *testRegistry, encrypted bool) *testLayer {
 		desc = ocispec.Descriptor{MediaType: desc.MediaType + "+encrypted", Digest: digest.FromBytes(blob), Size: int64(len(blob)), Annotations: ann}
 	}
 	r.push(t, blob)
-	tl.layer = snapshotter.LazyLayer{ImageRef: r.host + "/lazy/img:v1", Manifest: digest.FromString("m"), Blob: desc,
+	tl.layer = snapshotter.LazyLayer{ImageRef: r.Host + "/lazy/img:v1", Manifest: digest.FromString("m"), Blob: desc,
 		DiffID: b.DiffID(), TOCDigest: b.TOCDigest(), Encrypted: encrypted}
 	return tl
 }
@@ -234,7 +190,7 @@ func TestMountPlainAndEncrypted(t *testing.T) {
 			dir := t.TempDir()
 
 			m := newMounter(t, r, cacheDir, false)
-			r.served.Store(0)
+			r.Served.Store(0)
 			if err := m.Mount(ctx, dir, tl.layer); err != nil {
 				t.Fatal(err)
 			}
@@ -242,7 +198,7 @@ func TestMountPlainAndEncrypted(t *testing.T) {
 			if err != nil || !bytes.Equal(got, tl.files["small.txt"]) {
 				t.Fatalf("small.txt = %q, %v", got, err)
 			}
-			if served := r.served.Load(); served*4 > tl.layer.Blob.Size {
+			if served := r.Served.Load(); served*4 > tl.layer.Blob.Size {
 				t.Fatalf("reading small.txt fetched %d of %d blob bytes", served, tl.layer.Blob.Size)
 			}
 			if err := m.Close(); err != nil {
@@ -264,14 +220,14 @@ func TestMountPlainAndEncrypted(t *testing.T) {
 			}
 
 			// A restart serves the verified local copy: no registry bytes.
-			r.served.Store(0)
+			r.Served.Store(0)
 			m = newMounter(t, r, cacheDir, true)
 			if err := m.Mount(ctx, dir, tl.layer); err != nil {
 				t.Fatal(err)
 			}
 			got, err = os.ReadFile(filepath.Join(dir, "other.txt"))
-			if err != nil || !bytes.Equal(got, tl.files["other.txt"]) || r.served.Load() != 0 {
-				t.Fatalf("other.txt after restart = %q, %v (%d registry bytes)", got, err, r.served.Load())
+			if err != nil || !bytes.Equal(got, tl.files["other.txt"]) || r.Served.Load() != 0 {
+				t.Fatalf("other.txt after restart = %q, %v (%d registry bytes)", got, err, r.Served.Load())
 			}
 			if err := m.Unmount(ctx, dir); err != nil {
 				t.Fatal(err)
@@ -294,7 +250,7 @@ func TestTamperedBlob(t *testing.T) {
 			ctx := context.Background()
 			r := startRegistry(t)
 			tl := buildLayer(t, r, encrypted)
-			r.tamperAt.Store(tl.bigOff)
+			r.TamperAt.Store(tl.bigOff)
 			dir := t.TempDir()
 			m := newMounter(t, r, t.TempDir(), false)
 			if err := m.Mount(ctx, dir, tl.layer); err != nil {
