@@ -156,9 +156,9 @@ type LazyConfig struct {
 	// checks its digest (encrypted: ciphertext digest and HMAC) and diff ID,
 	// and serves reads from that local copy afterwards (default true).
 	BackgroundCompletion bool `toml:"background_completion"`
-	// CompletionConcurrency bounds the blobs completed at once (default 2;
-	// in-process mode only: the detached server completes every layer
-	// with four segment fetches at a time).
+	// CompletionConcurrency bounds the blobs completed at once (default 2),
+	// each with four segment fetches at a time. The detached server takes
+	// it when it starts.
 	CompletionConcurrency int `toml:"completion_concurrency"`
 }
 

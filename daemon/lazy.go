@@ -79,6 +79,7 @@ func (d *Daemon) newLazyServer(ctx context.Context, cacheDir string, sizes lazyS
 		Insecure: ro.Insecure, Network: ro.Network, Hosts: ro.Hosts,
 		Retries: ro.Retries, RetryBackoff: int64(ro.RetryBackoff),
 		CacheBytes: sizes.cache, CoalesceGap: sizes.gap, Prefetch: lc.Prefetch,
+		CompletionConcurrency: lc.CompletionConcurrency,
 	}
 	if lc.BackgroundCompletion {
 		// Without a cache directory the server never completes a layer.

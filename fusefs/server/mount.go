@@ -35,6 +35,8 @@ type mount struct {
 	// local is the copy a previous server completed, when served from it;
 	// open until release (a read may still be using it after Complete).
 	local *localBlob
+	// slots bounds the background fetches of all mounts (nil: no bound).
+	slots chan struct{}
 
 	mu      sync.Mutex
 	lazy    bool // no background fetch
@@ -86,7 +88,7 @@ func (s *server) mount(dir string, spec LayerSpec, keyBytes []byte) (err error) 
 	}
 	dir = filepath.Clean(dir)
 	s.mu.Lock()
-	cfg, client, cache, metrics := s.cfg, s.client, s.cache, s.metrics
+	cfg, client, cache, metrics, slots := s.cfg, s.client, s.cache, s.metrics, s.slots
 	if old, ok := s.mounts[dir]; ok {
 		switch {
 		case old.spec.Blob.Digest != spec.Blob.Digest:
@@ -157,7 +159,7 @@ func (s *server) mount(dir string, spec LayerSpec, keyBytes []byte) (err error) 
 		return err
 	}
 	bctx, cancel := context.WithCancel(ctx)
-	m := &mount{spec: spec, layer: layer, mounted: mounted, key: key, cancel: cancel, done: make(chan struct{}), lazy: cfg.CacheDir == "", localDir: localDir(cfg, dir), local: local}
+	m := &mount{spec: spec, layer: layer, mounted: mounted, key: key, cancel: cancel, done: make(chan struct{}), lazy: cfg.CacheDir == "", localDir: localDir(cfg, dir), local: local, slots: slots}
 	s.mu.Lock()
 	s.mounts[dir] = m
 	serr := s.saveMounts()
@@ -305,7 +307,7 @@ func (m *mount) background(ctx context.Context, cfg *Config, tap *checkTap) {
 			err = os.MkdirAll(m.localDir, 0o700)
 		}
 		if err == nil {
-			err = m.layer.Complete(ctx, o)
+			err = m.complete(ctx, o)
 		}
 		m.mu.Lock()
 		m.lastErr = err
@@ -357,4 +359,17 @@ func (b *localBlob) Size() int64 { return b.size }
 
 func (b *localBlob) ReadAt(_ context.Context, p []byte, off int64) (int, error) {
 	return b.f.ReadAt(p, off)
+}
+
+// complete runs the layer's Complete once a background-fetch slot is free.
+func (m *mount) complete(ctx context.Context, o fusefs.CompleteOptions) error {
+	if m.slots != nil {
+		select {
+		case m.slots <- struct{}{}:
+			defer func() { <-m.slots }()
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return m.layer.Complete(ctx, o)
 }

@@ -69,6 +69,9 @@ type Config struct {
 	// Prefetch fetches each layer's prioritized files (the
 	// .prefetch.landmark convention) right after mounting.
 	Prefetch bool `json:"prefetch,omitempty"`
+	// CompletionConcurrency bounds the layers whose background fetch runs
+	// at once (0: no bound). Only the first Configure sets it.
+	CompletionConcurrency int `json:"completion_concurrency,omitempty"`
 }
 
 // LayerSpec names one lazy layer: the snapshotter's LazyLayer plus the

@@ -119,6 +119,7 @@ type server struct {
 	cfg     *Config
 	client  *registry.Client
 	cache   *fusefs.ChunkCache
+	slots   chan struct{} // background fetches running; nil: no bound
 	mounts  map[string]*mount
 	pending map[string]bool // mount points being mounted
 
@@ -381,6 +382,9 @@ func (s *server) configure(cfg *Config, authFile []byte) error {
 		}
 		s.cache = fusefs.NewChunkCache(n)
 		setMemoryLimit(s.ctx, n)
+		if cfg.CompletionConcurrency > 0 {
+			s.slots = make(chan struct{}, cfg.CompletionConcurrency)
+		}
 	}
 	s.cfg, s.client = cfg, client
 	log.G(s.ctx).WithFields(log.Fields{"cache_dir": cfg.CacheDir, "prefetch": cfg.Prefetch}).Info("configured")

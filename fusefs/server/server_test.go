@@ -747,3 +747,70 @@ func TestStateDirTooLongForSocket(t *testing.T) {
 		t.Errorf("state directory created anyway: %v", err)
 	}
 }
+
+// TestCompletionConcurrencyBounded: with CompletionConcurrency 1, a second
+// layer's background fetch does not start while the first one's is held
+// at the registry; it runs, and both layers complete, once the first is
+// released. (Without the bound the second fetch reaches the registry at
+// once.)
+func TestCompletionConcurrencyBounded(t *testing.T) {
+	e := newEnv(t)
+	first, second := plainLayerSeed(t, e.reg, 1), plainLayerSeed(t, e.reg, 2)
+	release := make(chan struct{})
+	var released bool
+	t.Cleanup(func() {
+		if !released {
+			close(release)
+		}
+	})
+	// A background fetch reads the blob from offset 0; mounting reads only
+	// its footer and TOC, at the end.
+	fromStart := func(req *http.Request) bool { return strings.HasPrefix(req.Header.Get("Range"), "bytes=0-") }
+	firstHeld, secondStarted := make(chan struct{}, 16), make(chan struct{}, 16)
+	hook := func(_ http.ResponseWriter, req *http.Request) bool {
+		switch {
+		case !fromStart(req):
+		case strings.HasSuffix(req.URL.Path, first.spec.Blob.Digest.String()):
+			firstHeld <- struct{}{}
+			<-release
+		case strings.HasSuffix(req.URL.Path, second.spec.Blob.Digest.String()):
+			secondStarted <- struct{}{}
+		}
+		return false
+	}
+	e.reg.Hook.Store(&hook)
+	ctx := context.Background()
+	c := connect(t, e, nil)
+	cfg := e.config(filepath.Join(filepath.Dir(e.state), "cache"))
+	cfg.CompletionConcurrency = 1
+	if err := c.Configure(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	secondDir := filepath.Join(filepath.Dir(e.dir), "second")
+	if err := os.Mkdir(secondDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(secondDir, unix.MNT_DETACH) })
+	if err := c.Mount(ctx, e.dir, first.spec); err != nil {
+		t.Fatal(err)
+	}
+	<-firstHeld // the first layer's background fetch holds the only slot
+	if err := c.Mount(ctx, secondDir, second.spec); err != nil {
+		t.Fatal(err)
+	}
+	readFile(t, secondDir, "data/late.txt", second.files["data/late.txt"]) // served lazily meanwhile
+	select {
+	case <-secondStarted:
+		t.Fatal("the second layer's background fetch started while the first held the only slot")
+	case <-time.After(2 * time.Second):
+	}
+	close(release)
+	released = true
+	waitState(t, c, e.dir, server.StateComplete)
+	waitState(t, c, secondDir, server.StateComplete)
+	for _, d := range []string{secondDir, e.dir} {
+		if err := c.Unmount(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
