@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"encoding/base64"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -24,18 +23,8 @@ func TestLazyPullPrivateRegistry(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	user, pass := "cocoon", "pw-"+randomToken(t)
-	proxy := startAuthProxy(t, reg.Host, user, pass)
-	authJSON := fmt.Sprintf(`{"auths":{%q:{"auth":%q}}}`, proxy.host, base64.StdEncoding.EncodeToString([]byte(user+":"+pass)))
-	kbs, err := env.StartKBS(ctx, harness.KBSOptions{
-		Policy:    harness.AllowAllPolicy,
-		Resources: map[string][]byte{"default/credential/registry": []byte(authJSON)},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cdh := env.Path("cdh.toml")
-	mustWrite(t, cdh, fmt.Sprintf("[kbc]\nname = \"cc_kbc\"\nurl = %q\n\n[image]\nauthenticated_registry_credentials_uri = \"kbs:///default/credential/registry\"\n", kbs.URL))
+	proxy, cdh := startPrivateRegistry(t, ctx, env, reg)
+	user, pass := proxy.user, proxy.pass
 	cd, err := env.StartCocoond(ctx, harness.CocoondOptions{
 		InsecureRegistries: []string{reg.Host, proxy.host},
 		Config:             lazyConfig,

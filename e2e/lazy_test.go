@@ -373,15 +373,8 @@ func TestLazyPullPolicy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &signer{t: t, ctx: ctx, env: env, reg: reg, dir: env.Path("sign")}
-	if err := os.MkdirAll(s.dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	s.cosignKey("good")
-	pub, err := os.ReadFile(filepath.Join(s.dir, "good.pub"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := newSigner(t, ctx, env, reg)
+	pub := s.cosignKey("good")
 	policy := fmt.Sprintf(`{"default":[{"type":"reject"}],"transports":{"docker":{
 		%q:[{"type":"sigstoreSigned","keyPath":"kbs:///default/cosign-key/1"}]}}}`, reg.Host+"/coco")
 	kbs, err := env.StartKBS(ctx, harness.KBSOptions{

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -67,16 +68,12 @@ func (p *authProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p.upstream.ServeHTTP(w, r)
 }
 
-// TestPrivateRegistryCredentialsFromKBS: a registry that needs basic auth
-// is pulled through cocoon with credentials that cocoond fetched from the
-// KBS (cdh.toml authenticated_registry_credentials_uri, containers-auth.json).
-func TestPrivateRegistryCredentialsFromKBS(t *testing.T) {
-	env := newEnv(t)
-	ctx := testContext(t, 5*time.Minute)
-	reg, err := env.StartRegistry(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+// startPrivateRegistry puts a basic-auth proxy (a random password) in front
+// of reg and starts a development KBS holding its containers-auth.json at
+// kbs:///default/credential/registry; it returns the proxy and a cdh.toml
+// that points cocoond at both.
+func startPrivateRegistry(t *testing.T, ctx context.Context, env *harness.Env, reg *harness.Registry) (*authProxy, string) {
+	t.Helper()
 	user, pass := "cocoon", "pw-"+randomToken(t)
 	proxy := startAuthProxy(t, reg.Host, user, pass)
 	authJSON := fmt.Sprintf(`{"auths":{%q:{"auth":%q}}}`, proxy.host, base64.StdEncoding.EncodeToString([]byte(user+":"+pass)))
@@ -89,6 +86,21 @@ func TestPrivateRegistryCredentialsFromKBS(t *testing.T) {
 	}
 	cdh := env.Path("cdh.toml")
 	mustWrite(t, cdh, fmt.Sprintf("[kbc]\nname = \"cc_kbc\"\nurl = %q\n\n[image]\nauthenticated_registry_credentials_uri = \"kbs:///default/credential/registry\"\n", kbs.URL))
+	return proxy, cdh
+}
+
+// TestPrivateRegistryCredentialsFromKBS: a registry that needs basic auth
+// is pulled through cocoon with credentials that cocoond fetched from the
+// KBS (cdh.toml authenticated_registry_credentials_uri, containers-auth.json).
+func TestPrivateRegistryCredentialsFromKBS(t *testing.T) {
+	env := newEnv(t)
+	ctx := testContext(t, 5*time.Minute)
+	reg, err := env.StartRegistry(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy, cdh := startPrivateRegistry(t, ctx, env, reg)
+	user, pass := proxy.user, proxy.pass
 	cd, err := env.StartCocoond(ctx, harness.CocoondOptions{
 		InsecureRegistries: []string{proxy.host},
 		ExtraArgs:          []string{"--tee", "sample", "--cdh-config", cdh},

@@ -26,17 +26,10 @@ func TestSignedImagePullThroughSnapshotter(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &signer{t: t, ctx: ctx, env: env, reg: reg, dir: env.Path("sign")}
-	if err := os.MkdirAll(s.dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	s.cosignKey("good")
+	s := newSigner(t, ctx, env, reg)
+	pub := s.cosignKey("good")
 	s.cosignKey("other")
 	fpr, gpgPub := s.gpgKey()
-	pub, err := os.ReadFile(filepath.Join(s.dir, "good.pub"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	// cosign images under coco/, GPG simple signing under gpg/ (lookaside).
 	policy := fmt.Sprintf(`{"default":[{"type":"reject"}],"transports":{"docker":{
 		%q:[{"type":"sigstoreSigned","keyPath":"kbs:///default/cosign-key/1"}],

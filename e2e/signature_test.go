@@ -35,13 +35,10 @@ func TestImageSignatures(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &signer{t: t, ctx: ctx, env: env, reg: reg, dir: env.Path("sign")}
-	if err := os.MkdirAll(s.dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
+	s := newSigner(t, ctx, env, reg)
 
 	// Keys made by the test.
-	s.cosignKey("good")
+	cosignPub := s.cosignKey("good")
 	s.cosignKey("other")
 	fpr, gpgPub := s.gpgKey()
 
@@ -64,10 +61,6 @@ func TestImageSignatures(t *testing.T) {
 	gpgSigned, lookaside := s.skopeoSign(fpr, "coco/gpg")
 
 	// Public keys served by cocoon-kbs; the policies name them kbs:///.
-	cosignPub, err := os.ReadFile(filepath.Join(s.dir, "good.pub"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	kbs, err := env.StartKBS(ctx, harness.KBSOptions{
 		Policy:    harness.AllowAllPolicy,
 		Resources: map[string][]byte{"default/cosign-key/good": cosignPub, "default/gpg-key/pubring": gpgPub},
@@ -139,6 +132,16 @@ type signer struct {
 	dir string
 }
 
+// newSigner returns a signer working in the test's "sign" directory.
+func newSigner(t *testing.T, ctx context.Context, env *harness.Env, reg *harness.Registry) *signer {
+	t.Helper()
+	s := &signer{t: t, ctx: ctx, env: env, reg: reg, dir: env.Path("sign")}
+	if err := os.MkdirAll(s.dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
 func (s *signer) write(name, content string) string {
 	s.t.Helper()
 	p := filepath.Join(s.dir, name)
@@ -185,9 +188,14 @@ func (s *signer) pushTag(repo, tag string) *harness.Image {
 }
 
 // cosignKey makes <name>.key / <name>.pub with an empty password.
-func (s *signer) cosignKey(name string) {
+func (s *signer) cosignKey(name string) (pub []byte) {
 	s.t.Helper()
 	s.run(s.env.Tool("cosign"), "generate-key-pair", "--output-key-prefix", name)
+	pub, err := os.ReadFile(filepath.Join(s.dir, name+".pub"))
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return pub
 }
 
 // cosign signs im by digest with key, offline (no transparency log).
