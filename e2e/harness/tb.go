@@ -1,9 +1,12 @@
 package harness
 
 import (
+	"context"
 	"fmt"
 	"os"
+	"os/signal"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -86,5 +89,24 @@ func (s *Script) Close() {
 		s.cleanups = s.cleanups[:n-1]
 		s.mu.Unlock()
 		f()
+	}
+}
+
+// RunScript runs a command's body as the Script name, with a context that
+// ends on SIGINT or SIGTERM. On error it marks the script failed (its
+// daemons' logs are printed), runs the cleanups, prints "name failed: err"
+// and exits with status 1; otherwise it runs the cleanups and returns.
+func RunScript(name string, quiet bool, run func(ctx context.Context, s *Script) error) {
+	s := NewScript(name, quiet)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, s)
+	stop()
+	if err != nil {
+		s.Fail()
+		fmt.Fprintf(os.Stderr, "%s failed: %v\n", name, err)
+	}
+	s.Close()
+	if err != nil {
+		os.Exit(1)
 	}
 }

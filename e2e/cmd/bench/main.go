@@ -27,7 +27,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -134,18 +133,11 @@ func main() {
 		os.Exit(2)
 	}
 
-	s := harness.NewScript("bench", false)
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	rep, err := run(ctx, s, o)
-	stop()
-	if err != nil {
-		s.Fail()
-		fmt.Fprintf(os.Stderr, "bench failed: %v\n", err)
-	}
-	s.Close()
-	if err != nil {
-		os.Exit(1)
-	}
+	var rep *Report
+	harness.RunScript("bench", false, func(ctx context.Context, s *harness.Script) (err error) {
+		rep, err = run(ctx, s, o)
+		return err
+	})
 	printReport(os.Stdout, rep)
 }
 

@@ -15,7 +15,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -30,19 +29,10 @@ import (
 const greeting = "hello from cocoon"
 
 func main() {
-	s := harness.NewScript("demo", true)
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	var st state
-	err := run(ctx, s, &st)
-	stop()
-	if err != nil {
-		s.Fail()
-		fmt.Fprintf(os.Stderr, "demo failed: %v\n", err)
-	}
-	s.Close()
-	if err != nil {
-		os.Exit(1)
-	}
+	harness.RunScript("demo", true, func(ctx context.Context, s *harness.Script) error {
+		return run(ctx, s, &st)
+	})
 	if err := st.checkCleanedUp(); err != nil {
 		fmt.Fprintf(os.Stderr, "demo cleanup: %v\n", err)
 		os.Exit(1)

@@ -39,7 +39,6 @@ import (
 	mrand "math/rand/v2"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -103,18 +102,11 @@ func main() {
 		os.Exit(2)
 	}
 
-	s := harness.NewScript("lazybench", false)
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	rep, err := run(ctx, s, o)
-	stop()
-	if err != nil {
-		s.Fail()
-		fmt.Fprintf(os.Stderr, "lazybench failed: %v\n", err)
-	}
-	s.Close()
-	if err != nil {
-		os.Exit(1)
-	}
+	var rep string
+	harness.RunScript("lazybench", false, func(ctx context.Context, s *harness.Script) (err error) {
+		rep, err = run(ctx, s, o)
+		return err
+	})
 	fmt.Print(rep)
 }
 

@@ -15,12 +15,10 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/cocoon-cc/cocoon/e2e/harness"
@@ -42,18 +40,11 @@ func main() {
 	conns := flag.Int("connections", 16, "wrk connections")
 	out := flag.String("out", "", "write results as JSON to this `file` (default bin/bench-rest.json)")
 	flag.Parse()
-	s := harness.NewScript("restbench", true)
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	results, err := run(ctx, s, *duration, *conns)
-	stop()
-	if err != nil {
-		s.Fail()
-		fmt.Fprintf(os.Stderr, "restbench failed: %v\n", err)
-	}
-	s.Close()
-	if err != nil {
-		os.Exit(1)
-	}
+	var results []result
+	harness.RunScript("restbench", true, func(ctx context.Context, s *harness.Script) (err error) {
+		results, err = run(ctx, s, *duration, *conns)
+		return err
+	})
 	path := *out
 	if path == "" {
 		root, _ := filepath.Abs("..")
