@@ -125,14 +125,43 @@ func (b *RegistryBlob) fetch(ctx context.Context, p []byte, off int64) (int, err
 	return 0, fmt.Errorf("blob %s from every location:\n%s: %w", b.desc.Digest, strings.Join(errs, "\n"), last)
 }
 
-// fileBlob is a local copy of a blob.
-type fileBlob struct {
+// FileBlob is a Blob over a local file: a completed local copy.
+type FileBlob struct {
 	f    *os.File
 	size int64
 }
 
-func (b *fileBlob) Size() int64 { return b.size }
+// ErrBadLocalCopy: a local copy that opened but cannot be used (its size
+// is not the descriptor's, or it cannot be stat'ed).
+var ErrBadLocalCopy = errors.New("unusable local copy")
 
-func (b *fileBlob) ReadAt(_ context.Context, p []byte, off int64) (int, error) {
+// OpenFileBlob opens the local copy at path. When size is positive it must
+// be the file's size (the descriptor's); 0 takes the file as it is. Errors
+// opening the file are os.Open's; those after it wrap ErrBadLocalCopy.
+func OpenFileBlob(path string, size int64) (*FileBlob, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("%w: %w", ErrBadLocalCopy, err)
+	}
+	if size > 0 && fi.Size() != size {
+		f.Close()
+		return nil, fmt.Errorf("%w: %s is %d bytes, the descriptor says %d", ErrBadLocalCopy, path, fi.Size(), size)
+	}
+	return &FileBlob{f: f, size: fi.Size()}, nil
+}
+
+// Size is the file's size.
+func (b *FileBlob) Size() int64 { return b.size }
+
+// ReadAt reads from the file.
+func (b *FileBlob) ReadAt(_ context.Context, p []byte, off int64) (int, error) {
 	return b.f.ReadAt(p, off)
 }
+
+// Close closes the file.
+func (b *FileBlob) Close() error { return b.f.Close() }

@@ -91,7 +91,7 @@ func (l *Layer) Complete(ctx context.Context, o CompleteOptions) error {
 		return fmt.Errorf("fusefs: complete layer %s: %w", l.opts.Digest, err)
 	}
 	keep = true
-	l.src.Store(&blobRef{&fileBlob{f: f, size: l.size}})
+	l.src.Store(&blobRef{&FileBlob{f: f, size: l.size}})
 	l.plain.setDir(filepath.Join(o.Dir, l.opts.Digest.Encoded()+".files"))
 	l.local.Store(true)
 	l.log.WithField("path", final).Info("lazy layer: blob complete, digest and diff ID verified; reads now local")

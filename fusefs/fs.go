@@ -17,6 +17,8 @@ import (
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
+
+	"github.com/cocoon-cc/cocoon/internal/fuseutil"
 )
 
 // Whiteout names of the OCI layer format, presented the way overlayfs
@@ -121,13 +123,7 @@ func (m *Mounted) Dir() string { return m.dir }
 // error is returned.
 func (m *Mounted) Unmount() error {
 	m.once.Do(func() {
-		err := m.server.Unmount()
-		if err != nil {
-			if derr := syscall.Unmount(m.dir, syscall.MNT_DETACH); derr != nil {
-				err = fmt.Errorf("%w; lazy unmount: %w", err, derr)
-			} else {
-				err = fmt.Errorf("%w (mount detached lazily)", err)
-			}
+		if err := fuseutil.Unmount(m.server, m.dir); err != nil {
 			m.err = fmt.Errorf("fusefs: unmount %s: %w", m.dir, err)
 		}
 		m.server.Wait()

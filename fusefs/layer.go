@@ -664,8 +664,8 @@ func (l *Layer) Close() error {
 	var err error
 	l.closeOnce.Do(func() {
 		l.opts.Cache.dropLayer(l.id)
-		if fb, ok := l.src.Load().Blob.(*fileBlob); ok {
-			err = fb.f.Close()
+		if fb, ok := l.src.Load().Blob.(*FileBlob); ok {
+			err = fb.Close()
 		}
 	})
 	return err

@@ -53,6 +53,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"github.com/cocoon-cc/cocoon/attest/kbs"
+	"github.com/cocoon-cc/cocoon/internal/fuseutil"
 	"github.com/cocoon-cc/cocoon/secretsfs/sealed"
 )
 
@@ -242,14 +243,7 @@ func (f *FS) Dir() string { return f.dir }
 // never outlives the call in the namespace) and the error is returned.
 func (f *FS) Unmount() error {
 	f.unmountOnce.Do(func() {
-		err := f.server.Unmount()
-		if err != nil {
-			if derr := syscall.Unmount(f.dir, syscall.MNT_DETACH); derr != nil {
-				err = fmt.Errorf("%w; lazy unmount: %w", err, derr)
-			} else {
-				err = fmt.Errorf("%w (mount detached lazily)", err)
-			}
-		}
+		err := fuseutil.Unmount(f.server, f.dir)
 		close(f.stopSweep)
 		<-f.swept
 		f.cache.Purge()

@@ -15,11 +15,11 @@ import (
 
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
-	"golang.org/x/sys/unix"
 
 	"github.com/cocoon-cc/cocoon/fusefs"
 	"github.com/cocoon-cc/cocoon/image/decrypt"
 	"github.com/cocoon-cc/cocoon/image/registry"
+	"github.com/cocoon-cc/cocoon/internal/fuseutil"
 )
 
 // mount is one served layer and its background fetch.
@@ -34,7 +34,7 @@ type mount struct {
 	localDir string
 	// local is the copy a previous server completed, when served from it;
 	// open until release (a read may still be using it after Complete).
-	local *localBlob
+	local *fusefs.FileBlob
 	// slots bounds the background fetches of all mounts (nil: no bound).
 	slots chan struct{}
 
@@ -70,7 +70,7 @@ func (m *mount) release() error {
 	err := m.mounted.Unmount()
 	m.layer.Close()
 	if m.local != nil {
-		m.local.f.Close()
+		m.local.Close()
 	}
 	if m.key != nil {
 		m.key.Clear()
@@ -143,10 +143,10 @@ func (s *server) mount(dir string, spec LayerSpec, keyBytes []byte) (err error) 
 	if err != nil {
 		return err
 	}
-	local, _ := src.(*localBlob)
+	local, _ := src.(*fusefs.FileBlob)
 	defer func() {
 		if err != nil && local != nil {
-			local.f.Close()
+			local.Close()
 		}
 	}()
 	layer, err := fusefs.Open(ctx, src, fusefs.Options{Digest: spec.Blob.Digest, TOCDigest: spec.TOCDigest, Cache: cache, CoalesceGap: cfg.CoalesceGap, Metrics: metrics})
@@ -224,7 +224,7 @@ func unescapeMountinfo(s string) string {
 // whose server died answers ENOTCONN to everything); not being a mount
 // point is fine.
 func detachStale(ctx context.Context, dir string) {
-	if err := unix.Unmount(dir, unix.MNT_DETACH); err == nil {
+	if fuseutil.DetachStale(dir) {
 		log.G(ctx).WithField("mountpoint", dir).Warn("detached a stale mount")
 	}
 }
@@ -235,13 +235,12 @@ func detachStale(ctx context.Context, dir string) {
 // nil, is Complete's CheckBlob.
 func openSource(ctx context.Context, client *registry.Client, cfg *Config, dir string, spec LayerSpec, key *decrypt.LayerKey) (fusefs.Blob, *checkTap, error) {
 	if ld := localDir(cfg, dir); ld != "" {
-		f, err := os.Open(filepath.Join(ld, spec.Blob.Digest.Encoded()))
+		lb, err := fusefs.OpenFileBlob(filepath.Join(ld, spec.Blob.Digest.Encoded()), spec.Blob.Size)
+		if errors.Is(err, fusefs.ErrBadLocalCopy) {
+			log.G(ctx).WithError(err).Warn("ignoring the local copy")
+			return openRemote(client, spec, key)
+		}
 		if err == nil {
-			lb, err := newLocalBlob(f, spec.Blob.Size)
-			if err != nil {
-				log.G(ctx).WithError(err).Warn("ignoring the local copy")
-				return openRemote(client, spec, key)
-			}
 			log.G(ctx).WithField("layer", spec.Blob.Digest).Info("serving a completed local copy (verified again in the background)")
 			if key == nil {
 				return lb, nil, nil // Complete checks the compressed digest itself
@@ -334,31 +333,6 @@ func (m *mount) background(ctx context.Context, cfg *Config, tap *checkTap) {
 		}
 		backoff *= 2
 	}
-}
-
-// localBlob is a completed local copy.
-type localBlob struct {
-	f    *os.File
-	size int64
-}
-
-func newLocalBlob(f *os.File, size int64) (*localBlob, error) {
-	fi, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, err
-	}
-	if size > 0 && fi.Size() != size {
-		f.Close()
-		return nil, fmt.Errorf("local copy %s is %d bytes, the descriptor says %d", f.Name(), fi.Size(), size)
-	}
-	return &localBlob{f: f, size: fi.Size()}, nil
-}
-
-func (b *localBlob) Size() int64 { return b.size }
-
-func (b *localBlob) ReadAt(_ context.Context, p []byte, off int64) (int, error) {
-	return b.f.ReadAt(p, off)
 }
 
 // complete runs the layer's Complete once a background-fetch slot is free.

@@ -21,11 +21,11 @@ import (
 	"sync"
 
 	"github.com/containerd/log"
-	"golang.org/x/sys/unix"
 
 	"github.com/cocoon-cc/cocoon/fusefs"
 	"github.com/cocoon-cc/cocoon/image/decrypt"
 	"github.com/cocoon-cc/cocoon/image/registry"
+	"github.com/cocoon-cc/cocoon/internal/fuseutil"
 	"github.com/cocoon-cc/cocoon/snapshotter"
 )
 
@@ -77,7 +77,7 @@ type served struct {
 	layer    *fusefs.Layer
 	mnt      *fusefs.Mounted
 	key      *decrypt.LayerKey // nil for a plain layer
-	file     *os.File          // the local copy read from, if any
+	file     *fusefs.FileBlob  // the local copy read from, if any
 	localDir string
 	cancel   context.CancelFunc
 	done     chan struct{}
@@ -164,15 +164,12 @@ func (m *Mounter) Mount(ctx context.Context, dir string, l snapshotter.LazyLayer
 // registry (through the decrypting reader for an encrypted layer, whose
 // key is unwrapped here, once).
 func (m *Mounter) blob(ctx context.Context, l snapshotter.LazyLayer, s *served) (fusefs.Blob, bool, error) {
-	if f, err := os.Open(filepath.Join(s.localDir, l.Blob.Digest.Encoded())); err == nil {
-		fi, err := f.Stat()
-		if err != nil {
-			f.Close()
-			return nil, false, err
-		}
+	if fb, err := fusefs.OpenFileBlob(filepath.Join(s.localDir, l.Blob.Digest.Encoded()), 0); err == nil {
 		log.G(ctx).WithField("layer", l.Blob.Digest).Info("lazy layer: serving the local copy a previous completion verified")
-		s.file = f
-		return &fileBlob{f: f, size: fi.Size()}, true, nil
+		s.file = fb
+		return fb, true, nil
+	} else if errors.Is(err, fusefs.ErrBadLocalCopy) {
+		return nil, false, err
 	}
 	repos, err := m.opts.Registry.Repositories(l.ImageRef)
 	if err != nil {
@@ -297,19 +294,7 @@ func (m *Mounter) Close() error {
 // whose server died with a previous cocoond answers ENOTCONN to
 // everything); not being a mount point is fine.
 func detachStale(ctx context.Context, dir string) {
-	if err := unix.Unmount(dir, unix.MNT_DETACH); err == nil {
+	if fuseutil.DetachStale(dir) {
 		log.G(ctx).WithField("dir", dir).Warn("detached a lazy layer mount left by a previous run")
 	}
-}
-
-// fileBlob is a verified local copy.
-type fileBlob struct {
-	f    *os.File
-	size int64
-}
-
-func (b *fileBlob) Size() int64 { return b.size }
-
-func (b *fileBlob) ReadAt(_ context.Context, p []byte, off int64) (int, error) {
-	return b.f.ReadAt(p, off)
 }
