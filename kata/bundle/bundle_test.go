@@ -31,6 +31,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/cocoon-cc/cocoon/image/convert"
 	"github.com/cocoon-cc/cocoon/image/decrypt"
 	"github.com/cocoon-cc/cocoon/image/encrypt"
 	"github.com/cocoon-cc/cocoon/image/pull"
@@ -39,6 +40,7 @@ import (
 	"github.com/cocoon-cc/cocoon/kata/bundle"
 	"github.com/cocoon-cc/cocoon/snapshotter"
 	"github.com/cocoon-cc/cocoon/snapshotter/label"
+	"github.com/cocoon-cc/cocoon/snapshotter/lazysource"
 	"github.com/cocoon-cc/cocoon/snapshotter/pullsource"
 )
 
@@ -100,7 +102,12 @@ type fixture struct {
 	blobs []string // paths of blob GETs
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t *testing.T) *fixture { return newFixtureWith(t, false) }
+
+// newFixtureWith builds the fixture; lazy serves eStargz layers through
+// the in-process lazy FUSE mounter (snapshotter/lazysource), as cocoond
+// does with [lazy] detached = false.
+func newFixtureWith(t *testing.T, lazy bool) *fixture {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Fatal("these tests mount overlayfs and need root (CI runs them as root)")
@@ -124,7 +131,16 @@ func newFixture(t *testing.T) *fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { p.Close() })
-	sn, err := snapshotter.New(ctx, snapshotter.Options{Root: filepath.Join(f.dir, "sn"), Layers: pullsource.New(p), RequireLabels: true})
+	sopts := snapshotter.Options{Root: filepath.Join(f.dir, "sn"), Layers: pullsource.New(p), RequireLabels: true}
+	if lazy {
+		m, err := lazysource.New(lazysource.Options{Registry: client, CacheDir: filepath.Join(f.dir, "lazy")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { m.Close() }) // after the snapshotter's Close below
+		sopts.Lazy = m
+	}
+	sn, err := snapshotter.New(ctx, sopts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,8 +151,11 @@ func newFixture(t *testing.T) *fixture {
 	}
 	f.bp = bp
 	t.Cleanup(func() {
-		// Whatever a failing test left mounted under the fixture goes first.
-		mounts, _ := mountinfo.GetMounts(mountinfo.PrefixFilter(f.dir))
+		// Bundle rootfs overlays a failing test left go first; the lazy
+		// mounter unmounts its FUSE layers itself.
+		mounts, _ := mountinfo.GetMounts(func(m *mountinfo.Info) (bool, bool) {
+			return !strings.HasPrefix(m.Mountpoint, f.dir+"/") || m.FSType != "overlay", false
+		})
 		for i := len(mounts) - 1; i >= 0; i-- {
 			if err := mount.UnmountAll(mounts[i].Mountpoint, 0); err != nil {
 				t.Errorf("unmount %s: %v", mounts[i].Mountpoint, err)
@@ -604,4 +623,51 @@ func TestBadArguments(t *testing.T) {
 	if _, err := bundle.New(bundle.Options{}); err == nil {
 		t.Errorf("New without a snapshotter succeeded")
 	}
+}
+
+func TestLazyEStargzImage(t *testing.T) {
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		t.Fatalf("lazy layers need /dev/fuse: %v", err)
+	}
+	f := newFixtureWith(t, true)
+	ctx := context.Background()
+	_, plain := f.push(t, "plain", appConfig, appLayers(t)...)
+	conv, err := convert.Image(ctx, plain, convert.Options{TmpDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(conv.Close)
+	img, err := conv.Image()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := f.write(t, "estargz", img)
+	dir := filepath.Join(f.dir, "lazy-bundle")
+	if _, err := f.bp.PullImage(ctx, ref, dir); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "rootfs/srv/hello")); err != nil || string(b) != "hello from layer 2\n" {
+		t.Errorf("srv/hello = %q, %v", b, err)
+	}
+	if _, err := os.Lstat(filepath.Join(dir, "rootfs/gone")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("whiteout did not hide the lower file: %v", err)
+	}
+	// Every layer was committed lazily: served over FUSE, never fetched whole.
+	lazy := 0
+	err = f.sn.Walk(ctx, func(_ context.Context, info snapshots.Info) error {
+		if info.Kind == snapshots.KindCommitted && info.Labels[label.Lazy] != "" {
+			lazy++
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lazy != 2 {
+		t.Errorf("%d lazily served layers, want 2", lazy)
+	}
+	if err := f.bp.Remove(ctx, dir); err != nil {
+		t.Fatal(err)
+	}
+	f.assertNothingLeft(t, dir, true)
 }
