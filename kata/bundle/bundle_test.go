@@ -10,8 +10,10 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -666,6 +668,119 @@ func TestLazyEStargzImage(t *testing.T) {
 	if lazy != 2 {
 		t.Errorf("%d lazily served layers, want 2", lazy)
 	}
+	if err := f.bp.Remove(ctx, dir); err != nil {
+		t.Fatal(err)
+	}
+	f.assertNothingLeft(t, dir, true)
+}
+
+func TestIndexAnswersThePlatformManifest(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	_, here := f.push(t, "here", appConfig, appLayers(t)...)
+	cfgOther := appConfig
+	cfgOther.Cmd = []string{"other"}
+	_, other := f.push(t, "other", cfgOther, appLayers(t)[0])
+	otherArch := "arm64"
+	if runtime.GOARCH == "arm64" {
+		otherArch = "amd64"
+	}
+	idx := mutate.AppendManifests(mutate.IndexMediaType(empty.Index, types.OCIImageIndex),
+		mutate.IndexAddendum{Add: other, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: otherArch}}},
+		mutate.IndexAddendum{Add: here, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: runtime.GOARCH}}},
+	)
+	ref := fmt.Sprintf("%s/multi:v1", f.reg.Host)
+	tag, err := name.NewTag(ref, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.WriteIndex(tag, idx); err != nil {
+		t.Fatal(err)
+	}
+	want, err := here.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(f.dir, "multi")
+	got, err := f.bp.PullImage(ctx, ref, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.String() != want.String() {
+		t.Errorf("manifest digest = %s, want this platform's manifest %s", got, want)
+	}
+	if args := readSpec(t, dir).Process.Args; !reflect.DeepEqual(args, []string{"/bin/app", "--serve", "x"}) {
+		t.Errorf("args = %v: the config of another platform's image", args)
+	}
+	if err := f.bp.Remove(ctx, dir); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestConcurrentPulls(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	ref, img := f.push(t, "app", appConfig, appLayers(t)...)
+	m, err := img.Manifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 4
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, errs[i] = f.bp.PullImage(ctx, ref, filepath.Join(f.dir, fmt.Sprint("b", i)))
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("pull %d: %v", i, err)
+		}
+	}
+	if got := f.layerFetches([]v1.Hash{m.Layers[0].Digest, m.Layers[1].Digest}); got != 2 {
+		t.Errorf("%d concurrent pulls fetched layer blobs %d times, want each layer once", n, got)
+	}
+	for i := range n {
+		if err := f.bp.Remove(ctx, filepath.Join(f.dir, fmt.Sprint("b", i))); err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+func TestRemoveRefusesABusyRootfs(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	ref, _ := f.push(t, "app", appConfig, appLayers(t)...)
+	dir := filepath.Join(f.dir, "busy")
+	if _, err := f.bp.PullImage(ctx, ref, dir); err != nil {
+		t.Fatal(err)
+	}
+	// A process still working in the rootfs, as a running container does.
+	cmd := exec.Command("sleep", "600")
+	cmd.Dir = filepath.Join(dir, "rootfs", "srv")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	stopped := false
+	stop := func() {
+		if !stopped {
+			stopped = true
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+	}
+	t.Cleanup(stop)
+	if err := f.bp.Remove(ctx, dir); err == nil {
+		t.Fatal("Remove unmounted a rootfs in use")
+	}
+	if !isMounted(t, filepath.Join(dir, "rootfs")) || readSpec(t, dir).Hostname != "image-rs" || len(f.bundleSnapshots(t)) != 1 {
+		t.Errorf("a refused Remove took part of the bundle away")
+	}
+	stop()
 	if err := f.bp.Remove(ctx, dir); err != nil {
 		t.Fatal(err)
 	}
