@@ -44,6 +44,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/cocoon-cc/cocoon/image/registry"
+	"github.com/cocoon-cc/cocoon/image/signature"
 	"github.com/cocoon-cc/cocoon/snapshotter/label"
 )
 
@@ -105,7 +106,8 @@ func New(opts Options) (*Puller, error) {
 // PullImage pulls imageURL (by tag or digest; docker.io names normalised as
 // containerd and image-rs do) into the bundle at bundlePath, which must be
 // an absolute path; it and its rootfs directory are created if missing.
-// It returns the digest of the platform manifest. On any failure,
+// It returns the digest of the platform manifest. A failure after the
+// arguments are checked is a *PullError. On any failure,
 // including a refusal by the image security policy, nothing it created is
 // left: no mount, no active snapshot, no config.json, no directory.
 // Layers committed before the failure stay in the layer store, verified,
@@ -131,24 +133,34 @@ func (p *Puller) PullImage(ctx context.Context, imageURL, bundlePath string) (di
 	if err := p.Prune(ctx); err != nil {
 		log.G(ctx).WithError(err).Warn("prune bundles whose rootfs is gone")
 	}
-	if err := p.checkFree(ctx, key, bundlePath); err != nil {
-		return "", err
+	im, err := p.pull(ctx, key, ref, named, bundlePath)
+	if err != nil {
+		log.G(ctx).WithError(err).Warn("pull into bundle failed; nothing of the bundle is left")
+		return "", &PullError{Image: imageURL, Ref: ref, Err: err}
 	}
+	log.G(ctx).WithFields(log.Fields{"manifest": im.ManifestDigest, "layers": len(im.Manifest.Layers), "duration": time.Since(start)}).Info("image pulled into bundle")
+	return im.ManifestDigest, nil
+}
 
+// pull does the work of PullImage once the arguments are checked.
+func (p *Puller) pull(ctx context.Context, key, ref string, named reference.Named, bundlePath string) (*registry.Image, error) {
+	if err := p.checkFree(ctx, key, bundlePath); err != nil {
+		return nil, err
+	}
 	im, err := p.resolve(ctx, named)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	if im.Config.OS != "linux" {
-		return "", fmt.Errorf("image %s@%s: unsupported OS image %q: %w", ref, im.ManifestDigest, im.Config.OS, errdefs.ErrNotImplemented)
+		return nil, fmt.Errorf("image %s@%s: unsupported OS image %q: %w", ref, im.ManifestDigest, im.Config.OS, errdefs.ErrNotImplemented)
 	}
 	chain := identity.ChainIDs(append([]digest.Digest(nil), im.Config.RootFS.DiffIDs...))
 	if err := p.unpack(ctx, ref, im, chain); err != nil {
-		return "", err
+		return nil, err
 	}
 	if a, ok := p.sn.(admitter); ok {
 		if err := a.Admit(ctx, ref, im.ManifestDigest); err != nil {
-			return "", fmt.Errorf("admit image %s@%s: %w", ref, im.ManifestDigest, err)
+			return nil, fmt.Errorf("admit image %s@%s: %w", ref, im.ManifestDigest, err)
 		}
 	}
 	top := ""
@@ -156,11 +168,34 @@ func (p *Puller) PullImage(ctx context.Context, imageURL, bundlePath string) (di
 		top = chain[len(chain)-1].String()
 	}
 	if err := p.create(ctx, key, ref, bundlePath, top, im); err != nil {
-		return "", err
+		return nil, err
 	}
-	log.G(ctx).WithFields(log.Fields{"manifest": im.ManifestDigest, "layers": len(chain), "duration": time.Since(start)}).Info("image pulled into bundle")
-	return im.ManifestDigest, nil
+	return im, nil
 }
+
+// PullError is a pull that failed after its arguments were accepted. Its
+// message has image-rs's shape, which CDH puts after "Image Pull error: ":
+// "Failed to pull image <image_url> from all mirror/mapping locations or
+// original location: image: <reference>, error: <cause>", the cause being
+// upstream's own message for a policy refusal ("Image policy rejected:
+// Denied by policy: ..."). It unwraps to the full error (errdefs classes
+// included: a refusal is ErrPermissionDenied).
+type PullError struct {
+	Image string // image_url as the caller gave it
+	Ref   string // the normalised reference
+	Err   error
+}
+
+func (e *PullError) Error() string {
+	cause := e.Err.Error()
+	var rej *signature.RejectedError
+	if errors.As(e.Err, &rej) {
+		cause = rej.Error()
+	}
+	return fmt.Sprintf("Failed to pull image %s from all mirror/mapping locations or original location: image: %s, error: %s", e.Image, e.Ref, cause)
+}
+
+func (e *PullError) Unwrap() error { return e.Err }
 
 // cleanBundlePath returns the cleaned absolute bundle path.
 func cleanBundlePath(p string) (string, error) {

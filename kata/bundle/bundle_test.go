@@ -38,6 +38,7 @@ import (
 	"github.com/cocoon-cc/cocoon/image/encrypt"
 	"github.com/cocoon-cc/cocoon/image/pull"
 	"github.com/cocoon-cc/cocoon/image/registry"
+	"github.com/cocoon-cc/cocoon/image/signature"
 	"github.com/cocoon-cc/cocoon/internal/regtest"
 	"github.com/cocoon-cc/cocoon/kata/bundle"
 	"github.com/cocoon-cc/cocoon/snapshotter"
@@ -63,7 +64,7 @@ func (p *policy) Check(_ context.Context, ref string, _ digest.Digest) error {
 		repo = repo[:i]
 	}
 	if p.refused[repo] {
-		return fmt.Errorf("Image policy rejected: Denied by policy: test rejects %s: %w", repo, errdefs.ErrPermissionDenied)
+		return &signature.RejectedError{Rule: "reject", Image: ref, Reason: "test"}
 	}
 	return nil
 }
@@ -460,8 +461,12 @@ func TestPolicyRefusalLeavesNothing(t *testing.T) {
 				}
 			}
 			_, err := f.bp.PullImage(ctx, badRef, dir)
-			if !errdefs.IsPermissionDenied(err) || !strings.Contains(err.Error(), "Denied by policy") {
-				t.Fatalf("error = %v, want the policy's refusal", err)
+			// image-rs's message, which CDH answers after "Image Pull error: ".
+			want := fmt.Sprintf("Failed to pull image %s from all mirror/mapping locations or original location: "+
+				"image: %s, error: Image policy rejected: Denied by policy: Policy `reject` rejects image %s", badRef, badRef, badRef)
+			var pe *bundle.PullError
+			if !errdefs.IsPermissionDenied(err) || !errors.As(err, &pe) || err.Error() != want {
+				t.Fatalf("error = %v\nwant %s (PermissionDenied)", err, want)
 			}
 			f.assertNothingLeft(t, dir, existed)
 		})
