@@ -29,24 +29,9 @@ func (c *Client) ResolveTag(ctx context.Context, repos []name.Repository, tag st
 	if len(repos) == 0 {
 		return "", fmt.Errorf("tag %s: no repository to resolve it in: %w", tag, errdefs.ErrInvalidArgument)
 	}
-	var errs []string
-	var last error
-	for _, r := range repos {
-		d, err := c.resolveTag(ctx, r, tag)
-		if err == nil {
-			return d, nil
-		}
-		if ctx.Err() != nil {
-			return "", err
-		}
-		last = err
-		errs = append(errs, fmt.Sprintf("image: %s:%s, error: %v", r, tag, err))
-	}
-	if len(repos) == 1 {
-		return "", last
-	}
-	return "", fmt.Errorf("failed to resolve tag %s from all mirror/mapping locations or original location:\n%s: %w",
-		tag, strings.Join(errs, "\n"), last)
+	return firstFrom(ctx, repos, "resolve tag "+tag, ":"+tag, func(r name.Repository) (digest.Digest, error) {
+		return c.resolveTag(ctx, r, tag)
+	})
 }
 
 func (c *Client) resolveTag(ctx context.Context, repo name.Repository, tag string) (digest.Digest, error) {

@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -27,7 +26,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/moby/sys/mountinfo"
 	"github.com/opencontainers/go-digest"
@@ -188,19 +186,7 @@ func (f *fixture) layerFetches(layers []v1.Hash) int {
 // and pushes it as host/repo:v1.
 func (f *fixture) push(t *testing.T, repo string, cfg v1.Config, layers ...[]byte) (string, v1.Image) {
 	t.Helper()
-	img := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
-	img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
-	for _, l := range layers {
-		l := l
-		layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(l)), nil },
-			tarball.WithCompression(compression.GZip), tarball.WithMediaType(types.OCILayer))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if img, err = mutate.AppendLayers(img, layer); err != nil {
-			t.Fatal(err)
-		}
-	}
+	img := regtest.Image(t, compression.GZip, true, layers...)
 	cf, err := img.ConfigFile()
 	if err != nil {
 		t.Fatal(err)
@@ -210,20 +196,7 @@ func (f *fixture) push(t *testing.T, repo string, cfg v1.Config, layers ...[]byt
 	if img, err = mutate.ConfigFile(img, cf); err != nil {
 		t.Fatal(err)
 	}
-	return f.write(t, repo, img), img
-}
-
-func (f *fixture) write(t *testing.T, repo string, img v1.Image) string {
-	t.Helper()
-	ref := fmt.Sprintf("%s/%s:v1", f.reg.Host, repo)
-	tag, err := name.NewTag(ref, name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Write(tag, img); err != nil {
-		t.Fatal(err)
-	}
-	return ref
+	return f.reg.Write(t, repo, img), img
 }
 
 // pushEncrypted encrypts img for the fixture's KEK and pushes it.
@@ -238,7 +211,7 @@ func (f *fixture) pushEncrypted(t *testing.T, repo string, img v1.Image) (string
 	if err != nil {
 		t.Fatal(err)
 	}
-	return f.write(t, repo, encImg), encImg
+	return f.reg.Write(t, repo, encImg), encImg
 }
 
 // bundleSnapshots lists the active snapshots of bundles.
@@ -555,7 +528,7 @@ func TestEncryptedImage(t *testing.T) {
 
 	// The plaintext image has the same chain IDs, but may not run on layers
 	// decrypted from blobs it does not name.
-	plainRef := f.write(t, "plain-copy", plain)
+	plainRef := f.reg.Write(t, "plain-copy", plain)
 	plainDir := filepath.Join(f.dir, "plain")
 	if _, err := f.bp.PullImage(ctx, plainRef, plainDir); !errdefs.IsPermissionDenied(err) {
 		t.Fatalf("plain image on decrypted layers: error = %v, want PermissionDenied", err)
@@ -648,7 +621,7 @@ func TestLazyEStargzImage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ref := f.write(t, "estargz", img)
+	ref := f.reg.Write(t, "estargz", img)
 	dir := filepath.Join(f.dir, "lazy-bundle")
 	if _, err := f.bp.PullImage(ctx, ref, dir); err != nil {
 		t.Fatal(err)
