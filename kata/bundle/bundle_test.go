@@ -764,3 +764,23 @@ func TestRemoveRefusesABusyRootfs(t *testing.T) {
 	}
 	f.assertNothingLeft(t, dir, true)
 }
+
+// An image naming one blob at two positions (image-rs's tests pull such an
+// image) pulls like any other.
+func TestDuplicateLayers(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	l := appLayers(t)
+	blank := regtest.Tar(t, regtest.Entry{Name: "srv/", Type: tar.TypeDir})
+	ref, _ := f.push(t, "dup", appConfig, l[0], blank, l[1], blank)
+	dir := filepath.Join(f.dir, "dup")
+	if _, err := f.bp.PullImage(ctx, ref, dir); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "rootfs/srv/hello")); err != nil || string(b) != "hello from layer 2\n" {
+		t.Errorf("srv/hello = %q, %v", b, err)
+	}
+	if err := f.bp.Remove(ctx, dir); err != nil {
+		t.Fatal(err)
+	}
+}
