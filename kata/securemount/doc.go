@@ -73,6 +73,12 @@
 //     already held by this Mounter is refused too.
 //   - A failure after formatting wipes the header it wrote, so nothing
 //     half-made can be opened later.
+//   - Teardown. Upstream never unmounts: the kata-agent unmounts the file
+//     system and closes the /dev/mapper mapping it finds with cryptsetup.
+//     Mounter.Unmount tears a volume down; Mounter.Reap (run before each
+//     SecureMount) releases a fileSystem volume once no mount of it is
+//     left, so the userspace engine's loop device, FUSE mount and claim
+//     do not outlive the agent's unmount.
 //
 // # Errors
 //

@@ -146,3 +146,56 @@ func TestBusy(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestReap: the kata-agent unmounts what SecureMount mounted itself. A
+// volume whose file system is still mounted elsewhere (a bind mount into
+// a container) is kept; once no mount is left it is released, and the
+// next SecureMount of the device succeeds.
+func TestReap(t *testing.T) {
+	requireRoot(t)
+	ctx := testCtx(t)
+	dev, _ := newLoop(t, diskSize)
+	m, rt := newMounter(t, Options{})
+	dir := t.TempDir()
+	point, bind := filepath.Join(dir, "mnt"), filepath.Join(dir, "bind")
+	opts := map[string]string{"devicePath": dev, "sourceType": "empty", "encryptionType": "luks2", "targetType": "fileSystem"}
+	if _, err := m.SecureMount(ctx, "block-device", opts, nil, point); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Reap(ctx); err != nil || !isMounted(t, point) {
+		t.Fatalf("reaped a mounted volume (%v)", err)
+	}
+	if err := os.Mkdir(bind, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount(point, bind, "", unix.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if isMounted(t, bind) {
+			if err := unix.Unmount(bind, unix.MNT_DETACH); err != nil {
+				t.Errorf("unmounting the bind mount: %v", err)
+			}
+		}
+	})
+	if err := unix.Unmount(point, 0); err != nil { // as the agent does
+		t.Fatal(err)
+	}
+	if err := m.Reap(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(bind, "f"), []byte("still served"), 0o600); err != nil {
+		t.Fatalf("the volume under a bind mount was released: %v", err)
+	}
+	if err := unix.Unmount(bind, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.SecureMount(ctx, "block-device", opts, nil, point); err != nil {
+		t.Fatalf("the device was not released for a new secure mount: %v", err)
+	}
+	if err := m.Unmount(ctx, point); err != nil {
+		t.Fatal(err)
+	}
+	assertNothingAt(t, point)
+	assertNoEngine(t, rt)
+}

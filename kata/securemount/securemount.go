@@ -89,6 +89,9 @@ func New(o Options) *Mounter {
 func (m *Mounter) SecureMount(ctx context.Context, volumeType string, options map[string]string, flags []string, mountPoint string) (string, error) {
 	switch volumeType {
 	case VolumeBlockDevice:
+		if err := m.Reap(ctx); err != nil {
+			log.G(ctx).WithError(err).Warn("securemount: releasing volumes unmounted by others")
+		}
 		if err := m.blockDevice(ctx, options, mountPoint); err != nil {
 			return "", fail(classOf(err), msgBlockDevice, err)
 		}
@@ -313,7 +316,8 @@ func (m *Mounter) unpresent(mt *mount) error {
 		}
 		return os.Remove(mt.point)
 	}
-	if err := unix.Unmount(mt.point, 0); err != nil && !errors.Is(err, unix.EINVAL) {
+	// EINVAL: not a mount point (any more); ENOENT: the directory is gone.
+	if err := unix.Unmount(mt.point, 0); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
 		class := ErrLUKS2
 		if errors.Is(err, unix.EBUSY) {
 			class = ErrBusy
@@ -379,6 +383,41 @@ func (m *Mounter) Unmount(ctx context.Context, mountPoint string) error {
 	delete(m.names, mt.name)
 	log.G(ctx).WithFields(log.Fields{"mount_point": point, "ephemeral": mt.ephemeral}).Info("securemount: volume unmounted")
 	return nil
+}
+
+// Reap releases the volumes whose file system is no longer mounted
+// anywhere: the kata-agent unmounts what CDH mounted itself (and closes
+// the dm-crypt mapping it finds with cryptsetup), which under the
+// userspace engine would leave the engine's loop device, FUSE mount and
+// claim behind. A file system is gone when its decrypted block device
+// opens exclusively: a mounted ext4, lazily detached or bind-mounted
+// elsewhere included, holds it. Device targets are never reaped (a
+// container may hold the device open without a claim). SecureMount calls
+// Reap first; the daemon may also call it periodically.
+func (m *Mounter) Reap(ctx context.Context) error {
+	m.mu.Lock()
+	var candidates []*mount
+	for _, mt := range m.byPoint {
+		if mt != nil && !mt.closing && mt.target == TargetFS {
+			candidates = append(candidates, mt)
+		}
+	}
+	m.mu.Unlock()
+	var errs []error
+	for _, mt := range candidates {
+		f, err := os.OpenFile(mt.vol.BlockDevice(), os.O_RDONLY|unix.O_EXCL|unix.O_CLOEXEC, 0)
+		if err != nil {
+			continue // still mounted somewhere (EBUSY), or being torn down
+		}
+		f.Close()
+		switch err := m.Unmount(ctx, mt.point); {
+		case err == nil:
+			log.G(ctx).WithField("mount_point", mt.point).Info("securemount: released a volume unmounted by someone else")
+		case !errors.Is(err, ErrNotMounted) && !errors.Is(err, ErrBusy): // else: another caller got there first
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Close unmounts every secure mount; the first failures are returned and
