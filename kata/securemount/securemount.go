@@ -102,8 +102,8 @@ func (m *Mounter) SecureMount(ctx context.Context, volumeType string, options ma
 	return "", fail(ErrUnknownVolumeType, msgStorageTypeNotRecognized, nil)
 }
 
-// classOf returns the class of the innermost-first cdhError in err's
-// chain, so a wrapper carries its cause's class.
+// classOf returns the class of the outermost cdhError in err's chain, so
+// a wrapper carries its cause's class (ErrLUKS2 when there is none).
 func classOf(err error) error {
 	var e *cdhError
 	if errors.As(err, &e) {
