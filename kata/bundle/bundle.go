@@ -106,15 +106,16 @@ func New(opts Options) (*Puller, error) {
 // PullImage pulls imageURL (by tag or digest; docker.io names normalised as
 // containerd and image-rs do) into the bundle at bundlePath, which must be
 // an absolute path; it and its rootfs directory are created if missing.
-// It returns the digest of the platform manifest. A failure after the
-// arguments are checked is a *PullError. On any failure,
+// It returns the digest of the platform manifest (the reply's
+// manifest_digest; the signature is kata/cdh's ImagePuller). A failure
+// after the arguments are checked is a *PullError. On any failure,
 // including a refusal by the image security policy, nothing it created is
 // left: no mount, no active snapshot, no config.json, no directory.
 // Layers committed before the failure stay in the layer store, verified,
 // as they do after a failed containerd pull.
-func (p *Puller) PullImage(ctx context.Context, imageURL, bundlePath string) (digest.Digest, error) {
+func (p *Puller) PullImage(ctx context.Context, imageURL, bundlePath string) (manifestDigest string, err error) {
 	start := time.Now()
-	bundlePath, err := cleanBundlePath(bundlePath)
+	bundlePath, err = cleanBundlePath(bundlePath)
 	if err != nil {
 		return "", err
 	}
@@ -139,7 +140,7 @@ func (p *Puller) PullImage(ctx context.Context, imageURL, bundlePath string) (di
 		return "", &PullError{Image: imageURL, Ref: ref, Err: err}
 	}
 	log.G(ctx).WithFields(log.Fields{"manifest": im.ManifestDigest, "layers": len(im.Manifest.Layers), "duration": time.Since(start)}).Info("image pulled into bundle")
-	return im.ManifestDigest, nil
+	return im.ManifestDigest.String(), nil
 }
 
 // pull does the work of PullImage once the arguments are checked.

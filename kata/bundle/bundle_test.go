@@ -45,6 +45,12 @@ import (
 	"github.com/cocoon-cc/cocoon/snapshotter/pullsource"
 )
 
+// The Puller plugs into kata/cdh as its ImagePuller (that interface's
+// method, restated here).
+var _ interface {
+	PullImage(ctx context.Context, imageURL, bundlePath string) (manifestDigest string, err error)
+} = (*bundle.Puller)(nil)
+
 // policy is a test double of the image security policy: it refuses the
 // repositories listed and records every reference it was asked about.
 type policy struct {
@@ -327,7 +333,7 @@ func TestPullImageIntoBundle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.String() != want.String() {
+	if got != want.String() {
 		t.Errorf("manifest digest = %s, want %s", got, want)
 	}
 	rootfs := filepath.Join(dir, "rootfs")
@@ -370,7 +376,7 @@ func TestPullImageIntoBundle(t *testing.T) {
 	if err := os.MkdirAll(dir2, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if got, err := f.bp.PullImage(ctx, byDigest, dir2); err != nil || got.String() != want.String() {
+	if got, err := f.bp.PullImage(ctx, byDigest, dir2); err != nil || got != want.String() {
 		t.Fatalf("second pull = %s, %v", got, err)
 	}
 	if n := f.layerFetches(layerDigests); n != 2 {
@@ -516,7 +522,7 @@ func TestEncryptedImage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.String() != want.String() {
+	if got != want.String() {
 		t.Errorf("manifest digest = %s, want the encrypted image's %s", got, want)
 	}
 	if b, err := os.ReadFile(filepath.Join(dir, "rootfs/srv/hello")); err != nil || string(b) != "hello from layer 2\n" {
@@ -684,7 +690,7 @@ func TestIndexAnswersThePlatformManifest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.String() != want.String() {
+	if got != want.String() {
 		t.Errorf("manifest digest = %s, want this platform's manifest %s", got, want)
 	}
 	if args := readSpec(t, dir).Process.Args; !reflect.DeepEqual(args, []string{"/bin/app", "--serve", "x"}) {
