@@ -232,27 +232,37 @@ func (c *Client) Repositories(ref string) ([]name.Repository, error) {
 // ImageFrom fetches the image from the first of repos that serves it, as
 // image-rs does with mirrors; the error lists every location's failure.
 func (c *Client) ImageFrom(ctx context.Context, repos []name.Repository, dgst digest.Digest) (*Image, error) {
+	return firstFrom(ctx, repos, "pull image "+dgst.String(), "", func(r name.Repository) (*Image, error) {
+		return c.Image(ctx, r, dgst)
+	})
+}
+
+// firstFrom returns the answer of the first of repos for which fetch
+// succeeds, as image-rs tries mirrors; the error names every location's
+// failure (location shown as the repository followed by suffix). Any
+// failure, a digest mismatch included, moves on to the next location:
+// everything fetched is verified, so availability may come from any of
+// them. A cancelled ctx stops at once.
+func firstFrom[T any](ctx context.Context, repos []name.Repository, what, suffix string, fetch func(name.Repository) (T, error)) (T, error) {
+	var zero T
 	var errs []string
 	var last error
 	for _, r := range repos {
-		im, err := c.Image(ctx, r, dgst)
+		v, err := fetch(r)
 		if err == nil {
-			return im, nil
+			return v, nil
 		}
 		if ctx.Err() != nil {
-			return nil, err
+			return zero, err
 		}
-		// Any other failure, a digest mismatch included, moves on to the next
-		// location: everything fetched is verified, so availability may come
-		// from any of them.
 		last = err
-		errs = append(errs, fmt.Sprintf("image: %s, error: %v", r, err))
+		errs = append(errs, fmt.Sprintf("image: %s%s, error: %v", r, suffix, err))
 	}
 	if len(repos) == 1 {
-		return nil, last
+		return zero, last
 	}
-	return nil, fmt.Errorf("failed to pull image %s from all mirror/mapping locations or original location:\n%s: %w",
-		dgst, strings.Join(errs, "\n"), last)
+	return zero, fmt.Errorf("failed to %s from all mirror/mapping locations or original location:\n%s: %w",
+		what, strings.Join(errs, "\n"), last)
 }
 
 func (c *Client) scheme(repo name.Repository) string {

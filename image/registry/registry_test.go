@@ -20,8 +20,12 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/platforms"
+	"github.com/google/go-containerregistry/pkg/compression"
+	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/cocoon-cc/cocoon/internal/regtest"
 )
 
 // fakeRegistry serves a fixed set of manifests and blobs over plain HTTP on
@@ -358,5 +362,41 @@ func TestBlobCutAtDescriptorSize(t *testing.T) {
 				t.Fatalf("read %d bytes from the registry for a %d-byte blob", n, size)
 			}
 		})
+	}
+}
+
+func TestResolveTag(t *testing.T) {
+	reg := regtest.Start(t)
+	ref, img := reg.Push(t, "a/b", compression.GZip, true, regtest.Tar(t, regtest.Entry{Name: "f", Body: "x"}))
+	want, err := img.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := New(Options{Insecure: []string{reg.Host}, Retries: 1, RetryBackoff: time.Millisecond})
+	orig, err := c.ParseRepository(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	empty, err := c.ParseRepository(reg.Host + "/mirror/b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	// A location without the tag is passed over, as ImageFrom does.
+	got, err := c.ResolveTag(ctx, []name.Repository{empty, orig}, "v1")
+	if err != nil || got.String() != want.String() {
+		t.Fatalf("ResolveTag = %s, %v; want %s", got, err, want)
+	}
+	if _, err := c.ResolveTag(ctx, []name.Repository{orig}, "missing"); !errdefs.IsNotFound(err) {
+		t.Errorf("unknown tag: error = %v, want NotFound", err)
+	}
+	if _, err := c.ResolveTag(ctx, []name.Repository{empty, orig}, "missing"); !errdefs.IsNotFound(err) ||
+		!strings.Contains(err.Error(), "all mirror/mapping locations") {
+		t.Errorf("unknown tag everywhere: error = %v", err)
+	}
+	for _, bad := range []string{"", "../blobs/x", "a/b", strings.Repeat("a", 129), "-x"} {
+		if _, err := c.ResolveTag(ctx, []name.Repository{orig}, bad); !errdefs.IsInvalidArgument(err) {
+			t.Errorf("tag %q: error = %v, want InvalidArgument", bad, err)
+		}
 	}
 }

@@ -156,9 +156,17 @@ func (r *Registry) serveEndless(w http.ResponseWriter, req *http.Request) {
 	}
 }
 
-// Push builds an image from layer tars and pushes it; it returns the
-// reference, manifest digest, the image's layers and diff IDs.
+// Push builds an image from layer tars (Image) and pushes it as
+// host/repo:v1; it returns the reference and the image.
 func (r *Registry) Push(t testing.TB, repo string, comp compression.Compression, oci bool, layers ...[]byte) (string, v1.Image) {
+	t.Helper()
+	img := Image(t, comp, oci, layers...)
+	return r.Write(t, repo, img), img
+}
+
+// Image builds an image from layer tars, compressed with comp, with OCI
+// media types when oci is set (else Docker's). Its config names no OS.
+func Image(t testing.TB, comp compression.Compression, oci bool, layers ...[]byte) v1.Image {
 	t.Helper()
 	img := empty.Image
 	if oci {
@@ -183,6 +191,12 @@ func (r *Registry) Push(t testing.TB, repo string, comp compression.Compression,
 			t.Fatal(err)
 		}
 	}
+	return img
+}
+
+// Write pushes img as host/repo:v1 and returns that reference.
+func (r *Registry) Write(t testing.TB, repo string, img v1.Image) string {
+	t.Helper()
 	ref := fmt.Sprintf("%s/%s:v1", r.Host, repo)
 	tag, err := name.NewTag(ref, name.Insecure)
 	if err != nil {
@@ -191,7 +205,7 @@ func (r *Registry) Push(t testing.TB, repo string, comp compression.Compression,
 	if err := remote.Write(tag, img); err != nil {
 		t.Fatal(err)
 	}
-	return ref, img
+	return ref
 }
 
 func discardLogger() *log.Logger { return log.New(io.Discard, "", 0) }

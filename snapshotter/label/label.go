@@ -46,4 +46,7 @@ const (
 	// GuestPulled marks committed snapshots whose content cocoon fetched and
 	// verified itself (value: the layer digest).
 	GuestPulled = "cocoon.io/guest-pulled"
+	// Bundle marks the active snapshot of an OCI bundle's rootfs that
+	// kata/bundle pulled for the Kata agent (value: the bundle path).
+	Bundle = "cocoon.io/bundle"
 )
