@@ -32,7 +32,9 @@ func TestSocketPath(t *testing.T) {
 	}
 }
 
-type tees struct{ aapb.AttestationAgentServiceService }
+type tees struct {
+	aapb.AttestationAgentServiceService
+}
 
 func (tees) GetTeeType(context.Context, *aapb.GetTeeTypeRequest) (*aapb.GetTeeTypeResponse, error) {
 	return &aapb.GetTeeTypeResponse{Tee: "sample"}, nil
