@@ -4,14 +4,12 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
-	"net"
 	"net/http/httptest"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 
-	"github.com/containerd/ttrpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -39,11 +37,10 @@ func client(t *testing.T, a *agent.Agent) aapb.AttestationAgentServiceService {
 			t.Error(err)
 		}
 	})
-	conn, err := net.Dial("unix", sock)
+	c, err := ttrpcsock.Dial(context.Background(), "unix://"+sock)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := ttrpc.NewClient(conn)
 	t.Cleanup(func() { _ = c.Close() })
 	return aapb.NewAttestationAgentServiceClient(c)
 }

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"net"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -87,11 +86,10 @@ func serve(t *testing.T, o cdh.Options) *ttrpc.Client {
 			t.Error(err)
 		}
 	})
-	conn, err := net.Dial("unix", sock)
+	c, err := ttrpcsock.Dial(context.Background(), "unix://"+sock)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := ttrpc.NewClient(conn)
 	t.Cleanup(func() { _ = c.Close() })
 	return c
 }

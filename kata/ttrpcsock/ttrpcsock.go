@@ -124,3 +124,18 @@ func (s *Server) Close() error {
 	})
 	return s.err
 }
+
+// Dial connects a ttRPC client to the socket named by uri, as the
+// kata-agent and api-server-rest do; the caller closes the client.
+func Dial(ctx context.Context, uri string) (*ttrpc.Client, error) {
+	path, err := SocketPath(uri)
+	if err != nil {
+		return nil, err
+	}
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", uri, err)
+	}
+	return ttrpc.NewClient(conn), nil
+}

@@ -66,11 +66,10 @@ func TestListenServesAndCleansUp(t *testing.T) {
 	if fi.Mode().Type() != os.ModeSocket || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("socket mode %v, want a 0600 socket", fi.Mode())
 	}
-	conn, err := net.Dial("unix", srv.Path())
+	c, err := ttrpcsock.Dial(context.Background(), "unix://"+srv.Path())
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := ttrpc.NewClient(conn)
 	defer c.Close()
 	got, err := aapb.NewAttestationAgentServiceClient(c).GetTeeType(context.Background(), &aapb.GetTeeTypeRequest{})
 	if err != nil || got.GetTee() != "sample" {
