@@ -10,7 +10,7 @@ export COCOON_E2E_BIN := $(E2EBIN)
 
 BINARIES := cocoond cocoonctl cocoon-kbs
 
-.PHONY: all build test unit vet lint protos test-deps e2e-tools e2e demo bench fuzz clean
+.PHONY: all build test unit vet lint protos protos-check test-deps e2e-tools e2e demo bench fuzz clean
 
 all: build
 
@@ -33,6 +33,11 @@ lint:
 # buf and the protoc plugins are pinned in the script, built into bin/tools/.
 protos:
 	./scripts/protos.sh
+
+# Fails when the committed kata/api differs from what protos/ generates.
+protos-check: protos
+	@stale=$$(git status --porcelain -- kata/api); \
+	  if [ -n "$$stale" ]; then echo "kata/api is stale (run make protos and commit):"; echo "$$stale"; exit 1; fi
 
 test-deps:
 	./scripts/test-deps.sh
