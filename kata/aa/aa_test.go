@@ -12,6 +12,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/cocoon-cc/cocoon/attest"
 	"github.com/cocoon-cc/cocoon/attest/agent"
@@ -210,4 +211,44 @@ func TestBindInitData(t *testing.T) {
 	}
 	_, err := c.BindInitData(ctx, &aapb.BindInitDataRequest{Digest: []byte{1, 2, 3}})
 	wantStatus(t, err, "[ERROR:attestation-agent] AA binding init data failed")
+}
+
+// TestUpstreamMethodPaths calls every method by the names upstream's
+// clients put on the wire.
+func TestUpstreamMethodPaths(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "aa.sock")
+	srv, err := ttrpcsock.Listen(context.Background(), "unix://"+sock, aa.New(newAgent(t, agent.Options{})).Register)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	c, err := ttrpcsock.Dial(context.Background(), "unix://"+sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+	const svc = "attestation_agent.AttestationAgentService"
+	for _, m := range []struct {
+		method    string
+		req, resp proto.Message
+	}{
+		{"GetEvidence", &aapb.GetEvidenceRequest{}, &aapb.GetEvidenceResponse{}},
+		{"GetAdditionalEvidence", &aapb.GetAdditionalEvidenceRequest{}, &aapb.GetEvidenceResponse{}},
+		{"ExtendRuntimeMeasurement", &aapb.ExtendRuntimeMeasurementRequest{}, &aapb.ExtendRuntimeMeasurementResponse{}},
+		{"BindInitData", &aapb.BindInitDataRequest{}, &aapb.BindInitDataResponse{}},
+		{"GetTeeType", &aapb.GetTeeTypeRequest{}, &aapb.GetTeeTypeResponse{}},
+		{"GetAdditionalTees", &aapb.GetAdditionalTeesRequest{}, &aapb.GetAdditionalTeesResponse{}},
+	} {
+		if err := c.Call(ctx, svc, m.method, m.req, m.resp); err != nil {
+			t.Errorf("/%s/%s: %v", svc, m.method, err)
+		}
+	}
+	// GetToken without a token config fails in the service, not the router.
+	err = c.Call(ctx, svc, "GetToken", &aapb.GetTokenRequest{TokenType: "kbs"}, &aapb.GetTokenResponse{})
+	wantStatus(t, err, "[ERROR:attestation-agent] AA-KBC get token failed")
+	err = c.Call(ctx, "attestation_agent.AttestationAgent", "GetTeeType", &aapb.GetTeeTypeRequest{}, &aapb.GetTeeTypeResponse{})
+	if status.Code(err) != codes.Unimplemented {
+		t.Fatalf("unknown service answered %v", err)
+	}
 }

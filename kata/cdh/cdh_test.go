@@ -18,6 +18,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/cocoon-cc/cocoon/attest"
 	"github.com/cocoon-cc/cocoon/attest/kbs"
@@ -383,4 +384,32 @@ func TestNotConfigured(t *testing.T) {
 	wantStatus(t, err, codes.Internal, "[CDH] [ERROR]: Image Pull error: ")
 	_, err = cdhpb.NewSecureMountServiceClient(conn).SecureMount(ctx, &cdhpb.SecureMountRequest{VolumeType: "block-device"})
 	wantStatus(t, err, codes.Internal, "[CDH] [ERROR]: Secure Mount failed: ")
+}
+
+// TestUpstreamMethodPaths calls every method by the names upstream's
+// clients put on the wire ("/<package>.<Service>/<Method>").
+func TestUpstreamMethodPaths(t *testing.T) {
+	c := serve(t, cdh.Options{})
+	ctx := context.Background()
+	for _, m := range []struct {
+		service, method string
+		req, resp       proto.Message
+	}{
+		{"api.SealedSecretService", "UnsealSecret", &cdhpb.UnsealSecretInput{}, &cdhpb.UnsealSecretOutput{}},
+		{"api.GetResourceService", "GetResource", &cdhpb.GetResourceRequest{}, &cdhpb.GetResourceResponse{}},
+		{"api.SecureMountService", "SecureMount", &cdhpb.SecureMountRequest{}, &cdhpb.SecureMountResponse{}},
+		{"api.ImagePullService", "PullImage", &cdhpb.ImagePullRequest{}, &cdhpb.ImagePullResponse{}},
+		{"keyprovider.KeyProviderService", "UnWrapKey", &keyproviderpb.KeyProviderKeyWrapProtocolInput{}, &keyproviderpb.KeyProviderKeyWrapProtocolOutput{}},
+		{"keyprovider.KeyProviderService", "WrapKey", &keyproviderpb.KeyProviderKeyWrapProtocolInput{}, &keyproviderpb.KeyProviderKeyWrapProtocolOutput{}},
+	} {
+		err := c.Call(ctx, m.service, m.method, m.req, m.resp)
+		if code := status.Code(err); code == codes.Unimplemented || code == codes.OK {
+			t.Errorf("/%s/%s: %v (want the service's own answer, an error without its backend)", m.service, m.method, err)
+		}
+	}
+	// The check above can tell: a name upstream does not use is unknown.
+	err := c.Call(ctx, "cdh.SealedSecretService", "UnsealSecret", &cdhpb.UnsealSecretInput{}, &cdhpb.UnsealSecretOutput{})
+	if status.Code(err) != codes.Unimplemented {
+		t.Fatalf("unknown service answered %v", err)
+	}
 }
