@@ -294,6 +294,10 @@ func TestUnWrapKeyRoundTrip(t *testing.T) {
 			`{"op":"keyunwrap","keywrapparams":{},"keyunwrapparams":{}}`,
 			`{"op":"keyunwrap","keywrapparams":{},"keyunwrapparams":{"annotation":"not base64!"}}`,
 			`{"op":"keyunwrap","keywrapparams":{},"keyunwrapparams":{"annotation":7}}`,
+			`{"op":null,"keywrapparams":{},"keyunwrapparams":{"annotation":"e30="}}`,
+			`{"op":"keyunwrap","keywrapparams":{},"keyunwrapparams":null}`,
+			`{"op":"keyunwrap","keywrapparams":{},"keyunwrapparams":{"Annotation":"e30="}}`,
+			`{"op":"keyunwrap","keywrapparams":{},"keyunwrapparams":{"annotation":"e30"}}`,
 		} {
 			_, err := c.UnWrapKey(ctx, &keyproviderpb.KeyProviderKeyWrapProtocolInput{KeyProviderKeyWrapProtocolInput: []byte(in)})
 			if msg := wantStatus(t, err, codes.Internal, "[ERROR] UnwrapKey Parse request failed"); msg != "[ERROR] UnwrapKey Parse request failed" {

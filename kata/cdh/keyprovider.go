@@ -23,37 +23,43 @@ const msgKeyProviderParse = "[ERROR] UnwrapKey Parse request failed"
 // WrapKey, which CDH does not implement (code NOT_FOUND).
 const msgWrapKeyUnsupported = "/keyprovider.KeyProviderService/WrapKey is not supported"
 
-// keyProviderInput is the part of ocicrypt's keyprovider protocol input
-// (KeyProviderKeyWrapProtocolInput JSON) that CDH reads. Like upstream's
-// serde struct, "op", "keywrapparams" and "keyunwrapparams" must be
-// present (their values are not checked) and the annotation, when present,
-// must be a string.
-type keyProviderInput struct {
-	Op              *string          `json:"op"`
-	KeyWrapParams   *json.RawMessage `json:"keywrapparams"`
-	KeyUnwrapParams *struct {
-		Annotation *string `json:"annotation"`
-	} `json:"keyunwrapparams"`
-}
-
 // annotationPacket returns the decoded annotation packet of an ocicrypt
-// keyunwrap request.
+// keyunwrap request (KeyProviderKeyWrapProtocolInput JSON). As upstream's
+// serde struct has it, field names are case-sensitive, "op" must be a
+// string, "keywrapparams" must be present (its value is not read), and
+// keyunwrapparams.annotation must be a base64 (standard, padded) string.
 func annotationPacket(b []byte) ([]byte, error) {
-	var in keyProviderInput
-	if err := json.Unmarshal(b, &in); err != nil {
+	var top map[string]json.RawMessage
+	if err := json.Unmarshal(b, &top); err != nil {
 		return nil, err
 	}
-	switch {
-	case in.Op == nil:
-		return nil, errors.New("missing field op")
-	case in.KeyWrapParams == nil:
+	var op *string
+	if err := json.Unmarshal(orNull(top["op"]), &op); err != nil || op == nil {
+		return nil, errors.New("field op: missing or not a string")
+	}
+	if _, ok := top["keywrapparams"]; !ok {
 		return nil, errors.New("missing field keywrapparams")
-	case in.KeyUnwrapParams == nil:
-		return nil, errors.New("missing field keyunwrapparams")
-	case in.KeyUnwrapParams.Annotation == nil:
+	}
+	var unwrap map[string]json.RawMessage
+	if err := json.Unmarshal(orNull(top["keyunwrapparams"]), &unwrap); err != nil || unwrap == nil {
+		return nil, errors.New("field keyunwrapparams: missing or not an object")
+	}
+	var annotation *string
+	if err := json.Unmarshal(orNull(unwrap["annotation"]), &annotation); err != nil {
+		return nil, errors.New("field keyunwrapparams.annotation: not a string")
+	}
+	if annotation == nil {
 		return nil, errors.New("Illegal UnwrapKey request: no AnnotationPacket given.") //nolint:staticcheck // upstream's message
 	}
-	return base64.StdEncoding.DecodeString(*in.KeyUnwrapParams.Annotation)
+	return base64.StdEncoding.DecodeString(*annotation)
+}
+
+// orNull reads an absent field as JSON null.
+func orNull(v json.RawMessage) json.RawMessage {
+	if v == nil {
+		return json.RawMessage("null")
+	}
+	return v
 }
 
 type keyProvider struct{ *Service }
