@@ -45,8 +45,15 @@ install buf github.com/bufbuild/buf/cmd/buf "$BUF_VERSION"
 install protoc-gen-go google.golang.org/protobuf/cmd/protoc-gen-go "$PROTOC_GEN_GO_VERSION"
 install protoc-gen-go-ttrpc github.com/containerd/ttrpc/cmd/protoc-gen-go-ttrpc "$TTRPC_VERSION"
 
-# Generated files that no .proto produces any more must not linger.
+# Generate into a scratch directory first, so that a failure leaves
+# kata/api as it was; then replace the generated files (one that no .proto
+# produces any more goes away).
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+(cd protos && PATH=$bindir:$PATH "$bindir/buf" generate -o "$tmp")
 find kata/api -name '*.pb.go' -delete 2>/dev/null || true
-cd protos
-PATH=$bindir:$PATH "$bindir/buf" generate
-echo "protos: generated $(cd "$root" && find kata/api -name '*.pb.go' | wc -l) files under kata/api" >&2
+(cd "$tmp" && find kata/api -name '*.pb.go' -print0) | while IFS= read -r -d '' f; do
+	mkdir -p "$(dirname "$f")"
+	cp "$tmp/$f" "$f"
+done
+echo "protos: generated $(find kata/api -name '*.pb.go' | wc -l) files under kata/api" >&2
