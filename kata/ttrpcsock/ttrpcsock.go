@@ -54,8 +54,7 @@ type Server struct {
 }
 
 // Listen binds the socket named by uri (creating its parent directory 0755
-// and removing a stale socket file; any other kind of file there is an
-// error), calls each register function with the new ttrpc.Server, and
+// and replacing a stale socket; any other kind of file there is an error), calls each register function with the new ttrpc.Server, and
 // serves until Close.
 func Listen(ctx context.Context, uri string, register ...func(*ttrpc.Server)) (*Server, error) {
 	path, err := SocketPath(uri)
@@ -69,9 +68,7 @@ func Listen(ctx context.Context, uri string, register ...func(*ttrpc.Server)) (*
 		if fi.Mode().Type() != os.ModeSocket {
 			return nil, fmt.Errorf("socket %s: a file that is not a socket is in the way (mode %v)", path, fi.Mode())
 		}
-		if err := os.Remove(path); err != nil {
-			return nil, fmt.Errorf("remove stale socket: %w", err)
-		}
+		// A stale socket from an earlier run; listen replaces it.
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("socket %s: %w", path, err)
 	}
@@ -82,15 +79,10 @@ func Listen(ctx context.Context, uri string, register ...func(*ttrpc.Server)) (*
 	for _, r := range register {
 		r(srv)
 	}
-	l, err := net.Listen("unix", path)
+	l, err := listen(path)
 	if err != nil {
 		_ = srv.Close()
 		return nil, fmt.Errorf("listen on %s: %w", path, err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		_ = l.Close()
-		_ = srv.Close()
-		return nil, fmt.Errorf("socket %s: %w", path, err)
 	}
 	s := &Server{Server: srv, path: path, l: l, done: make(chan struct{})}
 	go func() {
@@ -102,6 +94,33 @@ func Listen(ctx context.Context, uri string, register ...func(*ttrpc.Server)) (*
 		}
 	}()
 	return s, nil
+}
+
+// listen binds path leaving no moment at which another user could connect:
+// the socket is bound in a private (0700) directory beside path, made 0600,
+// then renamed into place (replacing a stale socket).
+func listen(path string) (net.Listener, error) {
+	dir, err := os.MkdirTemp(filepath.Dir(path), ".sock")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	tmp := filepath.Join(dir, "s")
+	l, err := net.Listen("unix", tmp)
+	if err != nil {
+		return nil, err
+	}
+	// The name changes below; Close removes the final one.
+	l.(*net.UnixListener).SetUnlinkOnClose(false)
+	if err := os.Chmod(tmp, 0o600); err != nil {
+		_ = l.Close()
+		return nil, err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		_ = l.Close()
+		return nil, err
+	}
+	return l, nil
 }
 
 // Path is the socket's file path.

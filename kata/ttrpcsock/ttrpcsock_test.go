@@ -66,6 +66,9 @@ func TestListenServesAndCleansUp(t *testing.T) {
 	if fi.Mode().Type() != os.ModeSocket || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("socket mode %v, want a 0600 socket", fi.Mode())
 	}
+	if ents, _ := os.ReadDir(filepath.Dir(sock)); len(ents) != 1 {
+		t.Fatalf("socket directory holds %v, want only the socket", ents)
+	}
 	c, err := ttrpcsock.Dial(context.Background(), "unix://"+srv.Path())
 	if err != nil {
 		t.Fatal(err)
