@@ -1,6 +1,7 @@
 package cryptvol
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -191,6 +192,15 @@ type OpenOptions struct {
 	Mkfs       bool
 	Engine     string // EngineAuto (default), EngineDMCrypt, EngineUserspace
 	RuntimeDir string // userspace engine's FUSE mounts; "" for the default
+	// Name names the mapping (the dm-crypt device /dev/mapper/Name, the
+	// userspace engine's FUSE source "cocoon-cryptvol:Name"); it must be
+	// unique on the host. "" derives one from MountDir (or Device).
+	Name string
+	// DeviceOnly maps the volume without creating or mounting a file
+	// system: MountDir and Mkfs must be unset, Volume.BlockDevice is the
+	// decrypted block device and Close does not unmount anything (the
+	// caller unmounts what it mounted on that device first).
+	DeviceOnly bool
 }
 
 // Open unlocks a LUKS2 volume, maps it with the chosen engine and mounts
@@ -198,8 +208,8 @@ type OpenOptions struct {
 // attached. Cancelling ctx stops a key derivation in progress (see
 // luks2.Image.UnlockContext); Open then returns ctx's error.
 func Open(ctx context.Context, o OpenOptions) (*Volume, error) {
-	if o.Device == "" || o.MountDir == "" {
-		return nil, errors.New("open needs a device and a mount directory")
+	if err := checkTarget(o.Device, o.MountDir, o.DeviceOnly, o.Mkfs); err != nil {
+		return nil, fmt.Errorf("open: %w", err)
 	}
 	hdrPath := o.Header
 	if hdrPath == "" {
@@ -218,15 +228,32 @@ func Open(ctx context.Context, o OpenOptions) (*Volume, error) {
 	log.G(ctx).WithFields(log.Fields{"header": hdrPath, "keyslot": slot}).Debug("cryptvol: keyslot opened")
 	v := &Volume{
 		mountDir: o.MountDir, device: o.Device, header: o.Header,
-		metaSize: int64(im.Header.MetadataSize()),
+		metaSize: int64(im.Header.MetadataSize()), name: o.Name, deviceOnly: o.DeviceOnly,
 	}
 	if err := v.attach(ctx, o.Engine, o.RuntimeDir, im.Header, key); err != nil {
 		return nil, err
+	}
+	if v.deviceOnly {
+		return v, nil
 	}
 	if err := v.mount(ctx, o.Mkfs, false); err != nil {
 		return nil, errors.Join(err, v.detach(ctx))
 	}
 	return v, nil
+}
+
+// checkTarget validates where a volume goes: a mount directory, or none
+// for a device-only volume.
+func checkTarget(device, mountDir string, deviceOnly, mkfs bool) error {
+	switch {
+	case device == "":
+		return errors.New("no device given")
+	case deviceOnly && (mountDir != "" || mkfs):
+		return errors.New("a device-only volume takes no mount directory and no mkfs")
+	case !deviceOnly && mountDir == "":
+		return errors.New("no mount directory given")
+	}
+	return nil
 }
 
 func readImage(path string) (*luks2.Image, error) {
@@ -254,14 +281,19 @@ type EphemeralOptions struct {
 	MountDir   string
 	Engine     string
 	RuntimeDir string
+	// Name and DeviceOnly as in OpenOptions: with DeviceOnly the volume
+	// is mapped but no file system is created or mounted.
+	Name       string
+	DeviceOnly bool
 }
 
 // CreateEphemeral creates a volume with a random key and an in-memory LUKS2
 // header (no keyslot: nothing can ever reopen it), formats it ext4 and
-// mounts it. Close or Destroy makes the data unrecoverable.
+// mounts it (unless DeviceOnly). Close or Destroy makes the data
+// unrecoverable.
 func CreateEphemeral(ctx context.Context, o EphemeralOptions) (*Volume, error) {
-	if o.Backing == "" || o.MountDir == "" {
-		return nil, errors.New("ephemeral volume needs a backing path and a mount directory")
+	if err := checkTarget(o.Backing, o.MountDir, o.DeviceOnly, false); err != nil {
+		return nil, fmt.Errorf("ephemeral volume: %w", err)
 	}
 	createdBacking := false
 	if o.Size > 0 {
@@ -285,7 +317,7 @@ func CreateEphemeral(ctx context.Context, o EphemeralOptions) (*Volume, error) {
 	if err != nil {
 		return nil, fmt.Errorf("building in-memory LUKS2 header: %w", err)
 	}
-	v := &Volume{mountDir: o.MountDir, device: o.Backing, ephemeral: true, image: im}
+	v := &Volume{mountDir: o.MountDir, device: o.Backing, ephemeral: true, image: im, name: o.Name, deviceOnly: o.DeviceOnly}
 	if createdBacking {
 		v.removeBacking = o.Backing
 	}
@@ -298,6 +330,9 @@ func CreateEphemeral(ctx context.Context, o EphemeralOptions) (*Volume, error) {
 	}
 	if err := v.attach(ctx, o.Engine, o.RuntimeDir, im.Header, key); err != nil {
 		return fail(err)
+	}
+	if v.deviceOnly {
+		return v, nil
 	}
 	if err := v.mount(ctx, true, true); err != nil {
 		return fail(errors.Join(err, v.detach(ctx)))
@@ -318,6 +353,8 @@ type Volume struct {
 	tmpfs         bool
 	engineName    string
 	dev           engine.Device
+	name          string // mapping name; "" derives one (targetName)
+	deviceOnly    bool   // mapped only: nothing of ours is mounted
 
 	mu     sync.Mutex
 	closed bool
@@ -351,8 +388,21 @@ func (v *Volume) Info() Info {
 	return i
 }
 
-// MountDir is where the file system is mounted.
+// MountDir is where the file system is mounted ("" for a device-only
+// volume).
 func (v *Volume) MountDir() string { return v.mountDir }
+
+// BlockDevice is the decrypted block device (/dev/mapper/NAME for
+// dm-crypt, /dev/loopN for the userspace engine); "" for tmpfs and once
+// closed.
+func (v *Volume) BlockDevice() string {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.dev == nil {
+		return ""
+	}
+	return v.dev.Path()
+}
 
 // Engine is the engine serving the volume ("" for tmpfs).
 func (v *Volume) Engine() string { return v.engineName }
@@ -388,8 +438,12 @@ func (v *Volume) attach(ctx context.Context, engineName, runtimeDir string, h *l
 	if err != nil {
 		return err
 	}
+	name := v.name
+	if name == "" {
+		name = targetName(cmp.Or(v.mountDir, v.device))
+	}
 	v.dev, err = eng.Attach(ctx, engine.Target{
-		Name: targetName(v.mountDir), Backing: v.device, Offset: int64(seg.Offset), Size: dataSize,
+		Name: name, Backing: v.device, Offset: int64(seg.Offset), Size: dataSize,
 		Cipher: seg.Encryption, Key: key, SectorSize: seg.SectorSize, IVTweak: uint64(seg.IVTweak),
 	})
 	if err != nil {
@@ -479,6 +533,23 @@ func unmount(ctx context.Context, dir string) error {
 	return fmt.Errorf("unmounting %s: %w", dir, err)
 }
 
+// syncDevice writes the block device's dirty page cache through the
+// mapping.
+func syncDevice(dev engine.Device) error {
+	if dev == nil {
+		return nil
+	}
+	f, err := os.OpenFile(dev.Path(), os.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("opening %s to flush it: %w", dev.Path(), err)
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("flushing %s: %w", dev.Path(), err)
+	}
+	return nil
+}
+
 // Close unmounts the file system, removes the mapping and zeroizes what
 // the process held. For an ephemeral volume this throws the key away: its
 // data can never be read again. Close is idempotent.
@@ -488,7 +559,14 @@ func (v *Volume) Close(ctx context.Context) error {
 	if v.closed {
 		return nil
 	}
-	if err := unmount(ctx, v.mountDir); err != nil {
+	if v.deviceOnly {
+		// Nothing of ours is mounted, but what the caller wrote through
+		// the block device may sit in its page cache, which removing the
+		// mapping would drop.
+		if err := syncDevice(v.dev); err != nil {
+			return err
+		}
+	} else if err := unmount(ctx, v.mountDir); err != nil {
 		return err // still mounted: keep the mapping so nothing is lost
 	}
 	if err := v.detach(ctx); err != nil {

@@ -40,10 +40,17 @@ type RegistryBlob struct {
 	flights map[[2]int64]*rangeFlight
 }
 
+// rangeFlight is one range fetch that other readers of the same range join.
+// The fetching caller reads into its own buffer and lends it to the joiners:
+// it returns only after every joiner copied from it (readers), so a fetch
+// allocates nothing and the background completion's 4 MiB segments leave no
+// garbage behind.
 type rangeFlight struct {
-	done chan struct{}
-	data []byte
-	err  error
+	done    chan struct{}
+	readers sync.WaitGroup // joiners still to copy data
+	joined  int            // joiners so far (under RegistryBlob.mu)
+	data    []byte
+	err     error
 }
 
 // NewRegistryBlob returns the blob desc as served by repos, tried in order
@@ -71,31 +78,42 @@ func (b *RegistryBlob) ReadAt(ctx context.Context, p []byte, off int64) (int, er
 	key := [2]int64{off, int64(len(p))}
 	b.mu.Lock()
 	if f, ok := b.flights[key]; ok {
+		f.readers.Add(1) // under b.mu: before the fetcher removes f and waits
+		f.joined++
 		b.mu.Unlock()
-		select {
-		case <-f.done:
-		case <-ctx.Done():
-			return 0, ctx.Err()
-		}
-		if f.err != nil && cancelled(f.err) && ctx.Err() == nil {
+		n, retry, err := f.join(ctx, p)
+		if retry {
 			return b.fetch(ctx, p, off) // the caller that fetched gave up, not this one
 		}
-		return copy(p, f.data), f.err
+		return n, err
 	}
 	f := &rangeFlight{done: make(chan struct{})}
 	b.flights[key] = f
 	b.mu.Unlock()
 
-	// The shared buffer is the flight's own: joiners copy from it after
-	// this caller may already be reusing p.
-	buf := make([]byte, len(p))
-	n, err := b.fetch(ctx, buf, off)
-	f.data, f.err = buf[:n], err
+	n, err := b.fetch(ctx, p, off)
+	f.data, f.err = p[:n], err
 	b.mu.Lock()
 	delete(b.flights, key)
 	b.mu.Unlock()
 	close(f.done)
-	return copy(p, f.data), err
+	f.readers.Wait() // p is the caller's again once every joiner copied
+	return n, err
+}
+
+// join waits for the flight and copies its bytes into p; retry says the
+// fetching caller was cancelled while this one was not.
+func (f *rangeFlight) join(ctx context.Context, p []byte) (int, bool, error) {
+	defer f.readers.Done()
+	select {
+	case <-f.done:
+	case <-ctx.Done():
+		return 0, false, ctx.Err()
+	}
+	if f.err != nil && cancelled(f.err) && ctx.Err() == nil {
+		return 0, true, nil
+	}
+	return copy(p, f.data), false, f.err
 }
 
 func (b *RegistryBlob) fetch(ctx context.Context, p []byte, off int64) (int, error) {

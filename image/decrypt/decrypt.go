@@ -17,11 +17,13 @@
 // over the whole blob (HMACVerifier) is checked when the blob is complete.
 //
 // The chain of trust is: manifest -> encrypted blob digest (hashed here) ->
-// HMAC keyed with the layer key (checked here) -> plaintext compressed
-// digest from the wrapped private options (PlainDigest, checked by the
-// caller with image/layer) -> diff ID. Nothing read from a Reader may be
-// committed before Verify returned nil and the caller's own digest checks
-// passed.
+// HMAC keyed with the layer key (checked here) -> plaintext, which is then
+// the one whose digest the wrapped private options record (PlainDigest):
+// only the holder of the layer key can make an HMAC match, so a full pull
+// does not hash the plaintext again (the Reader is its layer.Reader's
+// Authenticator) -> diff ID (checked by the caller with image/layer).
+// Nothing read from a Reader may be committed before Verify returned nil
+// and the caller's diff ID check passed.
 //
 // This package must never log, persist or return key material: KEKs and
 // layer keys live only in memory and are cleared when no longer needed.

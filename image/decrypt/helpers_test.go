@@ -140,7 +140,8 @@ func encryptLayer(tb testing.TB, l testLayer, kek []byte, kid string) encrypted 
 }
 
 // decryptAll runs the pull pipeline's order of checks: decrypt, decompress
-// and verify the plain digest and diff ID, then the decryption checks.
+// with the decryption checks (HMAC, ciphertext digest) standing for the plain
+// digest, then the diff ID.
 func decryptAll(ctx context.Context, enc encrypted, diffID digest.Digest, o decrypt.Options) error {
 	r, err := decrypt.NewReader(ctx, bytes.NewReader(enc.blob), enc.desc, o)
 	if err != nil {
@@ -151,14 +152,15 @@ func decryptAll(ctx context.Context, enc encrypted, diffID digest.Digest, o decr
 		return err
 	}
 	defer lr.Close()
+	if err := lr.AuthenticateWith(r); err != nil {
+		return err
+	}
 	if _, err := io.Copy(io.Discard, lr); err != nil {
 		// Failure path: CheckBlob drains the decrypted stream, so the
 		// HMAC verdict comes out as the root cause.
-		return errors.Join(err, lr.CheckBlob(), r.Verify())
+		return errors.Join(err, lr.CheckBlob())
 	}
-	// lr.Verify drains the decrypted stream to its end, so it runs first.
-	layerErr := lr.Verify()
-	return errors.Join(r.Verify(), layerErr)
+	return lr.Verify() // r.Verify (HMAC, ciphertext digest), then the diff ID
 }
 
 // fakeResources serves fixed resources without attestation (unit tests of

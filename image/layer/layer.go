@@ -108,6 +108,9 @@ type Reader struct {
 	compressed   *hashio.Reader // raw blob bytes
 	uncompressed *hashio.Reader // decompressed bytes; reads from decomp
 
+	// auth, when set, replaces the blob digest check (AuthenticateWith).
+	auth Authenticator
+
 	decomp    io.Reader // lazily initialised decompressor output
 	gz        *gzip.Reader
 	zd        *zstd.Decoder
@@ -201,6 +204,50 @@ func NewReader(compressed io.Reader, mediaType string, blobDigest, diffID digest
 	}
 	r.uncompressed = &hashio.Reader{H: uh}
 	return r, nil
+}
+
+// Authenticator proves that a compressed stream is the one the image names
+// by another means than its digest: decrypt.Reader, whose HMAC under the
+// layer key (and the ciphertext digest the manifest names) authenticate
+// the plaintext it decrypted. Verify is called once the stream was read to
+// its end; it returns nil only if the stream is authentic.
+type Authenticator interface {
+	Verify() error
+}
+
+// AuthenticateWith makes a.Verify, called after the compressed stream was
+// read to its end, the check of the compressed bytes instead of hashing them
+// against the blob digest (which then only names the layer in messages);
+// the diff ID is still computed and checked. It exists for decrypted
+// layers: their plaintext digest, recorded in the wrapped options, is
+// implied by the HMAC over the ciphertext (keyed with the layer key from
+// the same options), so hashing the plaintext again would cost a SHA-256
+// pass over the layer and prove nothing more. Verify and CheckBlob return
+// a's error when it fails. Call it before the first Read.
+func (r *Reader) AuthenticateWith(a Authenticator) error {
+	if a == nil {
+		return fmt.Errorf("layer %s: nil authenticator: %w", r.blobDigest, errdefs.ErrInvalidArgument)
+	}
+	if r.decomp != nil || r.compressed.N > 0 {
+		return fmt.Errorf("layer %s: authenticator set after the first read: %w", r.blobDigest, errdefs.ErrFailedPrecondition)
+	}
+	r.auth = a
+	if !r.sameStream { // an uncompressed layer's hash is its diff ID's
+		r.compressed.H = discardHash{}
+	}
+	return nil
+}
+
+// checkCompressed compares the compressed stream, read to its end, with
+// what the image names: the authenticator's verdict or the blob digest.
+func (r *Reader) checkCompressed() error {
+	if r.auth != nil {
+		return r.auth.Verify()
+	}
+	if got := digest.NewDigest(r.blobDigest.Algorithm(), r.compressed.H); got != r.blobDigest {
+		return &DigestMismatchError{Layer: r.blobDigest, Kind: KindCompressed, Expected: r.blobDigest, Actual: got}
+	}
+	return nil
 }
 
 // discardHash stands in for the diff ID hash when the caller skips it.
@@ -301,11 +348,11 @@ func (r *Reader) verify() error {
 	if _, err := io.Copy(io.Discard, r.compressed); err != nil {
 		return fmt.Errorf("layer %s: drain blob: %w", r.blobDigest, err)
 	}
-	got := digest.NewDigest(r.blobDigest.Algorithm(), r.compressed.H)
-	if got != r.blobDigest {
-		return &DigestMismatchError{Layer: r.blobDigest, Kind: KindCompressed, Expected: r.blobDigest, Actual: got}
+	if err := r.checkCompressed(); err != nil {
+		return err
 	}
 	if r.diffID != "" {
+		var got digest.Digest
 		if r.sameStream {
 			got = digest.NewDigest(r.diffID.Algorithm(), r.compressed.H)
 		} else {
@@ -348,7 +395,8 @@ func (r *Reader) Close() error {
 // is a blob that is not the one its digest names. CheckBlob stops
 // decompressing, reads the rest of the blob and returns a
 // *DigestMismatchError of kind "compressed" when the blob digest does not
-// match, so that the caller reports the root cause. It returns nil when the
+// match (or the Authenticator's error when it fails), so that the caller
+// reports the root cause. It returns nil when the
 // blob is intact (the fault is in the content itself), or an error when the
 // blob cannot be read. The Reader is closed afterwards.
 func (r *Reader) CheckBlob() error {
@@ -365,8 +413,5 @@ func (r *Reader) CheckBlob() error {
 	if _, err := io.Copy(io.Discard, r.compressed); err != nil {
 		return fmt.Errorf("layer %s: read rest of blob: %w", r.blobDigest, err)
 	}
-	if got := digest.NewDigest(r.blobDigest.Algorithm(), r.compressed.H); got != r.blobDigest {
-		return &DigestMismatchError{Layer: r.blobDigest, Kind: KindCompressed, Expected: r.blobDigest, Actual: got}
-	}
-	return nil
+	return r.checkCompressed()
 }

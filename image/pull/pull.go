@@ -458,16 +458,17 @@ func (p *Puller) fetch(ctx context.Context, repo name.Repository, desc ocispec.D
 	src, _ := st.add(progress) // network read
 	mediaType, blobDigest := desc.MediaType, desc.Digest
 	var dr *decrypt.Reader
-	var decrypted *readahead.Reader
 	if decrypt.IsEncrypted(desc.MediaType) {
 		// The layer key is unwrapped inside the TEE (KEK from the KBS at the
-		// annotation's kid, or a local JWE private key); the decrypted stream
-		// is then verified like any layer against the plaintext digest that
-		// the wrapped options carry, and the ciphertext against desc.
+		// annotation's kid, or a local JWE private key). The ciphertext is
+		// checked against desc (digest, size) and the HMAC keyed with the
+		// layer key; the decrypted stream is authenticated by those (see
+		// layer.Reader.AuthenticateWith) and its diff ID checked like any
+		// layer's.
 		if dr, err = decrypt.NewReader(ctx, src, desc, p.opts.Decrypt); err != nil {
 			return nil, fmt.Errorf("decrypt layer %s: %w", desc.Digest, err)
 		}
-		src, decrypted = st.add(dr) // ciphertext digest, HMAC, AES-CTR
+		src, _ = st.add(dr) // ciphertext digest, HMAC, AES-CTR
 		mediaType, blobDigest = decrypt.PlainMediaType(desc.MediaType), dr.PlainDigest()
 	}
 	lr, err := layer.NewReader(src, mediaType, blobDigest, diffID)
@@ -475,6 +476,14 @@ func (p *Puller) fetch(ctx context.Context, repo name.Repository, desc ocispec.D
 		return nil, fmt.Errorf("layer %s: %w", desc.Digest, err)
 	}
 	st.closeAfter(lr)
+	if dr != nil {
+		// lr.Verify calls dr.Verify once it read the decrypted stream to its
+		// end (the decrypting stage has then handed over its last bytes and
+		// no longer touches dr).
+		if err := lr.AuthenticateWith(dr); err != nil {
+			return nil, err
+		}
+	}
 	lr.SetMaxUncompressed(maxTarSize(p.opts.Unpack))
 	tarStream, decompressed := st.add(lr) // compressed digest, decompression, diff ID
 	stats, err := unpack.Extract(ctx, tarStream, dir, p.opts.Unpack)
@@ -495,16 +504,11 @@ func (p *Puller) fetch(ctx context.Context, repo name.Repository, desc ocispec.D
 		return nil, fmt.Errorf("unpack layer %s: %w", desc.Digest, err)
 	}
 	stop(decompressed)
-	if err := lr.Verify(); err != nil {
-		return nil, fmt.Errorf("verify layer %s: %w", desc.Digest, err)
-	}
-	if dr != nil {
-		// lr.Verify read the decrypted stream to its end: the stage has
-		// handed over everything and stops at once.
-		stop(decrypted)
-		if err := dr.Verify(); err != nil { // HMAC, ciphertext digest and size
+	if err := lr.Verify(); err != nil { // for an encrypted layer: HMAC, ciphertext digest and size first
+		if dr != nil {
 			return nil, fmt.Errorf("verify encrypted layer %s: %w", desc.Digest, err)
 		}
+		return nil, fmt.Errorf("verify layer %s: %w", desc.Digest, err)
 	}
 	took := time.Since(start)
 	m.done(took)
