@@ -28,6 +28,7 @@ import (
 	"github.com/cocoon-cc/cocoon/kata/api/cdhpb"
 	"github.com/cocoon-cc/cocoon/kata/api/keyproviderpb"
 	"github.com/cocoon-cc/cocoon/kata/cdh"
+	"github.com/cocoon-cc/cocoon/kata/securemount"
 	"github.com/cocoon-cc/cocoon/kata/ttrpcsock"
 	"github.com/cocoon-cc/cocoon/secretsfs/sealed"
 )
@@ -415,5 +416,30 @@ func TestUpstreamMethodPaths(t *testing.T) {
 	err := c.Call(ctx, "cdh.SealedSecretService", "UnsealSecret", &cdhpb.UnsealSecretInput{}, &cdhpb.UnsealSecretOutput{})
 	if status.Code(err) != codes.Unimplemented {
 		t.Fatalf("unknown service answered %v", err)
+	}
+}
+
+// kata/securemount's Mounter is what the CDH's SecureMount will call.
+var _ cdh.SecureMounter = (*securemount.Mounter)(nil)
+
+// TestSecureMountRefusals goes through the real kata/securemount: requests
+// it refuses before touching any device reach the client as upstream's
+// error class, with its reason.
+func TestSecureMountRefusals(t *testing.T) {
+	m := securemount.New(securemount.Options{RuntimeDir: t.TempDir(), SysfsDir: t.TempDir()})
+	t.Cleanup(func() { _ = m.Close(context.Background()) })
+	c := cdhpb.NewSecureMountServiceClient(serve(t, cdh.Options{Mounter: m}))
+	mp := filepath.Join(t.TempDir(), "mnt")
+	for _, req := range []*cdhpb.SecureMountRequest{
+		{VolumeType: "nfs", MountPoint: mp},
+		{VolumeType: "block-device", Options: map[string]string{"devicePath": "/dev/null", "sourceType": "empty", "encryptionType": "luks2", "targetType": "fileSystem", "dataIntegrity": "true"}, MountPoint: mp},
+	} {
+		_, err := c.SecureMount(context.Background(), req)
+		wantStatus(t, err, codes.Internal, "[CDH] [ERROR]: Secure Mount failed: ")
+	}
+	if _, err := os.Stat(mp); err == nil {
+		if ents, _ := os.ReadDir(mp); len(ents) != 0 {
+			t.Fatalf("mount point holds %v", ents)
+		}
 	}
 }
