@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/containerd/log"
@@ -79,7 +80,7 @@ func Listen(ctx context.Context, uri string, register ...func(*ttrpc.Server)) (*
 	for _, r := range register {
 		r(srv)
 	}
-	l, err := listen(path)
+	l, err := listen(ctx, path)
 	if err != nil {
 		_ = srv.Close()
 		return nil, fmt.Errorf("listen on %s: %w", path, err)
@@ -96,27 +97,25 @@ func Listen(ctx context.Context, uri string, register ...func(*ttrpc.Server)) (*
 	return s, nil
 }
 
-// listen binds path leaving no moment at which another user could connect:
-// the socket is bound in a private (0700) directory beside path, made 0600,
-// then renamed into place (replacing a stale socket).
-func listen(path string) (net.Listener, error) {
-	dir, err := os.MkdirTemp(filepath.Dir(path), ".sock")
+// listen binds path with mode 0600 from the start: the socket's mode is set
+// (fchmod) before bind, which on Linux gives the new file that mode, so no
+// one else can connect in between. A stale socket is removed first.
+func listen(ctx context.Context, path string) (net.Listener, error) {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("remove stale socket: %w", err)
+	}
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var err error
+		if cerr := c.Control(func(fd uintptr) { err = syscall.Fchmod(int(fd), 0o600) }); cerr != nil {
+			return cerr
+		}
+		return err
+	}}
+	l, err := lc.Listen(ctx, "unix", path)
 	if err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(dir)
-	tmp := filepath.Join(dir, "s")
-	l, err := net.Listen("unix", tmp)
-	if err != nil {
-		return nil, err
-	}
-	// The name changes below; Close removes the final one.
-	l.(*net.UnixListener).SetUnlinkOnClose(false)
-	if err := os.Chmod(tmp, 0o600); err != nil {
-		_ = l.Close()
-		return nil, err
-	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err := os.Chmod(path, 0o600); err != nil {
 		_ = l.Close()
 		return nil, err
 	}
