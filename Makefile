@@ -10,7 +10,7 @@ export COCOON_E2E_BIN := $(E2EBIN)
 
 BINARIES := cocoond cocoonctl cocoon-kbs
 
-.PHONY: all build test unit vet lint test-deps e2e-tools e2e demo bench fuzz clean
+.PHONY: all build test unit vet lint protos protos-check test-deps e2e-tools e2e demo bench fuzz clean
 
 all: build
 
@@ -28,6 +28,16 @@ vet:
 # both modules; configuration in .golangci.yml.
 lint:
 	./scripts/lint.sh
+
+# Go code for the CDH and AA ttRPC APIs (protos/ -> kata/api/, committed);
+# buf and the protoc plugins are pinned in the script, built into bin/tools/.
+protos:
+	./scripts/protos.sh
+
+# Fails when the committed kata/api differs from what protos/ generates.
+protos-check: protos
+	@stale=$$(git status --porcelain -- kata/api); \
+	  if [ -n "$$stale" ]; then echo "kata/api is stale (run make protos and commit):"; echo "$$stale"; exit 1; fi
 
 test-deps:
 	./scripts/test-deps.sh

@@ -24,3 +24,9 @@ func BindInitData(ctx context.Context, a attest.Attester, digest []byte) error {
 	}
 	return initdata.ErrUnsupportedTEE
 }
+
+// BindInitData binds digest through the agent's attester (the package
+// function BindInitData), for transports that offer it as a request.
+func (a *Agent) BindInitData(ctx context.Context, digest []byte) error {
+	return BindInitData(ctx, a.o.Attester, digest)
+}
