@@ -212,7 +212,8 @@ func (s *Snapshotter) ensureParent(ctx context.Context, parent string, labels ma
 // top layer's labels as image_pull metadata. Layers containerd applied
 // (another snapshotter's way in, e.g. a pause image unpacked before
 // kata-host mode) keep their real lowerdirs, so the helper's plain overlay
-// works for runc; their volume says label.KataFallback. A bind mount (a
+// works for runc; when the top one is such a layer the volume says
+// label.KataFallback. A bind mount (a
 // View on one layer) and parentless snapshots are returned unchanged.
 func (s *Snapshotter) kataMounts(ctx context.Context, parent string, m []mount.Mount) ([]mount.Mount, error) {
 	if parent == "" || len(m) != 1 || m[0].Type != "overlay" {
@@ -252,21 +253,19 @@ func (s *Snapshotter) kataMounts(ctx context.Context, parent string, m []mount.M
 	return []mount.Mount{out}, nil
 }
 
-// chainKind walks the chain from top: marker reports whether every layer
-// was recorded for guest pull (or recovered), ref is the nearest CRI image
-// reference.
+// chainKind reports whether the top layer was recorded for guest pull
+// (or recovered) and the nearest CRI image reference down the chain. A
+// recorded top over layers containerd applied (a base layer shared with
+// such an image) is still a guest pull: the guest pulls the whole image.
 func (s *Snapshotter) chainKind(ctx context.Context, top snapshots.Info) (marker bool, ref string, err error) {
-	marker = true
+	marker = top.Labels[label.KataHost] != "" || top.Labels[label.KataRecovered] != ""
 	for info := top; ; {
-		if ref == "" {
-			ref = info.Labels[label.CRIImageRef]
-		}
-		if info.Labels[label.KataHost] == "" && info.Labels[label.KataRecovered] == "" {
-			marker = false
+		if ref = info.Labels[label.CRIImageRef]; ref != "" {
+			return marker, ref, nil
 		}
 		next := info.Parent
 		if next == "" {
-			return marker, ref, nil
+			return marker, "", nil
 		}
 		if info, err = s.Snapshotter.Stat(ctx, next); err != nil {
 			return false, "", fmt.Errorf("stat snapshot %q: %w", next, err)

@@ -254,6 +254,20 @@ func TestKataHostForeignLayers(t *testing.T) {
 	if err != nil || string(b) != "binary" {
 		t.Fatalf("foreign layer content through the plain mount: %q %v", b, err)
 	}
+
+	// An image recorded for guest pull on top of that layer (a shared
+	// base): a guest pull of that image, the base's content underneath.
+	im := newKataImage(kataRef, 2)
+	im.chain[0] = chain
+	im.prepareLayer(t, sn, 1)
+	c, err = sn.Prepare(ctx, "k8s.io/10/app", im.chain[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkGuestPull(t, c, kataRef, map[string]string{label.KataFallback: "", label.CRILayerDigest: im.layers[1].String()})
+	if _, err := os.Stat(filepath.Join(mountPlain(t, c), "pause")); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // TestKataHostLostMetadata: with the metadata store deleted between
