@@ -1,8 +1,10 @@
 package e2e
 
 import (
+	"context"
 	"crypto/rand"
 	"fmt"
+	"maps"
 	"os"
 	"strings"
 	"testing"
@@ -35,20 +37,7 @@ func TestCRIGuestPullSignedEncrypted(t *testing.T) {
 	if _, err := rand.Read(kek); err != nil {
 		t.Fatal(err)
 	}
-	s := newSigner(t, ctx, env, reg)
-	pub := s.cosignKey("good")
-	policy := fmt.Sprintf(`{"default":[{"type":"reject"}],"transports":{"docker":{
-		%q:[{"type":"sigstoreSigned","keyPath":"kbs:///default/cosign-key/1"}],
-		%q:[{"type":"insecureAcceptAnything"}]}}}`, reg.Host+"/coco", reg.Host+"/pause")
-	kbs, err := env.StartKBS(ctx, harness.KBSOptions{
-		Policy: harness.AllowAllPolicy,
-		Resources: map[string][]byte{"default/cosign-key/1": pub, "default/image-policy/1": []byte(policy),
-			"default/image-kek/app": kek},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cdh := s.write("cdh.toml", fmt.Sprintf("[kbc]\nname = \"cc_kbc\"\nurl = %q\n\n[image]\nimage_security_policy_uri = \"kbs:///default/image-policy/1\"\n", kbs.URL))
+	s, cdh := signedPolicyKBS(t, ctx, env, reg, map[string][]byte{"default/image-kek/app": kek})
 
 	pause := pushPauseImage(t, ctx, env, reg)
 	plain, msg := pushTwoLayerImage(t, ctx, env, reg, "coco/plain", imageOptions{})
@@ -101,4 +90,24 @@ func TestCRIGuestPullSignedEncrypted(t *testing.T) {
 		t.Error("cocoond did not pull the layers itself")
 	}
 	assertNoLayerBlobs(t, ctx, ctrd, enc, "k8s.io")
+}
+
+// signedPolicyKBS makes the cosign key "good" and starts a KBS serving it
+// with an image security policy that requires it for reg/coco/* and
+// accepts reg/pause/* (the pods' sandbox image), plus extra resources; it
+// returns the signer and a cdh.toml naming the KBS and the policy.
+func signedPolicyKBS(t *testing.T, ctx context.Context, env *harness.Env, reg *harness.Registry, extra map[string][]byte) (*signer, string) {
+	t.Helper()
+	s := newSigner(t, ctx, env, reg)
+	pub := s.cosignKey("good")
+	policy := fmt.Sprintf(`{"default":[{"type":"reject"}],"transports":{"docker":{
+		%q:[{"type":"sigstoreSigned","keyPath":"kbs:///default/cosign-key/1"}],
+		%q:[{"type":"insecureAcceptAnything"}]}}}`, reg.Host+"/coco", reg.Host+"/pause")
+	resources := map[string][]byte{"default/cosign-key/1": pub, "default/image-policy/1": []byte(policy)}
+	maps.Copy(resources, extra)
+	kbs, err := env.StartKBS(ctx, harness.KBSOptions{Policy: harness.AllowAllPolicy, Resources: resources})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, s.write("cdh.toml", fmt.Sprintf("[kbc]\nname = \"cc_kbc\"\nurl = %q\n\n[image]\nimage_security_policy_uri = \"kbs:///default/image-policy/1\"\n", kbs.URL))
 }
