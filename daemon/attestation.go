@@ -37,8 +37,9 @@ type attestation struct {
 
 // needed reports whether the configuration asks for anything attestation
 // provides.
-func (c AttestationConfig) needed(rest RESTConfig) bool {
-	return rest.Address != "" || c.InitData != "" || c.AAConfig != "" || c.CDHConfig != "" || c.KBSURL != ""
+func (c AttestationConfig) needed(cfg *Config) bool {
+	return cfg.Serves(ServeREST) || cfg.Serves(ServeAA) || cfg.Serves(ServeCDH) ||
+		c.InitData != "" || c.AAConfig != "" || c.CDHConfig != "" || c.KBSURL != ""
 }
 
 // detectAttester picks the attester; tests substitute fake hardware.

@@ -20,6 +20,13 @@ type Config struct {
 	MetricsAddress string `toml:"metrics_address"`
 	LogLevel       string `toml:"log_level"`
 	LogFormat      string `toml:"log_format"`
+	// Mode is guest (default: containerd in the guest) or kata-guest (the
+	// kata-agent's AA and CDH ttRPC services and the REST shim); see
+	// ModeGuest, ModeKataGuest.
+	Mode string `toml:"mode"`
+	// Serve overrides the mode's services: any of snapshotter, aa, cdh,
+	// rest (the REST shim on rest.address, default 127.0.0.1:8006).
+	Serve []string `toml:"serve"`
 
 	Registry    RegistryConfig    `toml:"registry"`
 	Unpack      UnpackConfig      `toml:"unpack"`
@@ -31,6 +38,7 @@ type Config struct {
 	Decryption  DecryptionConfig  `toml:"decryption"`
 	NRI         NRIConfig         `toml:"nri"`
 	Lazy        LazyConfig        `toml:"lazy"`
+	Kata        KataConfig        `toml:"kata"`
 
 	// Version is what the REST API's /info reports (not read from TOML).
 	Version string `toml:"-"`
@@ -210,8 +218,8 @@ func (c *Config) Validate() error {
 	if c.Root == "" {
 		return fmt.Errorf("root: must not be empty")
 	}
-	if c.Address == "" {
-		return fmt.Errorf("address: must not be empty")
+	if err := c.validateServices(); err != nil {
+		return err
 	}
 	if c.Registry.MaxConcurrentDownloads < 1 {
 		return fmt.Errorf("registry.max_concurrent_downloads: must be at least 1, got %d", c.Registry.MaxConcurrentDownloads)

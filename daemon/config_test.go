@@ -5,6 +5,11 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/cocoon-cc/cocoon/attest/agentpolicy"
+	"github.com/cocoon-cc/cocoon/attest/config"
+	"github.com/cocoon-cc/cocoon/attest/initdata"
+	"github.com/cocoon-cc/cocoon/kata/cdh"
 )
 
 func writeConfig(t *testing.T, body string) string {
@@ -83,5 +88,41 @@ func TestLazyConfig(t *testing.T) {
 	}
 	if s, _ := cfg.Lazy.sizes(); !cfg.Lazy.Enable || cfg.Lazy.BackgroundCompletion || cfg.Lazy.Detached || !cfg.Lazy.Prefetch || s.cache != 1<<30 {
 		t.Fatalf("[lazy] = %+v", cfg.Lazy)
+	}
+}
+
+// The Kata guest files in contrib/kata-guest load as cocoond, the
+// kata-agent and guest-components would read them: cocoond.toml in
+// kata-guest mode (AA, CDH, REST; no snapshots socket), and the example
+// init-data with an aa.toml, cdh.toml and policy.rego that parse.
+func TestShippedKataGuestFiles(t *testing.T) {
+	cfg, warnings, err := Load(filepath.Join("..", "contrib", "kata-guest", "cocoond.toml"))
+	if err != nil || len(warnings) > 0 {
+		t.Fatalf("contrib/kata-guest/cocoond.toml: %v %v", err, warnings)
+	}
+	if cfg.Mode != ModeKataGuest || !cfg.Serves(ServeAA) || !cfg.Serves(ServeCDH) || !cfg.Serves(ServeREST) || cfg.Serves(ServeSnapshotter) {
+		t.Errorf("contrib/kata-guest/cocoond.toml serves %v", cfg.services())
+	}
+	if cfg.Attestation.InitData != "/run/confidential-containers/initdata/initdata.toml" {
+		t.Errorf("init-data path %q is not where the kata-agent writes it", cfg.Attestation.InitData)
+	}
+	raw, err := os.ReadFile(filepath.Join("..", "contrib", "kata-guest", "initdata.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, err := initdata.Parse(raw)
+	if err != nil {
+		t.Fatalf("contrib/kata-guest/initdata.toml: %v", err)
+	}
+	aaCfg, w, err := config.ParseAA([]byte(doc.Data["aa.toml"]), config.TOML)
+	if err != nil || len(w) > 0 || aaCfg.TokenConfigs.KBS == nil {
+		t.Errorf("aa.toml: %+v %v %v", aaCfg, w, err)
+	}
+	cdhCfg, w, err := config.ParseCDH([]byte(doc.Data["cdh.toml"]), config.TOML)
+	if err != nil || len(w) > 0 || cdhCfg.Image == nil || cdhCfg.Image.ImageSecurityPolicyURI == nil || cdhCfg.Socket != cdh.DefaultSocket {
+		t.Errorf("cdh.toml: %+v %v %v", cdhCfg, w, err)
+	}
+	if _, err := agentpolicy.New(doc.Data["policy.rego"]); err != nil {
+		t.Errorf("policy.rego: %v", err)
 	}
 }

@@ -33,6 +33,7 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/cocoon-cc/cocoon/attest/agent"
 	"github.com/cocoon-cc/cocoon/image/decrypt"
 	"github.com/cocoon-cc/cocoon/image/pull"
 	"github.com/cocoon-cc/cocoon/image/registry"
@@ -63,6 +64,10 @@ type Daemon struct {
 	metricsSrv *http.Server
 	metricsL   net.Listener
 	restAddr   string
+	// agent is the Attestation Agent shared by the AA ttRPC service and the
+	// REST shim; kataSockets the ttRPC sockets served, in start order.
+	agent       *agent.Agent
+	kataSockets []string
 
 	// closers release what New acquired, run in reverse order by Close.
 	closers   []func()
@@ -92,20 +97,15 @@ func New(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	if err := d.startTrusted(ctx); err != nil {
 		return nil, err
 	}
-	sn, err := d.startPipeline(ctx)
+	sn, deps, err := d.startPipeline(ctx)
 	if err != nil {
 		return nil, err
 	}
 	if cfg.NRI.Enable {
 		d.startNRI(ctx, sn)
 	}
-	if err := d.listenSnapshots(sn); err != nil {
+	if err := d.startServices(ctx, sn, deps); err != nil {
 		return nil, err
-	}
-	if cfg.REST.Address != "" {
-		if err := d.startREST(ctx); err != nil {
-			return nil, err
-		}
 	}
 	if cfg.MetricsAddress != "" {
 		if err := d.listenMetrics(ctx); err != nil {
@@ -115,6 +115,32 @@ func New(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	return d, nil
 }
 
+// startServices listens for what the configuration serves, in upstream's
+// start-up order: the Attestation Agent, then the Confidential Data Hub,
+// then the REST API (which calls both), then containerd's snapshots API.
+func (d *Daemon) startServices(ctx context.Context, sn *snapshotter.Snapshotter, deps pipelineDeps) error {
+	cfg := &d.cfg
+	if cfg.Serves(ServeAA) {
+		if err := d.startAA(ctx); err != nil {
+			return err
+		}
+	}
+	if cfg.Serves(ServeCDH) {
+		if err := d.startCDH(ctx, sn, deps); err != nil {
+			return err
+		}
+	}
+	if cfg.Serves(ServeREST) {
+		if err := d.startREST(ctx); err != nil {
+			return err
+		}
+	}
+	if cfg.Serves(ServeSnapshotter) {
+		return d.listenSnapshots(sn)
+	}
+	return nil
+}
+
 // onClose registers a release function for Close.
 func (d *Daemon) onClose(f func()) { d.closers = append(d.closers, f) }
 
@@ -122,7 +148,7 @@ func (d *Daemon) onClose(f func()) { d.closers = append(d.closers, f) }
 // the secrets filesystem.
 func (d *Daemon) startTrusted(ctx context.Context) error {
 	cfg := d.cfg
-	if !cfg.Attestation.needed(cfg.REST) && cfg.Secrets.Mount == "" {
+	if !cfg.Attestation.needed(&cfg) && cfg.Secrets.Mount == "" {
 		return nil
 	}
 	at, err := newAttestation(ctx, cfg.Attestation)
@@ -145,31 +171,31 @@ func (d *Daemon) startTrusted(ctx context.Context) error {
 
 // startPipeline builds the image pipeline (on the storage volume when one
 // is configured) and the snapshotter over it.
-func (d *Daemon) startPipeline(ctx context.Context) (*snapshotter.Snapshotter, error) {
+func (d *Daemon) startPipeline(ctx context.Context) (*snapshotter.Snapshotter, pipelineDeps, error) {
 	cfg := d.cfg
 	d.metrics = prometheus.NewRegistry()
 	d.metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	pm := pull.NewMetrics()
 	if err := pm.Register(d.metrics); err != nil {
-		return nil, err
+		return nil, pipelineDeps{}, err
 	}
 	storage, err := storageDir(ctx, d.root, cfg.Storage)
 	if err != nil {
-		return nil, err
+		return nil, pipelineDeps{}, err
 	}
 	puller, deps, err := d.newPuller(ctx, storage, pm)
 	if err != nil {
-		return nil, err
+		return nil, pipelineDeps{}, err
 	}
 	d.onClose(func() { puller.Close() })
 	if n, err := puller.CleanStaging(ctx); err != nil {
-		return nil, err
+		return nil, pipelineDeps{}, err
 	} else if n > 0 {
 		log.G(ctx).WithField("count", n).Warn("removed staging directories left by a previous run")
 	}
 	lazy, err := d.newLazy(ctx, storage, deps)
 	if err != nil {
-		return nil, err
+		return nil, pipelineDeps{}, err
 	}
 	sopts := snapshotter.Options{
 		Root:          filepath.Join(storage, "snapshotter"),
@@ -182,10 +208,10 @@ func (d *Daemon) startPipeline(ctx context.Context) (*snapshotter.Snapshotter, e
 	}
 	sn, err := snapshotter.New(ctx, sopts)
 	if err != nil {
-		return nil, err
+		return nil, pipelineDeps{}, err
 	}
 	d.onClose(func() { sn.Close() })
-	return sn, nil
+	return sn, deps, nil
 }
 
 // pipelineDeps is what the puller is built from and the lazy mounter
@@ -305,7 +331,9 @@ func (d *Daemon) MetricsAddress() string {
 // a grace period. It does not release what New acquired: call Close.
 func (d *Daemon) Run(ctx context.Context) error {
 	errc := make(chan error, 2)
-	go func() { errc <- d.rpc.Serve(d.rpcL) }()
+	if d.rpc != nil {
+		go func() { errc <- d.rpc.Serve(d.rpcL) }()
+	}
 	if d.metricsSrv != nil {
 		go func() {
 			if err := d.metricsSrv.Serve(d.metricsL); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -313,11 +341,15 @@ func (d *Daemon) Run(ctx context.Context) error {
 			}
 		}()
 	}
-	log.G(ctx).WithFields(log.Fields{
-		"address":  d.cfg.Address,
-		"root":     d.root,
-		"insecure": d.cfg.Registry.Insecure,
-	}).Info("cocoond serving the snapshots API (snapshotter \"cocoon\")")
+	if d.rpc != nil {
+		log.G(ctx).WithFields(log.Fields{
+			"address":  d.cfg.Address,
+			"root":     d.root,
+			"insecure": d.cfg.Registry.Insecure,
+		}).Info("cocoond serving the snapshots API (snapshotter \"cocoon\")")
+	} else {
+		log.G(ctx).WithFields(log.Fields{"sockets": d.kataSockets, "rest": d.restAddr, "root": d.root}).Info("cocoond serving the kata-agent (no snapshots API)")
+	}
 
 	var err error
 	select {
@@ -332,13 +364,18 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 // stopServing shuts the metrics server down and stops the snapshots API.
 func (d *Daemon) stopServing(ctx context.Context) {
-	d.health.Shutdown()
+	if d.health != nil {
+		d.health.Shutdown()
+	}
 	if d.metricsSrv != nil {
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		if err := d.metricsSrv.Shutdown(sctx); err != nil {
 			log.G(ctx).WithError(err).Warn("metrics server shutdown")
 		}
 		cancel()
+	}
+	if d.rpc == nil {
+		return
 	}
 	stopped := make(chan struct{})
 	go func() { d.rpc.GracefulStop(); close(stopped) }()

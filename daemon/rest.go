@@ -48,12 +48,16 @@ func (d *Daemon) startREST(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("rest.features: %w", err)
 	}
-	ag, err := at.agent()
+	ag, err := d.sharedAgent()
 	if err != nil {
 		return err
 	}
 	h := restapi.New(restapi.Options{Version: d.cfg.Version, Features: features, Agent: ag, CDH: at.resources()})
-	l, err := net.Listen("tcp", d.cfg.REST.Address)
+	addr := d.cfg.REST.Address
+	if addr == "" {
+		addr = DefaultRESTAddress
+	}
+	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("rest api listener: %w", err)
 	}

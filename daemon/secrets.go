@@ -29,6 +29,23 @@ func provisionCredentials(ctx context.Context, at *attestation) error {
 	return nil
 }
 
+// unsealer resolves sealed secrets as cdh.toml says (verification keys and
+// vault secrets from the KBS, envelope keys from the KBS or, with
+// localKeyDir, local files), for the secrets filesystem and the CDH.
+func (at *attestation) unsealer(localKeyDir string) *sealed.Unsealer {
+	getter := at.resources()
+	providers := map[string]sealed.EnvelopeProvider{sealed.ProviderKBS: &sealed.KBSProvider{Resources: getter}}
+	if localKeyDir != "" {
+		providers[sealed.ProviderLocal] = &sealed.LocalProvider{Dir: localKeyDir}
+	}
+	return &sealed.Unsealer{
+		Resources:        getter,
+		KeyDir:           sealed.DefaultKeyDir,
+		SkipVerification: at.cdh != nil && at.cdh.SkipSealedSecretVerification,
+		Providers:        providers,
+	}
+}
+
 // mountSecrets mounts the secrets filesystem; the returned function
 // unmounts it.
 func mountSecrets(ctx context.Context, cfg SecretsConfig, at *attestation) (func(), error) {
@@ -41,23 +58,13 @@ func mountSecrets(ctx context.Context, cfg SecretsConfig, at *attestation) (func
 		ttl, _ = time.ParseDuration(cfg.TTL) // validated with the config
 	}
 	getter := at.resources()
-	skip := at.cdh != nil && at.cdh.SkipSealedSecretVerification
-	providers := map[string]sealed.EnvelopeProvider{sealed.ProviderKBS: &sealed.KBSProvider{Resources: getter}}
-	if cfg.LocalKeyDir != "" {
-		providers[sealed.ProviderLocal] = &sealed.LocalProvider{Dir: cfg.LocalKeyDir}
-	}
 	if err := os.MkdirAll(cfg.Mount, 0o755); err != nil {
 		return nil, fmt.Errorf("secrets mount point: %w", err)
 	}
 	fsys, err := secretsfs.Mount(ctx, secretsfs.Options{
-		Dir:     cfg.Mount,
-		Sources: sources,
-		Unsealer: &sealed.Unsealer{
-			Resources:        getter,
-			KeyDir:           sealed.DefaultKeyDir,
-			SkipVerification: skip,
-			Providers:        providers,
-		},
+		Dir:       cfg.Mount,
+		Sources:   sources,
+		Unsealer:  at.unsealer(cfg.LocalKeyDir),
 		Resources: getter,
 		UID:       cfg.UID,
 		GID:       cfg.GID,

@@ -1,6 +1,8 @@
 // Command cocoond is cocoon's daemon. It serves containerd's snapshots API on
 // a unix socket (proxy plugin "cocoon") and pulls, verifies and unpacks image
-// layers itself (guest pull); it exposes Prometheus metrics on request.
+// layers itself (guest pull); in a Kata guest (--mode kata-guest) it answers
+// the kata-agent's Attestation Agent and Confidential Data Hub ttRPC APIs
+// instead; it exposes Prometheus metrics on request.
 //
 // This command only reads flags and the configuration file; package daemon
 // does the work.
@@ -13,6 +15,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/containerd/log"
@@ -55,13 +58,16 @@ var stringFlags = []stringFlag{
 	{"cdh-config", "upstream cdh.toml `file` (default: from init-data)", func(c *daemon.Config) *string { return &c.Attestation.CDHConfig }},
 	{"storage-volume", "put image storage on an encrypted volume on this block device or `file` (key and header in memory only)", func(c *daemon.Config) *string { return &c.Storage.Volume }},
 	{"secrets-mount", "mount the secrets filesystem (sealed secrets, KBS resources) on `dir`", func(c *daemon.Config) *string { return &c.Secrets.Mount }},
+	{"mode", "guest (containerd in the guest; default) or kata-guest (the kata-agent's AA and CDH ttRPC services, then the REST API)", func(c *daemon.Config) *string { return &c.Mode }},
+	{"cdh-socket", "Confidential Data Hub ttRPC `uri` (default: cdh.toml's socket, else unix:///run/confidential-containers/cdh.sock)", func(c *daemon.Config) *string { return &c.Kata.CDHSocket }},
+	{"aa-socket", "Attestation Agent ttRPC `uri` (default: cdh.toml's [aa] aa_socket, else upstream's)", func(c *daemon.Config) *string { return &c.Kata.AASocket }},
 }
 
 // flags is the command line; empty values leave the config file's.
 type flags struct {
 	configPath, restFeatures, cmdline string
 	strings                           map[string]*string // by stringFlags name
-	secretsSrc, insecure              flagutil.StringList
+	secretsSrc, insecure, serve       flagutil.StringList
 	storageSize                       flagutil.Size
 }
 
@@ -76,6 +82,7 @@ func parseFlags(args []string) (*flags, error) {
 	fs.Var(&f.storageSize, "storage-volume-size", "`size` of a file --storage-volume, e.g. 20G ("+flagutil.SizeSyntax+")")
 	fs.StringVar(&f.cmdline, "kernel-cmdline", "/proc/cmdline", "kernel command line `file` read for "+daemon.KernelCmdlineKey)
 	fs.Var(&f.insecure, "insecure-registry", "plain-HTTP registry `host:port` (repeatable)")
+	fs.Var(&f.serve, "serve", "`services` to serve, overriding the mode's: snapshotter, aa, cdh, rest (comma-separated or repeated)")
 	fs.Var(&f.secretsSrc, "secrets-source", "`NAME=SRCDIR`: the secrets mount's NAME/ mirrors SRCDIR, unsealing sealed secrets (repeatable)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -98,6 +105,12 @@ func (f *flags) apply(cfg *daemon.Config) {
 	}
 	cfg.Secrets.Sources = append(cfg.Secrets.Sources, f.secretsSrc...)
 	cfg.Registry.Insecure = append(cfg.Registry.Insecure, f.insecure...)
+	if len(f.serve) > 0 {
+		cfg.Serve = nil
+		for _, s := range f.serve {
+			cfg.Serve = append(cfg.Serve, strings.Split(s, ",")...)
+		}
+	}
 }
 
 func setupLogging(cfg daemon.Config) error {
