@@ -45,6 +45,7 @@ type kataGuest struct {
 	pull   cdhpb.ImagePullServiceService
 	mount  cdhpb.SecureMountServiceService
 	unseal cdhpb.SealedSecretServiceService
+	res    cdhpb.GetResourceServiceService
 	aa     aapb.AttestationAgentServiceService
 }
 
@@ -129,6 +130,7 @@ func startKataGuest(t *testing.T, ctx context.Context) *kataGuest {
 	g.pull = cdhpb.NewImagePullServiceClient(cdhc)
 	g.mount = cdhpb.NewSecureMountServiceClient(cdhc)
 	g.unseal = cdhpb.NewSealedSecretServiceClient(cdhc)
+	g.res = cdhpb.NewGetResourceServiceClient(cdhc)
 	g.aa = aapb.NewAttestationAgentServiceClient(aac)
 	return g
 }
@@ -137,8 +139,8 @@ func startKataGuest(t *testing.T, ctx context.Context) *kataGuest {
 // ttRPC, with client code generated from upstream's protos: PullImage of a
 // signed, encrypted image into bundles that runc runs, a refused image,
 // SecureMount of a LUKS2 block device (empty, then encrypted again),
-// UnsealSecret on kata's sealed-secret vectors, and the Attestation Agent
-// through to a cocoon-kbs token.
+// UnsealSecret on kata's sealed-secret vectors, GetResource, and the
+// Attestation Agent through to a cocoon-kbs token.
 func TestKataGuest(t *testing.T) {
 	ctx := testContext(t, 10*time.Minute)
 	g := startKataGuest(t, ctx)
@@ -146,6 +148,7 @@ func TestKataGuest(t *testing.T) {
 	t.Run("PullImageRefused", func(t *testing.T) { g.testPullRefused(t, ctx) })
 	t.Run("SecureMount", func(t *testing.T) { g.testSecureMount(t, ctx) })
 	t.Run("UnsealSecret", func(t *testing.T) { g.testUnsealSecret(t, ctx) })
+	t.Run("GetResource", func(t *testing.T) { g.testGetResource(t, ctx) })
 	t.Run("AttestationAgent", func(t *testing.T) { g.testAttestationAgent(t, ctx) })
 }
 
@@ -400,6 +403,21 @@ func (g *kataGuest) testUnsealSecret(t *testing.T, ctx context.Context) {
 	if msg := wantUpstreamStatus(t, err, upstreamUnseal); strings.Contains(msg, "value of") {
 		t.Errorf("the refusal leaks a secret: %q", msg)
 	}
+}
+
+// testGetResource: a kbs:/// resource comes back byte for byte (as
+// api-server-rest asks for it); a missing one fails as upstream's does.
+func (g *kataGuest) testGetResource(t *testing.T, ctx context.Context) {
+	want, err := os.ReadFile(filepath.Join(g.kbs.Repository, filepath.FromSlash(kataTokenProbe)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := g.res.GetResource(ctx, &cdhpb.GetResourceRequest{ResourcePath: "kbs:///" + kataTokenProbe})
+	if err != nil || string(out.GetResource()) != string(want) {
+		t.Errorf("GetResource(kbs:///%s) = %q, %v; want %q", kataTokenProbe, out.GetResource(), err, want)
+	}
+	_, err = g.res.GetResource(ctx, &cdhpb.GetResourceRequest{ResourcePath: "kbs:///default/absent/1"})
+	wantUpstreamStatus(t, err, "[CDH] [ERROR]: Get Resource failed")
 }
 
 // testAttestationAgent: evidence of the sample TEE carries the runtime
