@@ -103,6 +103,8 @@ func startKataGuest(t *testing.T, ctx context.Context) *kataGuest {
 	if g.loop, err = env.NewLoopDevice(ctx, "volume.img", kataLoopSize); err != nil {
 		t.Fatal(err)
 	}
+	// cdh.toml names upstream's socket; --cdh-socket (the harness's, in
+	// the work directory) must win, or the daemon never answers there.
 	cdhToml := g.signer.write("cdh.toml", fmt.Sprintf("socket = \"unix:///run/confidential-containers/cdh.sock\"\n\n[kbc]\nname = \"cc_kbc\"\nurl = %q\n\n[image]\nimage_security_policy_uri = %q\n", g.kbs.URL, kataPolicyURI))
 	aaToml := g.signer.write("aa.toml", fmt.Sprintf("[token_configs.kbs]\nurl = %q\n\n[eventlog_config]\nenable_eventlog = true\n", g.kbs.URL))
 	g.cd, err = env.StartCocoond(ctx, harness.CocoondOptions{

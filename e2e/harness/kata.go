@@ -125,15 +125,17 @@ func (e *Env) RuncRun(ctx context.Context, bundle, id string) (string, error) {
 }
 
 // BlobGets counts the successful GETs of blob digest d of repository repo
-// in the registry's request log so far (crane's registry logs "METHOD URL"
-// per request, and appends the status and error code for a failed one).
-func (r *Registry) BlobGets(repo, d string) int {
+// in the registry's request log so far.
+func (r *Registry) BlobGets(repo, d string) int { return countBlobGets(r.Proc.Log(), repo, d) }
+
+// countBlobGets reads crane's registry log, which has one "DATE TIME METHOD
+// URL" line per request and appends the status and error code for a
+// failed one.
+func countBlobGets(log, repo, d string) int {
 	n := 0
 	want := "/v2/" + repo + "/blobs/" + d
-	for _, line := range strings.Split(r.Proc.Log(), "\n") {
-		f := strings.Fields(line)
-		// date time METHOD URL
-		if len(f) == 4 && f[2] == "GET" && f[3] == want {
+	for _, line := range strings.Split(log, "\n") {
+		if f := strings.Fields(line); len(f) == 4 && f[2] == "GET" && f[3] == want {
 			n++
 		}
 	}
