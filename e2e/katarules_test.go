@@ -14,7 +14,7 @@ import (
 // rules for the unit tests (this module does not import cocoon); upstream:
 // nydus-snapshotter a7a1f071 snapshot/mount_option.go (Validate),
 // kata-containers 7c6ba40c src/runtime/virtcontainers/kata_agent.go
-// (IsNydusRootFSType), types/virtual_volume.go (IsValid),
+// (IsNydusRootFSType, handleImageGuestPullBlockVolume), types/virtual_volume.go (IsValid),
 // src/runtime/pkg/containerd-shim-v2/create.go (checkAndMount),
 // src/libs/kata-types/src/mount.rs (serde fields, validate()),
 // src/runtime-rs/crates/resource/src/rootfs/mod.rs (single mount,
@@ -83,7 +83,8 @@ func checkKataRootfs(mounts int, typ string, options []string) (*kataVolume, err
 		return nil, fmt.Errorf("volume_type %q, want image_guest_pull", *v.VolumeType)
 	}
 	// nydus Validate (image_guest_pull): ImagePull != nil && Metadata != nil;
-	// also the Go runtime's ImagePullVolume.IsValid.
+	// the Go runtime's ImagePullVolume.IsValid, and its
+	// handleImageGuestPullBlockVolume writing annotations into that map.
 	if v.ImagePull == nil || v.ImagePull.Metadata == nil {
 		return nil, errors.New("nydus/go runtime: image_pull.metadata is nil")
 	}

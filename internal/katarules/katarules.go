@@ -106,9 +106,11 @@ func Nydus(m Mount) error {
 // unmounted on the host only for IsNydusRootFSType ("fuse." + a base name
 // starting with nydus-overlayfs; checkAndMount), ShareRootFilesystem takes
 // the virtual-volume path when an option has the prefix (HasOptionPrefix),
-// and ParseKataVirtualVolume requires IsValid: a non-empty volume_type and
-// image_pull, when present, with non-nil metadata; handleVirtualVolume acts
-// only on image_guest_pull.
+// ParseKataVirtualVolume requires IsValid (a non-empty volume_type; image_pull,
+// when present, with non-nil metadata), handleVirtualVolume acts only on
+// image_guest_pull, and handleImageGuestPullBlockVolume (kata_agent.go)
+// writes the container's annotations into ImagePull.Metadata without a nil
+// check: image_pull and its metadata must be there.
 func GoRuntime(m Mount) error {
 	name, ok := strings.CutPrefix(m.Type, "fuse.")
 	if !ok || !strings.HasPrefix(path.Base(name), "nydus-overlayfs") {
@@ -134,6 +136,9 @@ func GoRuntime(m Mount) error {
 	}
 	if vt != "image_guest_pull" {
 		return fmt.Errorf("go runtime: handleVirtualVolume ignores volume_type %q", vt)
+	}
+	if !present {
+		return errors.New("go runtime: handleImageGuestPullBlockVolume: no image_pull (nil dereference)")
 	}
 	return nil
 }

@@ -28,6 +28,7 @@ func TestRulesRefuse(t *testing.T) {
 		}, "metadata is nil"},
 		{"go: type", func() error { return GoRuntime(volumeMount("fuse.cocoon-overlay", good)) }, "IsNydusRootFSType"},
 		{"go: overlay type", func() error { return GoRuntime(volumeMount("overlay", good)) }, "IsNydusRootFSType"},
+		{"go: no image_pull", func() error { return GoRuntime(volumeMount(typ, `{"volume_type":"image_guest_pull","source":"x"}`)) }, "no image_pull"},
 		{"go: no volume type", func() error { return GoRuntime(volumeMount(typ, `{"source":"x","image_pull":{"metadata":{}}}`)) }, "empty volume_type"},
 		{"rs: no source", func() error {
 			return RuntimeRS([]Mount{volumeMount(typ, `{"volume_type":"image_guest_pull","image_pull":{"metadata":{}}}`)})
