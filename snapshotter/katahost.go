@@ -78,34 +78,49 @@ func (e *KataLabelsError) Error() string {
 
 func (e *KataLabelsError) Unwrap() error { return errdefs.ErrFailedPrecondition }
 
-// removeOrphans removes snapshot directories the metadata store does not
-// know: a store lost or restored from an older copy hands out snapshot IDs
-// again whose directories still exist, and the overlay snapshotter cannot
-// create a snapshot over one. In kata-host mode they hold empty layers and
-// the host side of Kata containers' writable layers, which the guest does
-// not use.
-func (s *Snapshotter) removeOrphans(ctx context.Context, root string) error {
-	err := s.Cleanup(ctx)
-	if err == nil {
+// orphanedDir is where kata-host mode moves snapshot directories its
+// metadata store does not know (under Options.Root).
+const orphanedDir = "orphaned"
+
+// moveOrphans moves aside the snapshot directories the metadata store does
+// not know: a store lost or restored from an older copy hands out snapshot
+// IDs again whose directories still exist, and the overlay snapshotter
+// cannot create a snapshot over one. They are moved, not removed: a
+// running container may still have one mounted (a rename keeps the mount
+// working). The operator removes ROOT/orphaned once those containers are gone.
+func (s *Snapshotter) moveOrphans(ctx context.Context, root string) error {
+	known := map[string]bool{}
+	err := s.Snapshotter.Walk(ctx, func(_ context.Context, info snapshots.Info) error {
+		if upper := info.Labels[label.OverlayUpperdir]; upper != "" {
+			known[filepath.Base(filepath.Dir(upper))] = true
+		}
 		return nil
+	})
+	if err != nil && !errdefs.IsNotFound(err) { // NotFound: a new, empty store
+		return fmt.Errorf("scan snapshots: %w", err)
 	}
-	if !errdefs.IsNotFound(err) {
-		return fmt.Errorf("remove snapshot directories the metadata store does not know: %w", err)
-	}
-	// NotFound: the store holds no snapshot at all, so every directory is
-	// an orphan.
 	dir := filepath.Join(root, "snapshots")
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return fmt.Errorf("list snapshot directories: %w", err)
 	}
+	dest := filepath.Join(root, orphanedDir, strconv.FormatInt(time.Now().UnixNano(), 10))
+	moved := 0
 	for _, e := range ents {
-		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
-			return fmt.Errorf("remove a snapshot directory the metadata store does not know: %w", err)
+		if known[e.Name()] {
+			continue
 		}
+		if err := os.MkdirAll(dest, 0o700); err != nil {
+			return err
+		}
+		if err := os.Rename(filepath.Join(dir, e.Name()), filepath.Join(dest, e.Name())); err != nil {
+			return fmt.Errorf("move aside a snapshot directory the metadata store does not know: %w", err)
+		}
+		moved++
 	}
-	if len(ents) > 0 {
-		log.G(ctx).WithField("count", len(ents)).Warn("metadata store empty: removed the snapshot directories left from before")
+	if moved > 0 {
+		log.G(ctx).WithFields(log.Fields{"count": moved, "dir": dest}).
+			Warn("the metadata store does not know some snapshot directories (lost or restored from an older copy); moved them aside: remove them once no container uses them")
 	}
 	return nil
 }

@@ -353,6 +353,12 @@ func TestKataHostRestoredMetadata(t *testing.T) {
 	}
 	im.prepareLayer(t, sn, 1)
 	mountPlain(t, m)
+	// The directories of the snapshots the old store does not know (the
+	// second layer, the first container) were moved aside, not deleted.
+	moved, err := filepath.Glob(filepath.Join(root, "orphaned", "*", "*"))
+	if err != nil || len(moved) != 2 {
+		t.Fatalf("orphaned directories %v, %v; want 2", moved, err)
+	}
 }
 
 // TestKataMountType: only types the Kata Go runtime recognises are taken.

@@ -125,7 +125,7 @@ func New(ctx context.Context, opts Options) (*Snapshotter, error) {
 		return nil, err
 	}
 	if kata != nil {
-		if err := s.removeOrphans(ctx, opts.Root); err != nil {
+		if err := s.moveOrphans(ctx, opts.Root); err != nil {
 			o.Close()
 			return nil, err
 		}
