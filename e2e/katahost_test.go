@@ -34,7 +34,9 @@ const kataHandler = "kata"
 // the pause image, which containerd applied itself (ctr --local, as another
 // snapshotter's layers), gets the fallback mount and runs under runc, as
 // does a busybox container on it. Before allow_unlabelled_layers, that
-// unlabelled pull is refused naming the containerd setting.
+// unlabelled pull is refused naming the containerd setting. After cocoond
+// lost its metadata store, another container of the image is created (no
+// "missing parent").
 func TestKataHostCRI(t *testing.T) {
 	for _, v := range []string{"runtime-snapshotter", "runtime-platforms"} {
 		t.Run(v, func(t *testing.T) { testKataHostCRI(t, v == "runtime-platforms") })
@@ -132,6 +134,30 @@ func testKataHostCRI(t *testing.T, runtimePlatforms bool) {
 		md["containerd.io/snapshot/cri.layer-digest"] != app.LayerDigests()[1] || md["cocoon.io/kata-fallback"] != "" {
 		t.Errorf("app volume source %q metadata %v; want the image %s and its top layer %s", *v.Source, md, app.Ref, app.LayerDigests()[1])
 	}
+
+	// cocoond loses its metadata store: containerd still names the image's
+	// layers as parents, and the next container is created all the same.
+	if err := cd.Proc.Stop(30 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(cd.Root, "snapshotter", "metadata.db")); err != nil {
+		t.Fatal(err)
+	}
+	restartCocoond(t, ctx, env, cd, ctrd, "mode = \"kata-host\"\n[snapshotter]\nallow_unlabelled_layers = true\n")
+	again, err := ctrd.CreateContainer(ctx, podID, podConfig, "app-again", app.Ref)
+	if err != nil {
+		t.Fatalf("container after cocoond lost its metadata store: %v", err)
+	}
+	if out, err := ctrd.Crictl(ctx, "start", again); err != nil {
+		t.Logf("start under runc: %v %s", err, out)
+	}
+	m := helperMount(t, helperLog, again)
+	if _, err := checkKataRootfs(1, m.Type, m.Options); err != nil {
+		t.Errorf("rootfs after the metadata store was lost: %v", err)
+	}
+	if !strings.Contains(cd.Proc.Log(), "recreated as an empty kata-host layer") {
+		t.Error("cocoond did not recreate the lost parent (did the store survive?)")
+	}
 	assertNoLayerBlobs(t, ctx, ctrd, app, "k8s.io")
 }
 
@@ -182,13 +208,15 @@ func mountHelperDir(t *testing.T, env *harness.Env) string {
 	return dir
 }
 
-// restartCocoond stops cocoond and starts it again with another config,
+// restartCocoond stops cocoond (unless stopped) and starts it again with a config,
 // then waits until containerd's proxy plugin reaches it again (its gRPC
 // connection may be backing off from the restart).
 func restartCocoond(t *testing.T, ctx context.Context, env *harness.Env, cd *harness.Cocoond, ctrd *harness.Containerd, cfg string) {
 	t.Helper()
-	if err := cd.Proc.Stop(30 * time.Second); err != nil {
-		t.Fatal(err)
+	if !cd.Proc.Exited() {
+		if err := cd.Proc.Stop(30 * time.Second); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if err := os.WriteFile(env.Path("cocoon", "cocoond.toml"), []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
