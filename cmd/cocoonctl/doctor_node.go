@@ -1,0 +1,177 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+
+	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/cocoon-cc/cocoon/cryptvol/engine/dmcrypt"
+)
+
+// Device nodes the FUSE and encryption checks open.
+const (
+	fuseDevice  = "/dev/fuse"
+	loopControl = "/dev/loop-control"
+)
+
+// checkSnapshotsSocket: cocoond answers on its socket as containerd's
+// proxy plugin calls it: the gRPC health service, then a snapshots List.
+func checkSnapshotsSocket(ctx context.Context, address, name string) result {
+	const c = "snapshots-socket"
+	start := "start cocoond (systemctl start cocoond), or pass --address: the socket proxy_plugins." + name + " names"
+	if _, err := os.Stat(address); err != nil {
+		return fail(c, err.Error(), start)
+	}
+	conn, err := grpc.NewClient("unix://"+address, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return fail(c, err.Error(), start)
+	}
+	defer conn.Close()
+	hr, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil {
+		return fail(c, fmt.Sprintf("%s: gRPC health: %v", address, err), start+" (a stale socket is left by a cocoond that died)")
+	}
+	if hr.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		return fail(c, fmt.Sprintf("%s: gRPC health is %s", address, hr.GetStatus()), "cocoond is stopping or starting: wait, then check its log (journalctl -u cocoond)")
+	}
+	n, err := countSnapshots(ctx, conn, name)
+	if err != nil {
+		return fail(c, fmt.Sprintf("%s: snapshots List: %v", address, err), "check cocoond's log (journalctl -u cocoond)")
+	}
+	return ok(c, fmt.Sprintf("%s answers gRPC health (SERVING) and snapshots List (%d snapshots)", address, n))
+}
+
+// countSnapshots lists every snapshot through the snapshots API.
+func countSnapshots(ctx context.Context, conn *grpc.ClientConn, name string) (int, error) {
+	stream, err := snapshotsapi.NewSnapshotsClient(conn).List(ctx, &snapshotsapi.ListSnapshotsRequest{Snapshotter: name})
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for {
+		resp, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return n, nil
+		}
+		if err != nil {
+			return 0, err
+		}
+		n += len(resp.GetInfo())
+	}
+}
+
+// checkFUSE: dev opens and a FUSE file system mounts. cocoon mounts FUSE
+// with mount(2) itself (go-fuse DirectMountStrict in fusefs and
+// secretsfs), never through fusermount, so what it needs is the device
+// and CAP_SYS_ADMIN; the check mounts an empty file system on a
+// temporary directory and unmounts it.
+func checkFUSE(ctx context.Context, dev string) result {
+	const c = "fuse"
+	f, err := os.OpenFile(dev, os.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fail(c, err.Error(), "load the fuse module (modprobe fuse); in a container, pass the device (--device /dev/fuse)")
+	}
+	f.Close()
+	dir, err := os.MkdirTemp("", "cocoonctl-doctor-fuse-")
+	if err != nil {
+		return fail(c, err.Error(), "check TMPDIR")
+	}
+	defer os.Remove(dir)
+	srv, err := fs.Mount(dir, &fs.Inode{}, &fs.Options{MountOptions: fuse.MountOptions{DirectMountStrict: true, FsName: "cocoonctl-doctor", Name: "cocoon"}})
+	if err != nil {
+		return fail(c, fmt.Sprintf("%s opens, but mounting a FUSE file system failed: %v", dev, err),
+			"run cocoond as root with CAP_SYS_ADMIN (cocoon mounts FUSE with mount(2), not fusermount); in a container: --cap-add SYS_ADMIN --device /dev/fuse")
+	}
+	if err := srv.Unmount(); err != nil {
+		return warn(c, fmt.Sprintf("mounted a FUSE file system on %s but could not unmount it: %v", dir, err), "umount "+dir)
+	}
+	return ok(c, dev+" opens and a FUSE file system mounts (mount(2), no fusermount needed)")
+}
+
+// cryptProbes are what the encryption engine check looks at; tests
+// replace them.
+type cryptProbes struct {
+	deviceMapper func() error // dmcrypt.Probe
+	fuseDevice   string
+	loopControl  string
+}
+
+func hostCryptProbes() cryptProbes {
+	return cryptProbes{deviceMapper: dmcrypt.Probe, fuseDevice: fuseDevice, loopControl: loopControl}
+}
+
+// checkCryptEngine: encrypted volumes (storage volume, SecureMount) have
+// an engine, chosen as cryptvol's EngineAuto does: dm-crypt when
+// device-mapper answers DM_VERSION, else the userspace engine (a FUSE
+// file of plaintext sectors behind a loop device).
+func checkCryptEngine(p cryptProbes) result {
+	const c = "crypt-engine"
+	dmErr := p.deviceMapper()
+	if dmErr == nil {
+		return ok(c, "device-mapper answers DM_VERSION on "+dmcrypt.ControlPath+": encrypted volumes use dm-crypt")
+	}
+	if err := userspaceEngineUsable(p); err != nil {
+		return fail(c, fmt.Sprintf("no device-mapper (%v) and no userspace engine (%v)", dmErr, err),
+			"load dm_crypt (modprobe dm_crypt) or provide /dev/fuse and /dev/loop-control (modprobe fuse loop)")
+	}
+	return warn(c, fmt.Sprintf("no device-mapper (%v): the userspace engine (FUSE + loop) serves encrypted volumes, slower than dm-crypt", dmErr),
+		"load dm_crypt (modprobe dm_crypt) and expose "+dmcrypt.ControlPath+" to use dm-crypt")
+}
+
+// userspaceEngineUsable checks the userspace engine's devices: the FUSE
+// device, and loop-control handing out a free loop device.
+func userspaceEngineUsable(p cryptProbes) error {
+	f, err := os.OpenFile(p.fuseDevice, os.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	f.Close()
+	ctl, err := os.OpenFile(p.loopControl, os.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer ctl.Close()
+	if _, err := unix.IoctlRetInt(int(ctl.Fd()), unix.LOOP_CTL_GET_FREE); err != nil {
+		return fmt.Errorf("%s: LOOP_CTL_GET_FREE: %w", p.loopControl, err)
+	}
+	return nil
+}
+
+// checkReadiness asks cocoond's /readyz on its metrics address.
+func checkReadiness(ctx context.Context, addr string) result {
+	const c = "readiness"
+	if addr == "" {
+		return skip(c, "no --metrics-address: cocoond's /readyz not asked")
+	}
+	url := "http://" + addr + "/readyz"
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return fail(c, err.Error(), "pass --metrics-address as host:port (cocoond's metrics_address)")
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fail(c, err.Error(), "check cocoond runs with metrics_address (--metrics-address) set to "+addr)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	text := strings.Join(strings.Fields(string(body)), " ")
+	switch resp.StatusCode {
+	case http.StatusOK:
+		return ok(c, url+" answers 200 "+text)
+	case http.StatusNotFound:
+		return warn(c, url+" answers 404: this cocoond predates /readyz", "upgrade cocoond")
+	}
+	return fail(c, fmt.Sprintf("%s answers %d: %s", url, resp.StatusCode, text), "see the failing parts above and cocoond's log (journalctl -u cocoond)")
+}

@@ -1,0 +1,121 @@
+package main
+
+import (
+	"errors"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
+	"github.com/containerd/containerd/v2/contrib/snapshotservice"
+	"github.com/containerd/containerd/v2/plugins/snapshots/native"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+)
+
+func wantResult(t *testing.T, got result, status, text string) {
+	t.Helper()
+	if got.Status != status || !strings.Contains(got.String(), text) {
+		t.Errorf("got %q, want %s containing %q", got, status, text)
+	}
+}
+
+// serveSnapshots serves containerd's native snapshotter (one active
+// snapshot) and a health service on a unix socket, as cocoond does.
+func serveSnapshots(t *testing.T) (string, *health.Server) {
+	t.Helper()
+	dir := t.TempDir()
+	sn, err := native.NewSnapshotter(filepath.Join(dir, "root"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sn.Close() })
+	if _, err := sn.Prepare(t.Context(), "one", ""); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "cocoon.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	snapshotsapi.RegisterSnapshotsServer(srv, snapshotservice.FromSnapshotter(sn))
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(srv, hs)
+	go func() { _ = srv.Serve(l) }()
+	t.Cleanup(srv.Stop)
+	return sock, hs
+}
+
+func TestSnapshotsSocketCheck(t *testing.T) {
+	sock, hs := serveSnapshots(t)
+	wantResult(t, checkSnapshotsSocket(t.Context(), sock, "cocoon"), statusOK, "SERVING) and snapshots List (1 snapshots)")
+	hs.Shutdown() // as cocoond does when it stops
+	wantResult(t, checkSnapshotsSocket(t.Context(), sock, "cocoon"), statusFail, "gRPC health is NOT_SERVING")
+
+	dir := t.TempDir()
+	wantResult(t, checkSnapshotsSocket(t.Context(), filepath.Join(dir, "absent.sock"), "cocoon"), statusFail, "start cocoond")
+	// A socket nobody answers on (cocoond died and left it).
+	stale := filepath.Join(dir, "stale.sock")
+	l, err := net.Listen("unix", stale)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.(*net.UnixListener).SetUnlinkOnClose(false)
+	l.Close()
+	wantResult(t, checkSnapshotsSocket(t.Context(), stale, "cocoon"), statusFail, "gRPC health")
+}
+
+// TestFUSECheck needs root: it mounts a FUSE file system.
+func TestFUSECheck(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mounting FUSE needs root")
+	}
+	wantResult(t, checkFUSE(t.Context(), fuseDevice), statusOK, "a FUSE file system mounts")
+	wantResult(t, checkFUSE(t.Context(), filepath.Join(t.TempDir(), "fuse")), statusFail, "modprobe fuse")
+}
+
+func TestCryptEngineCheck(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("opening /dev/fuse and /dev/loop-control needs root")
+	}
+	noDM := func() error { return errors.New("opening /dev/mapper/control: no such device") }
+	absent := filepath.Join(t.TempDir(), "absent")
+	wantResult(t, checkCryptEngine(cryptProbes{deviceMapper: func() error { return nil }}), statusOK, "use dm-crypt")
+	wantResult(t, checkCryptEngine(cryptProbes{deviceMapper: noDM, fuseDevice: fuseDevice, loopControl: loopControl}), statusWarn, "the userspace engine (FUSE + loop) serves")
+	wantResult(t, checkCryptEngine(cryptProbes{deviceMapper: noDM, fuseDevice: fuseDevice, loopControl: absent}), statusFail, "no device-mapper (opening /dev/mapper/control: no such device) and no userspace engine (open "+absent)
+	wantResult(t, checkCryptEngine(cryptProbes{deviceMapper: noDM, fuseDevice: absent, loopControl: loopControl}), statusFail, "modprobe dm_crypt")
+}
+
+func TestReadinessCheck(t *testing.T) {
+	wantResult(t, checkReadiness(t.Context(), ""), statusSkip, "no --metrics-address")
+	for _, tc := range []struct {
+		code         int
+		body         string
+		status, text string
+	}{
+		{200, "ok\n", statusOK, "answers 200 ok"},
+		{503, "[-]snapshots-socket: dial unix: refused\n", statusFail, "answers 503: [-]snapshots-socket: dial unix: refused"},
+		{404, "404 page not found\n", statusWarn, "predates /readyz"},
+	} {
+		ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path != "/readyz" {
+				http.NotFound(w, r)
+				return
+			}
+			w.WriteHeader(tc.code)
+			_, _ = w.Write([]byte(tc.body))
+		}))
+		wantResult(t, checkReadiness(t.Context(), strings.TrimPrefix(ts.URL, "http://")), tc.status, tc.text)
+		ts.Close()
+	}
+	ts := httptest.NewServer(http.NotFoundHandler())
+	addr := strings.TrimPrefix(ts.URL, "http://")
+	ts.Close()
+	wantResult(t, checkReadiness(t.Context(), addr), statusFail, "metrics_address")
+}
