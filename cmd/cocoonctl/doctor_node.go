@@ -14,8 +14,10 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
 
 	"github.com/cocoon-cc/cocoon/cryptvol/engine/dmcrypt"
 )
@@ -27,10 +29,14 @@ const (
 )
 
 // checkSnapshotsSocket: cocoond answers on its socket as containerd's
-// proxy plugin calls it: the gRPC health service, then a snapshots List.
+// proxy plugin calls it: the gRPC health service, a Stat of an absent
+// snapshot (NotFound), then a List. A failing List is a warning: the
+// service answers, but `ctr snapshots ls` and containerd's garbage
+// collector (which walks proxy snapshotters) see the error.
 func checkSnapshotsSocket(ctx context.Context, address, name string) result {
 	const c = "snapshots-socket"
 	start := "start cocoond (systemctl start cocoond), or pass --address: the socket proxy_plugins." + name + " names"
+	logs := "check cocoond's log (journalctl -u cocoond)"
 	if _, err := os.Stat(address); err != nil {
 		return fail(c, err.Error(), start)
 	}
@@ -44,18 +50,23 @@ func checkSnapshotsSocket(ctx context.Context, address, name string) result {
 		return fail(c, fmt.Sprintf("%s: gRPC health: %v", address, err), start+" (a stale socket is left by a cocoond that died)")
 	}
 	if hr.GetStatus() != healthpb.HealthCheckResponse_SERVING {
-		return fail(c, fmt.Sprintf("%s: gRPC health is %s", address, hr.GetStatus()), "cocoond is stopping or starting: wait, then check its log (journalctl -u cocoond)")
+		return fail(c, fmt.Sprintf("%s: gRPC health is %s", address, hr.GetStatus()), "cocoond is stopping or starting: wait, then "+logs)
 	}
-	n, err := countSnapshots(ctx, conn, name)
+	sc := snapshotsapi.NewSnapshotsClient(conn)
+	_, err = sc.Stat(ctx, &snapshotsapi.StatSnapshotRequest{Snapshotter: name, Key: "cocoonctl-doctor-absent"})
+	if status.Code(err) != codes.NotFound {
+		return fail(c, fmt.Sprintf("%s: snapshots Stat of an absent key answered %v, want NotFound", address, err), logs)
+	}
+	n, err := countSnapshots(ctx, sc, name)
 	if err != nil {
-		return fail(c, fmt.Sprintf("%s: snapshots List: %v", address, err), "check cocoond's log (journalctl -u cocoond)")
+		return warn(c, fmt.Sprintf("%s answers gRPC health and snapshots Stat, but List fails: %v", address, err), logs)
 	}
-	return ok(c, fmt.Sprintf("%s answers gRPC health (SERVING) and snapshots List (%d snapshots)", address, n))
+	return ok(c, fmt.Sprintf("%s answers gRPC health (SERVING), snapshots Stat and List (%d snapshots)", address, n))
 }
 
 // countSnapshots lists every snapshot through the snapshots API.
-func countSnapshots(ctx context.Context, conn *grpc.ClientConn, name string) (int, error) {
-	stream, err := snapshotsapi.NewSnapshotsClient(conn).List(ctx, &snapshotsapi.ListSnapshotsRequest{Snapshotter: name})
+func countSnapshots(ctx context.Context, sc snapshotsapi.SnapshotsClient, name string) (int, error) {
+	stream, err := sc.List(ctx, &snapshotsapi.ListSnapshotsRequest{Snapshotter: name})
 	if err != nil {
 		return 0, err
 	}

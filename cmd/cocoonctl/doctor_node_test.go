@@ -25,9 +25,10 @@ func wantResult(t *testing.T, got result, status, text string) {
 	}
 }
 
-// serveSnapshots serves containerd's native snapshotter (one active
-// snapshot) and a health service on a unix socket, as cocoond does.
-func serveSnapshots(t *testing.T) (string, *health.Server) {
+// serveSnapshots serves containerd's native snapshotter (with one active
+// snapshot, or none ever) and a health service on a unix socket, as
+// cocoond does.
+func serveSnapshots(t *testing.T, prepare bool) (string, *health.Server) {
 	t.Helper()
 	dir := t.TempDir()
 	sn, err := native.NewSnapshotter(filepath.Join(dir, "root"))
@@ -35,8 +36,10 @@ func serveSnapshots(t *testing.T) (string, *health.Server) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { sn.Close() })
-	if _, err := sn.Prepare(t.Context(), "one", ""); err != nil {
-		t.Fatal(err)
+	if prepare {
+		if _, err := sn.Prepare(t.Context(), "one", ""); err != nil {
+			t.Fatal(err)
+		}
 	}
 	sock := filepath.Join(dir, "cocoon.sock")
 	l, err := net.Listen("unix", sock)
@@ -53,13 +56,29 @@ func serveSnapshots(t *testing.T) (string, *health.Server) {
 }
 
 func TestSnapshotsSocketCheck(t *testing.T) {
-	sock, hs := serveSnapshots(t)
-	wantResult(t, checkSnapshotsSocket(t.Context(), sock, "cocoon"), statusOK, "SERVING) and snapshots List (1 snapshots)")
+	fresh, _ := serveSnapshots(t, false)
+	// containerd's metastore answers a List with "bucket does not exist"
+	// until the first snapshot (the snapshots service does not map the
+	// error to NotFound).
+	wantResult(t, checkSnapshotsSocket(t.Context(), fresh, "cocoon"), statusWarn, "answers gRPC health and snapshots Stat, but List fails: rpc error: code = Unknown desc = bucket does not exist")
+	sock, hs := serveSnapshots(t, true)
+	wantResult(t, checkSnapshotsSocket(t.Context(), sock, "cocoon"), statusOK, "SERVING), snapshots Stat and List (1 snapshots)")
 	hs.Shutdown() // as cocoond does when it stops
 	wantResult(t, checkSnapshotsSocket(t.Context(), sock, "cocoon"), statusFail, "gRPC health is NOT_SERVING")
 
 	dir := t.TempDir()
 	wantResult(t, checkSnapshotsSocket(t.Context(), filepath.Join(dir, "absent.sock"), "cocoon"), statusFail, "start cocoond")
+	// A gRPC server with a health service but no snapshots API.
+	other := filepath.Join(dir, "other.sock")
+	ol, err := net.Listen("unix", other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	osrv := grpc.NewServer()
+	healthpb.RegisterHealthServer(osrv, health.NewServer())
+	go func() { _ = osrv.Serve(ol) }()
+	t.Cleanup(osrv.Stop)
+	wantResult(t, checkSnapshotsSocket(t.Context(), other, "cocoon"), statusFail, "Stat of an absent key answered rpc error: code = Unimplemented")
 	// A socket nobody answers on (cocoond died and left it).
 	stale := filepath.Join(dir, "stale.sock")
 	l, err := net.Listen("unix", stale)

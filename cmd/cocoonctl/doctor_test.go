@@ -16,7 +16,7 @@ import (
 // node: containerd's configuration with cocoon's drop-in, cocoond's
 // socket and its /readyz; then the same with the socket gone.
 func TestDoctorKataHost(t *testing.T) {
-	sock, _ := serveSnapshots(t)
+	sock, _ := serveSnapshots(t, true)
 	main := "version = 3\n[plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.kata-qemu-tdx]\n  runtime_type = \"io.containerd.kata-qemu-tdx.v2\"\n"
 	cfg := writeConfig(t, main, strings.ReplaceAll(fragment(t, "2", "kata-qemu-tdx"), testSocket, sock))
 	ready := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ok\n")) }))
