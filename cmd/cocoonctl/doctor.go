@@ -75,7 +75,7 @@ type doctorOptions struct {
 	metricsAddress   string
 	cdhSocket        string
 	aaSocket         string
-	kbs              kbsCheckOptions
+	kbs              kbsFlags
 	timeout          time.Duration
 	json             bool
 }
@@ -90,7 +90,7 @@ func (o *doctorOptions) parse(args []string) error {
 	fs.StringVar(&o.metricsAddress, "metrics-address", "", "cocoond's metrics `host:port`, to ask its /readyz")
 	fs.StringVar(&o.cdhSocket, "cdh-socket", defaultCDHSocket, "the Confidential Data Hub's ttRPC `URI` (kata-guest)")
 	fs.StringVar(&o.aaSocket, "aa-socket", aa.DefaultSocket, "the Attestation Agent's ttRPC `URI` (kata-guest)")
-	o.kbs.register(fs)
+	registerKBSFlags(fs, &o.kbs)
 	fs.DurationVar(&o.timeout, "timeout", 30*time.Second, "time allowed for each check")
 	fs.BoolVar(&o.json, "json", false, "print the results as a JSON array")
 	if err := fs.Parse(args); err != nil {

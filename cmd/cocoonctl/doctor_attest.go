@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"net/http"
-	"os"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -18,12 +17,8 @@ import (
 	"github.com/cocoon-cc/cocoon/kata/ttrpcsock"
 )
 
-// kbsCheckOptions are doctor's KBS flags (kbs token's, prefixed).
-type kbsCheckOptions struct {
-	url, cert, tee, keyAlg, initData string
-}
-
-func (k *kbsCheckOptions) register(fs *flag.FlagSet) {
+// registerKBSFlags registers doctor's KBS flags (kbs token's, prefixed).
+func registerKBSFlags(fs *flag.FlagSet, k *kbsFlags) {
 	fs.StringVar(&k.url, "kbs-url", "", "KBS base `URL` to attest to (aa.toml's kbs url); empty skips the check")
 	fs.StringVar(&k.cert, "kbs-cert", "", "extra trusted root `PEM` for an HTTPS KBS")
 	fs.StringVar(&k.tee, "tee", "", "force the attester: sample, tdx, snp or tpm (default: detect)")
@@ -34,25 +29,14 @@ func (k *kbsCheckOptions) register(fs *flag.FlagSet) {
 // checkKBS: an attestation attempt, as cocoond makes one: detect the TEE,
 // run the RCAR handshake with the KBS, get a token. The sample attester
 // (no TEE) gets a warning even when the KBS accepts it.
-func checkKBS(ctx context.Context, k kbsCheckOptions) result {
+func checkKBS(ctx context.Context, k kbsFlags) result {
 	const c = "kbs"
 	if k.url == "" {
 		return skip(c, "no --kbs-url: no attestation attempted")
 	}
-	cfg := kbs.Config{URL: k.url, TEEKeyAlgorithm: k.keyAlg}
-	var err error
-	if k.cert != "" {
-		if cfg.CertPEM, err = os.ReadFile(k.cert); err != nil {
-			return fail(c, err.Error(), "check --kbs-cert")
-		}
-	}
-	if k.initData != "" {
-		if cfg.InitDataTOML, err = os.ReadFile(k.initData); err != nil {
-			return fail(c, err.Error(), "check --initdata")
-		}
-	}
-	if cfg.Attester, err = newAttester(k.tee); err != nil {
-		return fail(c, fmt.Sprintf("no attester: %v", err), "run in a TEE guest (TDX, SEV-SNP, vTPM) or name one with --tee")
+	cfg, err := k.config()
+	if err != nil {
+		return fail(c, err.Error(), "check --kbs-cert and --initdata; outside a TEE guest (TDX, SEV-SNP, vTPM) name an attester with --tee")
 	}
 	client, err := kbs.NewClient(cfg)
 	if err != nil {

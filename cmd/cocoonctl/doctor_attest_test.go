@@ -37,13 +37,13 @@ func TestKBSCheck(t *testing.T) {
 	t.Cleanup(func() { newAttester = saved })
 	newAttester = func(string) (attest.Attester, error) { return sample.NewAttester(), nil }
 
-	wantResult(t, checkKBS(t.Context(), kbsCheckOptions{}), statusSkip, "no --kbs-url")
+	wantResult(t, checkKBS(t.Context(), kbsFlags{}), statusSkip, "no --kbs-url")
 	accepting := startTestKBS(t, sample.NewVerifier())
-	wantResult(t, checkKBS(t.Context(), kbsCheckOptions{url: accepting}), statusWarn, "attested sample evidence and issued a token valid until ")
+	wantResult(t, checkKBS(t.Context(), kbsFlags{url: accepting}), statusWarn, "attested sample evidence and issued a token valid until ")
 	// A KBS without a verifier for the sample TEE refuses the evidence.
 	refusing := startTestKBS(t)
-	wantResult(t, checkKBS(t.Context(), kbsCheckOptions{url: refusing}), statusFail, "refused the sample evidence")
-	wantResult(t, checkKBS(t.Context(), kbsCheckOptions{url: accepting, cert: filepath.Join(t.TempDir(), "absent.pem")}), statusFail, "check --kbs-cert")
+	wantResult(t, checkKBS(t.Context(), kbsFlags{url: refusing}), statusFail, "refused the sample evidence")
+	wantResult(t, checkKBS(t.Context(), kbsFlags{url: accepting, cert: filepath.Join(t.TempDir(), "absent.pem")}), statusFail, "read --cert")
 }
 
 // listenTTRPC serves register's services on a fresh socket.
