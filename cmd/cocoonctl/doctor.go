@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"time"
 
 	"github.com/cocoon-cc/cocoon/kata/aa"
@@ -72,6 +73,7 @@ type doctorOptions struct {
 	address          string
 	snapshotter      string
 	runtimeHandler   string
+	kataMountType    string
 	metricsAddress   string
 	cdhSocket        string
 	aaSocket         string
@@ -87,6 +89,7 @@ func (o *doctorOptions) parse(args []string) error {
 	fs.StringVar(&o.address, "address", "/run/cocoon/cocoon.sock", "cocoond's snapshots API `socket`")
 	fs.StringVar(&o.snapshotter, "snapshotter", "cocoon", "the proxy plugin's `name` in containerd")
 	fs.StringVar(&o.runtimeHandler, "runtime-handler", "", "the CRI runtime `handler` whose pods use cocoon (default: the default snapshotter is checked)")
+	fs.StringVar(&o.kataMountType, "kata-mount-type", defaultKataMountType, "kata-host rootfs mount `type` (cocoond.toml [snapshotter] kata_mount_type)")
 	fs.StringVar(&o.metricsAddress, "metrics-address", "", "cocoond's metrics `host:port`, to ask its /readyz")
 	fs.StringVar(&o.cdhSocket, "cdh-socket", defaultCDHSocket, "the Confidential Data Hub's ttRPC `URI` (kata-guest)")
 	fs.StringVar(&o.aaSocket, "aa-socket", aa.DefaultSocket, "the Attestation Agent's ttRPC `URI` (kata-guest)")
@@ -111,7 +114,7 @@ func (o *doctorOptions) parse(args []string) error {
 type check func(ctx context.Context) result
 
 // plan lists the checks --mode calls for: a Kata host needs containerd
-// wired to cocoon's socket; a guest running containerd needs that, FUSE,
+// wired to cocoon's socket and the mount helper; a guest running containerd needs that, FUSE,
 // an encryption engine and the KBS; a Kata guest needs the kata-agent's
 // sockets, FUSE, an encryption engine and the KBS.
 func (o *doctorOptions) plan() []check {
@@ -119,6 +122,9 @@ func (o *doctorOptions) plan() []check {
 	if o.mode != doctorModeKataGuest {
 		cs = append(cs, containerdChecks(o)...)
 		cs = append(cs, func(ctx context.Context) result { return checkSnapshotsSocket(ctx, o.address, o.snapshotter) })
+		if o.mode == doctorModeKataHost {
+			cs = append(cs, func(context.Context) result { return checkMountHelper(o.kataMountType, exec.LookPath) })
+		}
 	} else {
 		cs = append(cs,
 			func(ctx context.Context) result { return checkAASocket(ctx, o.aaSocket) },

@@ -186,3 +186,39 @@ func checkReadiness(ctx context.Context, addr string) result {
 	}
 	return fail(c, fmt.Sprintf("%s answers %d: %s", url, resp.StatusCode, text), "see the failing parts above and cocoond's log (journalctl -u cocoond)")
 }
+
+// defaultKataMountType is the rootfs mount type cocoond returns in
+// kata-host mode (snapshotter.DefaultKataMountType, [snapshotter]
+// kata_mount_type).
+const defaultKataMountType = "fuse.nydus-overlayfs-cocoon"
+
+// checkMountHelper: containerd can mount a kata-host rootfs on the host
+// (runc pods on the same snapshotter, image volumes copied out). For a
+// "fuse.<helper>" type, containerd runs mount.fuse or mount.fuse3 (the only
+// helpers it allows, containerd v2.4.2 core/mount/mount_linux.go), which
+// runs <helper>; cocoon's nydus-overlayfs-cocoon also accepts containerd's
+// own helper arguments, so it can stand in for a missing mount.fuse. Both
+// are looked up in doctor's PATH, which should be containerd's.
+func checkMountHelper(mountType string, lookPath func(string) (string, error)) result {
+	const c = "mount-helper"
+	helper, isFuse := strings.CutPrefix(mountType, "fuse.")
+	if !isFuse || helper == "" {
+		return fail(c, fmt.Sprintf("mount type %q is not fuse.<helper>", mountType), "set [snapshotter] kata_mount_type = \""+defaultKataMountType+"\" (or pass --kata-mount-type as cocoond.toml has it)")
+	}
+	helperPath, err := lookPath(helper)
+	if err != nil {
+		return fail(c, fmt.Sprintf("%s: %v: containerd cannot mount kata-host root filesystems on the host (runc pods fail)", helper, err),
+			"install "+helper+" (cmd/nydus-overlayfs-cocoon) in containerd's PATH, e.g. /usr/local/bin")
+	}
+	var fuseHelpers []string
+	for _, name := range []string{"mount.fuse", "mount.fuse3"} {
+		if p, err := lookPath(name); err == nil {
+			fuseHelpers = append(fuseHelpers, p)
+		}
+	}
+	if len(fuseHelpers) == 0 {
+		return fail(c, fmt.Sprintf("%s is at %s, but neither mount.fuse nor mount.fuse3 is in PATH: containerd runs one of them for %s mounts", helper, helperPath, mountType),
+			"install fuse (mount.fuse), or link "+helperPath+" as /usr/local/sbin/mount.fuse (it accepts containerd's helper arguments)")
+	}
+	return ok(c, fmt.Sprintf("%s mounts run %s through %s", mountType, helperPath, strings.Join(fuseHelpers, " or ")))
+}

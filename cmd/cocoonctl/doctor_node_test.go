@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -137,4 +138,23 @@ func TestReadinessCheck(t *testing.T) {
 	addr := strings.TrimPrefix(ts.URL, "http://")
 	ts.Close()
 	wantResult(t, checkReadiness(t.Context(), addr), statusFail, "metrics_address")
+}
+
+func TestMountHelperCheck(t *testing.T) {
+	in := func(names ...string) func(string) (string, error) {
+		return func(name string) (string, error) {
+			for _, n := range names {
+				if n == name {
+					return "/usr/local/bin/" + name, nil
+				}
+			}
+			return "", exec.ErrNotFound
+		}
+	}
+	wantResult(t, checkMountHelper(defaultKataMountType, in("nydus-overlayfs-cocoon", "mount.fuse3")), statusOK,
+		"fuse.nydus-overlayfs-cocoon mounts run /usr/local/bin/nydus-overlayfs-cocoon through /usr/local/bin/mount.fuse3")
+	wantResult(t, checkMountHelper(defaultKataMountType, in("mount.fuse")), statusFail, "install nydus-overlayfs-cocoon (cmd/nydus-overlayfs-cocoon) in containerd's PATH")
+	wantResult(t, checkMountHelper(defaultKataMountType, in("nydus-overlayfs-cocoon")), statusFail, "neither mount.fuse nor mount.fuse3")
+	wantResult(t, checkMountHelper("overlay", in("nydus-overlayfs-cocoon", "mount.fuse")), statusFail, "kata_mount_type")
+	wantResult(t, checkMountHelper("fuse./opt/cocoon/nydus-overlayfs-cocoon", exec.LookPath), statusFail, "/opt/cocoon/nydus-overlayfs-cocoon: ")
 }

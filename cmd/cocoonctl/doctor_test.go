@@ -24,12 +24,21 @@ func TestDoctorKataHost(t *testing.T) {
 	args := []string{"--mode", "kata-host", "--containerd-config", cfg, "--address", sock, "--runtime-handler", "kata-qemu-tdx",
 		"--metrics-address", strings.TrimPrefix(ready.URL, "http://")}
 
+	// The mount helper and mount.fuse, found in PATH as containerd finds them.
+	bin := t.TempDir()
+	for _, name := range []string{"nydus-overlayfs-cocoon", "mount.fuse"} {
+		if err := os.WriteFile(filepath.Join(bin, name), []byte("#!/bin/sh\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Setenv("PATH", bin)
+
 	var out bytes.Buffer
 	if err := runDoctor(t.Context(), args, &out); err != nil {
 		t.Fatalf("%v\n%s", err, out.String())
 	}
 	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
-	want := []string{"containerd-config", "cri-labels", "cri-snapshotter", "snapshots-socket", "readiness"}
+	want := []string{"containerd-config", "cri-labels", "cri-snapshotter", "snapshots-socket", "mount-helper", "readiness"}
 	if len(lines) != len(want) {
 		t.Fatalf("kata-host runs %d checks, want %v:\n%s", len(lines), want, out.String())
 	}
@@ -42,7 +51,7 @@ func TestDoctorKataHost(t *testing.T) {
 	os.Remove(sock)
 	out.Reset()
 	err := runDoctor(t.Context(), append(args, "--json"), &out)
-	if err == nil || err.Error() != "1 of 5 checks failed" {
+	if err == nil || err.Error() != "1 of 6 checks failed" {
 		t.Fatalf("without the socket: %v", err)
 	}
 	var results []result
@@ -60,7 +69,7 @@ func TestDoctorModes(t *testing.T) {
 	absent := filepath.Join(t.TempDir(), "absent")
 	for mode, want := range map[string]string{
 		"guest":      "containerd-config cri-labels cri-snapshotter snapshots-socket fuse crypt-engine kbs readiness",
-		"kata-host":  "containerd-config cri-labels cri-snapshotter snapshots-socket readiness",
+		"kata-host":  "containerd-config cri-labels cri-snapshotter snapshots-socket mount-helper readiness",
 		"kata-guest": "aa-socket cdh-socket fuse crypt-engine kbs readiness",
 	} {
 		o := doctorOptions{}
