@@ -57,14 +57,10 @@ func (r result) String() string {
 	return s
 }
 
-func ok(check, finding string) result { return result{check, statusOK, finding, ""} }
-func warn(check, finding, fix string) result {
-	return result{check, statusWarn, finding, fix}
-}
-func fail(check, finding, fix string) result {
-	return result{check, statusFail, finding, fix}
-}
-func skip(check, finding string) result { return result{check, statusSkip, finding, ""} }
+func ok(check, finding string) result        { return result{check, statusOK, finding, ""} }
+func warn(check, finding, fix string) result { return result{check, statusWarn, finding, fix} }
+func fail(check, finding, fix string) result { return result{check, statusFail, finding, fix} }
+func skip(check, finding string) result      { return result{check, statusSkip, finding, ""} }
 
 // doctorOptions are doctor's flags.
 type doctorOptions struct {
@@ -114,9 +110,10 @@ func (o *doctorOptions) parse(args []string) error {
 type check func(ctx context.Context) result
 
 // plan lists the checks --mode calls for: a Kata host needs containerd
-// wired to cocoon's socket and the mount helper; a guest running containerd needs that, FUSE,
-// an encryption engine and the KBS; a Kata guest needs the kata-agent's
-// sockets, FUSE, an encryption engine and the KBS.
+// wired to cocoon's socket and the mount helper; a guest running
+// containerd needs containerd wired to the socket, FUSE, an encryption
+// engine and the KBS; a Kata guest needs the kata-agent's sockets, FUSE,
+// an encryption engine and the KBS. /readyz is asked last in every mode.
 func (o *doctorOptions) plan() []check {
 	var cs []check
 	if o.mode != doctorModeKataGuest {
