@@ -287,7 +287,13 @@ func checkCRISnapshotter(v *containerdView, name, handler string) result {
 	if forContainers != name || forPulls != name {
 		return fail(c, fmt.Sprintf("runtime handler %s: containers use snapshotter %s, its image pulls %s", handler, forContainers, forPulls), fix)
 	}
-	return ok(c, fmt.Sprintf("runtime handler %s uses %s for its images and containers", handler, name))
+	finding := fmt.Sprintf("runtime handler %s uses %s for its images and containers", handler, name)
+	if def != name {
+		// Which handler a pull is for comes from the pod (SNAPSHOTTERS.md
+		// section 5: "image was pulled on the host anyway").
+		finding += fmt.Sprintf("; image pulls use it only when the kubelet passes the handler (feature gate RuntimeClassInImageCriApi) or the pod carries the annotation io.containerd.cri.runtime-handler: %s, else they use %s", handler, def)
+	}
+	return ok(c, finding)
 }
 
 // handlersUsing lists the runtime handlers whose snapshotter is name.

@@ -84,7 +84,7 @@ func TestContainerdFragmentsPass(t *testing.T) {
 		{name: "2.x all pods", main: v3, dropIn: fragment(t, "2", ""), proxy: "ok version 3, imports ", labels: "ok unpack_config linux/amd64/cocoon", snapshotter: "ok every pod"},
 		// containerd v2.4.2 writes version 4 (version.ConfigVersion).
 		{name: "2.4 all pods", main: "version = 4\n", dropIn: fragment(t, "2", ""), proxy: "ok version 4", labels: "ok transfer-service", snapshotter: "ok every pod"},
-		{name: "2.x handler", main: v3, dropIn: fragment(t, "2", "kata-qemu-tdx"), handler: "kata-qemu-tdx", proxy: "ok", labels: "ok transfer-service", snapshotter: "ok runtime handler kata-qemu-tdx uses cocoon"},
+		{name: "2.x handler", main: v3, dropIn: fragment(t, "2", "kata-qemu-tdx"), handler: "kata-qemu-tdx", proxy: "ok", labels: "ok transfer-service", snapshotter: "ok runtime handler kata-qemu-tdx uses cocoon for its images and containers; image pulls use it only when the kubelet passes the handler (feature gate RuntimeClassInImageCriApi) or the pod carries the annotation io.containerd.cri.runtime-handler: kata-qemu-tdx, else they use overlayfs"},
 		{name: "2.x handler, none named", main: v3, dropIn: fragment(t, "2", "kata-qemu-tdx"), proxy: "ok", labels: "ok", snapshotter: "ok runtime handlers kata-qemu-tdx use cocoon (the default snapshotter is overlayfs)"},
 		{name: "1.7 all pods", main: v2, dropIn: fragment(t, "1.7", ""), proxy: "ok version 2", labels: "ok disable_snapshot_annotations = false", snapshotter: "ok every pod"},
 		// The runtime-level snapshotter of a version 2 file reaches the
