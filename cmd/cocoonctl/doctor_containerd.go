@@ -61,7 +61,7 @@ type transferConfig struct {
 // containerdView is containerd's merged configuration as doctor reads it.
 type containerdView struct {
 	path        string
-	mainVersion int // the main file's version: 2 is containerd 1.7's schema
+	mainVersion int // the main file's version: 2 or less is containerd 1.7's schema
 	imports     []string
 	proxy       map[string]srvconfig.ProxyPlugin
 	images      criImagesConfig
@@ -95,7 +95,7 @@ func loadContainerdConfig(path string) (*containerdView, error) {
 	if err := toml.Unmarshal(b, &head); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	v.mainVersion = head.Version
+	v.mainVersion = max(head.Version, 1) // containerd reads no version as 1
 	cfg := srvconfig.Config{Version: 3}
 	migrations := func() iter.Seq[plugin.Registration] {
 		return func(yield func(plugin.Registration) bool) {
