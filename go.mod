@@ -12,6 +12,7 @@ require (
 	github.com/containerd/log v0.2.0
 	github.com/containerd/nri v0.12.3
 	github.com/containerd/platforms v1.0.0-rc.5
+	github.com/containerd/plugin v1.1.0
 	github.com/containerd/stargz-snapshotter/estargz v0.19.1
 	github.com/containers/ocicrypt v1.3.2
 	github.com/docker/go-units v0.5.0
@@ -30,6 +31,7 @@ require (
 	github.com/open-policy-agent/opa v1.22.3
 	github.com/opencontainers/go-digest v1.0.0
 	github.com/opencontainers/image-spec v1.1.1
+	github.com/pelletier/go-toml/v2 v2.4.3
 	github.com/prometheus/client_golang v1.25.0
 	github.com/secure-systems-lab/go-securesystemslib v0.11.1
 	github.com/sigstore/sigstore v1.10.11
@@ -43,7 +45,10 @@ require (
 	google.golang.org/protobuf v1.36.12
 )
 
-require github.com/vbatts/tar-split v0.12.3 // indirect
+require (
+	dario.cat/mergo v1.0.2 // indirect
+	github.com/vbatts/tar-split v0.12.3 // indirect
+)
 
 require (
 	github.com/GoogleCloudPlatform/confidential-space/server v0.0.0-20260915221818-a6c0685fb9fc // indirect
