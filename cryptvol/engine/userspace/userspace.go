@@ -67,7 +67,7 @@ func (e *Engine) Name() string { return Name }
 // little-endian 64-bit number of its first 512-byte unit within the
 // segment, plus iv_tweak (LUKS2 never sets iv_large_sectors).
 type SectorCipher struct {
-	c          *xtsCipher
+	c          sectorXTS
 	sectorSize int
 	ivTweak    uint64
 }
@@ -86,40 +86,50 @@ func NewSectorCipher(key []byte, sectorSize int, ivTweak uint64) (*SectorCipher,
 func (s *SectorCipher) IV(off int64) uint64 { return uint64(off)/512 + s.ivTweak }
 
 // Encrypt encrypts b in place; b starts at segment offset off and both are
-// sector aligned.
-func (s *SectorCipher) Encrypt(b []byte, off int64) { s.apply(b, off, true) }
+// sector aligned. Large buffers are split across CPUs.
+func (s *SectorCipher) Encrypt(b []byte, off int64) { s.parallel(b, b, off, true) }
 
 // Decrypt decrypts b in place; see Encrypt.
-func (s *SectorCipher) Decrypt(b []byte, off int64) { s.apply(b, off, false) }
+func (s *SectorCipher) Decrypt(b []byte, off int64) { s.parallel(b, b, off, false) }
 
-func (s *SectorCipher) apply(b []byte, off int64, enc bool) {
+// Wipe overwrites the key schedules where the implementation owns them
+// (the AES-NI one does; crypto/aes's cannot be reached). The cipher must
+// not be used afterwards.
+func (s *SectorCipher) Wipe() { s.c.wipe() }
+
+// crypt en- or decrypts the sectors of src into dst (the same slice or
+// disjoint) on the calling goroutine.
+func (s *SectorCipher) crypt(dst, src []byte, off int64, enc bool) {
 	ss := s.sectorSize
-	n := len(b) / ss
-	run := func(lo, hi int) {
-		for i := lo; i < hi; i++ {
-			sec := b[i*ss : (i+1)*ss]
-			iv := s.IV(off + int64(i*ss))
-			if enc {
-				s.c.encryptSector(sec, iv)
-			} else {
-				s.c.decryptSector(sec, iv)
-			}
+	for i := 0; i+ss <= len(src); i += ss {
+		iv := s.IV(off + int64(i))
+		if enc {
+			s.c.encrypt(dst[i:i+ss], src[i:i+ss], iv)
+		} else {
+			s.c.decrypt(dst[i:i+ss], src[i:i+ss], iv)
 		}
 	}
+}
+
+// parallelMin is the smallest buffer worth splitting across goroutines:
+// below it the AES-NI work is shorter than waking another CPU.
+const parallelMin = 64 << 10
+
+func (s *SectorCipher) parallel(dst, src []byte, off int64, enc bool) {
 	workers := runtime.GOMAXPROCS(0)
-	if n < 16 || workers < 2 {
-		run(0, n)
+	if len(src) < parallelMin || workers < 2 {
+		s.crypt(dst, src, off, enc)
 		return
 	}
+	n := len(src) / s.sectorSize
+	per := (n + workers - 1) / workers * s.sectorSize
 	var wg sync.WaitGroup
-	per := (n + workers - 1) / workers
-	for lo := 0; lo < n; lo += per {
-		wg.Add(1)
-		go func(lo, hi int) {
-			defer wg.Done()
-			run(lo, hi)
-		}(lo, min(lo+per, n))
+	for lo := per; lo < len(src); lo += per {
+		hi := min(lo+per, len(src))
+		wg.Go(func() { s.crypt(dst[lo:hi], src[lo:hi], off+int64(lo), enc) })
 	}
+	first := min(per, len(src))
+	s.crypt(dst[:first], src[:first], off, enc)
 	wg.Wait()
 }
 
@@ -136,7 +146,7 @@ func (e *Engine) Attach(ctx context.Context, t engine.Target) (_ engine.Device, 
 	if err != nil {
 		return nil, err
 	}
-	d := &device{backing: backing}
+	d := &device{backing: backing, cipher: sc}
 	defer func() {
 		if retErr != nil {
 			if err := d.Detach(context.WithoutCancel(ctx)); err != nil {
@@ -156,6 +166,7 @@ func (e *Engine) Attach(ctx context.Context, t engine.Target) (_ engine.Device, 
 		b := alignedBuf(maxIO + t.SectorSize)
 		return &b
 	}
+	d.file = file
 	root := &rootNode{file: file}
 	timeout := time.Hour
 	d.server, err = fs.Mount(d.mountDir, root, &fs.Options{
@@ -170,6 +181,10 @@ func (e *Engine) Attach(ctx context.Context, t engine.Target) (_ engine.Device, 
 			DisableXAttrs: true,
 			// Replies are decrypted buffers in memory: nothing to splice.
 			DisableSplice: true,
+			// The loop device submits its direct I/O asynchronously; let
+			// the kernel keep several requests in flight instead of one.
+			ExtraCapabilities: fuse.CAP_ASYNC_DIO,
+			MaxBackground:     64,
 		},
 	})
 	if err != nil {
@@ -211,6 +226,8 @@ func alignedBuf(n int) []byte {
 }
 
 type device struct {
+	cipher   *SectorCipher
+	file     *dataFile
 	mountDir string
 	server   *fuse.Server
 	loop     *loop.Device
@@ -236,14 +253,20 @@ func (d *device) Detach(ctx context.Context) error {
 			time.Sleep(20 * time.Millisecond)
 		}
 		if err != nil {
-			// Lazy unmount so a stuck reference cannot keep the server alive.
+			// Lazy unmount so a stuck reference cannot keep the server
+			// alive. The server may still answer the last references, so
+			// its key is left to the garbage collector, not wiped.
+			d.cipher = nil
 			if lerr := unix.Unmount(d.mountDir, unix.MNT_DETACH); lerr != nil {
 				errs = append(errs, fmt.Errorf("unmounting FUSE %s: %w", d.mountDir, err))
 			}
 		} else {
 			d.server.Wait()
+			d.wipeKey()
 		}
 		d.server = nil
+	} else {
+		d.wipeKey()
 	}
 	if d.mountDir != "" {
 		if err := os.Remove(d.mountDir); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -256,6 +279,14 @@ func (d *device) Detach(ctx context.Context) error {
 		d.backing = nil
 	}
 	return errors.Join(errs...)
+}
+
+// wipeKey overwrites the key schedule once no FUSE server can use it.
+func (d *device) wipeKey() {
+	if d.cipher != nil {
+		d.cipher.Wipe()
+		d.cipher = nil
+	}
 }
 
 var _ engine.Engine = (*Engine)(nil)
