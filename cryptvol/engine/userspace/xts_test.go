@@ -22,6 +22,7 @@ func TestXTSMatchesReference(t *testing.T) {
 	}{
 		{"aes-256 4096", 64, 4096, []uint64{0, 1, 8, 1 << 40, ^uint64(0)}},
 		{"aes-128 512", 32, 512, []uint64{0, 3, 1 << 63}},
+		{"aes-128 4096", 32, 4096, []uint64{9, ^uint64(0) - 1}},
 		{"aes-256 16 bytes", 64, 16, []uint64{7}},
 		{"aes-128 13 blocks", 32, 13 * 16, []uint64{1<<63 | 1<<62}},
 		{"aes-256 8 blocks", 64, 128, []uint64{^uint64(0) >> 1}},
