@@ -20,6 +20,8 @@ type sectorXTS interface {
 	// wipe overwrites the key schedules it owns; the cipher is unusable
 	// afterwards.
 	wipe()
+	// name says which implementation runs, for the attach log.
+	name() string
 }
 
 // newXTS expands a 32- or 64-byte XTS key (AES-128 or AES-256, the second
@@ -104,6 +106,8 @@ func (c *genericXTS) crypt(dst, src []byte, sector uint64, block func(dst, src [
 }
 
 func (c *genericXTS) wipe() {}
+
+func (c *genericXTS) name() string { return "crypto/aes" }
 
 func checkXTSLengths(dst, src []byte) {
 	if len(src)%16 != 0 {

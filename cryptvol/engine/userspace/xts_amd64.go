@@ -123,6 +123,13 @@ func (c *aesniXTS) decrypt(dst, src []byte, sector uint64) {
 	}
 }
 
+func (c *aesniXTS) name() string {
+	if c.vaes {
+		return "vaes-avx512"
+	}
+	return "aes-ni"
+}
+
 func (c *aesniXTS) wipe() {
 	clear(c.enc[:])
 	clear(c.dec[:])
