@@ -202,8 +202,11 @@ func (e *Engine) Attach(ctx context.Context, t engine.Target) (_ engine.Device, 
 			DisableSplice: true,
 			// The loop device submits its direct I/O asynchronously; let
 			// the kernel keep several requests in flight instead of one.
+			// Sixteen keep every CPU busy and bound the memory: each
+			// request in flight holds two buffers of up to 1 MiB (the
+			// server's and the ciphertext one).
 			ExtraCapabilities: fuse.CAP_ASYNC_DIO,
-			MaxBackground:     64,
+			MaxBackground:     16,
 		},
 	})
 	if err != nil {
