@@ -143,7 +143,7 @@ func plainExt4(b *testing.B, dir string, size int64) string {
 // seven runs of -benchtime 5x each, median of the runs' medians):
 //
 //	                 read-ratio  write-ratio  engine read  engine write
-//	before (5b527bd^)      0.35         0.25     428 MB/s      510 MB/s
+//	before (f85bcaf)       0.35         0.25     428 MB/s      510 MB/s
 //	after                  0.74         0.62     883 MB/s     1210 MB/s
 //
 // with the baseline at about 1200 MB/s read and 2000 MB/s write. A FUSE
