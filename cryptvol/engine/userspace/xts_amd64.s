@@ -35,6 +35,25 @@ GLOBL xtsMask<>(SB), RODATA|NOPTR, $16
 	PXOR  X11, X; \
 	MOVOU X, (i*16)(DI)
 
+// X9 = T = E_k2(sector as a 16-byte little-endian number) with the tweak
+// round keys at BX, CX rounds, the sector in DX; X10 = xtsMask.
+#define FIRSTTWEAK \
+	MOVOU xtsMask<>(SB), X10; \
+	MOVQ  DX, X9; \
+	MOVOU (BX), X8; \
+	PXOR  X8, X9; \
+	LEAQ  16(BX), R10; \
+	MOVQ  CX, R11; \
+	DECQ  R11; \
+tweakRounds: \
+	MOVOU (R10), X8; \
+	AESENC X8, X9; \
+	ADDQ  $16, R10; \
+	DECQ  R11; \
+	JNZ   tweakRounds; \
+	MOVOU (R10), X8; \
+	AESENCLAST X8, X9
+
 #define ROUND8(OP) \
 	OP X8, X0; \
 	OP X8, X1; \
@@ -52,21 +71,7 @@ GLOBL xtsMask<>(SB), RODATA|NOPTR, $16
 // number) is always encrypted. At the end no tweak or data is left in the
 // frame or the registers.
 #define XTS(OP, LAST) \
-	MOVOU xtsMask<>(SB), X10; \
-	MOVQ  DX, X9; \
-	MOVOU (BX), X8; \
-	PXOR  X8, X9; \
-	LEAQ  16(BX), R10; \
-	MOVQ  CX, R11; \
-	DECQ  R11; \
-tweakRounds: \
-	MOVOU (R10), X8; \
-	AESENC X8, X9; \
-	ADDQ  $16, R10; \
-	DECQ  R11; \
-	JNZ   tweakRounds; \
-	MOVOU (R10), X8; \
-	AESENCLAST X8, X9; \
+	FIRSTTWEAK; \
 	CMPQ  R9, $8; \
 	JB    tail; \
 loop8: \
@@ -229,21 +234,7 @@ GLOBL xtsPoly<>(SB), RODATA|NOPTR, $16
 
 // Registers as in XTS above; OP/LAST are the VAES forms.
 #define XTSVAES(OP, LAST) \
-	MOVOU xtsMask<>(SB), X10; \
-	MOVQ  DX, X9; \
-	MOVOU (BX), X8; \
-	PXOR  X8, X9; \
-	LEAQ  16(BX), R10; \
-	MOVQ  CX, R11; \
-	DECQ  R11; \
-tweakRounds: \
-	MOVOU (R10), X8; \
-	AESENC X8, X9; \
-	ADDQ  $16, R10; \
-	DECQ  R11; \
-	JNZ   tweakRounds; \
-	MOVOU (R10), X8; \
-	AESENCLAST X8, X9; \
+	FIRSTTWEAK; \
 	MOVOU X9, X0; \
 	MOVOU X9, X1; \
 	DOUBLE(X1, X10, X11); \
