@@ -139,17 +139,18 @@ func plainExt4(b *testing.B, dir string, size int64) string {
 //	go test -run '^$' -bench SequentialDirectIO -benchtime 7x ./cryptvol
 //
 // Ratios (engine / baseline) are the result to read. Figures for issue 13
-// (2 shared vCPUs, AMD EPYC with VAES, load average 4-5 from other jobs;
-// seven runs of -benchtime 5x each, median of the runs' medians):
+// (2 shared vCPUs, AMD EPYC with VAES, load average 0.3-2.3 from other
+// jobs; seven runs of -benchtime 5x each alternating old and new code,
+// median of the runs' medians):
 //
 //	                 read-ratio  write-ratio  engine read  engine write
-//	before (f85bcaf)       0.35         0.25     428 MB/s      510 MB/s
-//	after                  0.74         0.62     883 MB/s     1210 MB/s
+//	before (f85bcaf)       0.37         0.25     503 MB/s      596 MB/s
+//	after                  0.74         0.66    1040 MB/s     1405 MB/s
 //
-// with the baseline at about 1200 MB/s read and 2000 MB/s write. A FUSE
-// file that copies instead of encrypting reaches about 0.75 read and 0.70
+// with the baseline at about 1370 MB/s read and 2300 MB/s write. A FUSE
+// file that copies instead of encrypting reached about 0.75 read and 0.70
 // write on the same machine: most of what is left is FUSE itself (the
-// kernel copying each request to and from the server, waking its
+// kernel copying each request to and from the server and waking its
 // threads), not AES. BenchmarkSectorCipher went from 1.8 to 9.2 GB/s.
 func BenchmarkSequentialDirectIO(b *testing.B) {
 	requireRoot(b)

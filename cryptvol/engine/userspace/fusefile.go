@@ -123,13 +123,15 @@ func (f *dataFile) readCipher(buf []byte, start int64) error {
 // readPlain reads the aligned range at segment offset start into buf and
 // decrypts it into dst (the same length): dst may be buf itself or any
 // other slice, as the O_DIRECT alignment only binds buf. One backing-file
-// read per request (the device's best pattern), then the AES work split
-// across CPUs.
+// read per request (the device's best pattern). The AES work stays on this
+// goroutine: requests already run in parallel (the loop device sends a
+// 1 MiB I/O as two), and splitting each across CPUs as well measured
+// slower (median read ratio 0.71 against 0.78, write 0.61 against 0.65).
 func (f *dataFile) readPlain(dst, buf []byte, start int64) error {
 	if err := f.readCipher(buf, start); err != nil {
 		return err
 	}
-	f.cipher.parallel(dst, buf, start, false)
+	f.cipher.crypt(dst, buf, start, false)
 	return nil
 }
 
@@ -168,7 +170,7 @@ func (f *dataFile) Write(ctx context.Context, fh fs.FileHandle, data []byte, off
 		// ever holds ciphertext, then one backing-file write.
 		f.rmw.RLock()
 		defer f.rmw.RUnlock()
-		f.cipher.parallel(buf, data[:end-off], start, true)
+		f.cipher.crypt(buf, data[:end-off], start, true)
 		if _, err := f.backing.WriteAt(buf, f.offset+start); err != nil {
 			return 0, fs.ToErrno(err)
 		}

@@ -15,7 +15,7 @@
 // AES-XTS runs in assembly on amd64: VAES on AVX-512 (sixteen blocks per
 // iteration) or AES-NI (eight blocks in flight), with its own key schedule
 // so it can be wiped at Detach; elsewhere it falls back to crypto/aes.
-// Large requests are split across CPUs. The page cache is not used below
+// Concurrent requests use the CPUs; one request is not split further. The page cache is not used below
 // ext4 (the file is FOPEN_DIRECT_IO), so a writeback cache would not
 // apply; a write is in the backing file before it is acknowledged, and an
 // fsync of the block device reaches the backing file's fsync.
