@@ -18,8 +18,8 @@ import (
 
 // TestConcurrentIO has many goroutines write and read back their own
 // regions of the device at once, with direct I/O and sizes from one
-// sector to 1 MiB, so the engine serves requests in parallel and splits
-// the large ones across CPUs. Every region must read back as written,
+// sector to 1 MiB, so the engine serves many requests in parallel (the
+// race detector watches them). Every region must read back as written,
 // a flush of the device must have reached the backing file's fsync by the
 // time it returns, and the backing file must then hold exactly the
 // expected image encrypted as dm-crypt would (checked with x/crypto/xts).
