@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"unsafe"
 
@@ -47,6 +48,9 @@ type dataFile struct {
 	// rmw serializes partial-sector writes against every other write, so a
 	// read-modify-write cannot lose a concurrent update of the same sector.
 	rmw sync.RWMutex
+	// syncs counts completed fsyncs of the backing file (tests check that a
+	// flush of the block device reaches it).
+	syncs atomic.Int64
 }
 
 var (
@@ -78,6 +82,7 @@ func (f *dataFile) Fsync(ctx context.Context, fh fs.FileHandle, flags uint32) sy
 	if err := f.backing.Sync(); err != nil {
 		return fs.ToErrno(err)
 	}
+	f.syncs.Add(1)
 	return 0
 }
 
@@ -104,13 +109,29 @@ func (f *dataFile) buffer(n int64) (*[]byte, []byte) {
 	return p, (*p)[:n]
 }
 
-// readPlain reads and decrypts the aligned range starting at segment
-// offset start into buf.
-func (f *dataFile) readPlain(buf []byte, start int64) error {
-	if _, err := f.backing.ReadAt(buf, f.offset+start); err != nil && !errors.Is(err, io.EOF) {
+// readCipher reads the ciphertext of the aligned range at segment offset
+// start into buf; a backing file that ends early reads as zeros.
+func (f *dataFile) readCipher(buf []byte, start int64) error {
+	n, err := f.backing.ReadAt(buf, f.offset+start)
+	if err != nil && !errors.Is(err, io.EOF) {
 		return err
 	}
-	f.cipher.Decrypt(buf, start)
+	clear(buf[n:])
+	return nil
+}
+
+// readPlain reads the aligned range at segment offset start into buf and
+// decrypts it into dst (the same length): dst may be buf itself or any
+// other slice, as the O_DIRECT alignment only binds buf. One backing-file
+// read per request (the device's best pattern). The AES work stays on this
+// goroutine: requests already run in parallel (the loop device sends a
+// 1 MiB I/O as two), and splitting each across CPUs as well measured
+// slower (median read ratio 0.71 against 0.78, write 0.61 against 0.65).
+func (f *dataFile) readPlain(dst, buf []byte, start int64) error {
+	if err := f.readCipher(buf, start); err != nil {
+		return err
+	}
+	f.cipher.crypt(dst, buf, start, false)
 	return nil
 }
 
@@ -121,11 +142,19 @@ func (f *dataFile) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off 
 	start, end, aend := f.span(off, len(dest))
 	p, buf := f.buffer(aend - start)
 	defer f.pool.Put(p)
-	if err := f.readPlain(buf, start); err != nil {
+	if start == off && aend == end {
+		// Whole sectors (every request of the loop device): decrypt
+		// straight into the reply, so buf only ever holds ciphertext.
+		if err := f.readPlain(dest[:end-off], buf, start); err != nil {
+			return nil, fs.ToErrno(err)
+		}
+		return fuse.ReadResultData(dest[:end-off]), 0
+	}
+	defer clear(buf)
+	if err := f.readPlain(buf, buf, start); err != nil {
 		return nil, fs.ToErrno(err)
 	}
 	n := copy(dest, buf[off-start:end-start])
-	clear(buf)
 	return fuse.ReadResultData(dest[:n]), 0
 }
 
@@ -134,23 +163,29 @@ func (f *dataFile) Write(ctx context.Context, fh fs.FileHandle, data []byte, off
 		return 0, syscall.ENOSPC
 	}
 	start, end, aend := f.span(off, len(data))
-	aligned := start == off && aend == end
-	if aligned {
-		f.rmw.RLock()
-		defer f.rmw.RUnlock()
-	} else {
-		f.rmw.Lock()
-		defer f.rmw.Unlock()
-	}
 	p, buf := f.buffer(aend - start)
 	defer f.pool.Put(p)
-	if !aligned {
-		if err := f.readPlain(buf, start); err != nil {
+	if start == off && aend == end {
+		// Whole sectors: encrypt from the request into buf, which only
+		// ever holds ciphertext, then one backing-file write.
+		f.rmw.RLock()
+		defer f.rmw.RUnlock()
+		f.cipher.crypt(buf, data[:end-off], start, true)
+		if _, err := f.backing.WriteAt(buf, f.offset+start); err != nil {
 			return 0, fs.ToErrno(err)
 		}
+		return uint32(end - off), 0
+	}
+	// A partial sector is read, patched and rewritten whole; the exclusive
+	// lock keeps any other write of the same sector out meanwhile.
+	f.rmw.Lock()
+	defer f.rmw.Unlock()
+	defer clear(buf)
+	if err := f.readPlain(buf, buf, start); err != nil {
+		return 0, fs.ToErrno(err)
 	}
 	n := copy(buf[off-start:], data[:end-off])
-	f.cipher.Encrypt(buf, start)
+	f.cipher.crypt(buf, buf, start, true)
 	if _, err := f.backing.WriteAt(buf, f.offset+start); err != nil {
 		return 0, fs.ToErrno(err)
 	}
