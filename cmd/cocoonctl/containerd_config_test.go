@@ -99,6 +99,9 @@ func TestContribMatchesCommand(t *testing.T) {
 		"containerd-2.x.toml":      {Version: "2"},
 		"containerd-1.7.toml":      {Version: "1.7"},
 		"containerd-2.x-kata.toml": {Version: "2", RuntimeHandler: "kata-qemu-coco-dev"},
+		// cocoonctl containerd-config --mode kata-host [--containerd-version 1.7]
+		"kata-host/containerd-2.x.toml": {Version: "2", Mode: modeKataHost},
+		"kata-host/containerd-1.7.toml": {Version: "1.7", Mode: modeKataHost},
 	} {
 		o.Address, o.Name, o.Platform = "/run/cocoon/cocoon.sock", "cocoon", "linux/amd64"
 		got, _ := render(t, o)
