@@ -245,7 +245,6 @@ func TestKubernetesDaemonSet(t *testing.T) {
 	}
 }
 
-
 // TestKubernetesRuntimeClassAndExample: the RuntimeClass's handler is one
 // the installer configures and the fragment maps to cocoon; the example pod
 // uses it, names the handler for PullImage, and carries

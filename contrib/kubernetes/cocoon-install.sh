@@ -82,6 +82,18 @@ containerd_major() {
 	echo "${BASH_REMATCH[0]}"
 }
 
+# check_import fails, before anything is written, on a config.toml whose
+# imports this script cannot edit.
+check_import() {
+	local conf=$HOST_ROOT$CONTAINERD_CONFIG
+	[[ -e $conf ]] || return 0
+	grep -qF -e "\"$CONFD_GLOB\"" -e "\"$DROPIN\"" "$conf" && return 0
+	if grep -qE '^[[:space:]]*imports[[:space:]]*=' "$conf" &&
+		! grep -qE '^[[:space:]]*imports[[:space:]]*=[[:space:]]*\[[^]]*\][[:space:]]*(#.*)?$' "$conf"; then
+		die "$CONTAINERD_CONFIG spreads imports over several lines: add \"$DROPIN\" to it by hand and rerun"
+	fi
+}
+
 created_config() { printf 'version = 3\nimports = ["%s"]\n' "$CONFD_GLOB"; }
 
 # ensure_import makes config.toml import the drop-in; prints "changed" when it
@@ -105,8 +117,6 @@ ensure_import() {
 			"$conf"
 		log "added $DROPIN to imports in $CONTAINERD_CONFIG"
 		echo changed
-	elif grep -qE '^[[:space:]]*imports[[:space:]]*=' "$conf"; then
-		die "$CONTAINERD_CONFIG spreads imports over several lines: add \"$DROPIN\" to it by hand and rerun"
 	else
 		# Top-level keys must precede the first table: the first line does.
 		sed -i "1i $IMPORT_LINE" "$conf"
@@ -148,6 +158,7 @@ do_install() {
 	local major
 	major=$(containerd_major)
 	((major >= 2)) || die "containerd $major.x: only containerd 2.x takes cocoon's drop-in; merge \`cocoonctl containerd-config --mode kata-host --containerd-version 1.7\` into $CONTAINERD_CONFIG by hand"
+	check_import
 
 	local tmp svc="" ctd="" f address
 	tmp=$(mktemp -d)
