@@ -28,6 +28,14 @@ type containerdConfigOptions struct {
 }
 
 func runContainerdConfig(_ context.Context, args []string) error {
+	o, err := parseContainerdConfig(args)
+	if err != nil {
+		return err
+	}
+	return writeContainerdConfig(os.Stdout, o)
+}
+
+func parseContainerdConfig(args []string) (containerdConfigOptions, error) {
 	fs := newFlags("containerd-config")
 	o := containerdConfigOptions{}
 	fs.StringVar(&o.Address, "address", "/run/cocoon/cocoon.sock", "cocoond's snapshots API `socket`")
@@ -37,12 +45,12 @@ func runContainerdConfig(_ context.Context, args []string) error {
 	fs.StringVar(&o.RuntimeHandler, "runtime-handler", "", "use cocoon only for this CRI runtime `handler` (default: for all pods; kata-host: comma-separated list, default "+defaultKataHandler+")")
 	fs.StringVar(&o.Mode, "mode", modeGuest, "cocoond's `mode`: guest (cocoond pulls and unpacks) or kata-host (records layers, the Kata guest pulls)")
 	if err := fs.Parse(args); err != nil {
-		return err
+		return o, err
 	}
 	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments %q: %w", fs.Args(), errUsage)
+		return o, fmt.Errorf("unexpected arguments %q: %w", fs.Args(), errUsage)
 	}
-	return writeContainerdConfig(os.Stdout, o)
+	return o, nil
 }
 
 // validate checks the options that end up inside the TOML.

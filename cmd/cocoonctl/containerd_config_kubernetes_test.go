@@ -8,6 +8,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"maps"
 	"os"
@@ -322,5 +323,72 @@ func TestKubernetesContainerfile(t *testing.T) {
 		if !dests[p] {
 			t.Errorf("the image lacks %s (cocoon-install.sh's defaults)", p)
 		}
+	}
+}
+
+// TestReadmeDeployOnKubernetes: the README's "Deploy on Kubernetes" commands
+// are the ones these tests check; a command this test does not know fails it.
+func TestReadmeDeployOnKubernetes(t *testing.T) {
+	raw, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, sec, ok := strings.Cut(string(raw), "\n## Deploy on Kubernetes\n")
+	if !ok {
+		t.Fatal("README has no Deploy on Kubernetes section")
+	}
+	sec, _, _ = strings.Cut(sec, "\n## ")
+	m := loadManifests(t)
+	n := 0
+	for i, block := range strings.Split(sec, "```") {
+		if i%2 == 0 || !strings.HasPrefix(block, "sh\n") {
+			continue
+		}
+		for _, line := range strings.Split(strings.TrimPrefix(block, "sh\n"), "\n") {
+			cmd, comment, _ := strings.Cut(line, "#")
+			if f := strings.Fields(cmd); len(f) > 0 {
+				checkReadmeCommand(t, m, f, strings.TrimSpace(comment))
+				n++
+			}
+		}
+	}
+	if n < 6 {
+		t.Errorf("found %d commands in the section", n)
+	}
+}
+
+func checkReadmeCommand(t *testing.T, m *manifests, f []string, comment string) {
+	t.Helper()
+	line := strings.Join(f, " ")
+	image := m.daemonSets[0].Spec.Template.Spec.Containers[0].Image
+	switch {
+	case line == "make build":
+	case line == "podman build -f contrib/kubernetes/Containerfile -t "+image+" .":
+	case line == "kubectl apply -k contrib/kubernetes":
+	case len(f) == 4 && line == "kubectl apply -f "+f[3]:
+		rel, ok := strings.CutPrefix(f[3], "contrib/kubernetes/")
+		if !ok || !slices.Contains(m.files, rel) {
+			t.Errorf("README applies %s, which is not a checked manifest", f[3])
+		}
+	case len(f) > 2 && f[0] == "cocoonctl" && f[1] == "containerd-config":
+		o, err := parseContainerdConfig(f[2:])
+		if err != nil {
+			t.Fatalf("%s: %v", line, err)
+		}
+		got, _ := render(t, o)
+		want, err := os.ReadFile(filepath.Join("..", "..", comment))
+		if err != nil || got != string(want) {
+			t.Errorf("README: %s does not print %s (%v)", line, comment, err)
+		}
+	case len(f) == 4 && line == "cocoonctl initdata encode "+f[3]:
+		var b bytes.Buffer
+		if err := runInitdataEncode(context.Background(), []string{filepath.Join("..", "..", f[3])}, &b); err != nil {
+			t.Fatal(err)
+		}
+		if strings.TrimSpace(b.String()) != m.pods[0].Annotations[initdata.AnnotationKey] {
+			t.Errorf("README: %s does not print the example pod's annotation", line)
+		}
+	default:
+		t.Errorf("README command %q is not one the tests check (DaemonSet image %s)", line, image)
 	}
 }
