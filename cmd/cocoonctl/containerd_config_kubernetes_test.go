@@ -392,3 +392,45 @@ func checkReadmeCommand(t *testing.T, m *manifests, f []string, comment string) 
 		t.Errorf("README command %q is not one the tests check (DaemonSet image %s)", line, image)
 	}
 }
+
+// TestContribUnits: every systemd unit under contrib/ starts cocoond with
+// the cocoond.toml next to it, ordered before the service that uses it, and
+// with KillMode=process so that a restart leaves detached helpers (and the
+// mounts they serve) alone.
+func TestContribUnits(t *testing.T) {
+	units, _ := filepath.Glob(filepath.Join(contribDir, "*.service"))
+	more, _ := filepath.Glob(filepath.Join(contribDir, "*", "*.service"))
+	units = append(units, more...)
+	if len(units) < 3 {
+		t.Fatalf("units: %v", units)
+	}
+	for _, u := range units {
+		raw, err := os.ReadFile(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys := map[string]string{}
+		section := ""
+		for _, l := range strings.Split(string(raw), "\n") {
+			switch l = strings.TrimSpace(l); {
+			case l == "" || strings.HasPrefix(l, "#"):
+			case strings.HasPrefix(l, "[") && strings.HasSuffix(l, "]"):
+				section = l
+			default:
+				k, v, ok := strings.Cut(l, "=")
+				if !ok || section == "" {
+					t.Errorf("%s: line %q is not a key in a section", u, l)
+				}
+				keys[section+k] = v
+			}
+		}
+		start := strings.Fields(keys["[Service]ExecStart"])
+		if keys["[Service]KillMode"] != "process" || keys["[Unit]Before"] == "" || keys["[Install]WantedBy"] == "" ||
+			len(start) != 3 || !strings.HasSuffix(start[0], "/cocoond") || start[1] != "--config" || start[2] != "/etc/cocoon/cocoond.toml" {
+			t.Errorf("%s: KillMode=%q Before=%q ExecStart=%q", u, keys["[Service]KillMode"], keys["[Unit]Before"], start)
+		}
+		if _, err := os.Stat(filepath.Join(filepath.Dir(u), "cocoond.toml")); err != nil {
+			t.Errorf("%s has no cocoond.toml next to it: %v", u, err)
+		}
+	}
+}
