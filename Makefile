@@ -29,15 +29,16 @@ vet:
 lint:
 	./scripts/lint.sh
 
-# Go code for the CDH and AA ttRPC APIs (protos/ -> kata/api/, committed);
-# buf and the protoc plugins are pinned in the script, built into bin/tools/.
+# Go code for the CDH and AA ttRPC APIs (protos/ -> kata/api/, and the e2e
+# module's client stubs -> e2e/internal/kataapi/, committed); buf and the
+# protoc plugins are pinned in the script, built into bin/tools/.
 protos:
 	./scripts/protos.sh
 
-# Fails when the committed kata/api differs from what protos/ generates.
+# Fails when the committed generated code differs from what protos/ generates.
 protos-check: protos
-	@stale=$$(git status --porcelain -- kata/api); \
-	  if [ -n "$$stale" ]; then echo "kata/api is stale (run make protos and commit):"; echo "$$stale"; exit 1; fi
+	@stale=$$(git status --porcelain -- kata/api e2e/internal/kataapi); \
+	  if [ -n "$$stale" ]; then echo "generated code is stale (run make protos and commit):"; echo "$$stale"; exit 1; fi
 
 test-deps:
 	./scripts/test-deps.sh

@@ -221,10 +221,24 @@ func (at *attestation) openEventLog(ctx context.Context, dir string) error {
 // agent returns the Attestation Agent service the REST shim serves.
 func (at *attestation) agent() (*agent.Agent, error) {
 	o := agent.Options{Attester: at.attester, KBS: at.kbsCfg, CoCoASURL: at.cocoAS}
-	if at.eventLog != nil {
+	switch {
+	case at.eventLog != nil:
 		o.EventLog = at.eventLog
+	case at.aa.EventlogConfig.EnableEventlog:
+		// Enabled on a TEE without a runtime measurement register:
+		// upstream AA opens its log all the same and answers each
+		// extension NotSupported, not NotEnabled.
+		o.EventLog = noRegisterLog{}
 	}
 	return agent.New(o)
+}
+
+// noRegisterLog is the event log of a TEE that cannot extend a runtime
+// measurement register.
+type noRegisterLog struct{}
+
+func (noRegisterLog) Extend(context.Context, string, string, string, *int) error {
+	return attest.ErrNotSupported
 }
 
 // resources is the CDH resource getter (noKBS when none is configured).

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/containerd/log"
+	"github.com/containerd/ttrpc"
 
 	"github.com/cocoon-cc/cocoon/attest/agent"
 	"github.com/cocoon-cc/cocoon/attest/config"
@@ -146,17 +147,26 @@ func (d *Daemon) startAA(ctx context.Context) error {
 		return err
 	}
 	uri := socketURI(d.cfg.Kata.AASocket, func(c *config.CDHConfig) string { return c.AA.AASocket }, d.at.cdh, aa.DefaultSocket)
-	srv, err := ttrpcsock.Listen(ctx, uri, aa.New(ag).Register)
+	if err := d.serveTTRPC(ctx, "attestation agent", uri, aa.New(ag).Register); err != nil {
+		return err
+	}
+	log.G(ctx).WithFields(log.Fields{"socket": uri, "tee": d.at.attester.TEE()}).Info("serving the Attestation Agent ttRPC API")
+	return nil
+}
+
+// serveTTRPC serves register's services on the unix:// socket uri until
+// Close.
+func (d *Daemon) serveTTRPC(ctx context.Context, what, uri string, register func(*ttrpc.Server)) error {
+	srv, err := ttrpcsock.Listen(ctx, uri, register)
 	if err != nil {
-		return fmt.Errorf("attestation agent ttRPC socket: %w", err)
+		return fmt.Errorf("%s ttRPC socket: %w", what, err)
 	}
 	d.onClose(func() {
 		if err := srv.Close(); err != nil {
-			log.G(ctx).WithError(err).Warn("close the attestation agent ttRPC socket")
+			log.G(ctx).WithError(err).Warnf("close the %s ttRPC socket", what)
 		}
 	})
 	d.kataSockets = append(d.kataSockets, uri)
-	log.G(ctx).WithFields(log.Fields{"socket": uri, "tee": d.at.attester.TEE()}).Info("serving the Attestation Agent ttRPC API")
 	return nil
 }
 
@@ -186,16 +196,9 @@ func (d *Daemon) startCDH(ctx context.Context, sn *snapshotter.Snapshotter, deps
 	})
 	svc := cdh.New(cdh.Options{Unsealer: unsealer, Resources: d.at.resources(), Images: images, Mounter: mounter})
 	uri := socketURI(d.cfg.Kata.CDHSocket, func(c *config.CDHConfig) string { return c.Socket }, d.at.cdh, cdh.DefaultSocket)
-	srv, err := ttrpcsock.Listen(ctx, uri, svc.Register)
-	if err != nil {
-		return fmt.Errorf("confidential data hub ttRPC socket: %w", err)
+	if err := d.serveTTRPC(ctx, "confidential data hub", uri, svc.Register); err != nil {
+		return err
 	}
-	d.onClose(func() {
-		if err := srv.Close(); err != nil {
-			log.G(ctx).WithError(err).Warn("close the confidential data hub ttRPC socket")
-		}
-	})
-	d.kataSockets = append(d.kataSockets, uri)
 	log.G(ctx).WithField("socket", uri).Info("serving the Confidential Data Hub ttRPC API (UnsealSecret, GetResource, UnWrapKey, SecureMount, PullImage)")
 	return nil
 }

@@ -26,17 +26,26 @@ type CompleteOptions struct {
 	Concurrency int
 	// SegmentSize is the size of each range request (default 4 MiB).
 	SegmentSize int64
-	// CheckBlob, when set, replaces the compressed-digest check, for a Blob
-	// whose bytes are not the descriptor's (a decrypting reader checks the
-	// ciphertext's digest and HMAC itself). It runs after the whole blob
-	// was read; an error wrapping errdefs.ErrFailedPrecondition marks the
-	// layer bad, any other fails this Complete only. The diff ID is
-	// checked either way.
-	CheckBlob func(ctx context.Context) error
+	// Verifier, when set, replaces the compressed-digest check, for a Blob
+	// whose bytes are not the descriptor's: the local copy of a decrypted
+	// layer is plaintext, and decrypt.PlaintextVerifier checks the
+	// ciphertext it encrypts back to. It returns a fresh BlobVerifier for
+	// each Complete, which is written the local copy in order while the
+	// diff ID is computed. The diff ID is checked either way.
+	Verifier func() (BlobVerifier, error)
+}
+
+// BlobVerifier checks a whole blob from the bytes of its local copy,
+// written to it in order from the first to the last. Verify's error
+// wrapping errdefs.ErrFailedPrecondition marks the layer bad; any other
+// fails this Complete only.
+type BlobVerifier interface {
+	io.Writer
+	Verify() error
 }
 
 // Complete fetches the whole blob in order into a local file, checks its
-// compressed digest (Options.Digest, or CheckBlob) and its diff ID, and only after both
+// compressed digest (Options.Digest, or the Verifier) and its diff ID, and only after both
 // match serves every further read from the local copy (chunks are still
 // verified against the TOC). A mismatch marks the layer bad: every read
 // fails from then on. A fetch error leaves the layer as it was.
@@ -72,14 +81,13 @@ func (l *Layer) Complete(ctx context.Context, o CompleteOptions) error {
 	if err := l.download(ctx, f, o); err != nil {
 		return fmt.Errorf("fusefs: complete layer %s: %w", l.opts.Digest, err)
 	}
-	err = nil
-	if o.CheckBlob != nil {
-		err = o.CheckBlob(ctx)
+	var v BlobVerifier
+	if o.Verifier != nil {
+		if v, err = o.Verifier(); err != nil {
+			return fmt.Errorf("fusefs: complete layer %s: %w", l.opts.Digest, err)
+		}
 	}
-	if err == nil {
-		err = l.checkLocal(f, o.DiffID, o.CheckBlob == nil)
-	}
-	if err != nil {
+	if err := l.checkLocal(f, o.DiffID, v); err != nil {
 		if errors.Is(err, errdefs.ErrFailedPrecondition) {
 			l.markBad(err)
 			return l.badErr()
@@ -127,15 +135,19 @@ func (l *Layer) download(ctx context.Context, f *os.File, o CompleteOptions) err
 	return g.Wait()
 }
 
-// checkLocal hashes the local copy once: the compressed digest over the
-// bytes, the diff ID over their decompression. Mismatches wrap
-// errdefs.ErrFailedPrecondition.
-func (l *Layer) checkLocal(f *os.File, diffID digest.Digest, checkCompressed bool) error {
+// checkLocal reads the local copy once: the compressed digest over its
+// bytes (or v, when set, checks them), the diff ID over their
+// decompression. Mismatches wrap errdefs.ErrFailedPrecondition.
+func (l *Layer) checkLocal(f *os.File, diffID digest.Digest, v BlobVerifier) error {
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return err
 	}
 	comp := l.opts.Digest.Algorithm().Digester()
-	tee := io.TeeReader(bufio.NewReaderSize(f, 1<<20), comp.Hash())
+	var sink io.Writer = comp.Hash()
+	if v != nil {
+		sink = v
+	}
+	tee := io.TeeReader(bufio.NewReaderSize(f, 1<<20), sink)
 	zr, err := l.format.stream(tee, false)
 	if err != nil {
 		return fmt.Errorf("blob is not %s: %w: %w", l.format.name, err, errdefs.ErrFailedPrecondition)
@@ -148,7 +160,11 @@ func (l *Layer) checkLocal(f *os.File, diffID digest.Digest, checkCompressed boo
 	if _, err := io.Copy(io.Discard, tee); err != nil {
 		return err
 	}
-	if got := comp.Digest(); checkCompressed && got != l.opts.Digest {
+	if v != nil {
+		if err := v.Verify(); err != nil {
+			return err
+		}
+	} else if got := comp.Digest(); got != l.opts.Digest {
 		return fmt.Errorf("compressed digest is %s, the descriptor names %s: %w", got, l.opts.Digest, errdefs.ErrFailedPrecondition)
 	}
 	if got := unc.Digest(); got != diffID {

@@ -400,18 +400,19 @@ func FuzzOpenTOC(f *testing.F) {
 	})
 }
 
-// A decrypting Blob's bytes are not the descriptor's: CheckBlob stands in
-// for the compressed digest, and its verdict decides.
-func TestCompleteWithCheckBlob(t *testing.T) {
+// A decrypting Blob's bytes are not the descriptor's: the Verifier, fed
+// the whole local copy in order, stands in for the compressed digest, and
+// its verdict decides.
+func TestCompleteWithVerifier(t *testing.T) {
 	bl := buildLayer(t, testEntries(256<<10))
 	for _, tc := range []struct {
 		name    string
-		check   error
+		verdict error
 		wantBad bool
 	}{
 		{"ciphertext verified", nil, false},
 		{"HMAC mismatch", fmt.Errorf("HMAC differs: %w", errdefs.ErrFailedPrecondition), true},
-		{"ciphertext fetch failed", errors.New("connection reset"), false},
+		{"verifier failed otherwise", errors.New("key cleared"), false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ciphertext := digest.FromString("the encrypted blob")
@@ -420,16 +421,16 @@ func TestCompleteWithCheckBlob(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer l.Close()
-			called := false
+			v := &recordingVerifier{verdict: tc.verdict}
 			err = l.Complete(context.Background(), CompleteOptions{Dir: t.TempDir(), DiffID: bl.diff,
-				CheckBlob: func(context.Context) error { called = true; return tc.check }})
-			if !called {
-				t.Fatal("CheckBlob not called")
+				Verifier: func() (BlobVerifier, error) { return v, nil }})
+			if !bytes.Equal(v.got.Bytes(), bl.blob) || !v.verified {
+				t.Fatalf("the verifier saw %d of %d bytes (verified: %v)", v.got.Len(), len(bl.blob), v.verified)
 			}
-			if (tc.check == nil) != (err == nil) || errors.Is(err, ErrLayerBad) != tc.wantBad {
+			if (tc.verdict == nil) != (err == nil) || errors.Is(err, ErrLayerBad) != tc.wantBad {
 				t.Fatalf("Complete: %v", err)
 			}
-			if l.Local() != (tc.check == nil) {
+			if l.Local() != (tc.verdict == nil) {
 				t.Errorf("local = %v", l.Local())
 			}
 			if !tc.wantBad {
@@ -440,6 +441,16 @@ func TestCompleteWithCheckBlob(t *testing.T) {
 		})
 	}
 }
+
+// recordingVerifier keeps what it was written and answers a set verdict.
+type recordingVerifier struct {
+	got      bytes.Buffer
+	verdict  error
+	verified bool
+}
+
+func (v *recordingVerifier) Write(p []byte) (int, error) { return v.got.Write(p) }
+func (v *recordingVerifier) Verify() error               { v.verified = true; return v.verdict }
 
 // A read that joined another's fetch does not fail because the other read
 // was interrupted.

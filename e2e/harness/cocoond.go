@@ -19,6 +19,9 @@ import (
 type Cocoond struct {
 	Root    string
 	Address string
+	// CDHSocket and AASocket are the unix sockets of the Confidential Data
+	// Hub and Attestation Agent ttRPC services (kata-guest mode only).
+	CDHSocket, AASocket string
 	// MetricsAddr is "127.0.0.1:PORT" (Prometheus text at /metrics).
 	MetricsAddr string
 	Proc        *Process
@@ -38,6 +41,14 @@ type CocoondOptions struct {
 	LogLevel string
 	// ExtraArgs are appended to cocoond's command line (e.g. --rest-api).
 	ExtraArgs []string
+	// KataGuest runs cocoond with --mode kata-guest: the Attestation Agent
+	// and Confidential Data Hub ttRPC services on CDHSocket and AASocket
+	// (passed as --cdh-socket and --aa-socket), no containerd snapshots
+	// socket.
+	KataGuest bool
+	// Name is the work subdirectory of this daemon (its root, sockets and
+	// config); default "cocoon". Two daemons of one Env need two names.
+	Name string
 }
 
 // StartCocoond starts cocoond and waits until its socket accepts
@@ -50,7 +61,10 @@ func (e *Env) StartCocoond(ctx context.Context, o CocoondOptions) (*Cocoond, err
 	if o.LogLevel == "" {
 		o.LogLevel = "debug"
 	}
-	dir := e.Path("cocoon")
+	if o.Name == "" {
+		o.Name = "cocoon"
+	}
+	dir := e.Path(o.Name)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
@@ -89,6 +103,10 @@ func (e *Env) StartCocoond(ctx context.Context, o CocoondOptions) (*Cocoond, err
 		for _, r := range o.InsecureRegistries {
 			c.args = append(c.args, "--insecure-registry", r)
 		}
+		if o.KataGuest {
+			c.CDHSocket, c.AASocket = filepath.Join(dir, "cdh.sock"), filepath.Join(dir, "aa.sock")
+			c.args = append(c.args, "--mode", "kata-guest", "--cdh-socket", "unix://"+c.CDHSocket, "--aa-socket", "unix://"+c.AASocket)
+		}
 		c.args = append(c.args, o.ExtraArgs...)
 		if lastErr = c.Start(ctx); lastErr == nil {
 			return c, nil
@@ -113,7 +131,14 @@ func (c *Cocoond) Start(ctx context.Context) error {
 	}
 	c.Proc = p
 	// A stale socket file from a killed daemon refuses connections, so
-	// waiting for an accepted connection also covers restarts.
+	// waiting for an accepted connection also covers restarts. In
+	// kata-guest mode the AA starts first, then the CDH.
+	if c.CDHSocket != "" {
+		if err := p.WaitSocket(ctx, c.AASocket); err != nil {
+			return err
+		}
+		return p.WaitSocket(ctx, c.CDHSocket)
+	}
 	return p.WaitSocket(ctx, c.Address)
 }
 

@@ -115,3 +115,22 @@ func TestProcStatusBytes(t *testing.T) {
 		t.Error("a missing field was read")
 	}
 }
+
+func TestCountBlobGets(t *testing.T) {
+	const d = "sha256:28de7b9da03b32de044954ff04a9699dce94a8b884a6d90a8c74aabf203ab48a"
+	log := strings.Join([]string{
+		"2026/12/06 22:27:46 GET /v2/",
+		"2026/12/06 22:27:46 HEAD /v2/coco/app/blobs/" + d,
+		"2026/12/06 22:27:46 GET /v2/coco/app/blobs/" + d,
+		"2026/12/06 22:27:46 GET /v2/coco/app/blobs/" + d + " 404 BLOB_UNKNOWN Unknown blob",
+		"2026/12/06 22:27:46 GET /v2/plain/app/blobs/" + d,
+		"2026/12/06 22:27:47 GET /v2/coco/app/blobs/" + d,
+		"2026/12/06 22:27:47 GET /v2/coco/app/blobs/" + d + "x",
+	}, "\n")
+	if n := countBlobGets(log, "coco/app", d); n != 2 {
+		t.Errorf("countBlobGets = %d, want 2", n)
+	}
+	if n := countBlobGets(log, "plain/app", d); n != 1 {
+		t.Errorf("countBlobGets(plain/app) = %d, want 1", n)
+	}
+}

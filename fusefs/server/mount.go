@@ -139,7 +139,7 @@ func (s *server) mount(dir string, spec LayerSpec, keyBytes []byte) (err error) 
 	}
 	ctx := log.WithLogger(s.ctx, log.G(s.ctx).WithFields(log.Fields{"mountpoint": dir, "image": spec.ImageRef, "manifest": spec.Manifest}))
 	detachStale(ctx, dir)
-	src, tap, err := openSource(ctx, client, cfg, dir, spec, key)
+	src, err := openSource(ctx, client, cfg, dir, spec, key)
 	if err != nil {
 		return err
 	}
@@ -167,7 +167,7 @@ func (s *server) mount(dir string, spec LayerSpec, keyBytes []byte) (err error) 
 	if serr != nil {
 		log.G(ctx).WithError(serr).Warn("recording the mount for crash cleanup")
 	}
-	go m.background(bctx, cfg, tap)
+	go m.background(bctx, cfg)
 	return nil
 }
 
@@ -231,9 +231,8 @@ func detachStale(ctx context.Context, dir string) {
 
 // openSource returns the blob to serve spec from: the completed local copy
 // of dir's layer when one exists (a server restarted after a crash), else
-// the registry; through decryption for an encrypted layer. tap, when not
-// nil, is Complete's CheckBlob.
-func openSource(ctx context.Context, client *registry.Client, cfg *Config, dir string, spec LayerSpec, key *decrypt.LayerKey) (fusefs.Blob, *checkTap, error) {
+// the registry, through decryption for an encrypted layer.
+func openSource(ctx context.Context, client *registry.Client, cfg *Config, dir string, spec LayerSpec, key *decrypt.LayerKey) (fusefs.Blob, error) {
 	if ld := localDir(cfg, dir); ld != "" {
 		lb, err := fusefs.OpenFileBlob(filepath.Join(ld, spec.Blob.Digest.Encoded()), spec.Blob.Size)
 		if errors.Is(err, fusefs.ErrBadLocalCopy) {
@@ -242,45 +241,32 @@ func openSource(ctx context.Context, client *registry.Client, cfg *Config, dir s
 		}
 		if err == nil {
 			log.G(ctx).WithField("layer", spec.Blob.Digest).Info("serving a completed local copy (verified again in the background)")
-			if key == nil {
-				return lb, nil, nil // Complete checks the compressed digest itself
-			}
-			// The local copy of an encrypted layer is its plaintext: check
-			// the plain digest the key wrap authenticates.
-			return lb, &checkTap{src: lb, segSize: completeSegment, want: key.PlainDigest()}, nil
+			return lb, nil
 		}
 		if !errors.Is(err, os.ErrNotExist) {
-			return nil, nil, err
+			return nil, err
 		}
 	}
 	return openRemote(client, spec, key)
 }
 
 // openRemote reads the layer from the registry by range.
-func openRemote(client *registry.Client, spec LayerSpec, key *decrypt.LayerKey) (fusefs.Blob, *checkTap, error) {
+func openRemote(client *registry.Client, spec LayerSpec, key *decrypt.LayerKey) (fusefs.Blob, error) {
 	repos, err := client.Repositories(spec.ImageRef)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	rb, err := fusefs.NewRegistryBlob(client, repos, spec.Blob)
-	if err != nil {
-		return nil, nil, err
+	if err != nil || key == nil {
+		return rb, err
 	}
-	if key == nil {
-		return rb, nil, nil
-	}
-	tap := &checkTap{src: rb, segSize: completeSegment, want: spec.Blob.Digest, newMAC: key.NewHMACVerifier}
-	ra, err := key.NewReaderAt(tap)
-	if err != nil {
-		return nil, nil, err
-	}
-	return ra, tap, nil
+	return key.NewReaderAt(rb)
 }
 
 // background prefetches the prioritized files, then completes the layer
 // into CacheDir, retrying fetch errors with backoff. Once the layer is
 // local the key is no longer needed.
-func (m *mount) background(ctx context.Context, cfg *Config, tap *checkTap) {
+func (m *mount) background(ctx context.Context, cfg *Config) {
 	defer close(m.done)
 	if cfg.Prefetch {
 		if n, err := m.layer.Prefetch(ctx); err != nil {
@@ -293,18 +279,15 @@ func (m *mount) background(ctx context.Context, cfg *Config, tap *checkTap) {
 		return
 	}
 	o := fusefs.CompleteOptions{Dir: m.localDir, DiffID: m.spec.DiffID, Concurrency: completeConcurrency, SegmentSize: completeSegment}
-	if tap != nil {
-		o.CheckBlob = tap.check
+	if m.key != nil {
+		// The local copy is plaintext (from the registry, or a copy left by
+		// a server that died): encrypted back, it must be the ciphertext
+		// the manifest and the HMAC name.
+		o.Verifier = func() (fusefs.BlobVerifier, error) { return m.key.NewPlaintextVerifier() }
 	}
 	backoff := time.Second
 	for attempt := 1; ; attempt++ {
-		var err error
-		if tap != nil {
-			err = tap.arm()
-		}
-		if err == nil {
-			err = os.MkdirAll(m.localDir, 0o700)
-		}
+		err := os.MkdirAll(m.localDir, 0o700)
 		if err == nil {
 			err = m.complete(ctx, o)
 		}

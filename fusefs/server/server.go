@@ -457,9 +457,9 @@ func keyFrom(b []byte) (*decrypt.LayerKey, error) {
 }
 
 // memoryHeadroom is what the server needs besides its chunk cache: the
-// segments background completions have in flight (download buffers, joined
-// range reads, early segments the blob check holds) for a few layers at
-// once, and the runtime.
+// segments background completions have in flight (completeConcurrency
+// download buffers of completeSegment per layer, lent to joined range
+// reads) for a few layers at once, and the runtime.
 const memoryHeadroom = 256 << 20
 
 // setMemoryLimit gives the Go runtime a soft memory limit of the chunk

@@ -1,6 +1,7 @@
 package decrypt
 
 import (
+	"crypto/cipher"
 	"crypto/hmac"
 	"crypto/sha256"
 	"fmt"
@@ -68,4 +69,68 @@ func (k *LayerKey) VerifyHMAC(r io.Reader) error {
 		return fmt.Errorf("layer %s: read encrypted blob: %w", k.layer, err)
 	}
 	return v.Verify()
+}
+
+// PlaintextVerifier checks a whole encrypted blob from its decrypted
+// bytes, for a lazily pulled layer whose local copy is plaintext: write
+// the plaintext to it in order, from the first byte to the last, then call
+// Verify. It encrypts them again (AES-CTR is its own inverse, so this gives
+// back exactly the ciphertext they were decrypted from) and checks that
+// ciphertext as a full pull does: its size and digest against the
+// descriptor, and ocicrypt's HMAC. No ciphertext needs to be kept while the
+// blob is fetched out of order, and the check costs one more AES-CTR pass
+// over a copy already in memory or on the encrypted volume. A
+// PlaintextVerifier is not safe for concurrent use.
+type PlaintextVerifier struct {
+	stream cipher.Stream
+	mac    *HMACVerifier // also counts the bytes
+	digest hash.Hash
+	buf    []byte
+}
+
+// plaintextVerifierBuffer is the scratch space ciphertext is rebuilt in.
+const plaintextVerifierBuffer = 64 << 10
+
+// NewPlaintextVerifier returns a verifier for this layer's plaintext.
+func (k *LayerKey) NewPlaintextVerifier() (*PlaintextVerifier, error) {
+	mac, err := k.NewHMACVerifier()
+	if err != nil {
+		return nil, err
+	}
+	if !k.layer.Algorithm().Available() {
+		return nil, fmt.Errorf("layer %s: digest algorithm unavailable: %w", k.layer, errdefs.ErrNotImplemented)
+	}
+	return &PlaintextVerifier{
+		stream: cipher.NewCTR(k.block, k.nonce[:]),
+		mac:    mac,
+		digest: k.layer.Algorithm().Hash(),
+		buf:    make([]byte, plaintextVerifierBuffer),
+	}, nil
+}
+
+// Write adds the next plaintext bytes. It never fails.
+func (v *PlaintextVerifier) Write(p []byte) (int, error) {
+	n := len(p)
+	for len(p) > 0 {
+		c := v.buf[:min(len(p), len(v.buf))]
+		v.stream.XORKeyStream(c, p[:len(c)])
+		v.digest.Write(c)
+		_, _ = v.mac.Write(c) // never fails
+		p = p[len(c):]
+	}
+	return n, nil
+}
+
+// Verify reports whether the ciphertext rebuilt from the bytes written has
+// the descriptor's size and digest and the expected HMAC. Every mismatch
+// wraps errdefs.ErrFailedPrecondition (an HMAC mismatch also
+// ErrHMACMismatch) and names the layer.
+func (v *PlaintextVerifier) Verify() error {
+	if v.mac.size > 0 && v.mac.n != v.mac.size {
+		return fmt.Errorf("layer %s: encrypted blob is %d bytes, descriptor says %d: %w", v.mac.layer, v.mac.n, v.mac.size, errdefs.ErrFailedPrecondition)
+	}
+	if got := digest.NewDigest(v.mac.layer.Algorithm(), v.digest); got != v.mac.layer {
+		return fmt.Errorf("layer %s: encrypted blob digest mismatch: got %s: %w", v.mac.layer, got, errdefs.ErrFailedPrecondition)
+	}
+	return v.mac.Verify()
 }

@@ -597,3 +597,54 @@ func TestHMACVerifier(t *testing.T) {
 		}
 	})
 }
+
+// TestPlaintextVerifier: the plaintext of a blob, encrypted again, is its
+// ciphertext: written in uneven pieces it passes the digest, size and HMAC
+// checks; a changed, missing or extra plaintext byte fails them with
+// ErrFailedPrecondition naming the layer.
+func TestPlaintextVerifier(t *testing.T) {
+	gz := makeLayer(t, true, 3, 300000)
+	l := newLazyLayer(t, gz.blob, nil, nil)
+	layerName := l.key.Layer().String()
+	plain, err := ociStreamDecrypt(t, l.ct, l.lbco) // ocicrypt's plaintext, not ours
+	if err != nil {
+		t.Fatal(err)
+	}
+	verify := func(k *decrypt.LayerKey, p []byte) error {
+		v, err := k.NewPlaintextVerifier()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for off := 0; off < len(p); {
+			n := min(len(p)-off, 1+mrand.IntN(200000)) // across the scratch buffer's size
+			if _, err := v.Write(p[off : off+n]); err != nil {
+				t.Fatal(err)
+			}
+			off += n
+		}
+		return v.Verify()
+	}
+	if err := verify(l.key, plain); err != nil {
+		t.Fatalf("the real plaintext: %v", err)
+	}
+	for name, bad := range map[string][]byte{
+		"first byte changed": func() []byte { b := bytes.Clone(plain); b[0] ^= 1; return b }(),
+		"last byte changed":  func() []byte { b := bytes.Clone(plain); b[len(b)-1] ^= 0x80; return b }(),
+		"truncated":          plain[:len(plain)-1],
+		"extra byte":         append(bytes.Clone(plain), 0),
+	} {
+		t.Run(name, func(t *testing.T) {
+			err := verify(l.key, bad)
+			if !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), layerName) {
+				t.Fatalf("%s: %v", name, err)
+			}
+		})
+	}
+	t.Run("cleared key", func(t *testing.T) {
+		k := newLazyLayer(t, gz.blob, nil, nil)
+		k.key.Clear()
+		if _, err := k.key.NewPlaintextVerifier(); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+			t.Fatalf("NewPlaintextVerifier after Clear: %v", err)
+		}
+	})
+}

@@ -185,7 +185,7 @@ func (m *Mounter) blob(ctx context.Context, l snapshotter.LazyLayer, s *served) 
 	if s.key, err = decrypt.UnwrapLayer(ctx, l.Blob, m.opts.Decrypt); err != nil {
 		return nil, false, err
 	}
-	ra, err := s.key.NewReaderAt(&cipherTee{src: rb})
+	ra, err := s.key.NewReaderAt(rb)
 	if err != nil {
 		s.key.Clear()
 		return nil, false, err
@@ -216,13 +216,9 @@ func (m *Mounter) background(ctx context.Context, s *served, l snapshotter.LazyL
 	defer func() { <-m.sem }()
 	o := fusefs.CompleteOptions{Dir: s.localDir, DiffID: l.DiffID}
 	if s.key != nil {
-		sink, err := newCipherSink(s.key, l.Blob)
-		if err != nil {
-			lg.WithError(err).Error("lazy layer: cannot verify the ciphertext; not completed")
-			return
-		}
-		ctx = context.WithValue(ctx, sinkKey{}, sink)
-		o.CheckBlob = func(context.Context) error { return sink.verify() }
+		// The local copy is plaintext: encrypted back, it must be the
+		// ciphertext the manifest and the HMAC name.
+		o.Verifier = func() (fusefs.BlobVerifier, error) { return s.key.NewPlaintextVerifier() }
 	}
 	if err := s.layer.Complete(ctx, o); err != nil {
 		if ctx.Err() != nil {

@@ -4,7 +4,11 @@
 // through cocoon (fresh cocoond and containerd each time) and through
 // containerd's own overlayfs snapshotter (fresh containerd root each time).
 // With -encrypted (the default) it also pulls the image encrypted by
-// cocoonctl encrypt through cocoon, in the same rounds. It reports the pull
+// cocoonctl encrypt through cocoon, in the same rounds. With -kata (the
+// default) it also pulls the plain image as the kata-agent does, through
+// the CDH's PullImage of a fresh cocoond in kata-guest mode (no
+// containerd) into a bundle, in the same rounds, and reports the median
+// ratio PullImage/snapshotter. It reports the pull
 // wall time of each run, the median ratios cocoon/overlayfs and
 // encrypted/plain, the CPU time cocoond and the registry spent on each pull
 // (a pull whose CPU time is twice its wall time was CPU-bound on 2 cores),
@@ -54,11 +58,12 @@ type options struct {
 	cache      string
 	encrypted  bool
 	overlayfs  bool
+	kata       bool
 }
 
 // Run is one measured pull.
 type Run struct {
-	Mode      string  `json:"mode"` // "cocoon" or "overlayfs"
+	Mode      string  `json:"mode"` // "cocoon", "overlayfs", "cocoon-encrypted" or "kata-pullimage"
 	Iteration int     `json:"iteration"`
 	PullSec   float64 `json:"pull_seconds"`
 	// cocoond only (zero for overlayfs runs).
@@ -114,6 +119,12 @@ type Report struct {
 		// encrypted/plain wall-time ratio possible when both pulls keep
 		// every core busy.
 		EncryptedOverPlainCPU float64 `json:"ratio_encrypted_over_plain_cpu,omitempty"`
+		// The CDH's PullImage into a bundle (kata-guest mode), when
+		// measured, against the snapshotter path ("cocoon").
+		KataMedianSec     float64 `json:"kata_pullimage_median_seconds,omitempty"`
+		KataOverCocoon    float64 `json:"ratio_kata_pullimage_over_cocoon,omitempty"`
+		KataCocoondCPU    float64 `json:"kata_cocoond_median_cpu_seconds,omitempty"`
+		KataCocoondMaxHWM int64   `json:"kata_cocoond_max_vmhwm_bytes,omitempty"`
 	} `json:"summary"`
 }
 
@@ -126,6 +137,7 @@ func main() {
 	flag.StringVar(&o.out, "out", "", "JSON output (default $COCOON_BIN/bench-guestpull.json)")
 	flag.BoolVar(&o.encrypted, "encrypted", true, "also pull the image encrypted by cocoonctl encrypt (key from a development KBS), against the single-core AES-256-CTR+HMAC-SHA256 limit")
 	flag.BoolVar(&o.overlayfs, "overlayfs", true, "also pull through containerd's overlayfs snapshotter (the baseline of the cocoon/overlayfs ratio)")
+	flag.BoolVar(&o.kata, "kata", true, "also pull through the CDH's PullImage of cocoond in kata-guest mode into a bundle (the kata-agent's path), against the snapshotter path")
 	flag.StringVar(&o.cache, "cache", "", "directory caching the generated layers (default $COCOON_E2E_BIN/bench-cache)")
 	flag.Parse()
 	if o.iterations < 1 || o.layers < 1 || o.sizeMB < 1 || o.textShare < 0 || o.textShare > 1 {
@@ -192,13 +204,20 @@ func run(ctx context.Context, s *harness.Script, o options) (*Report, error) {
 		rep.Summary.CryptoLimitMBps = cryptoLimit()
 		s.Logf("single-core AES-256-CTR + HMAC-SHA256: %.0f MB/s", rep.Summary.CryptoLimitMBps)
 	}
+	if o.kata {
+		modes = append(modes, modeKata)
+	}
 	for i := 1; i <= o.iterations; i++ {
 		for _, mode := range modes {
 			target, kbsURL := im, ""
 			if mode == "cocoon-encrypted" {
 				target, kbsURL = enc, kbs.URL
 			}
-			r, err := pullOnce(ctx, s, reg, target, mode, i, i == 1, kbsURL)
+			pull := pullOnce
+			if mode == modeKata {
+				pull = pullImageOnce
+			}
+			r, err := pull(ctx, s, reg, target, mode, i, i == 1, kbsURL)
 			if err != nil {
 				return nil, fmt.Errorf("%s run %d: %w", mode, i, err)
 			}
@@ -427,7 +446,7 @@ func (t *textReader) Read(p []byte) (int, error) {
 }
 
 func summarize(rep *Report) {
-	var c, o, e, cCPU, eCPU, cAll, eAll []float64
+	var c, o, e, k, cCPU, eCPU, kCPU, cAll, eAll []float64
 	for _, r := range rep.Runs {
 		switch r.Mode {
 		case "cocoon":
@@ -436,6 +455,10 @@ func summarize(rep *Report) {
 			cAll = append(cAll, r.CocoondCPUSec+r.RegistryCPUSec)
 			rep.Summary.CocoondMaxHWM = max(rep.Summary.CocoondMaxHWM, r.CocoondHWM)
 			rep.Summary.CocoondMaxRSS = max(rep.Summary.CocoondMaxRSS, r.CocoondPeakRSS)
+		case modeKata:
+			k = append(k, r.PullSec)
+			kCPU = append(kCPU, r.CocoondCPUSec)
+			rep.Summary.KataCocoondMaxHWM = max(rep.Summary.KataCocoondMaxHWM, r.CocoondHWM)
 		case "cocoon-encrypted":
 			e = append(e, r.PullSec)
 			eCPU = append(eCPU, r.CocoondCPUSec)
@@ -448,6 +471,10 @@ func summarize(rep *Report) {
 	rep.Summary.CocoonMedianSec = median(c)
 	rep.Summary.CocoondCPUSec, rep.Summary.EncryptedCocoondCPUSec = median(cCPU), median(eCPU)
 	rep.Summary.OverlayfsMedianSec = median(o)
+	if rep.Summary.KataMedianSec = median(k); rep.Summary.KataMedianSec > 0 && rep.Summary.CocoonMedianSec > 0 {
+		rep.Summary.KataOverCocoon = rep.Summary.KataMedianSec / rep.Summary.CocoonMedianSec
+		rep.Summary.KataCocoondCPU = median(kCPU)
+	}
 	if rep.Summary.OverlayfsMedianSec > 0 {
 		rep.Summary.Ratio = rep.Summary.CocoonMedianSec / rep.Summary.OverlayfsMedianSec
 	}
@@ -557,5 +584,9 @@ func printReport(w io.Writer, rep *Report) {
 		fmt.Fprintf(w, "encrypted image: median pull %.2f s (cocoond CPU %.2f s; %.0f MB/s; plain %.0f MB/s); ratio encrypted/plain %.2f (CPU of cocoond and registry: %.2f); single-core AES-256-CTR+HMAC-SHA256 limit %.0f MB/s (pull throughput %.2f of it); cocoond VmHWM %s\n",
 			rep.Summary.EncryptedMedianSec, rep.Summary.EncryptedCocoondCPUSec, rep.Summary.EncryptedMBps, rep.Summary.PlainMBps, rep.Summary.EncryptedOverPlain, rep.Summary.EncryptedOverPlainCPU,
 			rep.Summary.CryptoLimitMBps, rep.Summary.EncryptedOverCryptoMax, mib(rep.Summary.EncryptedCocoondMaxHWM))
+	}
+	if rep.Summary.KataMedianSec > 0 {
+		fmt.Fprintf(w, "kata guest: median PullImage into a bundle %.2f s (cocoond CPU %.2f s, VmHWM %s); ratio PullImage/snapshotter path (containerd + cocoon) %.2f\n",
+			rep.Summary.KataMedianSec, rep.Summary.KataCocoondCPU, mib(rep.Summary.KataCocoondMaxHWM), rep.Summary.KataOverCocoon)
 	}
 }
