@@ -271,8 +271,9 @@ func checkInstalled(t *testing.T, files map[string]string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	want = bytes.ReplaceAll(want, []byte("/usr/local/bin/"), []byte("/opt/cocoon/bin/"))
 	if files["/etc/cocoon/cocoond.toml"] != "-rw-r--r--\n"+string(want) {
-		t.Error("/etc/cocoon/cocoond.toml is not contrib/kata-host/cocoond.toml")
+		t.Error("/etc/cocoon/cocoond.toml is not contrib/kata-host/cocoond.toml with its binaries in /opt/cocoon/bin")
 	}
 	dropIn, _ := render(t, containerdConfigOptions{Address: "/run/cocoon/cocoon.sock", Version: "2", Name: "cocoon",
 		Mode: modeKataHost, RuntimeHandler: "kata-qemu-coco-dev,kata-qemu-tdx"})

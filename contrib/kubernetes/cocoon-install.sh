@@ -8,8 +8,8 @@
 # install:
 #   - copies the binaries of $COCOON_ARTIFACTS/bin to $COCOON_PREFIX/bin;
 #   - writes /etc/cocoon/cocoond.toml and /etc/systemd/system/cocoond.service
-#     (contrib/kata-host, ExecStart pointed at $COCOON_PREFIX/bin) and starts
-#     cocoond;
+#     (contrib/kata-host, with /usr/local/bin/ replaced by $COCOON_PREFIX/bin/)
+#     and starts cocoond;
 #   - writes the containerd drop-in /etc/containerd/conf.d/cocoon.toml
 #     (cocoonctl containerd-config --mode kata-host), makes
 #     /etc/containerd/config.toml import it when it does not import conf.d
@@ -166,11 +166,14 @@ do_install() {
 	for f in "$ARTIFACTS"/bin/*; do
 		svc+=$(put "$f" "$PREFIX/bin/$(basename "$f")" 755)
 	done
-	svc+=$(put "$CONFIG_SRC" "$CONFIG" 644)
+	# The unit and config name /usr/local/bin/ (a manual install); here the
+	# binaries are in $PREFIX/bin.
+	sed "s|/usr/local/bin/|$PREFIX/bin/|g" "$CONFIG_SRC" >"$tmp/config"
+	svc+=$(put "$tmp/config" "$CONFIG" 644)
 	sed "s|/usr/local/bin/|$PREFIX/bin/|g" "$ARTIFACTS/kata-host/cocoond.service" >"$tmp/unit"
 	svc+=$(put "$tmp/unit" "$UNIT" 644)
 
-	address=$(sed -n -E 's/^address[[:space:]]*=[[:space:]]*"([^"]+)".*/\1/p' "$CONFIG_SRC")
+	address=$(sed -n -E 's/^address[[:space:]]*=[[:space:]]*"([^"]+)".*/\1/p' "$tmp/config")
 	"$ARTIFACTS/bin/cocoonctl" containerd-config --mode kata-host \
 		--runtime-handler "$HANDLERS" --address "${address:-/run/cocoon/cocoon.sock}" >"$tmp/dropin"
 	ctd+=$(put "$tmp/dropin" "$DROPIN" 644)
