@@ -85,8 +85,8 @@ version = 3
 # Pods of runtime handler %[2]q use cocoon. Unless the kubelet passes the
 # handler with PullImage (feature gate RuntimeClassInImageCriApi), they need
 # the annotation io.containerd.cri.runtime-handler: %[2]s, or the image
-# is pulled on the host. runtime_platforms: containerd releases that do not
-# copy the runtime's snapshotter to the images plugin read only this one.
+# is pulled on the host. runtime_platforms: the images plugin reads only
+# this before containerd/containerd#12836 (2026) copied the runtime's.
 [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.%[2]s]
   snapshotter = %[1]q
 [plugins."io.containerd.cri.v1.images".runtime_platforms.%[2]s]
