@@ -108,22 +108,27 @@ func (m *manifests) decodeDoc(doc []byte) error {
 	case "kustomize.config.k8s.io/v1beta1 Kustomization":
 		err = strictDecode(doc, &m.kustomization)
 	case "v1 Namespace":
-		m.namespaces = append(m.namespaces, corev1.Namespace{})
-		err = strictDecode(doc, &m.namespaces[len(m.namespaces)-1])
+		err = appendDecoded(&m.namespaces, doc)
 	case "apps/v1 DaemonSet":
-		m.daemonSets = append(m.daemonSets, appsv1.DaemonSet{})
-		err = strictDecode(doc, &m.daemonSets[len(m.daemonSets)-1])
+		err = appendDecoded(&m.daemonSets, doc)
 	case "node.k8s.io/v1 RuntimeClass":
-		m.runtimeClass = append(m.runtimeClass, nodev1.RuntimeClass{})
-		err = strictDecode(doc, &m.runtimeClass[len(m.runtimeClass)-1])
+		err = appendDecoded(&m.runtimeClass, doc)
 	case "v1 Pod":
-		m.pods = append(m.pods, corev1.Pod{})
-		err = strictDecode(doc, &m.pods[len(m.pods)-1])
+		err = appendDecoded(&m.pods, doc)
 	default:
 		// RBAC kinds included: the installer needs no API access.
 		return &unexpectedKind{tm}
 	}
 	return err
+}
+
+func appendDecoded[T any](list *[]T, doc []byte) error {
+	var v T
+	if err := strictDecode(doc, &v); err != nil {
+		return err
+	}
+	*list = append(*list, v)
+	return nil
 }
 
 type unexpectedKind struct{ tm metav1.TypeMeta }
