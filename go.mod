@@ -12,6 +12,7 @@ require (
 	github.com/containerd/log v0.2.0
 	github.com/containerd/nri v0.12.3
 	github.com/containerd/platforms v1.0.0-rc.5
+	github.com/containerd/plugin v1.1.0
 	github.com/containerd/stargz-snapshotter/estargz v0.19.1
 	github.com/containers/ocicrypt v1.3.2
 	github.com/docker/go-units v0.5.0
@@ -50,7 +51,6 @@ require (
 
 require (
 	dario.cat/mergo v1.0.2 // indirect
-	github.com/containerd/plugin v1.1.0 // indirect
 	github.com/fxamacker/cbor/v2 v2.9.4 // indirect
 	github.com/json-iterator/go v1.1.12 // indirect
 	github.com/modern-go/concurrent v0.0.0-20180306012644-bacd9c7ef1dd // indirect

@@ -68,6 +68,7 @@ type Daemon struct {
 	// REST shim; kataSockets the ttRPC sockets served, in start order.
 	agent       *agent.Agent
 	kataSockets []string
+	ready       readiness // what /readyz probes (ready.go)
 
 	// closers release what New acquired, run in reverse order by Close.
 	closers   []func()
@@ -294,7 +295,8 @@ func (d *Daemon) listenSnapshots(sn *snapshotter.Snapshotter) error {
 	return nil
 }
 
-// listenMetrics listens for Prometheus scrapes; Run serves them.
+// listenMetrics listens for Prometheus scrapes and the /readyz and
+// /healthz probes (ready.go); Run serves them.
 func (d *Daemon) listenMetrics(ctx context.Context) error {
 	ml, err := net.Listen("tcp", d.cfg.MetricsAddress)
 	if err != nil {
@@ -309,6 +311,7 @@ func (d *Daemon) listenMetrics(ctx context.Context) error {
 		g = prometheus.Gatherers{d.metrics, d.lazyMetrics}
 	}
 	mux.Handle("/metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}))
+	d.handleHealth(mux)
 	d.metricsL = ml
 	d.metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	log.G(ctx).WithField("address", ml.Addr().String()).Info("serving metrics")
@@ -341,6 +344,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 			}
 		}()
 	}
+	d.ready.serving.Store(true)
 	if d.rpc != nil {
 		log.G(ctx).WithFields(log.Fields{
 			"address":  d.cfg.Address,
@@ -364,6 +368,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 // stopServing shuts the metrics server down and stops the snapshots API.
 func (d *Daemon) stopServing(ctx context.Context) {
+	d.ready.serving.Store(false)
 	if d.health != nil {
 		d.health.Shutdown()
 	}

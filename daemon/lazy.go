@@ -104,6 +104,7 @@ func (d *Daemon) newLazyServer(ctx context.Context, cacheDir string, sizes lazyS
 		c.Close()
 	})
 	d.lazyMetrics = c
+	d.ready.lazy = m
 	return m, nil
 }
 

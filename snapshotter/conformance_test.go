@@ -32,3 +32,19 @@ func TestConformance(t *testing.T) {
 		testsuite.SnapshotterSuite(t, "overlayfs", factory(nil))
 	})
 }
+
+// TestWalkEmptyStore: a snapshotter that never held a snapshot lists
+// nothing rather than failing (containerd's `ctr snapshots ls` and its
+// garbage collector walk it).
+func TestWalkEmptyStore(t *testing.T) {
+	ctx := context.Background()
+	s, err := New(ctx, Options{Root: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	n := 0
+	if err := s.Walk(ctx, func(context.Context, snapshots.Info) error { n++; return nil }); err != nil || n != 0 {
+		t.Fatalf("Walk of an empty store: %d snapshots, %v", n, err)
+	}
+}

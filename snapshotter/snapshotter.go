@@ -406,9 +406,18 @@ func (s *Snapshotter) Update(ctx context.Context, info snapshots.Info, fieldpath
 
 // Walk calls fn for every snapshot that matches the filters.
 func (s *Snapshotter) Walk(ctx context.Context, fn snapshots.WalkFunc, filters ...string) error {
-	return s.Snapshotter.Walk(ctx, func(ctx context.Context, info snapshots.Info) error {
+	visited := false
+	err := s.Snapshotter.Walk(ctx, func(ctx context.Context, info snapshots.Info) error {
+		visited = true
 		return fn(ctx, withoutUpperdir(info))
 	}, filters...)
+	if !visited && errors.Is(err, errdefs.ErrNotFound) {
+		// The metadata store creates its buckets with the first snapshot;
+		// until then there is nothing to list ("bucket does not exist"
+		// would fail `ctr snapshots ls` and containerd's garbage collector).
+		return nil
+	}
+	return err
 }
 
 func withoutUpperdir(info snapshots.Info) snapshots.Info {

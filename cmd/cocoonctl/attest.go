@@ -74,24 +74,33 @@ func (k *kbsFlags) client() (*kbs.Client, error) {
 	if k.url == "" {
 		return nil, fmt.Errorf("--url is required: %w", errUsage)
 	}
+	cfg, err := k.config()
+	if err != nil {
+		return nil, err
+	}
+	return kbs.NewClient(cfg)
+}
+
+// config reads the files the flags name and picks the attester.
+func (k *kbsFlags) config() (kbs.Config, error) {
 	cfg := kbs.Config{URL: k.url, TEEKeyAlgorithm: k.keyAlg, HTTPTimeout: k.timeout}
 	var err error
 	if k.cert != "" {
 		if cfg.CertPEM, err = os.ReadFile(k.cert); err != nil {
-			return nil, fmt.Errorf("read --cert: %w", err)
+			return kbs.Config{}, fmt.Errorf("read --cert: %w", err)
 		}
 	}
 	if k.initData != "" {
 		if cfg.InitDataTOML, err = os.ReadFile(k.initData); err != nil {
-			return nil, fmt.Errorf("read --initdata: %w", err)
+			return kbs.Config{}, fmt.Errorf("read --initdata: %w", err)
 		}
 	}
 	var a attest.Attester
 	if a, err = newAttester(k.tee); err != nil {
-		return nil, err
+		return kbs.Config{}, fmt.Errorf("no attester: %w", err)
 	}
 	cfg.Attester = a
-	return kbs.NewClient(cfg)
+	return cfg, nil
 }
 
 func runKBSToken(ctx context.Context, args []string, out io.Writer) error {

@@ -30,7 +30,7 @@ func runAsCocoonctlIfRequested() {
 // declares them (internal/cri/config/config.go: ImageConfig, ImagePlatform,
 // Runtime; internal, hence mirrored). Decoding strictly into these catches a
 // misspelt key, which containerd would only log.
-type criImagesConfig struct {
+type strictCRIImages struct {
 	DisableSnapshotAnnotations bool `toml:"disable_snapshot_annotations"`
 	DiscardUnpackedLayers      bool `toml:"discard_unpacked_layers"`
 	RuntimePlatforms           map[string]struct {
@@ -39,7 +39,7 @@ type criImagesConfig struct {
 	} `toml:"runtime_platforms"`
 }
 
-type criRuntimeConfig struct {
+type strictCRIRuntime struct {
 	Containerd struct {
 		Runtimes map[string]struct {
 			Type        string `toml:"runtime_type"`
@@ -91,8 +91,8 @@ imports = [%q]
 	if p := cfg.ProxyPlugins["cocoon"]; p.Type != "snapshot" || p.Address != o.Address {
 		t.Errorf("proxy_plugins.cocoon = %+v", p)
 	}
-	var img criImagesConfig
-	var rt criRuntimeConfig
+	var img strictCRIImages
+	var rt strictCRIRuntime
 	decodePlugin(t, cfg, "io.containerd.cri.v1.images", &img)
 	decodePlugin(t, cfg, "io.containerd.cri.v1.runtime", &rt)
 	if img.DisableSnapshotAnnotations || img.DiscardUnpackedLayers {
@@ -105,6 +105,16 @@ imports = [%q]
 	}
 	if got := rt.Containerd.Runtimes["kata-qemu-coco-dev"].Type; got != "io.containerd.kata-qemu-coco-dev.v2" {
 		t.Errorf("the drop-in lost kata-deploy's runtime_type: %q", got)
+	}
+	// cocoonctl doctor accepts what the installer writes.
+	v, err := loadContainerdConfig(filepath.Join(dir, "config.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []result{checkProxyPlugin(v, "cocoon", o.Address), checkCRILabels(v, "cocoon"), checkCRISnapshotter(v, "cocoon", "kata-qemu-coco-dev")} {
+		if r.Status != statusOK {
+			t.Errorf("doctor: %s", r)
+		}
 	}
 }
 

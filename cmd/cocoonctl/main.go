@@ -1,6 +1,7 @@
 // Command cocoonctl is cocoon's operator and debugging CLI: containerd
-// configuration, attestation debugging (evidence, token, resource), and the
-// tools later capabilities add (secrets, encryption, init-data, volumes).
+// configuration, node and guest checks (doctor), attestation debugging
+// (evidence, token, resource), and the tools later capabilities add
+// (secrets, encryption, init-data, volumes).
 //
 // Each subcommand lives in its own file and registers itself in init with
 // register; multi-word subcommands ("kbs token") are matched on the longest

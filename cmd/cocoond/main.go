@@ -47,7 +47,7 @@ type stringFlag struct {
 var stringFlags = []stringFlag{
 	{"root", "state `directory` (default /var/lib/cocoon)", func(c *daemon.Config) *string { return &c.Root }},
 	{"address", "unix `socket` serving containerd's snapshots API (default /run/cocoon/cocoon.sock)", func(c *daemon.Config) *string { return &c.Address }},
-	{"metrics-address", "serve Prometheus metrics on `host:port` (/metrics)", func(c *daemon.Config) *string { return &c.MetricsAddress }},
+	{"metrics-address", "serve Prometheus metrics (/metrics) and the readiness and liveness probes (/readyz, /healthz) on `host:port`", func(c *daemon.Config) *string { return &c.MetricsAddress }},
 	{"log-level", "log `level`: debug, info, warn, error (default info)", func(c *daemon.Config) *string { return &c.LogLevel }},
 	{"log-format", "log format: text or json (default text)", func(c *daemon.Config) *string { return &c.LogFormat }},
 	{"rest-api", "serve the guest REST API (/aa, /cdh) on `host:port`, normally 127.0.0.1:8006", func(c *daemon.Config) *string { return &c.REST.Address }},
