@@ -8,7 +8,7 @@ export GOFLAGS := -tags=$(GOTAGS)
 export COCOON_BIN := $(BIN)
 export COCOON_E2E_BIN := $(E2EBIN)
 
-BINARIES := cocoond cocoonctl cocoon-kbs
+BINARIES := cocoond cocoonctl cocoon-kbs nydus-overlayfs-cocoon
 
 .PHONY: all build test unit vet lint protos protos-check test-deps e2e-tools e2e demo bench fuzz clean
 

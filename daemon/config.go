@@ -20,9 +20,10 @@ type Config struct {
 	MetricsAddress string `toml:"metrics_address"`
 	LogLevel       string `toml:"log_level"`
 	LogFormat      string `toml:"log_format"`
-	// Mode is guest (default: containerd in the guest) or kata-guest (the
-	// kata-agent's AA and CDH ttRPC services and the REST shim); see
-	// ModeGuest, ModeKataGuest.
+	// Mode is guest (default: containerd in the guest), kata-guest (the
+	// kata-agent's AA and CDH ttRPC services and the REST shim) or kata-host
+	// (the snapshots API of a Kata node, guest pull); see ModeGuest,
+	// ModeKataGuest, ModeKataHost.
 	Mode string `toml:"mode"`
 	// Serve overrides the mode's services: any of snapshotter, aa, cdh,
 	// rest (the REST shim on rest.address, default 127.0.0.1:8006).
@@ -131,7 +132,13 @@ type SnapshotterConfig struct {
 	// containerd without enable_remote_snapshot_annotations) even though an
 	// image security policy is configured: such layers are not verified.
 	// Off by default: those Prepares are refused.
+	// In kata-host mode it lets containerd pull such layers on the host
+	// instead of refusing them.
 	AllowUnlabelledLayers bool `toml:"allow_unlabelled_layers"`
+	// KataMountType is the rootfs mount type in kata-host mode (default
+	// "fuse.nydus-overlayfs-cocoon"); "fuse./path/to/nydus-overlayfs-cocoon"
+	// names the mount helper by path, as nydus's nydus_overlayfs_path does.
+	KataMountType string `toml:"kata_mount_type"`
 }
 
 // LazyConfig turns on lazy pull of eStargz layers: a layer whose

@@ -184,6 +184,10 @@ func (d *Daemon) startPipeline(ctx context.Context) (*snapshotter.Snapshotter, p
 	if err != nil {
 		return nil, pipelineDeps{}, err
 	}
+	if cfg.Mode == ModeKataHost {
+		sn, err := d.startKataHost(ctx, storage)
+		return sn, pipelineDeps{}, err
+	}
 	puller, deps, err := d.newPuller(ctx, storage, pm)
 	if err != nil {
 		return nil, pipelineDeps{}, err

@@ -32,6 +32,11 @@ const (
 	// guest-components' attestation-agent, confidential-data-hub and
 	// api-server-rest would; no containerd, no snapshots socket.
 	ModeKataGuest = "kata-guest"
+	// ModeKataHost is a Kata node's host: the snapshots API only, recording
+	// image layers without pulling them and handing Kata's runtimes a rootfs
+	// mount that asks the guest to pull the image (see
+	// snapshotter.KataHostOptions); no image pipeline, no KBS.
+	ModeKataHost = "kata-host"
 )
 
 // Services cocoond can serve (Config.Serve).
@@ -83,9 +88,12 @@ func (c *Config) Serves(service string) bool { return c.services()[service] }
 // validateServices checks mode, serve and the kata sockets.
 func (c *Config) validateServices() error {
 	switch c.Mode {
-	case "", ModeGuest, ModeKataGuest:
+	case "", ModeGuest, ModeKataGuest, ModeKataHost:
 	default:
-		return fmt.Errorf("mode: %q is not %s or %s", c.Mode, ModeGuest, ModeKataGuest)
+		return fmt.Errorf("mode: %q is not %s, %s or %s", c.Mode, ModeGuest, ModeKataGuest, ModeKataHost)
+	}
+	if err := c.validateKataHost(); err != nil {
+		return err
 	}
 	known := []string{ServeSnapshotter, ServeAA, ServeCDH, ServeREST}
 	seen := map[string]bool{}

@@ -144,11 +144,12 @@ func pushTwoLayerImage(t *testing.T, ctx context.Context, env *harness.Env, reg 
 	return im, msg
 }
 
-// assertNoLayerBlobs checks that containerd's content store holds the
-// manifest and config of im but none of its layer blobs.
-func assertNoLayerBlobs(t *testing.T, ctx context.Context, ctrd *harness.Containerd, im *harness.Image) {
+// assertNoLayerBlobs checks that containerd's content store (in the
+// default namespace or the one given) holds the manifest and config of im
+// but none of its layer blobs.
+func assertNoLayerBlobs(t *testing.T, ctx context.Context, ctrd *harness.Containerd, im *harness.Image, namespace ...string) {
 	t.Helper()
-	content, err := ctrd.ContentDigests(ctx)
+	content, err := ctrd.ContentDigests(ctx, namespace...)
 	if err != nil {
 		t.Fatal(err)
 	}

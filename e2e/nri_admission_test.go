@@ -49,19 +49,7 @@ func testNRIRefusesImageSharingAcceptedLayers(t *testing.T, localPull bool) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := newSigner(t, ctx, env, reg)
-	pub := s.cosignKey("good")
-	policy := fmt.Sprintf(`{"default":[{"type":"reject"}],"transports":{"docker":{
-		%q:[{"type":"sigstoreSigned","keyPath":"kbs:///default/cosign-key/1"}],
-		%q:[{"type":"insecureAcceptAnything"}]}}}`, reg.Host+"/coco", reg.Host+"/pause")
-	kbs, err := env.StartKBS(ctx, harness.KBSOptions{
-		Policy:    harness.AllowAllPolicy,
-		Resources: map[string][]byte{"default/cosign-key/1": pub, "default/image-policy/1": []byte(policy)},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cdh := s.write("cdh.toml", fmt.Sprintf("[kbc]\nname = \"cc_kbc\"\nurl = %q\n\n[image]\nimage_security_policy_uri = \"kbs:///default/image-policy/1\"\n", kbs.URL))
+	s, cdh := signedPolicyKBS(t, ctx, env, reg, nil)
 
 	// The pause image (accepted by the policy) and the signed image.
 	pause := pushPauseImage(t, ctx, env, reg)

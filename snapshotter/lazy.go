@@ -313,6 +313,9 @@ func (s *Snapshotter) checkParentsMounted(ctx context.Context, parent string) er
 // View returns a read-only view on parent, refused when parent sits on a
 // lazy layer that is not mounted.
 func (s *Snapshotter) View(ctx context.Context, key, parent string, opts ...snapshots.Opt) ([]mount.Mount, error) {
+	if s.kata != nil {
+		return s.kataView(ctx, key, parent, opts)
+	}
 	if err := s.checkParentsMounted(ctx, parent); err != nil {
 		return nil, err
 	}

@@ -6,6 +6,13 @@
 // chain ID and returning ErrAlreadyExists, so containerd never fetches or
 // applies the blob.
 //
+// In kata-host mode (Options.KataHost, on a Kata node's host) it fetches
+// nothing: such a Prepare commits an empty layer labelled with the CRI
+// labels, and a container's rootfs mount carries a KataVirtualVolume
+// (snapshotter/katavolume) asking the Kata guest to pull the image; state
+// is derived from labels and the parent chain, so a lost metadata store
+// does not break the next Prepare.
+//
 // The snapshotter does not know image formats: it asks the image pipeline
 // (a LayerSource; image/pull through snapshotter/pullsource) for a verified
 // staged layer and commits it by rename. It must never commit a layer that
@@ -48,6 +55,9 @@ type Options struct {
 	// eStargz TOC digest annotation without fetching them; nil full-pulls
 	// every layer. The snapshotter does not close it.
 	Lazy LazyMounter
+	// KataHost turns on kata-host mode (see KataHostOptions); Layers and
+	// Lazy are then unused: the Kata guest pulls images.
+	KataHost *KataHostOptions
 }
 
 // Snapshotter implements containerd's snapshots.Snapshotter.
@@ -57,6 +67,7 @@ type Snapshotter struct {
 	requireLabels         bool
 	lazy                  LazyMounter
 	verdicts              *verdictStore
+	kata                  *KataHostOptions
 
 	mu    sync.Mutex
 	locks map[string]*chainLock
@@ -81,6 +92,17 @@ func New(ctx context.Context, opts Options) (*Snapshotter, error) {
 	if opts.Root == "" {
 		return nil, errors.New("snapshotter: no root directory")
 	}
+	var kata *KataHostOptions
+	if opts.KataHost != nil {
+		k := *opts.KataHost
+		if k.MountType == "" {
+			k.MountType = DefaultKataMountType
+		}
+		if err := CheckKataMountType(k.MountType); err != nil {
+			return nil, err
+		}
+		kata = &k
+	}
 	// The upperdir label tells commitStaged where a staging snapshot's
 	// upper directory is, without reading it out of mount options.
 	oopts := []overlay.Opt{overlay.WithUpperdirLabel}
@@ -97,10 +119,16 @@ func New(ctx context.Context, opts Options) (*Snapshotter, error) {
 		return nil, err
 	}
 	s := &Snapshotter{Snapshotter: o, layers: opts.Layers, requireLabels: opts.RequireLabels, lazy: opts.Lazy, verdicts: v, locks: map[string]*chainLock{},
-		unmounted: map[string]bool{}, stop: make(chan struct{})}
+		unmounted: map[string]bool{}, stop: make(chan struct{}), kata: kata}
 	if err := s.removeStaleStaging(ctx); err != nil {
 		o.Close()
 		return nil, err
+	}
+	if kata != nil {
+		if err := s.moveOrphans(ctx, opts.Root); err != nil {
+			o.Close()
+			return nil, err
+		}
 	}
 	if err := s.remountLazy(ctx); err != nil {
 		o.Close()
@@ -170,6 +198,9 @@ func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...s
 		if err := o(&info); err != nil {
 			return nil, err
 		}
+	}
+	if s.kata != nil {
+		return s.kataPrepare(ctx, key, parent, info.Labels, opts)
 	}
 	target, isLayer := imageLayerTarget(key, info.Labels)
 	if !isLayer {

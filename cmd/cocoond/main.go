@@ -2,7 +2,9 @@
 // a unix socket (proxy plugin "cocoon") and pulls, verifies and unpacks image
 // layers itself (guest pull); in a Kata guest (--mode kata-guest) it answers
 // the kata-agent's Attestation Agent and Confidential Data Hub ttRPC APIs
-// instead; it exposes Prometheus metrics on request.
+// instead; on a Kata node's host (--mode kata-host) it records image layers
+// without fetching them and hands Kata's runtimes a rootfs mount asking the
+// guest to pull the image; it exposes Prometheus metrics on request.
 //
 // This command only reads flags and the configuration file; package daemon
 // does the work.
@@ -58,7 +60,7 @@ var stringFlags = []stringFlag{
 	{"cdh-config", "upstream cdh.toml `file` (default: from init-data)", func(c *daemon.Config) *string { return &c.Attestation.CDHConfig }},
 	{"storage-volume", "put image storage on an encrypted volume on this block device or `file` (key and header in memory only)", func(c *daemon.Config) *string { return &c.Storage.Volume }},
 	{"secrets-mount", "mount the secrets filesystem (sealed secrets, KBS resources) on `dir`", func(c *daemon.Config) *string { return &c.Secrets.Mount }},
-	{"mode", "guest (containerd in the guest; default) or kata-guest (the kata-agent's AA and CDH ttRPC services, then the REST API)", func(c *daemon.Config) *string { return &c.Mode }},
+	{"mode", "guest (containerd in the guest; default), kata-guest (the kata-agent's AA and CDH ttRPC services, then the REST API) or kata-host (a Kata node's snapshots API: layers recorded, the guest pulls)", func(c *daemon.Config) *string { return &c.Mode }},
 	{"cdh-socket", "Confidential Data Hub ttRPC `uri` (default: cdh.toml's socket, else unix:///run/confidential-containers/cdh.sock)", func(c *daemon.Config) *string { return &c.Kata.CDHSocket }},
 	{"aa-socket", "Attestation Agent ttRPC `uri` (default: cdh.toml's [aa] aa_socket, else upstream's)", func(c *daemon.Config) *string { return &c.Kata.AASocket }},
 }

@@ -39,3 +39,24 @@ func TestFlagsOverrideConfig(t *testing.T) {
 		}
 	}
 }
+
+// TestModeKataHostFlag: --mode kata-host over a config file's guest mode
+// gives a valid kata-host configuration serving only the snapshots API.
+func TestModeKataHostFlag(t *testing.T) {
+	f, err := parseFlags([]string{"--root", "/r", "--mode", "kata-host"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := daemon.Default()
+	cfg.Mode = daemon.ModeGuest
+	f.apply(&cfg)
+	if cfg.Mode != daemon.ModeKataHost {
+		t.Fatalf("mode %q", cfg.Mode)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if !cfg.Serves(daemon.ServeSnapshotter) || cfg.Serves(daemon.ServeREST) {
+		t.Fatal("kata-host serves more than the snapshots API")
+	}
+}

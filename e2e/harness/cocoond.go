@@ -143,13 +143,13 @@ func (c *Cocoond) Start(ctx context.Context) error {
 }
 
 // ContainerdConfig returns `cocoonctl containerd-config` for this daemon's
-// socket and containerd 2.x.
-func (c *Cocoond) ContainerdConfig(ctx context.Context) (string, error) {
+// socket and containerd 2.x, with extra flags (e.g. --runtime-handler).
+func (c *Cocoond) ContainerdConfig(ctx context.Context, extra ...string) (string, error) {
 	ctl, err := c.env.CocoonBinary("cocoonctl")
 	if err != nil {
 		return "", err
 	}
-	return runTool(ctx, c.env, ctl, "containerd-config", "--address", c.Address, "--containerd-version", "2")
+	return runTool(ctx, c.env, ctl, append([]string{"containerd-config", "--address", c.Address, "--containerd-version", "2"}, extra...)...)
 }
 
 // Metrics scrapes /metrics and returns every sample, keyed by the series

@@ -40,6 +40,11 @@ type ContainerdOptions struct {
 	// state and registry configuration under the work directory; see
 	// criConfig.
 	CRI *CRIOptions
+	// PathDirs come first on containerd's PATH, which its shims inherit
+	// (e.g. a directory holding mount helpers).
+	PathDirs []string
+	// Env is added to containerd's environment (and its shims').
+	Env []string
 }
 
 // StartContainerd writes a config.toml (version 3; root, state, socket all
@@ -104,8 +109,8 @@ state = %q
 	// stopped, kill any shim (and its containers) that still names our
 	// socket.
 	e.TB.Cleanup(c.killStrayShims)
-	path := e.ToolBin + ":/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-	p, err := e.StartProcess(o.Name, e.Tool("containerd"), []string{"--config", c.Config}, []string{"PATH=" + path})
+	path := strings.Join(append(slices.Clone(o.PathDirs), e.ToolBin, "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"), ":")
+	p, err := e.StartProcess(o.Name, e.Tool("containerd"), []string{"--config", c.Config}, append([]string{"PATH=" + path}, o.Env...))
 	if err != nil {
 		return nil, err
 	}
@@ -171,9 +176,14 @@ func (c *Containerd) localize(args []string) []string {
 }
 
 // ContentDigests lists the digests in containerd's content store
-// (`ctr content ls`).
-func (c *Containerd) ContentDigests(ctx context.Context) ([]string, error) {
-	out, err := c.Ctr(ctx, "content", "ls", "-q")
+// (`ctr content ls`), in the default namespace or the one given (CRI's is
+// k8s.io).
+func (c *Containerd) ContentDigests(ctx context.Context, namespace ...string) ([]string, error) {
+	ns := "default"
+	if len(namespace) > 0 {
+		ns = namespace[0]
+	}
+	out, err := c.Ctr(ctx, "-n", ns, "content", "ls", "-q")
 	if err != nil {
 		return nil, err
 	}

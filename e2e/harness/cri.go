@@ -90,6 +90,13 @@ func (c *Containerd) Crictl(ctx context.Context, args ...string) (string, error)
 // PodSandbox writes the config of a host-network pod and runs it; cleanup
 // stops and removes it (and its containers).
 func (c *Containerd) PodSandbox(ctx context.Context, name string) (id, configPath string, err error) {
+	return c.PodSandboxWith(ctx, name, "")
+}
+
+// PodConfig writes the config of a host-network pod; a runtime handler is
+// also named by the annotation io.containerd.cri.runtime-handler, which
+// `crictl pull --pod-config` passes to PullImage.
+func (c *Containerd) PodConfig(name, runtimeHandler string) (string, error) {
 	cfg := map[string]any{
 		"metadata":      map[string]any{"name": name, "namespace": "default", "uid": name + "-uid", "attempt": 0},
 		"log_directory": filepath.Join(c.Dir, "pod-logs", name),
@@ -97,11 +104,25 @@ func (c *Containerd) PodSandbox(ctx context.Context, name string) (id, configPat
 			"security_context": map[string]any{"namespace_options": map[string]any{"network": 2}}, // NODE
 		},
 	}
-	configPath = filepath.Join(c.Dir, "pod-"+name+".json")
-	if err := writeJSON(configPath, cfg); err != nil {
+	if runtimeHandler != "" {
+		cfg["annotations"] = map[string]string{"io.containerd.cri.runtime-handler": runtimeHandler}
+	}
+	configPath := filepath.Join(c.Dir, "pod-"+name+".json")
+	return configPath, writeJSON(configPath, cfg)
+}
+
+// PodSandboxWith runs a host-network pod with a runtime handler ("" for
+// the default); cleanup stops and removes it (and its containers).
+func (c *Containerd) PodSandboxWith(ctx context.Context, name, runtimeHandler string) (id, configPath string, err error) {
+	configPath, err = c.PodConfig(name, runtimeHandler)
+	if err != nil {
 		return "", "", err
 	}
-	out, err := c.Crictl(ctx, "runp", configPath)
+	args := []string{"runp", configPath}
+	if runtimeHandler != "" {
+		args = []string{"runp", "--runtime", runtimeHandler, configPath}
+	}
+	out, err := c.Crictl(ctx, args...)
 	if err != nil {
 		return "", "", err
 	}
@@ -120,11 +141,14 @@ func (c *Containerd) PodSandbox(ctx context.Context, name string) (id, configPat
 }
 
 // CreateContainer creates (does not start) a container of image in pod.
-func (c *Containerd) CreateContainer(ctx context.Context, podID, podConfig, name, image string) (string, error) {
+func (c *Containerd) CreateContainer(ctx context.Context, podID, podConfig, name, image string, command ...string) (string, error) {
 	cfg := map[string]any{
 		"metadata": map[string]any{"name": name},
 		"image":    map[string]any{"image": image},
 		"log_path": name + ".log",
+	}
+	if len(command) > 0 {
+		cfg["command"] = command
 	}
 	p := filepath.Join(c.Dir, "ctr-"+name+".json")
 	if err := writeJSON(p, cfg); err != nil {

@@ -46,6 +46,18 @@ const (
 	// GuestPulled marks committed snapshots whose content cocoon fetched and
 	// verified itself (value: the layer digest).
 	GuestPulled = "cocoon.io/guest-pulled"
+	// KataHost marks a committed image layer that cocoond in kata-host mode
+	// recorded without fetching it: an empty directory standing for a layer
+	// the Kata guest pulls itself (value: the layer digest).
+	KataHost = "cocoon.io/kata-host"
+	// KataRecovered marks a committed placeholder kata-host mode created for
+	// a parent containerd named but the metadata store no longer held (lost
+	// or restored from an older copy); value: Unix time of the recovery.
+	KataRecovered = "cocoon.io/kata-recovered"
+	// KataFallback is set ("true") in the image_pull metadata of the Kata
+	// volume on a rootfs whose layers cocoon did not record for guest pull
+	// (containerd applied them, e.g. the pause image before kata-host mode).
+	KataFallback = "cocoon.io/kata-fallback"
 	// Bundle marks the active snapshot of an OCI bundle's rootfs that
 	// kata/bundle pulled for the Kata agent (value: the bundle path).
 	Bundle = "cocoon.io/bundle"
