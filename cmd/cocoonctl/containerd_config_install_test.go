@@ -15,6 +15,8 @@ import (
 	srvconfig "github.com/containerd/containerd/v2/cmd/containerd/server/config"
 	"github.com/pelletier/go-toml/v2"
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/cocoon-cc/cocoon/snapshotter"
 )
 
 // runAsCocoonctlIfRequested makes the test binary act as cocoonctl, for the
@@ -146,6 +148,7 @@ func newInstallEnv(t *testing.T) *installEnv {
 	}
 	writeFile(t, filepath.Join(e.artifacts, "bin", "cocoonctl"), "#!/bin/sh\nCOCOONCTL_TEST_AS_MAIN=1 exec "+self+" \"$@\"\n")
 	writeFile(t, filepath.Join(e.artifacts, "bin", "cocoond"), "#!/bin/sh\n")
+	writeFile(t, filepath.Join(e.artifacts, "bin", snapshotter.KataHelperName), "#!/bin/sh\n")
 	for _, f := range []string{"cocoond.service", "cocoond.toml"} {
 		raw, err := os.ReadFile(filepath.Join(contribDir, "kata-host", f))
 		if err != nil {
@@ -156,7 +159,8 @@ func newInstallEnv(t *testing.T) *installEnv {
 	fake := filepath.Join(dir, "nsenter")
 	writeFile(t, fake, "#!/bin/sh\necho \"$*\" >>"+e.hostLog+"\n"+
 		"[ \"$1\" = containerd ] && echo 'containerd github.com/containerd/containerd/v2 v2.4.2 0123abc'\nexit 0\n")
-	for _, p := range []string{fake, filepath.Join(e.artifacts, "bin", "cocoonctl"), filepath.Join(e.artifacts, "bin", "cocoond")} {
+	bins, _ := filepath.Glob(filepath.Join(e.artifacts, "bin", "*"))
+	for _, p := range append(bins, fake) {
 		if err := os.Chmod(p, 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -285,18 +289,30 @@ func checkInstalled(t *testing.T, files map[string]string) {
 	if files["/etc/cocoon/cocoond.toml"] != "-rw-r--r--\n"+string(want) {
 		t.Error("/etc/cocoon/cocoond.toml is not contrib/kata-host/cocoond.toml with its binaries in /opt/cocoon/bin")
 	}
+	var cfg struct {
+		Snapshotter struct {
+			KataMountType string `toml:"kata_mount_type"`
+		} `toml:"snapshotter"`
+	}
+	if err := toml.Unmarshal(want, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	helper, _ := strings.CutPrefix(cfg.Snapshotter.KataMountType, "fuse.")
+	if files[helper] != "-rwxr-xr-x\n#!/bin/sh\n" {
+		t.Errorf("kata_mount_type %q names no installed mount helper", cfg.Snapshotter.KataMountType)
+	}
 	dropIn, _ := render(t, containerdConfigOptions{Address: "/run/cocoon/cocoon.sock", Version: "2", Name: "cocoon",
 		Mode: modeKataHost, RuntimeHandler: "kata-qemu-coco-dev,kata-qemu-tdx"})
 	if files["/etc/containerd/conf.d/cocoon.toml"] != "-rw-r--r--\n"+dropIn {
 		t.Errorf("drop-in:\n%s", files["/etc/containerd/conf.d/cocoon.toml"])
 	}
-	var cfg srvconfig.Config
+	var ctd srvconfig.Config
 	conf := strings.SplitN(files["/etc/containerd/config.toml"], "\n", 2)[1]
-	if err := toml.NewDecoder(strings.NewReader(conf)).DisallowUnknownFields().Decode(&cfg); err != nil {
+	if err := toml.NewDecoder(strings.NewReader(conf)).DisallowUnknownFields().Decode(&ctd); err != nil {
 		t.Fatalf("config.toml: %v\n%s", err, conf)
 	}
-	if !slices.Contains(cfg.Imports, "/etc/containerd/conf.d/cocoon.toml") && !slices.Contains(cfg.Imports, "/etc/containerd/conf.d/*.toml") {
-		t.Errorf("config.toml imports %q", cfg.Imports)
+	if !slices.Contains(ctd.Imports, "/etc/containerd/conf.d/cocoon.toml") && !slices.Contains(ctd.Imports, "/etc/containerd/conf.d/*.toml") {
+		t.Errorf("config.toml imports %q", ctd.Imports)
 	}
 	checkMounted(t, keys(files))
 }

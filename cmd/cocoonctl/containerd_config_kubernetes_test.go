@@ -28,6 +28,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/cocoon-cc/cocoon/attest/initdata"
+	"github.com/cocoon-cc/cocoon/snapshotter"
 )
 
 var (
@@ -323,6 +324,7 @@ func TestKubernetesContainerfile(t *testing.T) {
 		}
 	}
 	for _, p := range []string{"/opt/cocoon-artifacts/cocoon-install.sh", "/opt/cocoon-artifacts/bin/cocoond",
+		"/opt/cocoon-artifacts/bin/" + snapshotter.KataHelperName,
 		"/opt/cocoon-artifacts/bin/cocoonctl", "/opt/cocoon-artifacts/kata-host/cocoond.service",
 		"/opt/cocoon-artifacts/kata-host/cocoond.toml"} {
 		if !dests[p] {
