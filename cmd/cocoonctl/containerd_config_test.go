@@ -86,6 +86,10 @@ func TestContainerdConfigRefusesBadInput(t *testing.T) {
 		{Address: "/x.sock", Version: "3", Name: "cocoon"},
 		{Address: "/x.sock", Version: "2", Name: "co coon"},
 		{Address: "/x.sock", Version: "2", Name: "cocoon", RuntimeHandler: "a]b"},
+		{Address: "/x.sock", Version: "2", Name: "cocoon", Mode: "host"},
+		{Address: "/x.sock", Version: "2", Name: "cocoon", Mode: modeKataHost, RuntimeHandler: "kata-qemu-tdx,,kata-qemu-snp"},
+		{Address: "/x.sock", Version: "2", Name: "cocoon", Mode: modeKataHost, RuntimeHandler: "kata qemu"},
+		{Address: "/x.sock", Version: "1.6", Name: "cocoon", Mode: modeKataHost},
 	} {
 		if err := writeContainerdConfig(&bytes.Buffer{}, o); !errors.Is(err, errUsage) {
 			t.Errorf("%+v: error = %v", o, err)
