@@ -23,24 +23,34 @@ type containerdConfigOptions struct {
 	Version        string // "2" or "1.7"
 	Name           string // proxy plugin / snapshotter name
 	Platform       string
-	RuntimeHandler string // scope cocoon to one CRI runtime handler (e.g. kata-qemu-tdx)
+	RuntimeHandler string // scope cocoon to CRI runtime handlers (kata-host: comma-separated, e.g. kata-qemu-tdx)
+	Mode           string // "guest" (cocoond pulls) or "kata-host" (the Kata guest pulls)
 }
 
 func runContainerdConfig(_ context.Context, args []string) error {
+	o, err := parseContainerdConfig(args)
+	if err != nil {
+		return err
+	}
+	return writeContainerdConfig(os.Stdout, o)
+}
+
+func parseContainerdConfig(args []string) (containerdConfigOptions, error) {
 	fs := newFlags("containerd-config")
 	o := containerdConfigOptions{}
 	fs.StringVar(&o.Address, "address", "/run/cocoon/cocoon.sock", "cocoond's snapshots API `socket`")
 	fs.StringVar(&o.Version, "containerd-version", "2", "containerd `version`: 2 (config version 3) or 1.7 (config version 2)")
 	fs.StringVar(&o.Name, "name", "cocoon", "snapshotter `name`")
 	fs.StringVar(&o.Platform, "platform", "linux/"+runtime.GOARCH, "platform unpacked by the transfer service")
-	fs.StringVar(&o.RuntimeHandler, "runtime-handler", "", "use cocoon only for this CRI runtime `handler` (default: for all pods)")
+	fs.StringVar(&o.RuntimeHandler, "runtime-handler", "", "use cocoon only for this CRI runtime `handler` (default: for all pods; kata-host: comma-separated list, default "+defaultKataHandler+")")
+	fs.StringVar(&o.Mode, "mode", modeGuest, "cocoond's `mode`: guest (cocoond pulls and unpacks) or kata-host (records layers, the Kata guest pulls)")
 	if err := fs.Parse(args); err != nil {
-		return err
+		return o, err
 	}
 	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments %q: %w", fs.Args(), errUsage)
+		return o, fmt.Errorf("unexpected arguments %q: %w", fs.Args(), errUsage)
 	}
-	return writeContainerdConfig(os.Stdout, o)
+	return o, nil
 }
 
 // validate checks the options that end up inside the TOML.
@@ -51,9 +61,15 @@ func (o containerdConfigOptions) validate() error {
 	if o.Name == "" || strings.ContainsAny(o.Name, "\". \t") {
 		return fmt.Errorf("--name %q is not a valid plugin name: %w", o.Name, errUsage)
 	}
-	for _, r := range o.RuntimeHandler {
-		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
-			return fmt.Errorf("--runtime-handler %q: only letters, digits, '-' and '_' are allowed: %w", o.RuntimeHandler, errUsage)
+	handlers := []string{o.RuntimeHandler}
+	if o.Mode == modeKataHost {
+		handlers = o.kataHandlers()
+	}
+	for _, h := range handlers {
+		for _, r := range h {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+				return fmt.Errorf("--runtime-handler %q: only letters, digits, '-' and '_' are allowed: %w", o.RuntimeHandler, errUsage)
+			}
 		}
 	}
 	return nil
@@ -64,6 +80,17 @@ func writeContainerdConfig(w io.Writer, o containerdConfigOptions) error {
 		return err
 	}
 	var b strings.Builder
+	switch o.Mode {
+	case "", modeGuest:
+	case modeKataHost:
+		if err := writeKataHost(&b, o); err != nil {
+			return err
+		}
+		_, err := io.WriteString(w, b.String())
+		return err
+	default:
+		return fmt.Errorf("--mode %q: want %s or %s: %w", o.Mode, modeGuest, modeKataHost, errUsage)
+	}
 	switch o.Version {
 	case "2", "2.x", "2.0", "2.1", "2.2", "2.3", "2.4":
 		writeContainerd2(&b, o)

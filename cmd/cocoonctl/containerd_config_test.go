@@ -86,6 +86,10 @@ func TestContainerdConfigRefusesBadInput(t *testing.T) {
 		{Address: "/x.sock", Version: "3", Name: "cocoon"},
 		{Address: "/x.sock", Version: "2", Name: "co coon"},
 		{Address: "/x.sock", Version: "2", Name: "cocoon", RuntimeHandler: "a]b"},
+		{Address: "/x.sock", Version: "2", Name: "cocoon", Mode: "host"},
+		{Address: "/x.sock", Version: "2", Name: "cocoon", Mode: modeKataHost, RuntimeHandler: "kata-qemu-tdx,,kata-qemu-snp"},
+		{Address: "/x.sock", Version: "2", Name: "cocoon", Mode: modeKataHost, RuntimeHandler: "kata qemu"},
+		{Address: "/x.sock", Version: "1.6", Name: "cocoon", Mode: modeKataHost},
 	} {
 		if err := writeContainerdConfig(&bytes.Buffer{}, o); !errors.Is(err, errUsage) {
 			t.Errorf("%+v: error = %v", o, err)
@@ -99,6 +103,9 @@ func TestContribMatchesCommand(t *testing.T) {
 		"containerd-2.x.toml":      {Version: "2"},
 		"containerd-1.7.toml":      {Version: "1.7"},
 		"containerd-2.x-kata.toml": {Version: "2", RuntimeHandler: "kata-qemu-coco-dev"},
+		// cocoonctl containerd-config --mode kata-host [--containerd-version 1.7]
+		"kata-host/containerd-2.x.toml": {Version: "2", Mode: modeKataHost},
+		"kata-host/containerd-1.7.toml": {Version: "1.7", Mode: modeKataHost},
 	} {
 		o.Address, o.Name, o.Platform = "/run/cocoon/cocoon.sock", "cocoon", "linux/amd64"
 		got, _ := render(t, o)

@@ -19,6 +19,7 @@ import (
 // create start (cryptvol/detached re-executes this binary).
 func TestMain(m *testing.M) {
 	detached.RunEngineIfRequested()
+	runAsCocoonctlIfRequested()
 	os.Exit(m.Run())
 }
 
