@@ -67,8 +67,10 @@
 //
 // Never write a volume key or passphrase to disk, pass one on a command
 // line or in the environment, or log one. Keys are zeroized after use
-// (luks2.Zero); the AES key schedules inside crypto/aes cannot be wiped
-// from Go and are dropped to the garbage collector. An ephemeral volume's
+// (luks2.Zero). The userspace engine's own AES-XTS key schedule (amd64,
+// AES-NI or VAES) is wiped at detach; the schedules inside crypto/aes
+// (the dm-crypt table aside, other platforms and the purego build) cannot
+// be wiped from Go and are dropped to the garbage collector. An ephemeral volume's
 // header lives only in memory. Never leave a mount, loop device or mapping
 // behind on an error path.
 package cryptvol

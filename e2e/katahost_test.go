@@ -161,15 +161,22 @@ func testKataHostCRI(t *testing.T, runtimePlatforms bool) {
 	assertNoLayerBlobs(t, ctx, ctrd, app, "k8s.io")
 }
 
-// kataHostFragment is cocoonctl's fragment for the kata handler, with the
-// handler's runtime type (the runc shim here), keeping the images plugin's
-// runtime_platforms entry or not.
+// kataHostFragment is the drop-in `cocoonctl containerd-config --mode
+// kata-host` prints for the kata handler (as the README and the installer
+// use it), with the handler's runtime type (the runc shim here, kata-deploy's
+// entry on a real node), keeping the images plugin's runtime_platforms entry
+// or not. Its `version` line goes: the harness appends it to a config that
+// has its own.
 func kataHostFragment(t *testing.T, ctx context.Context, cd *harness.Cocoond, runtimePlatforms bool) string {
 	t.Helper()
-	frag, err := cd.ContainerdConfig(ctx, "--runtime-handler", kataHandler)
+	frag, err := cd.ContainerdConfig(ctx, "--mode", "kata-host", "--runtime-handler", kataHandler)
 	if err != nil {
 		t.Fatal(err)
 	}
+	if !strings.HasPrefix(frag, "version = 3\n") && !strings.Contains(frag, "\nversion = 3\n") {
+		t.Fatalf("the kata-host drop-in is not a version 3 configuration:\n%s", frag)
+	}
+	frag = strings.Replace(frag, "version = 3\n", "", 1)
 	runtime := fmt.Sprintf("[plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.%s]\n", kataHandler)
 	platforms := fmt.Sprintf("[plugins.\"io.containerd.cri.v1.images\".runtime_platforms.%s]\n  snapshotter = \"cocoon\"\n", kataHandler)
 	if !strings.Contains(frag, runtime) || !strings.Contains(frag, platforms) {
