@@ -98,7 +98,7 @@ func pushBigImage(t *testing.T, ctx context.Context, s *lazyStack, repo, variant
 	if err := top.WriteFile(topPath, harness.Uncompressed); err != nil {
 		t.Fatal(err)
 	}
-	im, err := s.reg.Push(ctx, harness.ImageSpec{Repo: repo, Tag: "v1", Layers: []string{base, topPath}, Cmd: []string{"/bin/cat", "/data/message"}})
+	im, err := s.reg.Push(ctx, harness.ImageSpec{Repo: repo, Tag: "v1", Layers: []string{base, topPath}, Cmd: []string{"/bin/sh", "-c", lazyCmd}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -261,13 +261,21 @@ func (s *lazyStack) lazyLog() string {
 	return s.cocoond.Proc.Log() + s.cocoond.LazyServerLog()
 }
 
+// lazyCmd prints the message file of the lazy layer, then how many bytes
+// of it the container read: a run whose output lacks the message then says
+// whether the file read short (the layer's fault) or the output was lost on
+// its way to ctr (nothing printed at all). The pause lets ctr's copy of a
+// short-lived container's output finish before the task exits.
+// (crane mutate takes the command as CSV: no quotes, no commas.)
+const lazyCmd = `cat /data/message; echo read $(wc -c < /data/message) bytes of /data/message; sleep 0.2`
+
 // runAll runs a new container of each image and checks its output.
 func (s *lazyStack) runAll(t *testing.T, ctx context.Context, runs []lazyRun, suffix string) {
 	t.Helper()
 	for _, r := range runs {
 		out, err := s.ctrd.Ctr(ctx, "run", "--rm", "--snapshotter", snapshotterName, r.ref, containerID(t, r.name+"-"+suffix))
 		if err != nil || !strings.Contains(out, r.msg) {
-			t.Errorf("%s image (%s) printed %q, %v; want %q", r.name, suffix, out, err, r.msg)
+			t.Errorf("%s image (%s) printed %q, %v; want %q; the lazy FUSE server's log:\n%s", r.name, suffix, out, err, r.msg, s.cocoond.LazyServerLog())
 		}
 	}
 }
