@@ -9,7 +9,8 @@ import (
 	"os/exec"
 	"time"
 
-	"github.com/cocoon-cc/cocoon/kata/aa"
+	"github.com/cocoon-cc/cocoon/attest/config"
+	"github.com/cocoon-cc/cocoon/snapshotter"
 )
 
 func init() {
@@ -26,11 +27,6 @@ const (
 	doctorModeKataHost  = "kata-host"  // a Kubernetes node running Kata pods
 	doctorModeKataGuest = "kata-guest" // the kata-agent's CDH and AA in a Kata guest
 )
-
-// defaultCDHSocket is kata/defaultCDHSocket, upstream CDH's address.
-// kata/cdh is not imported: its keyprovider proto clashes with ocicrypt's,
-// which the keyprovider command links in.
-const defaultCDHSocket = "unix:///run/confidential-containers/cdh.sock"
 
 // Check outcomes. A fail makes doctor exit non-zero; skip means the check
 // had nothing to look at (its finding says what would enable it).
@@ -85,10 +81,10 @@ func (o *doctorOptions) parse(args []string) error {
 	fs.StringVar(&o.address, "address", "/run/cocoon/cocoon.sock", "cocoond's snapshots API `socket`")
 	fs.StringVar(&o.snapshotter, "snapshotter", "cocoon", "the proxy plugin's `name` in containerd")
 	fs.StringVar(&o.runtimeHandler, "runtime-handler", "", "the CRI runtime `handler` whose pods use cocoon (default: the default snapshotter is checked)")
-	fs.StringVar(&o.kataMountType, "kata-mount-type", defaultKataMountType, "kata-host rootfs mount `type` (cocoond.toml [snapshotter] kata_mount_type)")
+	fs.StringVar(&o.kataMountType, "kata-mount-type", snapshotter.DefaultKataMountType, "kata-host rootfs mount `type` (cocoond.toml [snapshotter] kata_mount_type)")
 	fs.StringVar(&o.metricsAddress, "metrics-address", "", "cocoond's metrics `host:port`, to ask its /readyz")
-	fs.StringVar(&o.cdhSocket, "cdh-socket", defaultCDHSocket, "the Confidential Data Hub's ttRPC `URI` (kata-guest)")
-	fs.StringVar(&o.aaSocket, "aa-socket", aa.DefaultSocket, "the Attestation Agent's ttRPC `URI` (kata-guest)")
+	fs.StringVar(&o.cdhSocket, "cdh-socket", config.DefaultCDHSocket, "the Confidential Data Hub's ttRPC `URI` (kata-guest)")
+	fs.StringVar(&o.aaSocket, "aa-socket", config.DefaultAASocket, "the Attestation Agent's ttRPC `URI` (kata-guest)")
 	registerKBSFlags(fs, &o.kbs)
 	fs.DurationVar(&o.timeout, "timeout", 30*time.Second, "time allowed for each check")
 	fs.BoolVar(&o.json, "json", false, "print the results as a JSON array")

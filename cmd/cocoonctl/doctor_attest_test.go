@@ -71,8 +71,8 @@ func TestAASocketCheck(t *testing.T) {
 }
 
 // refusingCDH answers UnsealSecret as kata/cdh does for a string that is
-// no sealed secret (kata/cdh is not linked into cocoonctl: see
-// defaultCDHSocket).
+// no sealed secret (kata/cdh is not linked into cocoonctl: its keyprovider
+// proto clashes with ocicrypt's, which the keyprovider command links in).
 type refusingCDH struct{}
 
 func (refusingCDH) UnsealSecret(context.Context, *cdhpb.UnsealSecretInput) (*cdhpb.UnsealSecretOutput, error) {

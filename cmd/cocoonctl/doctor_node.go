@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/cocoon-cc/cocoon/cryptvol/engine/dmcrypt"
+	"github.com/cocoon-cc/cocoon/snapshotter"
 )
 
 // Device nodes the FUSE and encryption checks open.
@@ -187,11 +188,6 @@ func checkReadiness(ctx context.Context, addr string) result {
 	return fail(c, fmt.Sprintf("%s answers %d: %s", url, resp.StatusCode, text), "see the failing parts above and cocoond's log (journalctl -u cocoond)")
 }
 
-// defaultKataMountType is the rootfs mount type cocoond returns in
-// kata-host mode (snapshotter.DefaultKataMountType, [snapshotter]
-// kata_mount_type).
-const defaultKataMountType = "fuse.nydus-overlayfs-cocoon"
-
 // checkMountHelper: containerd can mount a kata-host rootfs on the host
 // (runc pods on the same snapshotter, image volumes copied out). For a
 // "fuse.<helper>" type, containerd runs mount.fuse or mount.fuse3 (the only
@@ -203,7 +199,7 @@ func checkMountHelper(mountType string, lookPath func(string) (string, error)) r
 	const c = "mount-helper"
 	helper, isFuse := strings.CutPrefix(mountType, "fuse.")
 	if !isFuse || helper == "" {
-		return fail(c, fmt.Sprintf("mount type %q is not fuse.<helper>", mountType), "set [snapshotter] kata_mount_type = \""+defaultKataMountType+"\" (or pass --kata-mount-type as cocoond.toml has it)")
+		return fail(c, fmt.Sprintf("mount type %q is not fuse.<helper>", mountType), "set [snapshotter] kata_mount_type = \""+snapshotter.DefaultKataMountType+"\" (or pass --kata-mount-type as cocoond.toml has it)")
 	}
 	helperPath, err := lookPath(helper)
 	if err != nil {

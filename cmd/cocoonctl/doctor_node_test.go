@@ -17,6 +17,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/cocoon-cc/cocoon/snapshotter"
 )
 
 func wantResult(t *testing.T, got result, status, text string) {
@@ -151,10 +153,10 @@ func TestMountHelperCheck(t *testing.T) {
 			return "", exec.ErrNotFound
 		}
 	}
-	wantResult(t, checkMountHelper(defaultKataMountType, in("nydus-overlayfs-cocoon", "mount.fuse3")), statusOK,
+	wantResult(t, checkMountHelper(snapshotter.DefaultKataMountType, in("nydus-overlayfs-cocoon", "mount.fuse3")), statusOK,
 		"fuse.nydus-overlayfs-cocoon mounts run /usr/local/bin/nydus-overlayfs-cocoon through /usr/local/bin/mount.fuse3")
-	wantResult(t, checkMountHelper(defaultKataMountType, in("mount.fuse")), statusFail, "install nydus-overlayfs-cocoon (cmd/nydus-overlayfs-cocoon) in containerd's PATH")
-	wantResult(t, checkMountHelper(defaultKataMountType, in("nydus-overlayfs-cocoon")), statusFail, "neither mount.fuse nor mount.fuse3")
+	wantResult(t, checkMountHelper(snapshotter.DefaultKataMountType, in("mount.fuse")), statusFail, "install nydus-overlayfs-cocoon (cmd/nydus-overlayfs-cocoon) in containerd's PATH")
+	wantResult(t, checkMountHelper(snapshotter.DefaultKataMountType, in("nydus-overlayfs-cocoon")), statusFail, "neither mount.fuse nor mount.fuse3")
 	wantResult(t, checkMountHelper("overlay", in("nydus-overlayfs-cocoon", "mount.fuse")), statusFail, "kata_mount_type")
 	wantResult(t, checkMountHelper("fuse./opt/cocoon/nydus-overlayfs-cocoon", exec.LookPath), statusFail, "/opt/cocoon/nydus-overlayfs-cocoon: ")
 }

@@ -19,12 +19,14 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/cocoon-cc/cocoon/attest/agent"
+	"github.com/cocoon-cc/cocoon/attest/config"
 	"github.com/cocoon-cc/cocoon/attest/initdata"
 	"github.com/cocoon-cc/cocoon/kata/api/aapb"
 )
 
-// DefaultSocket is upstream AA's default ttRPC address.
-const DefaultSocket = "unix:///run/confidential-containers/attestation-agent/attestation-agent.sock"
+// DefaultSocket is upstream AA's default ttRPC address (cdh.toml's
+// [aa] aa_socket default).
+const DefaultSocket = config.DefaultAASocket
 
 // Agent is what the service calls; *agent.Agent is one.
 type Agent interface {

@@ -20,13 +20,14 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/cocoon-cc/cocoon/attest/config"
 	"github.com/cocoon-cc/cocoon/attest/kbs"
 	"github.com/cocoon-cc/cocoon/kata/api/cdhpb"
 	"github.com/cocoon-cc/cocoon/kata/api/keyproviderpb"
 )
 
 // DefaultSocket is upstream CDH's default address (cdh.toml `socket`).
-const DefaultSocket = "unix:///run/confidential-containers/cdh.sock"
+const DefaultSocket = config.DefaultCDHSocket
 
 // Unsealer opens sealed secrets ("sealed.<header>.<payload>.<signature>");
 // *sealed.Unsealer is one.
