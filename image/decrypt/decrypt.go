@@ -218,10 +218,8 @@ func (r *Reader) Verify() error {
 		r.verifyErr = err
 		return err
 	}
-	if got := digest.NewDigest(r.layer.Algorithm(), r.src.H); got != r.layer {
-		r.verifyErr = fmt.Errorf("layer %s: encrypted blob digest mismatch: got %s: %w", r.layer, got, errdefs.ErrFailedPrecondition)
-	} else if r.blobSize > 0 && r.src.N != r.blobSize {
-		r.verifyErr = fmt.Errorf("layer %s: encrypted blob is %d bytes, descriptor says %d: %w", r.layer, r.src.N, r.blobSize, errdefs.ErrFailedPrecondition)
+	if r.verifyErr = checkBlobDigest(r.layer, r.src.H); r.verifyErr == nil && r.blobSize > 0 && r.src.N != r.blobSize {
+		r.verifyErr = errBlobSize(r.layer, r.src.N, r.blobSize)
 	}
 	return r.verifyErr
 }

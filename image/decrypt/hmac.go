@@ -50,7 +50,7 @@ func (v *HMACVerifier) Write(p []byte) (int, error) {
 // size errdefs.ErrFailedPrecondition; both name the layer.
 func (v *HMACVerifier) Verify() error {
 	if v.size > 0 && v.n != v.size {
-		return fmt.Errorf("layer %s: encrypted blob is %d bytes, descriptor says %d: %w", v.layer, v.n, v.size, errdefs.ErrFailedPrecondition)
+		return errBlobSize(v.layer, v.n, v.size)
 	}
 	if !hmac.Equal(v.mac.Sum(nil), v.want) {
 		return fmt.Errorf("layer %s: %w", v.layer, ErrHMACMismatch)
@@ -122,15 +122,26 @@ func (v *PlaintextVerifier) Write(p []byte) (int, error) {
 }
 
 // Verify reports whether the ciphertext rebuilt from the bytes written has
-// the descriptor's size and digest and the expected HMAC. Every mismatch
-// wraps errdefs.ErrFailedPrecondition (an HMAC mismatch also
+// the descriptor's size, the expected HMAC and the descriptor's digest.
+// Every mismatch wraps errdefs.ErrFailedPrecondition (an HMAC mismatch also
 // ErrHMACMismatch) and names the layer.
 func (v *PlaintextVerifier) Verify() error {
-	if v.mac.size > 0 && v.mac.n != v.mac.size {
-		return fmt.Errorf("layer %s: encrypted blob is %d bytes, descriptor says %d: %w", v.mac.layer, v.mac.n, v.mac.size, errdefs.ErrFailedPrecondition)
+	if err := v.mac.Verify(); err != nil { // size, then HMAC
+		return err
 	}
-	if got := digest.NewDigest(v.mac.layer.Algorithm(), v.digest); got != v.mac.layer {
-		return fmt.Errorf("layer %s: encrypted blob digest mismatch: got %s: %w", v.mac.layer, got, errdefs.ErrFailedPrecondition)
+	return checkBlobDigest(v.mac.layer, v.digest)
+}
+
+// checkBlobDigest compares the digest of the ciphertext hashed into h with
+// the descriptor's.
+func checkBlobDigest(layer digest.Digest, h hash.Hash) error {
+	if got := digest.NewDigest(layer.Algorithm(), h); got != layer {
+		return fmt.Errorf("layer %s: encrypted blob digest mismatch: got %s: %w", layer, got, errdefs.ErrFailedPrecondition)
 	}
-	return v.mac.Verify()
+	return nil
+}
+
+// errBlobSize: the ciphertext is n bytes where the descriptor says size.
+func errBlobSize(layer digest.Digest, n, size int64) error {
+	return fmt.Errorf("layer %s: encrypted blob is %d bytes, descriptor says %d: %w", layer, n, size, errdefs.ErrFailedPrecondition)
 }

@@ -55,7 +55,7 @@ func (k *LayerKey) NewReaderAt(src RangeSource) (*ReaderAt, error) {
 	}
 	size := src.Size()
 	if size < 0 || (k.size > 0 && size != k.size) {
-		return nil, fmt.Errorf("layer %s: encrypted blob is %d bytes, descriptor says %d: %w", k.layer, size, k.size, errdefs.ErrFailedPrecondition)
+		return nil, errBlobSize(k.layer, size, k.size)
 	}
 	return &ReaderAt{src: src, layer: k.layer, block: k.block, nonce: k.nonce, size: size}, nil
 }
